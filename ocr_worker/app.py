@@ -1,0 +1,155 @@
+"""The OCR worker: a Cloud Run service that receives Pub/Sub push deliveries of page
+messages. Run it as ``uvicorn --factory ocr_worker.app:create_app``.
+
+This module only parses the request, builds the real clients once per process, and calls
+:func:`ocrpipe.pages.process_page`. The push status comes from one place,
+:func:`ocrpipe.errors.push_status_for`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from anyio import to_thread
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ocrpipe.errors import BadMessage, PermanentError, RetryableError, push_status_for
+from ocrpipe.logs import configure_logging, log_context, trace_from_headers
+from ocrpipe.messages import PageMessage, PushEnvelope
+from ocrpipe.ocr_client import OcrClient, OcrParams
+from ocrpipe.pages import process_page
+from ocrpipe.push_auth import PushVerifier, build_verifier
+from ocrpipe.settings import Settings
+from ocrpipe.storage import GcsStore, ObjectStore
+
+logger = logging.getLogger("ocr_worker")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: ObjectStore
+    ocr: OcrClient
+    verifier: PushVerifier | None
+
+
+def build_ocr_client(settings: Settings) -> OcrClient:
+    from ocrpipe.id_tokens import auth_for
+
+    params = OcrParams(
+        model=settings.ocr_model,
+        max_tokens=settings.ocr_max_tokens,
+        top_p=settings.ocr_top_p,
+        temperatures=(settings.ocr_temperature, 0.3, 0.5, 0.8),
+        request_timeout_s=settings.ocr_request_timeout_s,
+        max_in_flight=settings.ocr_max_in_flight,
+    )
+    return OcrClient.create(settings.ocr_url, params, auth=auth_for(settings))
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: ObjectStore | None = None,
+    ocr: OcrClient | None = None,
+) -> Starlette:
+    """Build the app. Tests pass fakes for ``store`` and ``ocr``; production builds real ones."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level, service="ocr_worker")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = Services(
+            settings=settings,
+            store=store or GcsStore.connect(settings.project, settings.storage_emulator_host),
+            ocr=ocr or build_ocr_client(settings),
+            verifier=build_verifier(settings),
+        )
+        app.state.services = services
+        try:
+            yield
+        finally:
+            if ocr is None:
+                await services.ocr.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/", push, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/stats", stats, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def health(request: Request) -> Response:
+    return Response(status_code=200)
+
+
+async def stats(request: Request) -> Response:
+    ocr: OcrClient = request.app.state.services.ocr
+    return JSONResponse({"requests": ocr.stats.requests, "retries_by_cause": ocr.stats.by_cause})
+
+
+async def push(request: Request) -> Response:
+    services: Services = request.app.state.services
+    settings = services.settings
+    received = time.monotonic()
+    deadline = received + settings.ocr_budget_s
+    with log_context(trace=trace_from_headers(request.headers, settings.project)):
+        if services.verifier is not None:
+            denied = await services.verifier.check(request.headers)
+            if denied is not None:
+                logger.warning("push request refused: %s", denied.message,
+                               extra={"status": denied.status})
+                return Response(status_code=denied.status)
+        body = await request.body()
+        try:
+            envelope = PushEnvelope.parse(body)
+            message = PageMessage.decode(envelope.data())
+        except BadMessage as exc:
+            await _record_bad_message(services, body, exc)
+            return Response(status_code=push_status_for(exc))
+        with log_context(doc_id=message.doc_id, page=message.page):
+            error: BaseException | None = None
+            try:
+                outcome = await process_page(
+                    message, services.store, services.ocr, settings, deadline=deadline
+                )
+            except (RetryableError, PermanentError) as exc:
+                error = exc
+                logger.warning("page not done: %s", exc, extra={
+                    "error_class": type(exc).__name__, "reason": exc.reason})
+            except Exception as exc:
+                error = exc
+                logger.exception("page failed unexpectedly", extra={
+                    "error_class": type(exc).__name__})
+            else:
+                logger.info("page %s", outcome.state, extra={
+                    "duration_ms": round((time.monotonic() - received) * 1000)})
+            return Response(status_code=push_status_for(error))
+
+
+async def _record_bad_message(services: Services, body: bytes, exc: BadMessage) -> None:
+    """Keep an undecodable delivery where an operator finds it, then ack it."""
+    name = f"_invalid-messages/{time.strftime('%Y%m%d')}/{time.time_ns()}.json"
+    record = json.dumps({
+        "reason": exc.reason,
+        "message": exc.message,
+        "body_base64": base64.b64encode(body[:1_000_000]).decode(),
+    }).encode()
+    await to_thread.run_sync(
+        services.store.create, services.settings.output_bucket, name, record, "application/json"
+    )
+    logger.error("undecodable push delivery kept at gs://%s/%s: %s",
+                 services.settings.output_bucket, name, exc.message,
+                 extra={"reason": exc.reason})

@@ -1,0 +1,81 @@
+"""The exceptions of ocrpipe, and what each means for delivery.
+
+::
+
+    OcrpipeError                 unknown trouble: 500, Pub/Sub retries, then dead-letters
+    ├── RetryableError           transient: 503 (nack) once the in-request budget is spent
+    │   ├── OcrUnavailable       GPU cold, refused connection, 429, 5xx, timeout
+    │   └── StorageUnavailable   GCS or Pub/Sub hiccup
+    └── PermanentError           an error record is written, then 204 (ack); never retried
+        ├── BadInput             the uploaded file cannot be processed (reason code)
+        ├── BadMessage           a push envelope or page message that does not parse
+        └── OcrRejected          the OCR server refused this page for good (4xx, or a
+                                 repetition loop at every temperature)
+
+Every class carries ``push_status``: the one place that turns an outcome into a push
+response is :func:`push_status_for`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class OcrpipeError(Exception):
+    """Base class. Raised as such only for unexpected states."""
+
+    push_status: ClassVar[int] = 500
+    reason: str = "internal"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class RetryableError(OcrpipeError):
+    push_status = 503
+    reason = "retryable"
+
+
+class OcrUnavailable(RetryableError):
+    reason = "ocr_unavailable"
+
+
+class StorageUnavailable(RetryableError):
+    reason = "storage_unavailable"
+
+
+class PermanentError(OcrpipeError):
+    push_status = 204
+    reason = "permanent"
+
+
+class BadInput(PermanentError):
+    reason = "bad_input"
+
+
+class BadMessage(PermanentError):
+    reason = "bad_message"
+
+
+class OcrRejected(PermanentError):
+    reason = "ocr_rejected"
+
+
+def push_status_for(exc: BaseException | None) -> int:
+    """The push response for an outcome: 204 acks, anything else nacks.
+
+    Done (``None``) and permanent errors ack: the error record is already written and a
+    retry could only burn GPU time. Retryable errors answer 503 so Pub/Sub backs off.
+    Anything unknown answers 500: retried, then dead-lettered, with its traceback logged.
+    """
+    if exc is None:
+        return 204
+    if isinstance(exc, OcrpipeError):
+        return exc.push_status
+    return 500

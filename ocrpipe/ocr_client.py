@@ -1,0 +1,236 @@
+"""The OCR client: vLLM's OpenAI-compatible ``/v1/chat/completions``, the way
+LightOnOCR-2-1B expects it (the page image alone as the user message).
+
+Two kinds of retry, after olmOCR's split:
+
+* :meth:`OcrClient._send` makes one HTTP attempt and classifies the answer;
+  :meth:`OcrClient._send_with_backoff` retries transport trouble (connection errors,
+  timeouts, 429, 5xx) with jittered exponential backoff, honouring ``Retry-After``, until
+  the caller's deadline, which ends safely before the subscription's ack deadline. Then it
+  raises :class:`OcrUnavailable` and the worker answers 503 so that Pub/Sub retries.
+* A reply cut off with ``finish_reason == "length"`` is a repetition loop, not a result:
+  :meth:`OcrClient.ocr_page` asks again one step up :data:`TEMPERATURE_LADDER`; after the
+  last step the page is rejected for good (:class:`OcrRejected`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from ocrpipe.errors import OcrRejected, OcrUnavailable
+
+logger = logging.getLogger(__name__)
+
+TEMPERATURE_LADDER = (0.2, 0.3, 0.5, 0.8)
+MIN_ATTEMPT_SECONDS = 1.0  # no attempt starts with less time than this left
+MAX_BACKOFF_SECONDS = 30.0
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class AuthHeaders(Protocol):
+    """Headers to add to each OCR request (a Google ID token in production)."""
+
+    def headers(self) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True)
+class OcrParams:
+    model: str
+    max_tokens: int = 4096
+    top_p: float = 0.9
+    temperatures: tuple[float, ...] = TEMPERATURE_LADDER
+    request_timeout_s: float = 300.0
+    max_in_flight: int = 32
+
+
+@dataclass(frozen=True)
+class OcrResult:
+    markdown: str
+    temperature: float
+    requests: int
+
+
+@dataclass
+class RetryStats:
+    """Why requests were retried, for logs and benchmarks."""
+
+    requests: int = 0
+    by_cause: dict[str, int] = field(default_factory=dict)
+
+    def count(self, cause: str) -> None:
+        self.by_cause[cause] = self.by_cause.get(cause, 0) + 1
+
+
+class Retryable(OcrUnavailable):
+    """One failed attempt that may succeed later, with the server's ``Retry-After``."""
+
+    def __init__(self, message: str, *, cause: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class _Reply:
+    content: str
+    finish_reason: str
+
+
+class OcrClient:
+    """One per process: it owns the HTTP connection pool and the in-flight limit."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        params: OcrParams,
+        *,
+        auth: AuthHeaders | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._http = http
+        self._params = params
+        self._auth = auth
+        self._clock = clock
+        self._sleep = sleep
+        self._in_flight = asyncio.Semaphore(params.max_in_flight)
+        self.stats = RetryStats()
+
+    @classmethod
+    def create(cls, base_url: str, params: OcrParams, *, auth: AuthHeaders | None = None) -> OcrClient:
+        limits = httpx.Limits(
+            max_connections=params.max_in_flight, max_keepalive_connections=params.max_in_flight
+        )
+        http = httpx.AsyncClient(base_url=base_url.rstrip("/"), limits=limits, timeout=None)
+        return cls(http, params, auth=auth)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def ocr_page(self, image: bytes, mime: str, *, deadline: float) -> OcrResult:
+        """OCR one page image; ``deadline`` is a value of the client's clock."""
+        data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
+        requests_before = self.stats.requests
+        for temperature in self._params.temperatures:
+            reply = await self._send_with_backoff(self._payload(data_url, temperature), deadline)
+            if reply.finish_reason != "length":
+                return OcrResult(reply.content, temperature, self.stats.requests - requests_before)
+            self.stats.count("length")
+            logger.warning(
+                "repetition loop at temperature %.1f, raising it",
+                temperature,
+                extra={"reason": "length"},
+            )
+        raise OcrRejected(
+            f"the model looped (finish_reason=length) at every temperature"
+            f" {list(self._params.temperatures)}",
+            reason="ocr_repetition_loop",
+        )
+
+    def _payload(self, data_url: str, temperature: float) -> dict[str, Any]:
+        return {
+            "model": self._params.model,
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}}]}
+            ],
+            "temperature": temperature,
+            "top_p": self._params.top_p,
+            "max_tokens": self._params.max_tokens,
+        }
+
+    async def _send_with_backoff(self, payload: dict[str, Any], deadline: float) -> _Reply:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Retryable),
+            wait=self._wait,
+            stop=lambda state: self._past_deadline(state, deadline),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._send(payload, deadline)
+        except Retryable as exc:
+            raise OcrUnavailable(
+                f"OCR server still unavailable when the request budget ran out: {exc}",
+                reason=f"ocr_unavailable:{exc.cause}",
+            ) from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    _jitter = staticmethod(wait_random_exponential(multiplier=0.5, max=MAX_BACKOFF_SECONDS))
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, Retryable) and exc.retry_after is not None:
+            return min(exc.retry_after, MAX_BACKOFF_SECONDS * 4)
+        return float(self._jitter(state))
+
+    def _past_deadline(self, state: RetryCallState, deadline: float) -> bool:
+        return self._clock() + state.upcoming_sleep + MIN_ATTEMPT_SECONDS >= deadline
+
+    async def _send(self, payload: dict[str, Any], deadline: float) -> _Reply:
+        remaining = deadline - self._clock()
+        if remaining < MIN_ATTEMPT_SECONDS:
+            raise Retryable("no time left for another attempt", cause="budget")
+        timeout = min(self._params.request_timeout_s, remaining)
+        headers = self._auth.headers() if self._auth else {}
+        async with self._in_flight:
+            self.stats.requests += 1
+            try:
+                response = await self._http.post(
+                    "/v1/chat/completions", json=payload, headers=headers, timeout=timeout
+                )
+            except httpx.TimeoutException as exc:
+                self.stats.count("timeout")
+                raise Retryable(f"no answer within {timeout:.0f} s", cause="timeout") from exc
+            except httpx.TransportError as exc:
+                self.stats.count("connection")
+                raise Retryable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
+        return self._classify(response)
+
+    def _classify(self, response: httpx.Response) -> _Reply:
+        status = response.status_code
+        if status in RETRYABLE_STATUS:
+            self.stats.count(str(status))
+            raise Retryable(
+                f"HTTP {status}: {_snippet(response)}",
+                cause=str(status),
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        if status != 200:
+            raise OcrRejected(f"OCR server refused the page: HTTP {status}: {_snippet(response)}",
+                              reason=f"ocr_http_{status}")
+        try:
+            choice = response.json()["choices"][0]
+            return _Reply(str(choice["message"]["content"] or ""), str(choice["finish_reason"]))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            self.stats.count("malformed")
+            raise Retryable(f"malformed reply: {_snippet(response)}", cause="malformed") from exc
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def _snippet(response: httpx.Response) -> str:
+    return response.text[:200].replace("\n", " ")

@@ -1,0 +1,227 @@
+"""Object storage: the :class:`ObjectStore` protocol, the GCS adapter, and an in-memory
+fake with the same generation semantics for unit and contract tests.
+
+Every write that must happen once uses ``if_generation_match=0`` ("create only"): a second
+writer gets ``False`` back instead of overwriting, which is how duplicate deliveries and two
+instances finishing the same document at once stay harmless.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from ocrpipe.errors import StorageUnavailable
+
+
+class ObjectMissing(Exception):
+    """The object does not exist (a normal answer, not a failure)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    generation: int
+    size: int
+    content_type: str = ""
+    updated: float = 0.0  # seconds since the epoch
+
+
+class ObjectStore(Protocol):
+    def read(self, bucket: str, name: str) -> bytes: ...
+
+    def download(self, bucket: str, name: str, dest: Path, *, generation: int | None = None) -> None: ...
+
+    def stat(self, bucket: str, name: str) -> ObjectInfo | None: ...
+
+    def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
+        """Write ``name`` only if it does not exist. True if this call created it."""
+        ...
+
+    def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
+        """Write (or overwrite) ``name`` from a file; return the new generation."""
+        ...
+
+    def list(self, bucket: str, prefix: str) -> list[ObjectInfo]: ...
+
+    def delete(self, bucket: str, name: str) -> None: ...
+
+
+class GcsStore:
+    """:class:`ObjectStore` on google-cloud-storage (real GCS or fake-gcs-server)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    @classmethod
+    def connect(cls, project: str, emulator_host: str | None = None) -> GcsStore:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        if emulator_host:
+            client = storage.Client(
+                project=project,
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                client_options={"api_endpoint": emulator_host},
+            )
+        else:
+            client = storage.Client(project=project)
+        return cls(client)
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def read(self, bucket: str, name: str) -> bytes:
+        with _translated(bucket, name):
+            data: bytes = self._client.bucket(bucket).blob(name).download_as_bytes()
+            return data
+
+    def download(self, bucket: str, name: str, dest: Path, *, generation: int | None = None) -> None:
+        with _translated(bucket, name):
+            blob = self._client.bucket(bucket).blob(name, generation=generation)
+            blob.download_to_filename(str(dest))
+
+    def stat(self, bucket: str, name: str) -> ObjectInfo | None:
+        with _translated(bucket, name):
+            blob = self._client.bucket(bucket).get_blob(name)
+        return None if blob is None else _info(blob)
+
+    def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
+        from google.api_core import exceptions as gexc
+
+        blob = self._client.bucket(bucket).blob(name)
+        try:
+            with _translated(bucket, name):
+                blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
+        except gexc.PreconditionFailed:
+            return False
+        return True
+
+    def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
+        blob = self._client.bucket(bucket).blob(name)
+        with _translated(bucket, name):
+            blob.upload_from_file(source, content_type=content_type)
+        return int(blob.generation)
+
+    def list(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        with _translated(bucket, prefix):
+            return [_info(blob) for blob in self._client.list_blobs(bucket, prefix=prefix)]
+
+    def delete(self, bucket: str, name: str) -> None:
+        from google.api_core import exceptions as gexc
+
+        try:
+            with _translated(bucket, name):
+                self._client.bucket(bucket).blob(name).delete()
+        except ObjectMissing:
+            pass
+        except gexc.NotFound:
+            pass
+
+
+def _info(blob: Any) -> ObjectInfo:
+    updated = blob.updated.timestamp() if blob.updated is not None else 0.0
+    return ObjectInfo(
+        name=blob.name,
+        generation=int(blob.generation or 0),
+        size=int(blob.size or 0),
+        content_type=blob.content_type or "",
+        updated=updated,
+    )
+
+
+class _translated:
+    """Wrap google-cloud-storage's exceptions into ours (``raise ... from``)."""
+
+    def __init__(self, bucket: str, name: str) -> None:
+        self._where = f"gs://{bucket}/{name}"
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        from google.api_core import exceptions as gexc
+        from google.auth import exceptions as auth_exc
+        from requests import exceptions as req_exc
+
+        if isinstance(exc, gexc.NotFound):
+            raise ObjectMissing(self._where) from exc
+        if isinstance(exc, gexc.PreconditionFailed):
+            return False  # the caller decides what a lost race means
+        transient = (
+            gexc.TooManyRequests,
+            gexc.ServerError,
+            gexc.RequestRangeNotSatisfiable,
+            req_exc.ConnectionError,
+            req_exc.Timeout,
+            auth_exc.TransportError,
+            ConnectionError,
+            TimeoutError,
+        )
+        if isinstance(exc, transient):
+            raise StorageUnavailable(f"storage trouble at {self._where}: {exc}") from exc
+        return False
+
+
+class MemoryStore:
+    """In-memory :class:`ObjectStore` with GCS's generation rules, for tests."""
+
+    def __init__(self) -> None:
+        self._objects: dict[tuple[str, str], tuple[bytes, ObjectInfo]] = {}
+        self._lock = threading.Lock()
+        self._generation = 1000
+        self.writes: list[tuple[str, str]] = []
+
+    def put(self, bucket: str, name: str, data: bytes, content_type: str = "") -> int:
+        with self._lock:
+            return self._put_locked(bucket, name, data, content_type)
+
+    def _put_locked(self, bucket: str, name: str, data: bytes, content_type: str) -> int:
+        self._generation += 1
+        info = ObjectInfo(name, self._generation, len(data), content_type)
+        self._objects[(bucket, name)] = (data, info)
+        self.writes.append((bucket, name))
+        return self._generation
+
+    def read(self, bucket: str, name: str) -> bytes:
+        try:
+            return self._objects[(bucket, name)][0]
+        except KeyError:
+            raise ObjectMissing(f"gs://{bucket}/{name}") from None
+
+    def download(self, bucket: str, name: str, dest: Path, *, generation: int | None = None) -> None:
+        data = self.read(bucket, name)
+        current = self._objects[(bucket, name)][1].generation
+        if generation is not None and generation != current:
+            raise ObjectMissing(f"gs://{bucket}/{name}#{generation}")
+        dest.write_bytes(data)
+
+    def stat(self, bucket: str, name: str) -> ObjectInfo | None:
+        entry = self._objects.get((bucket, name))
+        return None if entry is None else entry[1]
+
+    def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
+        with self._lock:
+            if (bucket, name) in self._objects:
+                return False
+            self._put_locked(bucket, name, data, content_type)
+            return True
+
+    def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
+        return self.put(bucket, name, source.read(), content_type)
+
+    def list(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        items = sorted(self._objects.items())
+        return [info for (b, n), (_, info) in items if b == bucket and n.startswith(prefix)]
+
+    def delete(self, bucket: str, name: str) -> None:
+        self._objects.pop((bucket, name), None)
+
+    def names(self, bucket: str) -> Iterator[str]:
+        return (n for (b, n) in self._objects if b == bucket)

@@ -1,0 +1,70 @@
+"""The splitter: a Cloud Functions (gen2) CloudEvent function for
+``google.cloud.storage.object.v1.finalized``.
+
+Run locally with ``functions-framework --source splitter_fn/main.py --target on_finalize
+--signature-type cloudevent``. This module only parses the event, builds the real clients
+(once per instance, on the first event, never at import), and calls
+:func:`ocrpipe.split.split_document`.
+
+Returning normally acknowledges the event, which is what happens for bad input once its
+error record is written. Raising makes functions-framework answer 500 and Eventarc retry:
+that is what transient trouble does.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from ocrpipe.errors import BadMessage
+from ocrpipe.logs import configure_logging, log_context, trace_from_headers
+from ocrpipe.messages import StorageObjectData
+from ocrpipe.pubsub import PubSubPublisher
+from ocrpipe.settings import Settings
+from ocrpipe.split import split_document
+from ocrpipe.storage import GcsStore
+
+FINALIZED = "google.cloud.storage.object.v1.finalized"
+logger = logging.getLogger("splitter_fn")
+
+
+@cache
+def _services() -> tuple[Settings, GcsStore, PubSubPublisher]:
+    settings = Settings()
+    configure_logging(settings.log_level, service="splitter_fn")
+    store = GcsStore.connect(settings.project, settings.storage_emulator_host)
+    return settings, store, PubSubPublisher.connect(settings.project)
+
+
+@functions_framework.cloud_event
+def on_finalize(event: CloudEvent) -> None:
+    settings, store, publisher = _services()
+    trace = trace_from_headers(_trace_headers(event), settings.project)
+    with log_context(trace=trace):
+        if event["type"] != FINALIZED:
+            logger.warning("ignoring event of type %s", event["type"])
+            return
+        try:
+            data = StorageObjectData.model_validate(event.data)
+        except ValueError as exc:
+            logger.error("finalize event without a usable object: %s", BadMessage(str(exc)))
+            return
+        doc = data.document
+        if doc.bucket != settings.input_bucket:
+            logger.warning("ignoring object in bucket %s, not the input bucket", doc.bucket)
+            return
+        with log_context(doc_id=doc.doc_id):
+            outcome = split_document(doc, store, publisher, settings)
+            logger.info(
+                "split %s: %s", doc.uri, outcome.state,
+                extra={"reason": outcome.reason or None},
+            )
+
+
+def _trace_headers(event: CloudEvent) -> dict[str, str]:
+    attributes: dict[str, Any] = event.get_attributes()
+    return {k: str(v) for k, v in attributes.items() if k in ("traceparent",)}
