@@ -31,10 +31,8 @@ class PubSubPublisher:
         self._project = project
 
     @classmethod
-    def connect(cls, project: str) -> PubSubPublisher:
-        from google.cloud import pubsub_v1
-
-        return cls(pubsub_v1.PublisherClient(), project)
+    def connect(cls, project: str, emulator_host: str | None = None) -> PubSubPublisher:
+        return cls(publisher_client(emulator_host), project)
 
     def topic_path(self, topic: str) -> str:
         return f"projects/{self._project}/topics/{topic}"
@@ -64,17 +62,46 @@ class MemoryPublisher:
             return [str(start + i) for i in range(len(messages))]
 
 
+def publisher_client(emulator_host: str | None = None) -> Any:
+    """A PublisherClient; on the emulator when ``emulator_host`` (host:port) is given."""
+    from google.cloud import pubsub_v1
+
+    if not emulator_host:
+        return pubsub_v1.PublisherClient()
+    import grpc
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+    channel = grpc.insecure_channel(emulator_host)
+    return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel))
+
+
+def subscriber_client(emulator_host: str | None = None) -> Any:
+    from google.cloud import pubsub_v1
+
+    if not emulator_host:
+        return pubsub_v1.SubscriberClient()
+    import grpc
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    channel = grpc.insecure_channel(emulator_host)
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
 def ensure_topology(
-    project: str, topology: Topology, push_endpoint: str, *, pages_topic: str | None = None
+    project: str,
+    topology: Topology,
+    push_endpoint: str,
+    *,
+    emulator_host: str | None = None,
+    pages_topic: str | None = None,
 ) -> None:
     """Create the pages topic, its push subscription (ack deadline, retry and dead-letter
     policy from ``topology``), the dead-letter topic and its pull subscription. Idempotent."""
     from google.api_core import exceptions as gexc
-    from google.cloud import pubsub_v1
     from google.protobuf import duration_pb2
 
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
+    publisher = publisher_client(emulator_host)
+    subscriber = subscriber_client(emulator_host)
     pages = publisher.topic_path(project, pages_topic or topology.pages_topic)
     dead = publisher.topic_path(project, topology.dead_letter_topic)
     for topic in (pages, dead):
@@ -119,11 +146,31 @@ def ensure_topology(
     subscriber.close()
 
 
-def ensure_topic(project: str, topic: str) -> None:
+def ensure_push_subscription(
+    project: str, topic: str, subscription: str, endpoint: str, emulator_host: str | None
+) -> None:
+    """A plain push subscription (the local Eventarc stand-in's)."""
     from google.api_core import exceptions as gexc
-    from google.cloud import pubsub_v1
 
-    publisher = pubsub_v1.PublisherClient()
+    subscriber = subscriber_client(emulator_host)
+    try:
+        subscriber.create_subscription(
+            request={
+                "name": subscriber.subscription_path(project, subscription),
+                "topic": f"projects/{project}/topics/{topic}",
+                "ack_deadline_seconds": 600,
+                "push_config": {"push_endpoint": endpoint},
+            }
+        )
+    except gexc.AlreadyExists:
+        pass
+    subscriber.close()
+
+
+def ensure_topic(project: str, topic: str, emulator_host: str | None = None) -> None:
+    from google.api_core import exceptions as gexc
+
+    publisher = publisher_client(emulator_host)
     try:
         publisher.create_topic(name=publisher.topic_path(project, topic))
     except gexc.AlreadyExists:

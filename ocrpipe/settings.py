@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
 
     log_level: str = "INFO"
+    eventarc_target: str = Field(
+        "http://127.0.0.1:8081/", description="Local stack only: where the Eventarc stand-in posts."
+    )
 
     pubsub_emulator_host: str | None = Field(
         None, validation_alias=AliasChoices("PUBSUB_EMULATOR_HOST", "pubsub_emulator_host")

@@ -37,7 +37,7 @@ def _services() -> tuple[Settings, GcsStore, PubSubPublisher]:
     settings = Settings()
     configure_logging(settings.log_level, service="splitter_fn")
     store = GcsStore.connect(settings.project, settings.storage_emulator_host)
-    return settings, store, PubSubPublisher.connect(settings.project)
+    return settings, store, PubSubPublisher.connect(settings.project, settings.pubsub_emulator_host)
 
 
 @functions_framework.cloud_event

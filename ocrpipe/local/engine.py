@@ -1,0 +1,425 @@
+"""The local OCR engine: vLLM's OpenAI-compatible API subset, backed by rapidocr on the CPU.
+
+``python -m ocrpipe.local.engine --host 127.0.0.1 --port 8000`` serves
+
+- ``GET /health``: 200 with an empty body once the engine is loaded (as vLLM);
+- ``GET /v1/models``: the one served model, shaped like vLLM's answer;
+- ``POST /v1/chat/completions``: exactly one image (a ``data:image/...;base64,`` URL in an
+  ``image_url`` content part) in, the page's text as Markdown out, in vLLM's reply shape.
+
+Errors use vLLM's error body ``{"object": "error", "message", "type", "param", "code"}``:
+404 for a model name that is not served, 400 for anything else wrong with the request.
+
+rapidocr (3.10, ``Global.use_cls=False``) ships its ONNX models in the wheel and never needs
+the network. One engine is built per process and warmed up before the server listens, so
+``/health`` answers 200 only when a page can be OCR'd. Pages are OCR'd in a pool of
+``--threads`` worker threads so the event loop keeps answering ``/health`` meanwhile. No lock
+is needed around the engine: onnxruntime's ``InferenceSession.run`` may be called from several
+threads at once, and rapidocr keeps no per-call state on shared objects (its models load
+lazily under their own locks, and the warm-up loads them anyway).
+
+The request-parsing and reply-building helpers here are shared with the fault-injecting
+server (:mod:`ocrpipe.local.faults`), so both speak the same dialect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ocrpipe.local.layout import TextBox, boxes_to_markdown
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "lightonai/LightOnOCR-2-1B"
+DEFAULT_MAX_MODEL_LEN = 16384
+OWNED_BY = "ocrpipe-local"
+# Pixtral-style vision encoders (LightOnOCR's) see 14 px patches merged 2 x 2: one token per
+# 28 x 28 px. Only used to report a plausible ``usage.prompt_tokens``.
+IMAGE_TOKEN_PX = 28
+
+_DATA_URL = re.compile(r"data:(image/[A-Za-z0-9.+-]+);base64,(.*)", re.DOTALL)
+_TOKEN = re.compile(r"\S+")
+
+
+# ---------------------------------------------------------------- the OpenAI request schema
+
+
+class _ImageUrl(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class _TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class _ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: _ImageUrl
+
+
+_ContentPart = Annotated[_TextPart | _ImagePart, Field(discriminator="type")]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_ContentPart] | None = None
+
+
+class _ChatRequest(BaseModel):
+    # OpenAI clients send many optional fields (seed, stop, logprobs...): accepted, ignored.
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[_Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: Literal[1] = 1
+    stream: Literal[False] = False
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """What a chat completion request asks of an OCR server, once validated."""
+
+    image: bytes
+    media_type: str
+    max_tokens: int | None
+    temperature: float | None
+    text_tokens: int
+
+
+class ApiError(Exception):
+    """An answer in vLLM's error shape; ``kind`` is the ``type`` field."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequestError", message)
+
+
+def error_response(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.kind, str(exc))
+
+
+def parse_chat_request(body: bytes, model_name: str) -> PageRequest:
+    """Validate a chat completion request body; raise :class:`ApiError` (400, 404)."""
+    try:
+        request = _ChatRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise bad_request(f"invalid chat completion request: {problems}") from exc
+    if request.model != model_name:
+        raise ApiError(404, "NotFoundError", f"The model `{request.model}` does not exist.")
+
+    images: list[str] = []
+    text_tokens = 0
+    for message in request.messages:
+        if isinstance(message.content, str):
+            text_tokens += count_tokens(message.content)
+            continue
+        for part in message.content or []:
+            if isinstance(part, _ImagePart):
+                images.append(part.image_url.url)
+            else:
+                text_tokens += count_tokens(part.text)
+    if len(images) != 1:
+        raise bad_request(f"exactly one image per request is supported, got {len(images)}")
+    match = _DATA_URL.fullmatch(images[0])
+    if match is None:
+        raise bad_request("the image must be a data:image/...;base64, URL")
+    try:
+        image = base64.b64decode(match.group(2), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad_request(f"the image's base64 payload does not decode: {exc}") from exc
+    if not image:
+        raise bad_request("the image is empty")
+    return PageRequest(
+        image=image,
+        media_type=match.group(1),
+        max_tokens=request.max_completion_tokens or request.max_tokens,
+        temperature=request.temperature,
+        text_tokens=text_tokens,
+    )
+
+
+# -------------------------------------------------------------------------- the reply shape
+
+
+def count_tokens(text: str) -> int:
+    """Whitespace-separated tokens: the stand-in for a tokenizer."""
+    return len(_TOKEN.findall(text))
+
+
+def truncate_tokens(text: str, limit: int | None) -> tuple[str, int, bool]:
+    """``text`` cut after ``limit`` tokens (layout kept): (text, tokens, whether cut)."""
+    tokens = list(_TOKEN.finditer(text))
+    if limit is None or len(tokens) <= limit:
+        return text, len(tokens), False
+    return text[: tokens[limit - 1].end()], limit, True
+
+
+def image_tokens(width: int, height: int) -> int:
+    return math.ceil(width / IMAGE_TOKEN_PX) * math.ceil(height / IMAGE_TOKEN_PX)
+
+
+def chat_completion_body(
+    model: str, content: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+                "stop_reason": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens,
+        },
+    }
+
+
+def models_body(model: str, created: int, max_model_len: int) -> dict[str, Any]:
+    card = {
+        "id": model,
+        "object": "model",
+        "created": created,
+        "owned_by": OWNED_BY,
+        "root": model,
+        "parent": None,
+        "max_model_len": max_model_len,
+        "permission": [],
+    }
+    return {"object": "list", "data": [card]}
+
+
+async def health(_: Request) -> Response:
+    return Response(status_code=200)
+
+
+# -------------------------------------------------------------------------------- the engine
+
+
+class OcrEngine(Protocol):
+    """Recognizes the text boxes of one RGB page image. Called from worker threads."""
+
+    def recognize(self, image: Image.Image) -> list[TextBox]: ...
+
+
+class RapidOcrEngine:
+    """rapidocr with its bundled models, loaded and warmed up once."""
+
+    def __init__(self, *, intra_op_threads: int | None = None) -> None:
+        from rapidocr import RapidOCR  # heavy: imported only when an engine is built
+
+        params: dict[str, Any] = {"Global.use_cls": False, "Global.log_level": "error"}
+        if intra_op_threads is not None:
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = intra_op_threads
+        self._ocr = RapidOCR(params=params)
+        self.recognize(_warm_up_image())  # loads the detection and recognition models now
+
+    def recognize(self, image: Image.Image) -> list[TextBox]:
+        # A PIL image, never a str: rapidocr fetches str arguments that look like URLs.
+        result = self._ocr(image)
+        boxes, txts, scores = (getattr(result, name, None) for name in ("boxes", "txts", "scores"))
+        if boxes is None or txts is None or scores is None:
+            return []
+        found: list[TextBox] = []
+        for quad, text, score in zip(boxes.tolist(), txts, scores, strict=True):
+            (x0, y0), (x1, y1), (x2, y2), (x3, y3) = quad
+            corners = ((x0, y0), (x1, y1), (x2, y2), (x3, y3))
+            found.append(TextBox(corners, str(text), float(score)))
+        return found
+
+
+def _warm_up_image() -> Image.Image:
+    image = Image.new("RGB", (480, 96), "white")
+    ImageDraw.Draw(image).text(
+        (16, 24), "ocrpipe warm-up", fill="black", font=ImageFont.load_default(size=36)
+    )
+    return image
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """The page as an upright RGB image (transparency flattened on white); 400 if unreadable."""
+    try:
+        image: Image.Image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        image.load()
+    except Exception as exc:  # Pillow's decoders raise many kinds of error on corrupt input
+        raise bad_request(f"the image cannot be decoded: {exc}") from exc
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, "white")
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def ocr_page(engine: OcrEngine, data: bytes) -> tuple[str, int, int]:
+    """Decode, recognize and lay out one page: (Markdown, width, height). Blocking."""
+    image = decode_image(data)
+    return boxes_to_markdown(engine.recognize(image)), image.width, image.height
+
+
+class _Pool:
+    """The OCR worker threads, started on first use and stopped with the app."""
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[[], tuple[str, int, int]]) -> tuple[str, int, int]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="ocr")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+def create_app(
+    engine: OcrEngine,
+    *,
+    model_name: str = DEFAULT_MODEL,
+    threads: int = 1,
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+) -> Starlette:
+    """The engine server around an already-built engine (build it once per process)."""
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
+    pool = _Pool(threads)
+    created = int(time.time())
+
+    async def models(_: Request) -> Response:
+        return JSONResponse(models_body(model_name, created, max_model_len))
+
+    async def chat_completions(request: Request) -> Response:
+        try:
+            page = parse_chat_request(await request.body(), model_name)
+            started = time.perf_counter()
+            markdown, width, height = await pool.run(lambda: ocr_page(engine, page.image))
+        except ApiError as exc:
+            logger.info("chat completion refused: %s %s", exc.status, exc)
+            return api_error_response(exc)
+        except Exception:
+            logger.exception("OCR failed")
+            return error_response(500, "InternalServerError", "OCR failed, see the server log")
+        content, completion_tokens, cut = truncate_tokens(markdown, page.max_tokens)
+        logger.info(
+            "page %dx%d OCR'd in %.0f ms: %d tokens%s",
+            width,
+            height,
+            (time.perf_counter() - started) * 1000,
+            completion_tokens,
+            " (cut)" if cut else "",
+        )
+        prompt_tokens = page.text_tokens + image_tokens(width, height)
+        finish_reason = "length" if cut else "stop"
+        return JSONResponse(
+            chat_completion_body(
+                model_name, content, finish_reason, prompt_tokens, completion_tokens
+            )
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            pool.close()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _cpu_count() -> int:
+    sched_getaffinity = getattr(os, "sched_getaffinity", None)
+    return len(sched_getaffinity(0)) if sched_getaffinity else (os.cpu_count() or 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ocrpipe.local.engine",
+        description="Local OCR server speaking vLLM's OpenAI API subset, backed by rapidocr.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model-name", default=DEFAULT_MODEL, help="the served model id")
+    parser.add_argument("--threads", type=int, default=1, help="pages OCR'd at once")
+    parser.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    # Several pages at once share the cores instead of each asking onnxruntime for all of them.
+    intra = max(1, _cpu_count() // args.threads) if args.threads > 1 else None
+    started = time.perf_counter()
+    engine = RapidOcrEngine(intra_op_threads=intra)
+    logger.info("rapidocr loaded in %.1f s", time.perf_counter() - started)
+    app = create_app(
+        engine, model_name=args.model_name, threads=args.threads, max_model_len=args.max_model_len
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""A document's status, derived from what is in the buckets.
+
+Nothing keeps a shared manifest up to date per page (GCS allows about one write per second
+to one object name): status is read from the objects each step writes once. For an input
+name, the current generation is the input object's; if the input is gone, the newest
+generation with output.
+
+    state       meaning
+    splitting   the input exists, no page plan yet
+    running     pages planned, not all accounted for
+    done        document.md written, no page failed
+    partial     document.md written, some pages failed
+    failed      the input was rejected, or every page failed
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ocrpipe import naming, records
+from ocrpipe.settings import Settings
+from ocrpipe.storage import ObjectInfo, ObjectMissing, ObjectStore
+
+
+@dataclass(frozen=True)
+class DocumentStatus:
+    name: str
+    generation: int | None
+    state: str  # see the module docstring, or "unknown"
+    doc_id: str = ""
+    page_count: int | None = None
+    done: int = 0
+    failed: int = 0
+    error: dict[str, str] | None = None
+    page_errors: dict[int, str] = field(default_factory=dict)
+    markdown_uri: str | None = None
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def pending(self) -> int:
+        return max(0, (self.page_count or 0) - self.done - self.failed)
+
+    @property
+    def finished_state(self) -> bool:
+        return self.state in ("done", "partial", "failed")
+
+
+def derive_state(
+    *, input_exists: bool, has_error: bool, has_manifest: bool, has_document: bool,
+    done: int, failed: int,
+) -> str:
+    if has_error:
+        return "failed"
+    if has_document:
+        if failed and not done:
+            return "failed"
+        return "partial" if failed else "done"
+    if has_manifest:
+        return "running"
+    return "splitting" if input_exists else "unknown"
+
+
+def document_status(store: ObjectStore, settings: Settings, name: str) -> DocumentStatus:
+    prefix = naming.document_prefix(name)
+    objects = store.list(settings.output_bucket, prefix)
+    by_generation: dict[int, list[ObjectInfo]] = {}
+    for info in objects:
+        generation = naming.generation_from_prefix(info.name[len(prefix):])
+        if generation is not None:
+            by_generation.setdefault(generation, []).append(info)
+    source = store.stat(settings.input_bucket, name)
+    if source is not None:
+        generation: int | None = source.generation
+    else:
+        generation = max(by_generation) if by_generation else None
+    if generation is None:
+        return DocumentStatus(name, None, "unknown")
+
+    doc = naming.DocumentRef(settings.input_bucket, name, generation)
+    found = {info.name: info for info in by_generation.get(generation, [])}
+    pages_prefix = naming.pages_prefix(doc)
+    listing = naming.parse_page_listing(list(found), pages_prefix)
+    manifest_name = naming.manifest_name(doc)
+    page_count = None
+    if manifest_name in found:
+        page_count = records.parse_manifest(_read(store, settings, manifest_name)).page_count
+    error = None
+    if naming.document_error_name(doc) in found:
+        raw = json.loads(_read(store, settings, naming.document_error_name(doc)))
+        error = {"reason": str(raw.get("reason")), "message": str(raw.get("message"))}
+    page_errors = {
+        n: records.parse_error_reason(_read(store, settings, naming.page_error_name(doc, n)))
+        for n in sorted(listing.failed)
+    }
+    document = found.get(naming.document_markdown_name(doc))
+    state = derive_state(
+        input_exists=source is not None, has_error=error is not None,
+        has_manifest=page_count is not None, has_document=document is not None,
+        done=len(listing.done), failed=len(listing.failed),
+    )
+    times = [info.updated for info in found.values()]
+    return DocumentStatus(
+        name=name,
+        generation=generation,
+        state=state,
+        doc_id=doc.doc_id,
+        page_count=page_count,
+        done=len(listing.done),
+        failed=len(listing.failed),
+        error=error,
+        page_errors=page_errors,
+        markdown_uri=(
+            f"gs://{settings.output_bucket}/{document.name}" if document is not None else None
+        ),
+        started=source.updated if source is not None else (min(times) if times else None),
+        finished=(max(times) if state in ("done", "partial", "failed") and times else None),
+    )
+
+
+def recent_documents(store: ObjectStore, settings: Settings, limit: int = 20) -> list[str]:
+    """Input names, newest first (from the input bucket)."""
+    inputs = sorted(store.list(settings.input_bucket, ""), key=lambda i: i.updated, reverse=True)
+    return [info.name for info in inputs[:limit]]
+
+
+def _read(store: ObjectStore, settings: Settings, name: str) -> bytes:
+    try:
+        return store.read(settings.output_bucket, name)
+    except ObjectMissing:
+        return b"{}"

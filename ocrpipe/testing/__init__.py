@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: generated PDFs with known text."""
