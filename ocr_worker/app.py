@@ -109,8 +109,9 @@ async def push(request: Request) -> Response:
         if services.verifier is not None:
             denied = await services.verifier.check(request.headers)
             if denied is not None:
-                logger.warning("push request refused: %s", denied.message,
-                               extra={"status": denied.status})
+                logger.warning(
+                    "push request refused: %s", denied.message, extra={"status": denied.status}
+                )
                 return Response(status_code=denied.status)
         body = await request.body()
         try:
@@ -127,29 +128,42 @@ async def push(request: Request) -> Response:
                 )
             except (RetryableError, PermanentError) as exc:
                 error = exc
-                logger.warning("page not done: %s", exc, extra={
-                    "error_class": type(exc).__name__, "reason": exc.reason})
+                logger.warning(
+                    "page not done: %s",
+                    exc,
+                    extra={"error_class": type(exc).__name__, "reason": exc.reason},
+                )
             except Exception as exc:
                 error = exc
-                logger.exception("page failed unexpectedly", extra={
-                    "error_class": type(exc).__name__})
+                logger.exception(
+                    "page failed unexpectedly", extra={"error_class": type(exc).__name__}
+                )
             else:
-                logger.info("page %s", outcome.state, extra={
-                    "duration_ms": round((time.monotonic() - received) * 1000)})
+                logger.info(
+                    "page %s",
+                    outcome.state,
+                    extra={"duration_ms": round((time.monotonic() - received) * 1000)},
+                )
             return Response(status_code=push_status_for(error))
 
 
 async def _record_bad_message(services: Services, body: bytes, exc: BadMessage) -> None:
     """Keep an undecodable delivery where an operator finds it, then ack it."""
     name = f"_invalid-messages/{time.strftime('%Y%m%d')}/{time.time_ns()}.json"
-    record = json.dumps({
-        "reason": exc.reason,
-        "message": exc.message,
-        "body_base64": base64.b64encode(body[:1_000_000]).decode(),
-    }).encode()
+    record = json.dumps(
+        {
+            "reason": exc.reason,
+            "message": exc.message,
+            "body_base64": base64.b64encode(body[:1_000_000]).decode(),
+        }
+    ).encode()
     await to_thread.run_sync(
         services.store.create, services.settings.output_bucket, name, record, "application/json"
     )
-    logger.error("undecodable push delivery kept at gs://%s/%s: %s",
-                 services.settings.output_bucket, name, exc.message,
-                 extra={"reason": exc.reason})
+    logger.error(
+        "undecodable push delivery kept at gs://%s/%s: %s",
+        services.settings.output_bucket,
+        name,
+        exc.message,
+        extra={"reason": exc.reason},
+    )

@@ -35,5 +35,7 @@ def assemble_document(
             body = f"> **OCR failed for page {number}** ({failed[number]})"
         else:
             raise ValueError(f"page {number} has neither Markdown nor an error record")
-        parts.append(f"{page_separator(number)}\n\n{body}\n" if body else f"{page_separator(number)}\n")
+        parts.append(
+            f"{page_separator(number)}\n\n{body}\n" if body else f"{page_separator(number)}\n"
+        )
     return "\n".join(parts)

@@ -38,10 +38,12 @@ def load_settings(local: bool) -> Settings:
     if not local:
         return Settings()
     if not LOCAL_ENV_FILE.exists():
-        err.print(f"[red]No local stack found ({LOCAL_ENV_FILE} is missing).[/] Start one with"
-                  " `ocrpipe up` in this folder.")
+        err.print(
+            f"[red]No local stack found ({LOCAL_ENV_FILE} is missing).[/] Start one with"
+            " `ocrpipe up` in this folder."
+        )
         raise typer.Exit(2)
-    return Settings(_env_file=LOCAL_ENV_FILE)  # type: ignore[call-arg]
+    return Settings(_env_file=LOCAL_ENV_FILE)
 
 
 def _store(settings: Settings) -> GcsStore:
@@ -76,8 +78,10 @@ def up(
             "".join(f"{k}={v}\n" for k, v in settings_env(stack.settings).items())
         )
         out.print(f"[green]Local stack is up.[/] Logs: {stack.log_dir}")
-        out.print(f"In another shell, in this folder: [bold]ocrpipe submit --local FILE --wait[/]"
-                  f"  (settings in {LOCAL_ENV_FILE}). Ctrl-C stops everything.")
+        out.print(
+            f"In another shell, in this folder: [bold]ocrpipe submit --local FILE --wait[/]"
+            f"  (settings in {LOCAL_ENV_FILE}). Ctrl-C stops everything."
+        )
         while True:
             time.sleep(1)
             for child in stack.children:
@@ -117,7 +121,9 @@ def submit(
 
 @app.command()
 def status(
-    name: Annotated[str | None, typer.Argument(help="Input name; omit to list recent ones.")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Input name; omit to list recent ones.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     local: LocalOpt = False,
 ) -> None:
@@ -127,7 +133,9 @@ def status(
     names = [name] if name else recent_documents(store, settings)
     statuses = [document_status(store, settings, n) for n in names]
     if as_json:
-        out.print_json(json.dumps([_as_dict(s) for s in statuses] if not name else _as_dict(statuses[0])))
+        out.print_json(
+            json.dumps([_as_dict(s) for s in statuses] if not name else _as_dict(statuses[0]))
+        )
     else:
         _print_table(statuses)
     if name and statuses[0].state == "unknown":
@@ -147,7 +155,9 @@ def wait(
 
 @app.command()
 def demo(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)] = Path("examples/sample.pdf"),
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)] = Path(
+        "examples/sample.pdf"
+    ),
     timeout: float = 600.0,
 ) -> None:
     """Start the local stack, push FILE through it, print its Markdown, stop."""
@@ -182,8 +192,13 @@ def demo(
 def _wait_for(store: GcsStore, settings: Settings, names: list[str], timeout: float) -> int:
     deadline = time.monotonic() + timeout
     finals: dict[str, DocumentStatus] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[state]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=False) as progress:
         tasks = {n: progress.add_task(n, total=None, state="waiting") for n in names}
         while len(finals) < len(names) and time.monotonic() < deadline:
@@ -191,8 +206,12 @@ def _wait_for(store: GcsStore, settings: Settings, names: list[str], timeout: fl
                 if name in finals:
                     continue
                 current = document_status(store, settings, name)
-                progress.update(tasks[name], total=current.page_count,
-                                completed=current.done + current.failed, state=current.state)
+                progress.update(
+                    tasks[name],
+                    total=current.page_count,
+                    completed=current.done + current.failed,
+                    state=current.state,
+                )
                 if current.finished_state:
                     finals[name] = current
             time.sleep(0.5)
@@ -215,24 +234,46 @@ def _print_table(statuses: list[DocumentStatus]) -> None:
     table = Table("name", "state", "pages", "done", "failed", "pending", "markdown / error")
     for s in statuses:
         detail = s.markdown_uri or (f"{s.error['reason']}: {s.error['message']}" if s.error else "")
-        table.add_row(s.name, s.state, str(s.page_count or "-"), str(s.done), str(s.failed),
-                      str(s.pending), detail)
+        table.add_row(
+            s.name,
+            s.state,
+            str(s.page_count or "-"),
+            str(s.done),
+            str(s.failed),
+            str(s.pending),
+            detail,
+        )
     out.print(table)
 
 
 def _as_dict(s: DocumentStatus) -> dict[str, object]:
     return {
-        "name": s.name, "generation": s.generation, "doc_id": s.doc_id, "state": s.state,
-        "page_count": s.page_count, "done": s.done, "failed": s.failed, "pending": s.pending,
-        "error": s.error, "page_errors": s.page_errors, "markdown": s.markdown_uri,
-        "started": s.started, "finished": s.finished,
+        "name": s.name,
+        "generation": s.generation,
+        "doc_id": s.doc_id,
+        "state": s.state,
+        "page_count": s.page_count,
+        "done": s.done,
+        "failed": s.failed,
+        "pending": s.pending,
+        "error": s.error,
+        "page_errors": s.page_errors,
+        "markdown": s.markdown_uri,
+        "started": s.started,
+        "finished": s.finished,
     }
 
 
 def _content_type(path: Path) -> str:
-    return {".pdf": "application/pdf", ".png": "image/png", ".jpg": "image/jpeg",
-            ".jpeg": "image/jpeg", ".tif": "image/tiff", ".tiff": "image/tiff",
-            ".webp": "image/webp"}.get(path.suffix.lower(), "application/octet-stream")
+    return {
+        ".pdf": "application/pdf",
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".tif": "image/tiff",
+        ".tiff": "image/tiff",
+        ".webp": "image/webp",
+    }.get(path.suffix.lower(), "application/octet-stream")
 
 
 if __name__ == "__main__":

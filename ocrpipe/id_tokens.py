@@ -19,7 +19,7 @@ def _fetch_from_google(audience: str) -> str:
     import google.auth.transport.requests
     from google.oauth2 import id_token
 
-    request = google.auth.transport.requests.Request()  # type: ignore[no-untyped-call]
+    request = google.auth.transport.requests.Request()
     token: str = id_token.fetch_id_token(request, audience)  # type: ignore[no-untyped-call]
     return token
 
@@ -27,7 +27,7 @@ def _fetch_from_google(audience: str) -> str:
 def _expiry(token: str) -> float:
     from google.auth import jwt
 
-    claims = jwt.decode(token, verify=False)
+    claims = jwt.decode(token, verify=False)  # type: ignore[no-untyped-call]
     return float(claims["exp"])
 
 

@@ -23,7 +23,7 @@ class PageMessage(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     doc_id: str = Field(min_length=1, max_length=64)
     source_bucket: str = Field(min_length=1)
     source_name: str = Field(min_length=1)

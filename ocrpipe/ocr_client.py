@@ -107,7 +107,9 @@ class OcrClient:
         self.stats = RetryStats()
 
     @classmethod
-    def create(cls, base_url: str, params: OcrParams, *, auth: AuthHeaders | None = None) -> OcrClient:
+    def create(
+        cls, base_url: str, params: OcrParams, *, auth: AuthHeaders | None = None
+    ) -> OcrClient:
         limits = httpx.Limits(
             max_connections=params.max_in_flight, max_keepalive_connections=params.max_in_flight
         )
@@ -208,8 +210,10 @@ class OcrClient:
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
         if status != 200:
-            raise OcrRejected(f"OCR server refused the page: HTTP {status}: {_snippet(response)}",
-                              reason=f"ocr_http_{status}")
+            raise OcrRejected(
+                f"OCR server refused the page: HTTP {status}: {_snippet(response)}",
+                reason=f"ocr_http_{status}",
+            )
         try:
             choice = response.json()["choices"][0]
             return _Reply(str(choice["message"]["content"] or ""), str(choice["finish_reason"]))

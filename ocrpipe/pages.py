@@ -98,13 +98,17 @@ async def complete_document(
     out = settings.output_bucket
     final_name = naming.document_markdown_name(doc)
     prefix = naming.pages_prefix(doc)
-    listing = naming.parse_page_listing([o.name for o in await _io(store.list, out, prefix)], prefix)
+    listing = naming.parse_page_listing(
+        [o.name for o in await _io(store.list, out, prefix)], prefix
+    )
     if len(listing.done | listing.failed) < page_count:
         return False
     if await _io(store.stat, out, final_name):
         return False
-    pages = {n: (await _io(store.read, out, naming.page_markdown_name(doc, n))).decode()
-             for n in sorted(listing.done)}
+    pages = {
+        n: (await _io(store.read, out, naming.page_markdown_name(doc, n))).decode()
+        for n in sorted(listing.done)
+    }
     failed = {}
     for number in sorted(listing.failed):
         raw = await _io(store.read, out, naming.page_error_name(doc, number))

@@ -4,6 +4,7 @@ production)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,10 +106,8 @@ def ensure_topology(
     pages = publisher.topic_path(project, pages_topic or topology.pages_topic)
     dead = publisher.topic_path(project, topology.dead_letter_topic)
     for topic in (pages, dead):
-        try:
+        with contextlib.suppress(gexc.AlreadyExists):
             publisher.create_topic(name=topic)
-        except gexc.AlreadyExists:
-            pass
     subscriptions = [
         {
             "name": subscriber.subscription_path(project, topology.dead_letter_subscription),
@@ -138,10 +137,8 @@ def ensure_topology(
         },
     ]
     for request in subscriptions:
-        try:
+        with contextlib.suppress(gexc.AlreadyExists):
             subscriber.create_subscription(request=request)
-        except gexc.AlreadyExists:
-            pass
     publisher.transport.close()
     subscriber.close()
 
@@ -153,7 +150,7 @@ def ensure_push_subscription(
     from google.api_core import exceptions as gexc
 
     subscriber = subscriber_client(emulator_host)
-    try:
+    with contextlib.suppress(gexc.AlreadyExists):
         subscriber.create_subscription(
             request={
                 "name": subscriber.subscription_path(project, subscription),
@@ -162,8 +159,6 @@ def ensure_push_subscription(
                 "push_config": {"push_endpoint": endpoint},
             }
         )
-    except gexc.AlreadyExists:
-        pass
     subscriber.close()
 
 
@@ -171,8 +166,6 @@ def ensure_topic(project: str, topic: str, emulator_host: str | None = None) -> 
     from google.api_core import exceptions as gexc
 
     publisher = publisher_client(emulator_host)
-    try:
+    with contextlib.suppress(gexc.AlreadyExists):
         publisher.create_topic(name=publisher.topic_path(project, topic))
-    except gexc.AlreadyExists:
-        pass
     publisher.transport.close()

@@ -99,16 +99,20 @@ class PushVerifier:
         from google.auth import jwt
 
         try:
-            claims = jwt.decode(
-                token, certs=self._certs.get(), audience=self._audience,
+            claims = jwt.decode(  # type: ignore[no-untyped-call]
+                token,
+                certs=self._certs.get(),
+                audience=self._audience,
                 clock_skew_in_seconds=CLOCK_SKEW_S,
             )
         except ValueError as exc:
             if "Certificate for key id" not in str(exc):
                 raise
             # Google rotated its keys since we cached them: fetch once more.
-            claims = jwt.decode(
-                token, certs=self._certs.get(refresh=True), audience=self._audience,
+            claims = jwt.decode(  # type: ignore[no-untyped-call]
+                token,
+                certs=self._certs.get(refresh=True),
+                audience=self._audience,
                 clock_skew_in_seconds=CLOCK_SKEW_S,
             )
         return dict(claims)

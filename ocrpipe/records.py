@@ -31,7 +31,12 @@ def manifest_record(doc: DocumentRef, page_count: int, *, now: float | None = No
 
 
 def error_record(
-    doc: DocumentRef, reason: str, message: str, *, page: int | None = None, now: float | None = None
+    doc: DocumentRef,
+    reason: str,
+    message: str,
+    *,
+    page: int | None = None,
+    now: float | None = None,
 ) -> bytes:
     record: dict[str, Any] = {
         "schema_version": RECORD_VERSION,

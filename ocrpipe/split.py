@@ -114,7 +114,7 @@ def _split_pdf(
                 page=page.page,
                 page_count=page_count,
                 image_uri=f"gs://{settings.work_bucket}/{image_name}",
-                image_mime=page.mime,  # type: ignore[arg-type]
+                image_mime=page.mime,
             )
             batch.append(OutgoingMessage(message.encode(), message.attributes()))
             if len(batch) >= PUBLISH_BATCH:

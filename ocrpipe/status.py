@@ -48,8 +48,13 @@ class DocumentStatus:
 
 
 def derive_state(
-    *, input_exists: bool, has_error: bool, has_manifest: bool, has_document: bool,
-    done: int, failed: int,
+    *,
+    input_exists: bool,
+    has_error: bool,
+    has_manifest: bool,
+    has_document: bool,
+    done: int,
+    failed: int,
 ) -> str:
     if has_error:
         return "failed"
@@ -67,15 +72,15 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
     objects = store.list(settings.output_bucket, prefix)
     by_generation: dict[int, list[ObjectInfo]] = {}
     for info in objects:
-        generation = naming.generation_from_prefix(info.name[len(prefix):])
-        if generation is not None:
-            by_generation.setdefault(generation, []).append(info)
+        found_generation = naming.generation_from_prefix(info.name[len(prefix) :])
+        if found_generation is not None:
+            by_generation.setdefault(found_generation, []).append(info)
     source = store.stat(settings.input_bucket, name)
     if source is not None:
-        generation: int | None = source.generation
+        generation = source.generation
+    elif by_generation:
+        generation = max(by_generation)
     else:
-        generation = max(by_generation) if by_generation else None
-    if generation is None:
         return DocumentStatus(name, None, "unknown")
 
     doc = naming.DocumentRef(settings.input_bucket, name, generation)
@@ -96,9 +101,12 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
     }
     document = found.get(naming.document_markdown_name(doc))
     state = derive_state(
-        input_exists=source is not None, has_error=error is not None,
-        has_manifest=page_count is not None, has_document=document is not None,
-        done=len(listing.done), failed=len(listing.failed),
+        input_exists=source is not None,
+        has_error=error is not None,
+        has_manifest=page_count is not None,
+        has_document=document is not None,
+        done=len(listing.done),
+        failed=len(listing.failed),
     )
     times = [info.updated for info in found.values()]
     return DocumentStatus(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -33,7 +34,9 @@ class ObjectInfo:
 class ObjectStore(Protocol):
     def read(self, bucket: str, name: str) -> bytes: ...
 
-    def download(self, bucket: str, name: str, dest: Path, *, generation: int | None = None) -> None: ...
+    def download(
+        self, bucket: str, name: str, dest: Path, *, generation: int | None = None
+    ) -> None: ...
 
     def stat(self, bucket: str, name: str) -> ObjectInfo | None: ...
 
@@ -80,7 +83,9 @@ class GcsStore:
             data: bytes = self._client.bucket(bucket).blob(name).download_as_bytes()
             return data
 
-    def download(self, bucket: str, name: str, dest: Path, *, generation: int | None = None) -> None:
+    def download(
+        self, bucket: str, name: str, dest: Path, *, generation: int | None = None
+    ) -> None:
         with _translated(bucket, name):
             blob = self._client.bucket(bucket).blob(name, generation=generation)
             blob.download_to_filename(str(dest))
@@ -134,39 +139,32 @@ def _info(blob: Any) -> ObjectInfo:
     )
 
 
-class _translated:
-    """Wrap google-cloud-storage's exceptions into ours (``raise ... from``)."""
+@contextmanager
+def _translated(bucket: str, name: str) -> Iterator[None]:
+    """Wrap google-cloud-storage's exceptions into ours (``raise ... from``).
 
-    def __init__(self, bucket: str, name: str) -> None:
-        self._where = f"gs://{bucket}/{name}"
+    ``PreconditionFailed`` passes through: the caller decides what a lost race means.
+    """
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+    from requests import exceptions as req_exc
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None:
-            return False
-        from google.api_core import exceptions as gexc
-        from google.auth import exceptions as auth_exc
-        from requests import exceptions as req_exc
-
-        if isinstance(exc, gexc.NotFound):
-            raise ObjectMissing(self._where) from exc
-        if isinstance(exc, gexc.PreconditionFailed):
-            return False  # the caller decides what a lost race means
-        transient = (
-            gexc.TooManyRequests,
-            gexc.ServerError,
-            gexc.RequestRangeNotSatisfiable,
-            req_exc.ConnectionError,
-            req_exc.Timeout,
-            auth_exc.TransportError,
-            ConnectionError,
-            TimeoutError,
-        )
-        if isinstance(exc, transient):
-            raise StorageUnavailable(f"storage trouble at {self._where}: {exc}") from exc
-        return False
+    transient = (
+        gexc.TooManyRequests,
+        gexc.ServerError,
+        req_exc.ConnectionError,
+        req_exc.Timeout,
+        auth_exc.TransportError,
+        ConnectionError,
+        TimeoutError,
+    )
+    where = f"gs://{bucket}/{name}"
+    try:
+        yield
+    except gexc.NotFound as exc:
+        raise ObjectMissing(where) from exc
+    except transient as exc:
+        raise StorageUnavailable(f"storage trouble at {where}: {exc}") from exc
 
 
 class MemoryStore:
@@ -195,7 +193,9 @@ class MemoryStore:
         except KeyError:
             raise ObjectMissing(f"gs://{bucket}/{name}") from None
 
-    def download(self, bucket: str, name: str, dest: Path, *, generation: int | None = None) -> None:
+    def download(
+        self, bucket: str, name: str, dest: Path, *, generation: int | None = None
+    ) -> None:
         data = self.read(bucket, name)
         current = self._objects[(bucket, name)][1].generation
         if generation is not None and generation != current:

@@ -14,6 +14,7 @@ that is what transient trouble does.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -23,26 +24,38 @@ from cloudevents.http import CloudEvent
 from ocrpipe.errors import BadMessage
 from ocrpipe.logs import configure_logging, log_context, trace_from_headers
 from ocrpipe.messages import StorageObjectData
-from ocrpipe.pubsub import PubSubPublisher
+from ocrpipe.pubsub import Publisher, PubSubPublisher
 from ocrpipe.settings import Settings
 from ocrpipe.split import split_document
-from ocrpipe.storage import GcsStore
+from ocrpipe.storage import GcsStore, ObjectStore
 
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 logger = logging.getLogger("splitter_fn")
 
 
+Services = tuple[Settings, ObjectStore, Publisher]
+
+
 @cache
-def _services() -> tuple[Settings, GcsStore, PubSubPublisher]:
+def real_services() -> Services:
     settings = Settings()
     configure_logging(settings.log_level, service="splitter_fn")
     store = GcsStore.connect(settings.project, settings.storage_emulator_host)
     return settings, store, PubSubPublisher.connect(settings.project, settings.pubsub_emulator_host)
 
 
-@functions_framework.cloud_event
-def on_finalize(event: CloudEvent) -> None:
-    settings, store, publisher = _services()
+def make_handler(services: Callable[[], Services]) -> Callable[[CloudEvent], None]:
+    """The event handler, with its clients from ``services`` (called on each event)."""
+
+    def handle(event: CloudEvent) -> None:
+        handle_event(event, *services())
+
+    return handle
+
+
+def handle_event(
+    event: CloudEvent, settings: Settings, store: ObjectStore, publisher: Publisher
+) -> None:
     trace = trace_from_headers(_trace_headers(event), settings.project)
     with log_context(trace=trace):
         if event["type"] != FINALIZED:
@@ -60,9 +73,14 @@ def on_finalize(event: CloudEvent) -> None:
         with log_context(doc_id=doc.doc_id):
             outcome = split_document(doc, store, publisher, settings)
             logger.info(
-                "split %s: %s", doc.uri, outcome.state,
+                "split %s: %s",
+                doc.uri,
+                outcome.state,
                 extra={"reason": outcome.reason or None},
             )
+
+
+on_finalize = functions_framework.cloud_event(make_handler(real_services))
 
 
 def _trace_headers(event: CloudEvent) -> dict[str, str]:

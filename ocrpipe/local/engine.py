@@ -49,6 +49,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ocrpipe.local.layout import TextBox, boxes_to_markdown
+from ocrpipe.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads < 1:
         parser.error("--threads must be at least 1")
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level, service="ocr-engine")
     # Several pages at once share the cores instead of each asking onnxruntime for all of them.
     intra = max(1, _cpu_count() // args.threads) if args.threads > 1 else None
     started = time.perf_counter()
@@ -418,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(
         engine, model_name=args.model_name, threads=args.threads, max_model_len=args.max_model_len
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level.lower(), log_config=None
+    )
 
 
 if __name__ == "__main__":

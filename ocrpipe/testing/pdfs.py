@@ -6,12 +6,52 @@ import io
 import random
 from pathlib import Path
 
-WORDS = (
-    "invoice total amount due payment account customer order number delivery address "
-    "shipping date report quarter revenue growth market product service contract annual "
-    "summary section table figure result analysis method data sample value average "
-    "percent increase decrease budget cost estimate project team office north south"
-).split()
+WORDS = [
+    "invoice",
+    "total",
+    "amount",
+    "due",
+    "payment",
+    "account",
+    "customer",
+    "order",
+    "number",
+    "delivery",
+    "address",
+    "shipping",
+    "date",
+    "report",
+    "quarter",
+    "revenue",
+    "growth",
+    "market",
+    "product",
+    "service",
+    "contract",
+    "annual",
+    "summary",
+    "section",
+    "table",
+    "figure",
+    "result",
+    "analysis",
+    "method",
+    "data",
+    "sample",
+    "value",
+    "average",
+    "percent",
+    "increase",
+    "decrease",
+    "budget",
+    "cost",
+    "estimate",
+    "project",
+    "team",
+    "office",
+    "north",
+    "south",
+]
 
 
 def page_text(page: int, seed: int = 0, lines: int = 12) -> list[str]:
@@ -58,20 +98,26 @@ def write_sample(path: Path) -> None:
     pdf = canvas.Canvas(str(path), pagesize=A4, invariant=1)
     width, height = A4
     pages = [
-        ("Quarterly Report", [
-            "This sample document shows ocrpipe turning a PDF into Markdown.",
-            "Each page is rendered to an image, sent through Pub/Sub to the worker,",
-            "recognized by the OCR server and written to the output bucket.",
-            "",
-            "Revenue grew by 12 percent compared with the previous quarter.",
-            "The north office opened two new sites and hired eight people.",
-        ]),
-        ("Next Steps", [
-            "Pages are processed in parallel and assembled in order.",
-            "A failed page is retried with backoff before it is dead-lettered.",
-            "",
-            "Contact the operations team for questions about this report.",
-        ]),
+        (
+            "Quarterly Report",
+            [
+                "This sample document shows ocrpipe turning a PDF into Markdown.",
+                "Each page is rendered to an image, sent through Pub/Sub to the worker,",
+                "recognized by the OCR server and written to the output bucket.",
+                "",
+                "Revenue grew by 12 percent compared with the previous quarter.",
+                "The north office opened two new sites and hired eight people.",
+            ],
+        ),
+        (
+            "Next Steps",
+            [
+                "Pages are processed in parallel and assembled in order.",
+                "A failed page is retried with backoff before it is dead-lettered.",
+                "",
+                "Contact the operations team for questions about this report.",
+            ],
+        ),
     ]
     for title, lines in pages:
         y = height - 90

@@ -1,0 +1,443 @@
+"""A fault-injecting OCR server for chaos tests and benchmarks.
+
+It speaks the same API subset as vLLM and the local engine (:mod:`ocrpipe.local.engine`):
+``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (same validation, same
+reply shape), but it runs no OCR. A page's answer is ``page-sha256:<hex>`` of the decoded
+image bytes, followed by the value of the PNG text chunk ``ocrpipe-text`` when there is one,
+so identical inputs always get identical outputs whatever faults happen on the way.
+
+What can go wrong, and how each request's fate is decided (:func:`decide`):
+
+- ``503`` (vLLM-like error body), ``429`` (with ``Retry-After: N``), ``reset`` (the TCP
+  connection is reset without an answer) and ``hang`` (no answer for ``hang_seconds``, given
+  up as soon as the client disconnects, then 504) are drawn for each request from
+  ``sha256(seed, sha256(image), attempt)``, where ``attempt`` counts the requests seen for
+  that image (1, 2, ...). Reruns with the same seed give every page the same sequence of
+  faults whatever order the pages arrive in.
+- ``length``: a page is *loopy* with probability ``plength``, drawn from
+  ``sha256(seed, sha256(image))`` (a property of the page, as real repetition loops are).
+  A loopy page answers a repetition loop with ``finish_reason: "length"`` while the request's
+  temperature is at most 0.2 (or absent), and normally above it, so that a client that raises
+  the temperature succeeds. With ``loop_always`` it loops at every temperature: the page
+  fails after the client's whole temperature ladder.
+- ``slow_ms`` adds latency to every answered page; ``cold_seconds`` makes everything,
+  ``/health`` included, answer 503 for that long after start (cold requests use no attempt
+  number); ``batch_size`` K and ``service_time`` S mimic vLLM's continuous batching: at most
+  K pages are served at once, each takes S seconds, the others queue.
+
+``GET /stats`` returns the counts by outcome (``ok``, ``503``, ``429``, ``reset``, ``hang``,
+``length``, ``cold``, ``invalid``, ``total``) and gauges (``in_flight``, ``max_in_flight``,
+``hanging``); ``POST /stats/reset`` zeroes them and forgets the attempt numbers, which starts
+a new run: the next run with the same seed sees the same faults again.
+
+Connection resets need the connection's transport: under uvicorn (h11 or httptools) it is
+the ``transport`` of the request cycle that ASGI's ``send`` is bound to. The socket gets
+``SO_LINGER`` 0 and the transport is aborted, which sends a TCP RST; an httpx client raises
+``httpx.ReadError`` (or ``RemoteProtocolError``). Under an in-process client (Starlette's
+TestClient, ``httpx.ASGITransport``) there is no socket: a ``ConnectionResetError`` is raised
+out of the app instead, which those clients re-raise.
+
+``python -m ocrpipe.local.faults --port 8001 --seed 1 --p503 0.2 --cold-seconds 30`` (see
+``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import io
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ocrpipe.local.engine import (
+    DEFAULT_MAX_MODEL_LEN,
+    DEFAULT_MODEL,
+    ApiError,
+    PageRequest,
+    api_error_response,
+    bad_request,
+    chat_completion_body,
+    error_response,
+    image_tokens,
+    models_body,
+    parse_chat_request,
+    truncate_tokens,
+)
+from ocrpipe.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+
+OUTCOMES = ("ok", "503", "429", "reset", "hang", "length", "cold", "invalid")
+LOOP_MAX_TEMPERATURE = 0.2
+LOOP_PHRASE = "the same line again"
+DEFAULT_LOOP_TOKENS = 4096
+PNG_TEXT_KEY = "ocrpipe-text"
+_TRANSPORT_KEY = "ocrpipe.transport"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """What the fault server does; probabilities are per request and add up to at most 1."""
+
+    seed: int = 0
+    p503: float = 0.0
+    p429: float = 0.0
+    retry_after: int = 1
+    preset: float = 0.0
+    phang: float = 0.0
+    hang_seconds: float = 3600.0
+    plength: float = 0.0
+    loop_always: bool = False
+    slow_ms: int = 0
+    cold_seconds: float = 0.0
+    batch_size: int = 0
+    service_time: float = 0.0
+
+    def __post_init__(self) -> None:
+        probabilities = {n: getattr(self, n) for n in ("p503", "p429", "preset", "phang")}
+        for name, p in {**probabilities, "plength": self.plength}.items():
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name}={p} is not a probability")
+        if sum(probabilities.values()) > 1.0 + 1e-9:
+            raise ValueError(f"p503 + p429 + preset + phang = {sum(probabilities.values())} > 1")
+        for name in ("retry_after", "hang_seconds", "slow_ms", "cold_seconds", "service_time"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.batch_size < 0:
+            raise ValueError("batch_size must not be negative (0: unlimited)")
+
+
+def _unit(*parts: object) -> float:
+    """A number in [0, 1) that depends on ``parts`` only."""
+    digest = hashlib.sha256(":".join(str(part) for part in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def page_loops(plan: FaultPlan, image_sha: str) -> bool:
+    return _unit(plan.seed, "loop", image_sha) < plan.plength
+
+
+def decide(plan: FaultPlan, image_sha: str, attempt: int, temperature: float | None) -> str:
+    """The outcome of one request: one of ``ok 503 429 reset hang length``."""
+    draw = _unit(plan.seed, "fault", image_sha, attempt)
+    edge = 0.0
+    ladder = (("503", plan.p503), ("429", plan.p429), ("reset", plan.preset), ("hang", plan.phang))
+    for outcome, p in ladder:
+        edge += p
+        if draw < edge:
+            return outcome
+    low_temperature = temperature is None or temperature <= LOOP_MAX_TEMPERATURE + 1e-9
+    if page_loops(plan, image_sha) and (low_temperature or plan.loop_always):
+        return "length"
+    return "ok"
+
+
+class _State:
+    """Counters and the batch semaphore; touched from the event loop only."""
+
+    def __init__(self, plan: FaultPlan) -> None:
+        self.plan = plan
+        self.started = time.monotonic()
+        self.attempts: dict[str, int] = {}
+        self.counts = dict.fromkeys((*OUTCOMES, "total"), 0)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.hanging = 0
+        self._batch: asyncio.Semaphore | None = None
+
+    def restart(self) -> None:
+        self.started = time.monotonic()
+        self._batch = None  # a semaphore belongs to one event loop
+
+    def is_cold(self) -> bool:
+        return time.monotonic() - self.started < self.plan.cold_seconds
+
+    def batch(self) -> asyncio.Semaphore:
+        if self._batch is None:
+            self._batch = asyncio.Semaphore(self.plan.batch_size)
+        return self._batch
+
+    def count(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+
+    def next_attempt(self, image_sha: str) -> int:
+        self.attempts[image_sha] = self.attempts.get(image_sha, 0) + 1
+        return self.attempts[image_sha]
+
+    def stats(self) -> dict[str, int]:
+        gauges = {"in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
+        return {**self.counts, **gauges, "hanging": self.hanging}
+
+    def reset_stats(self) -> None:
+        self.counts = dict.fromkeys(self.counts, 0)
+        self.attempts.clear()
+        self.max_in_flight = self.in_flight
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> tuple[bool, T | None]:
+    """Run ``work`` until it finishes or the client goes away: (finished, result)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnected(request.receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        watcher.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.done() and not task.cancelled():
+        return True, task.result()
+    return False, None
+
+
+async def _reset_connection(request: Request) -> Response:
+    transport = request.scope.get(_TRANSPORT_KEY)
+    if not isinstance(transport, asyncio.Transport):
+        raise ConnectionResetError("injected connection reset")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:  # linger 0: close() sends RST instead of FIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    # Let the server see the connection drop, so that it does not try to answer on it.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_until_disconnected(request.receive), timeout=1.0)
+    return Response(status_code=500)  # never sent: the connection is gone
+
+
+def _page_text(page: PageRequest) -> tuple[str, int, int]:
+    """The deterministic answer for a page, and the image's size; 400 if not an image."""
+    try:
+        image = Image.open(io.BytesIO(page.image))  # reads the header and chunks before IDAT
+    except Exception as exc:  # Pillow raises many kinds of error on corrupt input
+        raise bad_request(f"the image cannot be decoded: {exc}") from exc
+    with image:
+        text = image.info.get(PNG_TEXT_KEY)
+        width, height = image.size
+    answer = f"page-sha256:{hashlib.sha256(page.image).hexdigest()}"
+    if isinstance(text, str) and text:
+        answer += f"\n\n{text}"
+    return answer, width, height
+
+
+class _FaultApp(Starlette):
+    """Starlette, plus the connection's transport in the scope (for injected resets)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            if isinstance(transport, asyncio.Transport):
+                scope[_TRANSPORT_KEY] = transport
+        await super().__call__(scope, receive, send)
+
+
+def create_app(
+    plan: FaultPlan,
+    *,
+    model_name: str = DEFAULT_MODEL,
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+) -> Starlette:
+    state = _State(plan)
+    created = int(time.time())
+
+    def cold_response() -> Response:
+        return error_response(503, "ServiceUnavailableError", "the OCR server is starting")
+
+    async def health(_: Request) -> Response:
+        return Response(status_code=503 if state.is_cold() else 200)
+
+    async def models(_: Request) -> Response:
+        if state.is_cold():
+            return cold_response()
+        return JSONResponse(models_body(model_name, created, max_model_len))
+
+    async def serve_page(
+        page: PageRequest, answer: str, prompt_tokens: int, outcome: str
+    ) -> dict[str, Any]:
+        if outcome == "length":
+            limit = page.max_tokens or DEFAULT_LOOP_TOKENS
+            content, tokens, _ = truncate_tokens(answer + f"\n\n{LOOP_PHRASE}" * limit, limit)
+            finish_reason = "length"
+        else:
+            content, tokens, cut = truncate_tokens(answer, page.max_tokens)
+            finish_reason = "length" if cut else "stop"
+        if plan.batch_size:
+            async with state.batch():
+                await in_service()
+        else:
+            await in_service()
+        return chat_completion_body(model_name, content, finish_reason, prompt_tokens, tokens)
+
+    async def in_service() -> None:
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            await asyncio.sleep(plan.service_time + plan.slow_ms / 1000)
+        finally:
+            state.in_flight -= 1
+
+    async def hang() -> Response:
+        state.hanging += 1
+        try:
+            await asyncio.sleep(plan.hang_seconds)
+        finally:
+            state.hanging -= 1
+        return error_response(504, "GatewayTimeoutError", "injected hang: no answer in time")
+
+    async def chat_completions(request: Request) -> Response:
+        state.count("total")
+        if state.is_cold():
+            state.count("cold")
+            return cold_response()
+        try:
+            page = parse_chat_request(await request.body(), model_name)
+            answer, width, height = _page_text(page)
+        except ApiError as exc:  # refused before any fault, and without using an attempt
+            state.count("invalid")
+            return api_error_response(exc)
+        image_sha = hashlib.sha256(page.image).hexdigest()
+        attempt = state.next_attempt(image_sha)
+        outcome = decide(plan, image_sha, attempt, page.temperature)
+        state.count(outcome)
+        logger.info("page %s attempt %d: %s", image_sha[:12], attempt, outcome)
+        if outcome == "503":
+            return error_response(503, "ServiceUnavailableError", "injected fault: unavailable")
+        if outcome == "429":
+            return error_response(
+                429,
+                "RateLimitError",
+                "injected fault: rate limited",
+                headers={"Retry-After": str(plan.retry_after)},
+            )
+        if outcome == "reset":
+            return await _reset_connection(request)
+        if outcome == "hang":
+            finished, response = await _unless_disconnected(request, hang())
+            return response if finished and response is not None else Response(status_code=499)
+        prompt_tokens = page.text_tokens + image_tokens(width, height)
+        finished, body = await _unless_disconnected(
+            request, serve_page(page, answer, prompt_tokens, outcome)
+        )
+        if not finished or body is None:
+            return Response(status_code=499)  # the client is gone; nothing is sent
+        return JSONResponse(body)
+
+    async def stats(_: Request) -> Response:
+        return JSONResponse(state.stats())
+
+    async def reset_stats(_: Request) -> Response:
+        state.reset_stats()
+        return JSONResponse(state.stats())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        state.restart()
+        yield
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/stats", stats, methods=["GET"]),
+        Route("/stats/reset", reset_stats, methods=["POST"]),
+    ]
+    return _FaultApp(routes=routes, lifespan=lifespan)
+
+
+@contextlib.contextmanager
+def serve_in_background(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread on a free port; yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        yield f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ocrpipe.local.faults",
+        description="Fault-injecting OCR server speaking vLLM's OpenAI API subset.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--model-name", default=DEFAULT_MODEL)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--p503", type=float, default=0.0, help="share of requests answered 503")
+    parser.add_argument("--p429", type=float, default=0.0, help="share answered 429")
+    parser.add_argument("--retry-after", type=int, default=1, help="429's Retry-After, seconds")
+    parser.add_argument("--preset", type=float, default=0.0, help="share of connection resets")
+    parser.add_argument("--phang", type=float, default=0.0, help="share of hanging requests")
+    parser.add_argument("--hang-seconds", type=float, default=3600.0)
+    parser.add_argument(
+        "--plength", type=float, default=0.0, help="share of pages that loop at temperature <= 0.2"
+    )
+    parser.add_argument(
+        "--loop-always", action="store_true", help="looping pages loop at every temperature"
+    )
+    parser.add_argument("--slow-ms", type=int, default=0, help="latency added to every answer")
+    parser.add_argument("--cold-seconds", type=float, default=0.0, help="503 for this long")
+    parser.add_argument("--batch-size", type=int, default=0, help="pages served at once (0: any)")
+    parser.add_argument("--service-time", type=float, default=0.0, help="seconds per page")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    try:
+        plan = FaultPlan(**{f.name: args[f.name] for f in fields(FaultPlan)})
+    except ValueError as exc:
+        parser.error(str(exc))
+    configure_logging(args["log_level"], service="ocr-faults")
+    logger.info("fault plan: %s", plan)
+    app = create_app(plan, model_name=args["model_name"])
+    uvicorn.run(
+        app,
+        host=args["host"],
+        port=args["port"],
+        log_level=args["log_level"].lower(),
+        log_config=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

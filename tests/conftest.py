@@ -1,0 +1,58 @@
+"""Shared fixtures. The local stack (real emulators) starts once per session, on free
+ports, only for tests that ask for it."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ocrpipe.local.stack import LocalStack, Ports
+from ocrpipe.settings import Settings
+from ocrpipe.status import DocumentStatus, document_status
+from ocrpipe.storage import GcsStore
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_ports() -> Ports:
+    return Ports(*(free_port() for _ in range(6)))
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack(ports=free_ports(), bucket_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def gcs(stack: LocalStack) -> GcsStore:
+    return GcsStore.connect(stack.project, stack.settings.storage_emulator_host)
+
+
+def unique_name(stem: str, suffix: str = ".pdf") -> str:
+    return f"tests/{stem}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def wait_until_finished(
+    store: GcsStore,
+    settings: Settings,
+    name: str,
+    timeout: float = 180,
+    on_wait: Callable[[], None] = lambda: None,
+) -> DocumentStatus:
+    deadline = time.monotonic() + timeout
+    current = document_status(store, settings, name)
+    while not current.finished_state and time.monotonic() < deadline:
+        on_wait()
+        time.sleep(0.3)
+        current = document_status(store, settings, name)
+    assert current.finished_state, f"{name} still {current.state} after {timeout} s: {current}"
+    return current

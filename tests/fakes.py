@@ -1,0 +1,80 @@
+"""Test doubles that implement the same interfaces as the real adapters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from ocrpipe.ocr_client import OcrClient, OcrParams
+
+
+@dataclass
+class FakeClock:
+    """A monotonic clock that only moves when the code under test sleeps."""
+
+    now: float = 1000.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def completion(content: str, finish_reason: str = "stop") -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish_reason,
+                }
+            ],
+        },
+    )
+
+
+@dataclass
+class ScriptedOcrServer:
+    """Answers requests from a script of responses (or exceptions), then repeats the last.
+
+    Records every request body, so tests can check what was sent.
+    """
+
+    script: list[httpx.Response | Exception | Callable[[dict[str, object]], httpx.Response]]
+    requests: list[dict[str, object]] = field(default_factory=list)
+    headers: list[httpx.Headers] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.requests.append(body)
+        self.headers.append(request.headers)
+        step = self.script[min(len(self.requests), len(self.script)) - 1]
+        if isinstance(step, Exception):
+            raise step
+        if callable(step) and not isinstance(step, httpx.Response):
+            return step(body)
+        return step
+
+    def client(self, clock: FakeClock | None = None, **params: object) -> OcrClient:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(self), base_url="http://ocr")
+        kwargs = {"clock": clock, "sleep": clock.sleep} if clock else {}
+        return OcrClient(
+            http,
+            OcrParams(model="lightonai/LightOnOCR-2-1B", **params),  # type: ignore[arg-type]
+            **kwargs,
+        )  # type: ignore[arg-type]
+
+
+# The splitter's contract test puts its fakes here; tests/splitter_source.py reads them.
+SPLITTER_SERVICES: list[tuple[object, ...]] = []

@@ -1,0 +1,163 @@
+"""The OCR client through httpx.MockTransport: what it sends, and how it retries."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+
+from ocrpipe.errors import OcrRejected, OcrUnavailable
+from ocrpipe.ocr_client import MAX_BACKOFF_SECONDS, parse_retry_after
+from tests.fakes import FakeClock, ScriptedOcrServer, completion
+
+IMAGE = b"\x89PNG fake image bytes"
+
+
+async def test_sends_the_image_alone_the_way_lightonocr_expects() -> None:
+    server = ScriptedOcrServer([completion("# Title\n\nText")])
+    clock = FakeClock()
+    result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert result.markdown == "# Title\n\nText"
+    (body,) = server.requests
+    assert body["model"] == "lightonai/LightOnOCR-2-1B"
+    assert body["temperature"] == 0.2 and body["top_p"] == 0.9 and body["max_tokens"] == 4096
+    (message,) = body["messages"]  # type: ignore[misc]
+    assert message["role"] == "user"
+    (part,) = message["content"]
+    assert part["type"] == "image_url"
+    assert part["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(IMAGE).decode()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.Response(503, text="loading"),
+        httpx.Response(500),
+        httpx.Response(502),
+        httpx.Response(429),
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("reset"),
+    ],
+    ids=["503", "500", "502", "429", "refused", "timeout", "reset"],
+)
+async def test_transient_trouble_is_retried_with_backoff(failure: object) -> None:
+    server = ScriptedOcrServer([failure, failure, completion("ok")])  # type: ignore[list-item]
+    clock = FakeClock()
+    client = server.client(clock)
+    result = await client.ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert result.markdown == "ok" and result.requests == 3
+    assert len(clock.sleeps) == 2 and all(0 <= s <= MAX_BACKOFF_SECONDS for s in clock.sleeps)
+    assert sum(client.stats.by_cause.values()) == 2
+
+
+async def test_retry_after_is_honoured() -> None:
+    server = ScriptedOcrServer(
+        [httpx.Response(429, headers={"Retry-After": "7"}), completion("ok")]
+    )
+    clock = FakeClock()
+    await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert clock.sleeps == [7.0]
+
+
+@pytest.mark.parametrize("budget", [5.0, 60.0, 540.0])
+async def test_the_budget_is_never_overrun(budget: float) -> None:
+    server = ScriptedOcrServer([httpx.Response(503)])
+    clock = FakeClock()
+    deadline = clock.now + budget
+    with pytest.raises(OcrUnavailable) as info:
+        await server.client(clock).ocr_page(IMAGE, "image/png", deadline=deadline)
+    assert clock.now <= deadline
+    assert info.value.push_status == 503
+    assert len(server.requests) >= 2
+
+
+async def test_retry_after_longer_than_the_budget_gives_up_at_once() -> None:
+    server = ScriptedOcrServer([httpx.Response(429, headers={"Retry-After": "120"})])
+    clock = FakeClock()
+    with pytest.raises(OcrUnavailable):
+        await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 30)
+    assert clock.sleeps == [] and len(server.requests) == 1
+
+
+async def test_request_timeout_is_capped_by_the_remaining_budget() -> None:
+    seen: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"]["read"])
+        return completion("ok")
+
+    clock = FakeClock()
+    server = ScriptedOcrServer([])
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://ocr")
+    from ocrpipe.ocr_client import OcrClient, OcrParams
+
+    client = OcrClient(
+        http, OcrParams(model="m", request_timeout_s=300), clock=clock, sleep=clock.sleep
+    )
+    await client.ocr_page(IMAGE, "image/png", deadline=clock.now + 42)
+    assert seen == [42]
+    assert server.requests == []
+
+
+async def test_a_repetition_loop_climbs_the_temperature_ladder() -> None:
+    server = ScriptedOcrServer(
+        [
+            completion("la la la", "length"),
+            completion("la la", "length"),
+            completion("fine"),
+        ]
+    )
+    clock = FakeClock()
+    result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert result.markdown == "fine" and result.temperature == 0.5
+    assert [r["temperature"] for r in server.requests] == [0.2, 0.3, 0.5]
+
+
+async def test_a_loop_at_every_temperature_fails_the_page_for_good() -> None:
+    server = ScriptedOcrServer([completion("la la la", "length")])
+    clock = FakeClock()
+    with pytest.raises(OcrRejected) as info:
+        await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert info.value.reason == "ocr_repetition_loop" and info.value.push_status == 204
+    assert [r["temperature"] for r in server.requests] == [0.2, 0.3, 0.5, 0.8]
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+async def test_client_errors_are_not_retried(status: int) -> None:
+    server = ScriptedOcrServer([httpx.Response(status, json={"message": "bad image"})])
+    clock = FakeClock()
+    with pytest.raises(OcrRejected) as info:
+        await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert info.value.reason == f"ocr_http_{status}"
+    assert len(server.requests) == 1
+
+
+async def test_auth_headers_are_sent() -> None:
+    class Auth:
+        def headers(self) -> dict[str, str]:
+            return {"Authorization": "Bearer t0ken"}
+
+    server = ScriptedOcrServer([completion("ok")])
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url="http://ocr")
+    from ocrpipe.ocr_client import OcrClient, OcrParams
+
+    await OcrClient(http, OcrParams(model="m"), auth=Auth()).ocr_page(
+        IMAGE, "image/png", deadline=float("inf")
+    )
+    assert server.headers[0]["authorization"] == "Bearer t0ken"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("7", 7.0),
+        (" 0 ", 0.0),
+        ("Thu, 01 Jan 1970 00:01:40 GMT", 60.0),
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value, now=40.0) == seconds

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ocrpipe.errors import BadInput
+from ocrpipe.render import MIN_SHORT_SIDE, PdfRenderer, page_scale
+from ocrpipe.testing.pdfs import text_pdf
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((595, 842), (1089, 1540)), ((842, 595), (1540, 1089)), ((612, 612), (1540, 1540))],
+)
+def test_longest_side_is_1540_and_aspect_ratio_is_kept(
+    tmp_path: Path, size: tuple[float, float], expected: tuple[int, int]
+) -> None:
+    data, _ = text_pdf(3, size=size)
+    path = tmp_path / "in.pdf"
+    path.write_bytes(data)
+    with PdfRenderer(path, processes=2, longest_side=1540) as renderer:
+        assert renderer.page_count() == 3
+        pages = list(renderer.render(range(1, 4)))
+    assert [p.page for p in pages] == [1, 2, 3]
+    for page in pages:
+        image = Image.open(io.BytesIO(page.data))
+        assert image.format == "PNG" and page.mime == "image/png"
+        assert abs(image.width - expected[0]) <= 1 and abs(image.height - expected[1]) <= 1
+        assert max(image.size) == 1540
+        assert abs(image.width / image.height - size[0] / size[1]) < 0.01
+
+
+def test_a_sliver_of_a_page_is_clamped() -> None:
+    scale = page_scale(10000, 1, 1540)
+    assert 1 * scale >= MIN_SHORT_SIDE or 10000 * scale <= 4 * 1540
+    assert 10000 * scale <= 4 * 1540 + 1
+
+
+def test_a_page_without_area_is_bad_input() -> None:
+    with pytest.raises(BadInput):
+        page_scale(0, 100, 1540)
+
+
+def test_not_a_pdf_is_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "in.pdf"
+    path.write_bytes(b"%PDF-1.7\nthis is not really a pdf")
+    with PdfRenderer(path, processes=1, longest_side=1540) as renderer, pytest.raises(BadInput):
+        renderer.page_count()

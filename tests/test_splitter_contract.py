@@ -1,0 +1,123 @@
+"""The splitter through functions_framework.create_app with real finalize CloudEvents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+from functions_framework import create_app
+
+from ocrpipe import naming
+from ocrpipe.messages import PageMessage
+from ocrpipe.naming import DocumentRef
+from ocrpipe.pubsub import MemoryPublisher
+from ocrpipe.settings import Settings
+from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.pdfs import text_pdf
+from tests import splitter_source
+from tests.fakes import SPLITTER_SERVICES
+
+SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out", render_processes=1)
+SOURCE = Path(splitter_source.__file__)
+
+
+def finalized(bucket: str, name: str, generation: int, size: int) -> CloudEvent:
+    return CloudEvent(
+        {
+            "type": "google.cloud.storage.object.v1.finalized",
+            "source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
+            "subject": f"objects/{name}",
+            "id": "4242",
+            "time": "2026-11-26T10:00:00Z",
+            "datacontenttype": "application/json",
+        },
+        {
+            "kind": "storage#object",
+            "bucket": bucket,
+            "name": name,
+            "generation": str(generation),
+            "size": str(size),
+            "contentType": "application/pdf",
+        },
+    )
+
+
+@pytest.fixture
+def fakes() -> Iterator[tuple[MemoryStore, MemoryPublisher]]:
+    store, publisher = MemoryStore(), MemoryPublisher()
+    SPLITTER_SERVICES.append((SETTINGS, store, publisher))
+    yield store, publisher
+    SPLITTER_SERVICES.clear()
+
+
+@pytest.fixture
+def client() -> Any:
+    app = create_app(target="on_finalize", source=str(SOURCE), signature_type="cloudevent")
+    return app.test_client()
+
+
+def post(client: Any, event: CloudEvent, mode: str = "binary") -> int:
+    headers, body = to_binary(event) if mode == "binary" else to_structured(event)
+    status: int = client.post("/", headers=headers, data=body).status_code
+    return status
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_a_pdf_becomes_page_images_and_one_message_per_page(
+    fakes: tuple[MemoryStore, MemoryPublisher], client: Any, mode: str
+) -> None:
+    store, publisher = fakes
+    data, _ = text_pdf(3)
+    generation = store.put("in", "reports/q1.pdf", data, "application/pdf")
+    assert post(client, finalized("in", "reports/q1.pdf", generation, len(data)), mode) == 200
+
+    doc = DocumentRef("in", "reports/q1.pdf", generation)
+    messages = [PageMessage.decode(m.data) for topic, m in publisher.published]
+    assert {topic for topic, _ in publisher.published} == {SETTINGS.pages_topic}
+    assert [m.page for m in messages] == [1, 2, 3]
+    assert all(m.doc_id == doc.doc_id and m.page_count == 3 for m in messages)
+    attributes = [m.attributes for _, m in publisher.published]
+    assert attributes[0]["doc_id"] == doc.doc_id and attributes[2]["page"] == "3"
+    for message in messages:
+        bucket, _, name = message.image_uri.removeprefix("gs://").partition("/")
+        assert store.read(bucket, name).startswith(b"\x89PNG")
+    manifest = json.loads(store.read("out", naming.manifest_name(doc)))
+    assert manifest["page_count"] == 3 and manifest["source"]["generation"] == generation
+
+
+def test_a_stale_event_publishes_nothing(
+    fakes: tuple[MemoryStore, MemoryPublisher], client: Any
+) -> None:
+    store, publisher = fakes
+    data, _ = text_pdf(1)
+    old = store.put("in", "a.pdf", data, "application/pdf")
+    store.put("in", "a.pdf", data, "application/pdf")
+    assert post(client, finalized("in", "a.pdf", old, len(data))) == 200
+    assert publisher.published == []
+
+
+def test_a_file_that_is_not_a_pdf_gets_an_error_record(
+    fakes: tuple[MemoryStore, MemoryPublisher], client: Any
+) -> None:
+    store, publisher = fakes
+    generation = store.put("in", "fake.pdf", b"hello, I am text", "application/pdf")
+    assert post(client, finalized("in", "fake.pdf", generation, 16)) == 200
+    record = json.loads(
+        store.read("out", naming.document_error_name(DocumentRef("in", "fake.pdf", generation)))
+    )
+    assert record["reason"] == "unsupported_type"
+    assert record["source"] == {"bucket": "in", "name": "fake.pdf", "generation": generation}
+    assert publisher.published == []
+
+
+def test_objects_in_other_buckets_are_ignored(
+    fakes: tuple[MemoryStore, MemoryPublisher], client: Any
+) -> None:
+    store, publisher = fakes
+    assert post(client, finalized("elsewhere", "a.pdf", 1, 10)) == 200
+    assert publisher.published == [] and list(store.names("out")) == []

@@ -1,0 +1,149 @@
+"""The worker app through Starlette's test client, with real push envelopes, an in-memory
+store and a scripted OCR server."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from ocr_worker.app import create_app
+from ocrpipe import naming
+from ocrpipe.messages import PageMessage
+from ocrpipe.naming import DocumentRef
+from ocrpipe.settings import Settings
+from ocrpipe.storage import MemoryStore
+from tests.fakes import ScriptedOcrServer, completion
+
+SETTINGS = Settings(
+    verify_push_auth=False,
+    input_bucket="in",
+    work_bucket="work",
+    output_bucket="out",
+    ocr_budget_s=5,
+)
+
+
+def envelope(message: PageMessage) -> dict[str, object]:
+    return {
+        "message": {
+            "data": base64.b64encode(message.encode()).decode(),
+            "attributes": message.attributes(),
+            "messageId": "1",
+            "publishTime": "2026-11-26T00:00:00Z",
+        },
+        "subscription": "projects/local-project/subscriptions/ocrpipe-pages-push",
+    }
+
+
+def prepare(store: MemoryStore, pages: int = 2) -> tuple[DocumentRef, list[PageMessage]]:
+    generation = store.put("in", "docs/a.pdf", b"%PDF-1.7 ...", "application/pdf")
+    doc = DocumentRef("in", "docs/a.pdf", generation)
+    messages = []
+    for page in range(1, pages + 1):
+        image = naming.page_image_name(doc.doc_id, page, "png")
+        store.put("work", image, f"image {page}".encode(), "image/png")
+        messages.append(
+            PageMessage(
+                doc_id=doc.doc_id,
+                source_bucket="in",
+                source_name="docs/a.pdf",
+                source_generation=generation,
+                page=page,
+                page_count=pages,
+                image_uri=f"gs://work/{image}",
+                image_mime="image/png",
+            )
+        )
+    return doc, messages
+
+
+def page_text(body: dict[str, object]) -> httpx.Response:
+    url = body["messages"][0]["content"][0]["image_url"]["url"]  # type: ignore[index]
+    return completion(base64.b64decode(url.split(",", 1)[1]).decode())
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def server() -> ScriptedOcrServer:
+    return ScriptedOcrServer([page_text])
+
+
+@pytest.fixture
+def client(store: MemoryStore, server: ScriptedOcrServer) -> Iterator[TestClient]:
+    with TestClient(create_app(SETTINGS, store=store, ocr=server.client())) as test_client:
+        yield test_client
+
+
+def test_pages_then_document(client: TestClient, store: MemoryStore) -> None:
+    doc, messages = prepare(store)
+    assert client.post("/", json=envelope(messages[1])).status_code == 204
+    assert store.stat("out", naming.document_markdown_name(doc)) is None
+    assert client.post("/", json=envelope(messages[0])).status_code == 204
+    assert store.read("out", naming.page_markdown_name(doc, 1)) == b"image 1"
+    assert store.read("out", naming.document_markdown_name(doc)).decode() == (
+        "<!-- page 1 -->\n\nimage 1\n\n<!-- page 2 -->\n\nimage 2\n"
+    )
+
+
+def test_a_duplicate_delivery_writes_nothing_twice(
+    client: TestClient, store: MemoryStore, server: ScriptedOcrServer
+) -> None:
+    doc, messages = prepare(store, pages=1)
+    for _ in range(3):
+        assert client.post("/", json=envelope(messages[0])).status_code == 204
+    assert len(server.requests) == 1
+    output_writes = [name for bucket, name in store.writes if bucket == "out"]
+    assert sorted(output_writes) == sorted(
+        [naming.page_markdown_name(doc, 1), naming.document_markdown_name(doc)]
+    )
+
+
+def test_ocr_unavailable_nacks_with_503(store: MemoryStore) -> None:
+    down = ScriptedOcrServer([httpx.Response(503)])
+    settings = SETTINGS.model_copy(update={"ocr_budget_s": 1.5})
+    with TestClient(create_app(settings, store=store, ocr=down.client())) as test_client:
+        _, messages = prepare(store, pages=1)
+        assert test_client.post("/", json=envelope(messages[0])).status_code == 503
+    assert not [n for b, n in store.writes if b == "out"]
+
+
+def test_a_page_that_loops_forever_gets_an_error_record_and_an_ack(store: MemoryStore) -> None:
+    looping = ScriptedOcrServer([completion("la " * 50, "length")])
+    with TestClient(create_app(SETTINGS, store=store, ocr=looping.client())) as test_client:
+        doc, messages = prepare(store, pages=1)
+        assert test_client.post("/", json=envelope(messages[0])).status_code == 204
+    record = json.loads(store.read("out", naming.page_error_name(doc, 1)))
+    assert record["reason"] == "ocr_repetition_loop" and record["page"] == 1
+    assert "OCR failed for page 1" in store.read("out", naming.document_markdown_name(doc)).decode()
+
+
+@pytest.mark.parametrize("body", [b"not json", b"{}", b'{"message": {"data": "bm9wZQ=="}}'])
+def test_an_undecodable_delivery_is_kept_and_acked(
+    client: TestClient, store: MemoryStore, body: bytes
+) -> None:
+    assert client.post("/", content=body).status_code == 204
+    (kept,) = [n for n in store.names("out") if n.startswith("_invalid-messages/")]
+    assert json.loads(store.read("out", kept))["reason"] == "bad_message"
+
+
+def test_a_page_of_a_superseded_generation_is_dropped(
+    client: TestClient, store: MemoryStore, server: ScriptedOcrServer
+) -> None:
+    doc, messages = prepare(store, pages=1)
+    store.put("in", "docs/a.pdf", b"%PDF-1.7 newer", "application/pdf")
+    assert client.post("/", json=envelope(messages[0])).status_code == 204
+    assert server.requests == []
+    assert store.stat("out", naming.page_markdown_name(doc, 1)) is None
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/healthz").status_code == 200
