@@ -32,7 +32,7 @@ fi
 hadolint_args=()
 [[ -f .hadolint.yaml ]] && hadolint_args=(--config .hadolint.yaml)
 for dockerfile in "${dockerfiles[@]}"; do
-    if "$venv/bin/hadolint" "${hadolint_args[@]}" "$dockerfile"; then
+    if "$venv/bin/hadolint" --no-color "${hadolint_args[@]}" "$dockerfile"; then
         echo "ok    hadolint $dockerfile"
     else
         echo "FAIL  hadolint $dockerfile"
@@ -50,6 +50,10 @@ else
 fi
 
 if command -v terraform >/dev/null 2>&1; then
+    # fmt needs no providers; a TF_CLI_CONFIG_FILE naming a missing file only adds a warning.
+    if [[ -n "${TF_CLI_CONFIG_FILE:-}" && ! -f "$TF_CLI_CONFIG_FILE" ]]; then
+        unset TF_CLI_CONFIG_FILE
+    fi
     if terraform fmt -check -recursive -diff terraform; then
         echo "ok    terraform fmt -check"
     else

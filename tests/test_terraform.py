@@ -1,0 +1,331 @@
+"""Structural checks of terraform/ parsed with python-hcl2.
+
+Static only: nothing here runs ``terraform validate`` or ``plan`` (no provider downloads on
+this machine or CI). The tests pin the decisions a reviewer would otherwise have to re-read
+the HCL for: names and numbers from ocrpipe/topology.json, the dead-letter wiring, the GPU
+shape, least-privilege IAM, and that terraform sets only settings ocrpipe defines.
+
+python-hcl2 8.x keeps HCL's quoting: string literals arrive as ``'"text"'``, expressions as
+``'${expr}'`` and block labels as ``'"name"'``. :func:`_clean` strips the literal quotes and
+the ``__is_block__`` / ``__comments__`` markers so the tests compare plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+from ocrpipe.settings import Settings
+from ocrpipe.topology import TOPOLOGY_FILE
+
+TERRAFORM = Path(__file__).resolve().parents[1] / "terraform"
+EXPECTED_FILES = {
+    "versions.tf", "variables.tf", "outputs.tf", "main.tf", "apis.tf", "storage.tf",
+    "pubsub.tf", "iam.tf", "functions.tf", "worker.tf", "gpu.tf",
+}  # fmt: skip
+WRITE_ROLES = {
+    "roles/storage.admin",
+    "roles/storage.objectAdmin",
+    "roles/storage.objectCreator",
+    "roles/storage.objectUser",
+    "roles/storage.legacyBucketWriter",
+    "roles/storage.legacyBucketOwner",
+}
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        return text[1:-1].replace('\\"', '"')
+    return text
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            _unquote(k): _clean(v)
+            for k, v in value.items()
+            if k not in ("__is_block__", "__comments__")
+        }
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return _unquote(value) if isinstance(value, str) else value
+
+
+@pytest.fixture(scope="module")
+def tf() -> dict[str, Any]:
+    """Every .tf file merged: {"resource": {type: {name: body}}, "variable": {...}, ...}."""
+    merged: dict[str, Any] = {"resource": {}, "data": {}, "variable": {}, "output": {}}
+    merged["locals"] = {}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        with path.open(encoding="utf-8") as handle:
+            doc = _clean(hcl2.load(handle))
+        for kind in ("resource", "data"):
+            for block in doc.get(kind, []):
+                for rtype, named in block.items():
+                    merged[kind].setdefault(rtype, {}).update(named)
+        for kind in ("variable", "output"):
+            for block in doc.get(kind, []):
+                merged[kind].update(block)
+        for block in doc.get("locals", []):
+            merged["locals"].update(block)
+        merged.setdefault("terraform", []).extend(doc.get("terraform", []))
+    return merged
+
+
+def res(tf: dict[str, Any], rtype: str, name: str) -> dict[str, Any]:
+    body: dict[str, Any] = tf["resource"][rtype][name]
+    return body
+
+
+def all_resources(tf: dict[str, Any], rtype: str) -> list[dict[str, Any]]:
+    return list(tf["resource"].get(rtype, {}).values())
+
+
+def optional_defaults(type_expr: str) -> dict[str, str]:
+    """``object({a = optional(number, 30)})`` -> {"a": "30"}."""
+    return dict(re.findall(r"(\w+)\s*=\s*optional\([^,()]+,\s*\"?([^\")]+)\"?\)", type_expr))
+
+
+def test_all_files_parse_and_each_concern_has_its_file(tf: dict[str, Any]) -> None:
+    present = {p.name for p in TERRAFORM.glob("*.tf")}
+    assert not EXPECTED_FILES - present, EXPECTED_FILES - present
+    assert (TERRAFORM / "terraform.tfvars.example").is_file()
+
+
+def test_providers_are_pinned_to_a_major_version(tf: dict[str, Any]) -> None:
+    providers = tf["terraform"][0]["required_providers"][0]
+    for name in ("google", "google-beta"):
+        assert re.fullmatch(r"~> [67]\.\d+", providers[name]["version"]), providers[name]
+
+
+def test_topology_local_reads_the_python_topology_file(tf: dict[str, Any]) -> None:
+    expr = tf["locals"]["topology"]
+    match = re.fullmatch(r'\$\{jsondecode\(file\("\$\{path\.module\}/(.+)"\)\)\}', expr)
+    assert match, expr
+    assert (TERRAFORM / match.group(1)).resolve() == TOPOLOGY_FILE.resolve()
+
+
+def test_every_topology_key_terraform_uses_exists() -> None:
+    keys = set(json.loads(TOPOLOGY_FILE.read_text(encoding="utf-8")))
+    text = "".join(p.read_text(encoding="utf-8") for p in TERRAFORM.glob("*.tf"))
+    used = set(re.findall(r"local\.topology\.(\w+)", text))
+    assert used and used <= keys, used - keys
+
+
+def test_pubsub_names_come_from_topology(tf: dict[str, Any]) -> None:
+    assert res(tf, "google_pubsub_topic", "pages")["name"] == "${local.topology.pages_topic}"
+    assert (
+        res(tf, "google_pubsub_topic", "dead_letter")["name"]
+        == "${local.topology.dead_letter_topic}"
+    )
+    push = res(tf, "google_pubsub_subscription", "pages_push")
+    assert push["name"] == "${local.topology.pages_push_subscription}"
+    pull = res(tf, "google_pubsub_subscription", "dead_letter_pull")
+    assert pull["name"] == "${local.topology.dead_letter_subscription}"
+
+
+def test_push_subscription_delivery_policy(tf: dict[str, Any]) -> None:
+    push = res(tf, "google_pubsub_subscription", "pages_push")
+    assert push["topic"] == "${google_pubsub_topic.pages.id}"
+    assert push["ack_deadline_seconds"] == "${local.topology.ack_deadline_seconds}"
+    retry = push["retry_policy"][0]
+    assert retry["minimum_backoff"] == "${local.topology.retry_minimum_backoff_seconds}s"
+    assert retry["maximum_backoff"] == "${local.topology.retry_maximum_backoff_seconds}s"
+    dead = push["dead_letter_policy"][0]
+    assert dead["dead_letter_topic"] == "${google_pubsub_topic.dead_letter.id}"
+    assert dead["max_delivery_attempts"] == "${local.topology.max_delivery_attempts}"
+    config = push["push_config"][0]
+    assert config["push_endpoint"].startswith("${google_cloud_run_v2_service.worker.uri}")
+    token = config["oidc_token"][0]
+    assert token["service_account_email"] == "${google_service_account.push.email}"
+    assert token["audience"] == "${local.worker_url}"
+
+
+def test_dead_letter_topic_has_a_pull_subscription(tf: dict[str, Any]) -> None:
+    pulls = [
+        sub
+        for sub in all_resources(tf, "google_pubsub_subscription")
+        if sub["topic"] == "${google_pubsub_topic.dead_letter.id}" and "push_config" not in sub
+    ]
+    assert len(pulls) == 1
+
+
+def test_pubsub_service_agent_can_dead_letter_and_mint_push_tokens(tf: dict[str, Any]) -> None:
+    agent = tf["locals"]["pubsub_agent"]
+    assert agent == (
+        "serviceAccount:service-${data.google_project.this.number}"
+        "@gcp-sa-pubsub.iam.gserviceaccount.com"
+    )
+    publisher = res(tf, "google_pubsub_topic_iam_member", "dead_letter_publisher")
+    assert publisher["topic"] == "${google_pubsub_topic.dead_letter.name}"
+    assert publisher["role"] == "roles/pubsub.publisher"
+    assert publisher["member"] == "${local.pubsub_agent}"
+    sub = res(tf, "google_pubsub_subscription_iam_member", "dead_letter_source_subscriber")
+    assert sub["subscription"] == "${google_pubsub_subscription.pages_push.name}"
+    assert (sub["role"], sub["member"]) == ("roles/pubsub.subscriber", "${local.pubsub_agent}")
+    minter = res(tf, "google_service_account_iam_member", "pubsub_mints_push_tokens")
+    assert minter["service_account_id"] == "${google_service_account.push.name}"
+    assert minter["role"] == "roles/iam.serviceAccountTokenCreator"
+    assert minter["member"] == "${local.pubsub_agent}"
+
+
+def test_gpu_service_is_one_l4_scaling_to_zero(tf: dict[str, Any]) -> None:
+    gpu = res(tf, "google_cloud_run_v2_service", "gpu")
+    template = gpu["template"][0]
+    assert template["node_selector"][0]["accelerator"] == "nvidia-l4"
+    assert template["gpu_zonal_redundancy_disabled"] is True
+    scaling = template["scaling"][0]
+    assert scaling["min_instance_count"] == 0
+    assert scaling["max_instance_count"] == "${var.gpu_max_instances}"
+    assert tf["variable"]["gpu_max_instances"]["default"] == 3
+    container = template["containers"][0]
+    resources = container["resources"][0]
+    assert resources["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+    assert resources["cpu_idle"] is False
+    probe = container["startup_probe"][0]
+    assert probe["http_get"][0]["path"] == "/health"
+
+
+def test_gpu_startup_probe_defaults_respect_cloud_run_limits(tf: dict[str, Any]) -> None:
+    probe_type = tf["variable"]["gpu_startup_probe"]["type"]
+    defaults = {k: int(v) for k, v in optional_defaults(probe_type).items()}
+    window = defaults["period_seconds"] * defaults["failure_threshold"]
+    assert window <= 240
+    assert defaults["initial_delay_seconds"] <= 240
+    # Long enough for a model load (30-90 s observed) with room to spare.
+    assert defaults["initial_delay_seconds"] + window >= 180
+
+
+def test_worker_service_takes_pushes_within_the_ack_deadline(tf: dict[str, Any]) -> None:
+    worker = res(tf, "google_cloud_run_v2_service", "worker")
+    assert worker["ingress"] == "INGRESS_TRAFFIC_INTERNAL_ONLY"
+    template = worker["template"][0]
+    assert template["timeout"] == "${local.topology.ack_deadline_seconds}s"
+    assert template["max_instance_request_concurrency"] == "${var.worker_concurrency}"
+    assert template["scaling"][0]["max_instance_count"] == "${var.worker_max_instances}"
+    env = tf["locals"]["worker_env"]
+    for setting in (
+        'OCRPIPE_VERIFY_PUSH_AUTH = "true"',
+        'OCRPIPE_OCR_AUTH = "id-token"',
+        "OCRPIPE_OCR_URL = google_cloud_run_v2_service.gpu.uri",
+        "OCRPIPE_PUSH_AUDIENCE = local.worker_url",
+        "OCRPIPE_PUSH_SERVICE_ACCOUNT = google_service_account.push.email",
+    ):
+        assert setting in env
+
+
+def test_terraform_sets_only_settings_that_exist() -> None:
+    text = "".join(p.read_text(encoding="utf-8") for p in TERRAFORM.glob("*.tf"))
+    names = set(re.findall(r"\bOCRPIPE_[A-Z0-9_]+", text))
+    fields = {f"OCRPIPE_{name.upper()}" for name in Settings.model_fields}
+    assert names and names <= fields, names - fields
+
+
+def test_splitter_function(tf: dict[str, Any]) -> None:
+    fn = res(tf, "google_cloudfunctions2_function", "splitter")
+    build = fn["build_config"][0]
+    assert (build["runtime"], build["entry_point"]) == ("python311", "on_finalize")
+    service = fn["service_config"][0]
+    assert service["timeout_seconds"] == 540
+    assert service["environment_variables"] == "${local.splitter_env}"
+    assert service["service_account_email"] == "${google_service_account.splitter.email}"
+    trigger = fn["event_trigger"][0]
+    assert trigger["event_type"] == "google.cloud.storage.object.v1.finalized"
+    assert trigger["retry_policy"] == "RETRY_POLICY_RETRY"
+    assert trigger["event_filters"][0] == {
+        "attribute": "bucket",
+        "value": "${google_storage_bucket.input.name}",
+    }
+    archive = tf["data"]["archive_file"]["splitter"]
+    assert archive["source_dir"] == "${path.module}/../build/splitter"
+
+
+def test_buckets_are_private_and_work_pages_expire(tf: dict[str, Any]) -> None:
+    buckets = tf["resource"]["google_storage_bucket"]
+    assert set(buckets) == {"input", "work", "output", "source"}
+    for bucket in buckets.values():
+        assert bucket["uniform_bucket_level_access"] is True
+        assert bucket["public_access_prevention"] == "enforced"
+    rule = buckets["work"]["lifecycle_rule"][0]
+    assert rule["action"][0]["type"] == "Delete"
+    assert rule["condition"][0]["age"] == "${var.work_retention_days}"
+
+
+def test_no_project_wide_editor_or_owner(tf: dict[str, Any]) -> None:
+    for rtype, named in tf["resource"].items():
+        if rtype.startswith("google_project_iam"):
+            for body in named.values():
+                assert body.get("role") not in {"roles/editor", "roles/owner"}, body
+    assert "google_project_iam_binding" not in tf["resource"]
+    assert "google_project_iam_policy" not in tf["resource"]
+
+
+def test_nothing_is_granted_to_the_public() -> None:
+    for path in TERRAFORM.glob("*.tf"):
+        text = path.read_text(encoding="utf-8")
+        assert "allUsers" not in text and "allAuthenticatedUsers" not in text, path.name
+
+
+def bucket_grants(tf: dict[str, Any], account: str, bucket: str) -> list[dict[str, Any]]:
+    return [
+        body
+        for body in all_resources(tf, "google_storage_bucket_iam_member")
+        if body["member"] == f"${{google_service_account.{account}.member}}"
+        and body["bucket"] == f"${{google_storage_bucket.{bucket}.name}}"
+    ]
+
+
+def test_splitter_cannot_write_results(tf: dict[str, Any]) -> None:
+    # It must create manifest.json and error.json (ocrpipe/split.py), nothing else there.
+    grants = bucket_grants(tf, "splitter", "output")
+    assert grants
+    for grant in grants:
+        expression = grant["condition"][0]["expression"]
+        assert 'endsWith("/manifest.json")' in expression
+        assert 'endsWith("/error.json")' in expression
+        assert "||" in expression and expression.count("endsWith") == 2
+    input_roles = {g["role"] for g in bucket_grants(tf, "splitter", "input")}
+    assert input_roles == {"roles/storage.objectViewer"}
+
+
+def test_worker_cannot_write_the_input_bucket(tf: dict[str, Any]) -> None:
+    grants = bucket_grants(tf, "worker", "input")
+    assert grants and all(g["role"] not in WRITE_ROLES for g in grants)
+    assert all(g["role"] not in WRITE_ROLES for g in bucket_grants(tf, "worker", "work"))
+
+
+@pytest.mark.parametrize(
+    ("service", "invoker"),
+    [
+        ("${google_cloud_run_v2_service.worker.name}", "push"),
+        ("${google_cloud_run_v2_service.gpu.name}", "worker"),
+        ("${google_cloudfunctions2_function.splitter.name}", "trigger"),
+    ],
+)
+def test_each_service_has_one_invoker(tf: dict[str, Any], service: str, invoker: str) -> None:
+    grants = [
+        body["member"]
+        for body in all_resources(tf, "google_cloud_run_v2_service_iam_member")
+        if body["name"] == service and body["role"] == "roles/run.invoker"
+    ]
+    assert grants == [f"${{google_service_account.{invoker}.member}}"]
+
+
+def test_env_vars_output_gives_the_cli_its_settings(tf: dict[str, Any]) -> None:
+    assert tf["output"]["env_vars"]["value"] == "${local.common_env}"
+    env = tf["locals"]["common_env"]
+    for key in (
+        "OCRPIPE_PROJECT",
+        "OCRPIPE_INPUT_BUCKET",
+        "OCRPIPE_OUTPUT_BUCKET",
+        "OCRPIPE_WORK_BUCKET",
+        "OCRPIPE_PAGES_TOPIC",
+        "OCRPIPE_DEAD_LETTER_SUBSCRIPTION",
+    ):
+        assert key in env
+    assert env["OCRPIPE_DEAD_LETTER_SUBSCRIPTION"] == "${local.topology.dead_letter_subscription}"
