@@ -111,7 +111,6 @@ class PageRequest:
     """What a chat completion request asks of an OCR server, once validated."""
 
     image: bytes
-    media_type: str
     max_tokens: int | None
     temperature: float | None
     text_tokens: int
@@ -178,7 +177,6 @@ def parse_chat_request(body: bytes, model_name: str) -> PageRequest:
         raise bad_request("the image is empty")
     return PageRequest(
         image=image,
-        media_type=match.group(1),
         max_tokens=request.max_completion_tokens or request.max_tokens,
         temperature=request.temperature,
         text_tokens=text_tokens,

@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args["port"],
         log_level=args["log_level"].lower(),
         log_config=None,
+        timeout_graceful_shutdown=2,  # do not wait for injected hangs to end
     )
 
 

@@ -1,0 +1,246 @@
+"""The local OCR engine server: vLLM's API subset, real rapidocr on a generated page."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from rapidfuzz.distance import Levenshtein
+
+from ocrpipe.local.engine import DEFAULT_MODEL, RapidOcrEngine, create_app
+from ocrpipe.local.layout import TextBox, rect
+
+PARAGRAPHS = (
+    "Quarterly Report 2024",
+    "Revenue grew by 12.5 percent over the previous quarter, driven by strong demand for the"
+    " new product line in the north and south regions. Operating costs stayed within budget.",
+    "The team shipped 3,480 orders to 912 customers; the average delivery took 2.4 days."
+    " Invoices dated before 15 March are now due, and payment reminders were sent by email.",
+    "Next steps: review the contract terms, estimate the annual service cost, and publish the"
+    " summary table with the figures for each office.",
+)
+
+
+def born_digital_page(paragraphs: tuple[str, ...], longest_side: int = 1540) -> bytes:
+    """A PDF typeset with reportlab, rendered like the splitter does (pypdfium2, PNG)."""
+    import pypdfium2 as pdfium
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.utils import simpleSplit
+    from reportlab.pdfgen import canvas
+
+    width, height = A4
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=A4)
+    y = height - 72
+    for paragraph in paragraphs:
+        for text in simpleSplit(paragraph, "Helvetica", 12, width - 144):
+            pdf.setFont("Helvetica", 12)
+            pdf.drawString(72, y, text)
+            y -= 16
+        y -= 16
+    pdf.showPage()
+    pdf.save()
+    document = pdfium.PdfDocument(buffer.getvalue())
+    try:
+        page = document[0]
+        image = page.render(scale=longest_side / max(page.get_size())).to_pil()
+    finally:
+        document.close()
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def data_url(image: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(image).decode()}"
+
+
+def chat(*images: bytes, model: str = DEFAULT_MODEL, **extra: Any) -> dict[str, Any]:
+    """The request LightOnOCR's client sends: the image alone as the user message."""
+    parts = [{"type": "image_url", "image_url": {"url": data_url(image)}} for image in images]
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": parts}],
+        "temperature": 0.2,
+        "top_p": 0.9,
+        **extra,
+    }
+
+
+def collapse(text: str) -> str:
+    return " ".join(text.split())
+
+
+class FakeEngine:
+    """Implements the OcrEngine protocol with fixed boxes; can block until released."""
+
+    def __init__(self, boxes: list[TextBox], *, block: bool = False) -> None:
+        self.boxes = boxes
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not block:
+            self.release.set()
+
+    def recognize(self, image: Image.Image) -> list[TextBox]:
+        self.started.set()
+        self.release.wait(timeout=30)
+        return self.boxes
+
+
+@pytest.fixture(scope="module")
+def rapidocr_engine() -> RapidOcrEngine:
+    return RapidOcrEngine()
+
+
+async def client_for(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(rapidocr_engine: RapidOcrEngine) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in client_for(create_app(rapidocr_engine)):
+        yield c
+
+
+SENTENCE = [rect(10, 10, 200, 40, "one two three"), rect(10, 41, 200, 71, "four five six")]
+
+
+@pytest.fixture
+async def fake_client() -> AsyncIterator[httpx.AsyncClient]:
+    async for c in client_for(create_app(FakeEngine(SENTENCE))):
+        yield c
+
+
+BLANK = png(Image.new("RGB", (200, 300), "white"))
+
+
+async def test_health_is_200_with_an_empty_body(fake_client: httpx.AsyncClient) -> None:
+    response = await fake_client.get("/health")
+    assert response.status_code == 200
+    assert response.content == b""
+
+
+async def test_models_lists_the_served_model_like_vllm(fake_client: httpx.AsyncClient) -> None:
+    response = await fake_client.get("/v1/models")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list"
+    [card] = body["data"]
+    assert card["id"] == card["root"] == DEFAULT_MODEL
+    assert card["object"] == "model"
+    assert card["owned_by"] == "ocrpipe-local"
+    assert isinstance(card["created"], int)
+    assert card["max_model_len"] > 4096
+
+
+async def test_ocr_of_a_born_digital_page_reads_its_text(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json=chat(born_digital_page(PARAGRAPHS)))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"].startswith("chatcmpl-")
+    assert body["object"] == "chat.completion"
+    assert body["model"] == DEFAULT_MODEL
+    [choice] = body["choices"]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["tool_calls"] == []
+    content = choice["message"]["content"]
+    cer = Levenshtein.normalized_distance(collapse(content), collapse(" ".join(PARAGRAPHS)))
+    assert cer <= 0.02, f"CER {cer:.2%}:\n{content}"
+    assert len(content.split("\n\n")) == len(PARAGRAPHS), content
+    usage = body["usage"]
+    assert usage["completion_tokens"] == len(content.split())
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+async def test_a_blank_page_gives_empty_markdown(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json=chat(BLANK))
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == ""
+    assert response.json()["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_max_tokens_cuts_the_reply_with_finish_reason_length(
+    fake_client: httpx.AsyncClient,
+) -> None:
+    response = await fake_client.post("/v1/chat/completions", json=chat(BLANK, max_tokens=4))
+    [choice] = response.json()["choices"]
+    assert choice["message"]["content"] == "one two three\nfour"
+    assert choice["finish_reason"] == "length"
+    assert response.json()["usage"]["completion_tokens"] == 4
+
+
+async def test_wrong_model_is_404_in_vllm_error_shape(fake_client: httpx.AsyncClient) -> None:
+    response = await fake_client.post("/v1/chat/completions", json=chat(BLANK, model="gpt-4o"))
+    assert response.status_code == 404
+    body = response.json()
+    assert body["object"] == "error"
+    assert body["type"] == "NotFoundError"
+    assert body["code"] == 404
+    assert "gpt-4o" in body["message"]
+
+
+def text_only() -> dict[str, Any]:
+    return {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "OCR this"}]}
+
+
+def with_url(url: str) -> dict[str, Any]:
+    part = {"type": "image_url", "image_url": {"url": url}}
+    return {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": [part]}]}
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        pytest.param(text_only(), "got 0", id="no image"),
+        pytest.param(chat(BLANK, BLANK), "got 2", id="two images"),
+        pytest.param(with_url("https://example.com/page.png"), "data:image", id="remote URL"),
+        pytest.param(with_url("data:image/png;base64,@@@"), "base64", id="bad base64"),
+        pytest.param(chat(b"not an image at all"), "cannot be decoded", id="not an image"),
+        pytest.param({"model": DEFAULT_MODEL}, "messages", id="no messages"),
+        pytest.param(chat(BLANK, stream=True), "stream", id="streaming"),
+    ],
+)
+async def test_bad_requests_are_400(
+    fake_client: httpx.AsyncClient, payload: dict[str, Any], message: str
+) -> None:
+    response = await fake_client.post("/v1/chat/completions", json=payload)
+    assert response.status_code == 400
+    body = response.json()
+    assert (body["object"], body["type"], body["code"]) == ("error", "BadRequestError", 400)
+    assert message in body["message"]
+
+
+async def test_invalid_json_is_400(fake_client: httpx.AsyncClient) -> None:
+    response = await fake_client.post("/v1/chat/completions", content=b"{not json")
+    assert response.status_code == 400
+    assert response.json()["type"] == "BadRequestError"
+
+
+async def test_health_answers_while_a_page_is_being_ocrd() -> None:
+    engine = FakeEngine(SENTENCE, block=True)
+    async for client in client_for(create_app(engine)):
+        ocr = asyncio.create_task(client.post("/v1/chat/completions", json=chat(BLANK)))
+        assert await asyncio.to_thread(engine.started.wait, 30)
+        health = await client.get("/health")
+        assert health.status_code == 200
+        assert not ocr.done()
+        engine.release.set()
+        response = await ocr
+        assert response.json()["choices"][0]["message"]["content"] == "one two three\nfour five six"

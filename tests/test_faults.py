@@ -1,0 +1,238 @@
+"""The fault-injecting OCR server: deterministic faults, stats, cold start, batching, and real
+connection resets and hangs against a live uvicorn server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from starlette.applications import Starlette
+
+from ocrpipe.local.engine import DEFAULT_MODEL
+from ocrpipe.local.faults import FaultPlan, create_app, main, serve_in_background
+
+CHAT = "/v1/chat/completions"
+
+
+def page(name: str, text: str | None = None) -> bytes:
+    """A small PNG, different for each name, optionally carrying an ``ocrpipe-text`` chunk."""
+    shade = int.from_bytes(hashlib.sha256(name.encode()).digest()[:3], "big")
+    info = PngInfo()
+    if text is not None:
+        info.add_text("ocrpipe-text", text)
+    out = io.BytesIO()
+    Image.new("RGB", (56, 84), shade).save(out, "PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def chat(image: bytes, temperature: float = 0.2, **extra: Any) -> dict[str, Any]:
+    url = f"data:image/png;base64,{base64.b64encode(image).decode()}"
+    return {
+        "model": DEFAULT_MODEL,
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+        ],
+        "temperature": temperature,
+        "max_tokens": 4096,
+        **extra,
+    }
+
+
+def sha(image: bytes) -> str:
+    return hashlib.sha256(image).hexdigest()
+
+
+async def client_for(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://faults") as client:
+            yield client
+
+
+Connect = Callable[[FaultPlan], AsyncIterator[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def connect() -> Connect:
+    return lambda plan: client_for(create_app(plan))
+
+
+async def statuses(client: httpx.AsyncClient, image: bytes, times: int) -> list[int]:
+    return [(await client.post(CHAT, json=chat(image))).status_code for _ in range(times)]
+
+
+FLAKY = FaultPlan(seed=7, p503=0.3, p429=0.3)
+
+
+async def test_same_seed_gives_each_page_the_same_faults_whatever_the_order(
+    connect: Connect,
+) -> None:
+    target, others = page("target"), [page(f"other-{i}") for i in range(3)]
+    async for client in connect(FLAKY):
+        first_run = await statuses(client, target, 12)
+    async for client in connect(FLAKY):
+        for other in others:  # other pages first, interleaved: must not shift the target's faults
+            await statuses(client, other, 2)
+        second_run = await statuses(client, target, 12)
+    assert first_run == second_run
+    assert {200, 503, 429} <= set(first_run)
+    async for client in connect(FaultPlan(seed=8, p503=0.3, p429=0.3)):
+        assert await statuses(client, target, 12) != first_run
+
+
+async def test_answer_is_derived_from_the_image_only(connect: Connect) -> None:
+    image = page("with text", "Hello from the PNG")
+    async for client in connect(FaultPlan()):
+        replies = [(await client.post(CHAT, json=chat(image))).json() for _ in range(2)]
+    contents = [reply["choices"][0]["message"]["content"] for reply in replies]
+    assert contents[0] == contents[1] == f"page-sha256:{sha(image)}\n\nHello from the PNG"
+    assert replies[0]["choices"][0]["finish_reason"] == "stop"
+    assert replies[0]["id"] != replies[1]["id"]
+
+
+async def test_stats_count_outcomes_and_reset_starts_a_new_run(connect: Connect) -> None:
+    image = page("counted")
+    async for client in connect(FLAKY):
+        first = await statuses(client, image, 10)
+        await client.post(CHAT, json=chat(image, model="other-model"))
+        stats = (await client.get("/stats")).json()
+        assert stats["total"] == 11
+        assert stats["invalid"] == 1
+        assert stats["ok"] == first.count(200)
+        assert stats["503"] == first.count(503)
+        assert stats["429"] == first.count(429)
+        assert stats["reset"] == stats["hang"] == stats["length"] == stats["cold"] == 0
+
+        reset = await client.post("/stats/reset")
+        assert reset.status_code == 200
+        assert reset.json()["total"] == 0
+        assert await statuses(client, image, 10) == first
+
+
+async def test_429_carries_retry_after(connect: Connect) -> None:
+    async for client in connect(FaultPlan(p429=1.0, retry_after=7)):
+        response = await client.post(CHAT, json=chat(page("busy")))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    assert response.json()["object"] == "error"
+    assert response.json()["code"] == 429
+
+
+async def test_503_has_a_vllm_like_error_body(connect: Connect) -> None:
+    async for client in connect(FaultPlan(p503=1.0)):
+        response = await client.post(CHAT, json=chat(page("down")))
+    assert response.status_code == 503
+    body = response.json()
+    assert (body["object"], body["code"]) == ("error", 503)
+
+
+async def test_cold_period_answers_503_then_recovers(connect: Connect) -> None:
+    async for client in connect(FaultPlan(cold_seconds=0.5)):
+        assert (await client.get("/health")).status_code == 503
+        assert (await client.post(CHAT, json=chat(page("early")))).status_code == 503
+        deadline = time.monotonic() + 30
+        while (await client.get("/health")).status_code != 200:
+            assert time.monotonic() < deadline, "still cold"
+            await asyncio.sleep(0.05)
+        assert (await client.post(CHAT, json=chat(page("early")))).status_code == 200
+        stats = (await client.get("/stats")).json()
+    assert (stats["cold"], stats["ok"], stats["total"]) == (1, 1, 2)
+
+
+async def test_loop_fault_is_length_at_low_temperature_and_ok_above(connect: Connect) -> None:
+    image = page("loopy")
+    async for client in connect(FaultPlan(plength=1.0)):
+        looped = (await client.post(CHAT, json=chat(image, 0.2, max_tokens=50))).json()
+        answered = (await client.post(CHAT, json=chat(image, 0.5, max_tokens=50))).json()
+    assert looped["choices"][0]["finish_reason"] == "length"
+    assert looped["usage"]["completion_tokens"] == 50
+    assert looped["choices"][0]["message"]["content"].count("the same line again") > 5
+    assert answered["choices"][0]["finish_reason"] == "stop"
+    assert answered["choices"][0]["message"]["content"] == f"page-sha256:{sha(image)}"
+
+
+async def test_loop_always_loops_at_every_temperature(connect: Connect) -> None:
+    image = page("hopeless")
+    async for client in connect(FaultPlan(plength=1.0, loop_always=True)):
+        for temperature in (0.2, 0.3, 0.5, 0.8):
+            reply = (await client.post(CHAT, json=chat(image, temperature))).json()
+            assert reply["choices"][0]["finish_reason"] == "length", temperature
+
+
+async def test_batch_model_serves_at_most_k_pages_at_once(connect: Connect) -> None:
+    pages = [page(f"batch-{i}") for i in range(6)]
+    async for client in connect(FaultPlan(batch_size=2, service_time=0.2)):
+        replies = await asyncio.gather(*(client.post(CHAT, json=chat(p)) for p in pages))
+        stats = (await client.get("/stats")).json()
+    assert [reply.status_code for reply in replies] == [200] * 6
+    assert stats["max_in_flight"] == 2
+    assert stats["ok"] == 6
+
+
+async def test_requests_are_validated_like_the_engine(connect: Connect) -> None:
+    async for client in connect(FaultPlan(p503=1.0)):
+        wrong_model = await client.post(CHAT, json=chat(page("x"), model="gpt-4o"))
+        no_image = await client.post(
+            CHAT, json={"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        )
+        models = await client.get("/v1/models")
+    assert wrong_model.status_code == 404
+    assert wrong_model.json()["type"] == "NotFoundError"
+    assert no_image.status_code == 400
+    assert models.json()["data"][0]["id"] == DEFAULT_MODEL
+
+
+async def test_in_process_reset_raises_connection_reset(connect: Connect) -> None:
+    async for client in connect(FaultPlan(preset=1.0)):
+        with pytest.raises(ConnectionResetError):
+            await client.post(CHAT, json=chat(page("reset")))
+
+
+def test_reset_is_a_transport_error_on_a_live_server() -> None:
+    with serve_in_background(create_app(FaultPlan(preset=1.0))) as url, httpx.Client() as client:
+        with pytest.raises(httpx.TransportError):
+            client.post(f"{url}{CHAT}", json=chat(page("reset")))
+        assert client.get(f"{url}/health").status_code == 200  # the server itself is fine
+        assert client.get(f"{url}/stats").json()["reset"] == 1
+
+
+def test_hang_outlives_the_client_timeout_and_ends_on_disconnect() -> None:
+    plan = FaultPlan(phang=1.0, hang_seconds=3600)
+    with serve_in_background(create_app(plan)) as url, httpx.Client() as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(f"{url}{CHAT}", json=chat(page("hang")), timeout=0.5)
+        deadline = time.monotonic() + 30
+        while (stats := client.get(f"{url}/stats").json())["hanging"]:
+            assert time.monotonic() < deadline, "the hang did not stop when the client left"
+            time.sleep(0.05)
+    assert stats["hang"] == 1
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {"p503": 0.6, "p429": 0.5},
+        {"plength": 1.5},
+        {"p503": -0.1},
+        {"batch_size": -1},
+        {"hang_seconds": -1},
+    ],
+)
+def test_impossible_plans_are_refused(plan: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        FaultPlan(**plan)
+
+
+def test_cli_refuses_an_impossible_plan() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--p503", "0.7", "--p429", "0.6"])
+    assert exc.value.code == 2
