@@ -84,7 +84,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/", push, methods=["POST"]),
-            Route("/healthz", health, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
             Route("/stats", stats, methods=["GET"]),
         ],
         lifespan=lifespan,

@@ -146,4 +146,4 @@ def test_a_page_of_a_superseded_generation_is_dropped(
 
 
 def test_health(client: TestClient) -> None:
-    assert client.get("/healthz").status_code == 200
+    assert client.get("/health").status_code == 200

