@@ -147,3 +147,20 @@ def test_a_page_of_a_superseded_generation_is_dropped(
 
 def test_health(client: TestClient) -> None:
     assert client.get("/health").status_code == 200
+
+
+async def test_two_instances_finishing_the_last_pages_at_once_assemble_exactly_once() -> None:
+    import asyncio
+
+    from ocrpipe.pages import complete_document
+
+    store = MemoryStore()
+    doc, _ = prepare(store, pages=2)
+    store.put("out", naming.page_markdown_name(doc, 1), b"one")
+    store.put("out", naming.page_markdown_name(doc, 2), b"two")
+    results = await asyncio.gather(
+        *(complete_document(doc, 2, store, SETTINGS) for _ in range(8))
+    )
+    assert sorted(results) == [False] * 7 + [True]
+    final = naming.document_markdown_name(doc)
+    assert [name for _, name in store.writes].count(final) == 1
