@@ -329,11 +329,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def find_pubsub_emulator() -> str:
-    for candidate in PUBSUB_EMULATOR_CANDIDATES:
+def find_pubsub_emulator(candidates: tuple[str, ...] = PUBSUB_EMULATOR_CANDIDATES) -> str:
+    for candidate in candidates:
         if Path(candidate).is_file():
             return candidate
-    gcloud = shutil.which("gcloud")
+    gcloud = shutil.which("gcloud") if candidates else None
     if gcloud:
         sdk = Path(gcloud).resolve().parents[1]
         candidate_path = sdk / "platform/pubsub-emulator/bin/cloud-pubsub-emulator"

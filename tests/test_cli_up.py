@@ -1,0 +1,71 @@
+"""``ocrpipe up`` as a user runs it: in the foreground, usable from a second shell with
+``--local``, and Ctrl-C stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ocrpipe.local.stack import LocalStack, StackError, find_pubsub_emulator
+from tests.conftest import free_ports
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.pdf"
+OCRPIPE = str(Path(sys.executable).with_name("ocrpipe"))
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.e2e
+def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
+    ports = free_ports()
+    shutil.copy(EXAMPLE, tmp_path / "sample.pdf")
+    args = [f"--{name}-port={port}" for name, port in vars(ports).items()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCRPIPE_")}
+    up = subprocess.Popen([OCRPIPE, "up", *args], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        env_file = tmp_path / ".ocrpipe" / "local.env"
+        deadline = time.monotonic() + 180
+        while not env_file.exists():
+            assert up.poll() is None, up.stdout.read() if up.stdout else ""
+            assert time.monotonic() < deadline, "ocrpipe up did not come up"
+            time.sleep(0.3)
+        submit = subprocess.run(
+            [OCRPIPE, "submit", "--local", "sample.pdf", "--wait", "--timeout", "240"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        assert "sample.pdf: done" in submit.stdout
+        assert "gs://ocrpipe-output/sample.pdf/@" in submit.stdout
+    finally:
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, output
+    assert "stopping" in output
+    assert not (tmp_path / ".ocrpipe" / "local.env").exists()
+    assert all(port_is_free(port) for port in vars(ports).values())
+
+
+def test_a_taken_port_gets_a_clear_message() -> None:
+    ports = free_ports()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", ports.gcs))
+        busy.listen()
+        with pytest.raises(StackError, match=f"gcs port {ports.gcs} already in use"):
+            LocalStack(ports=ports).start()
+
+
+def test_a_missing_pubsub_emulator_says_how_to_install_it() -> None:
+    with pytest.raises(StackError, match="gcloud components install pubsub-emulator"):
+        find_pubsub_emulator(())
