@@ -1,53 +1,126 @@
-"""``ocrpipe``: run the local stack, submit files, follow them to Markdown.
+"""`ocrpipe`: run the local stack, submit files, follow them to Markdown, and operate the
+pipeline (dead letters, retries).
 
-Settings come from the environment (``OCRPIPE_*``, see :mod:`ocrpipe.settings`); with
-``--local`` they come from the file ``ocrpipe up`` writes, so a second shell can talk to a
+Settings come from the environment (`OCRPIPE_*` variables, see ocrpipe/settings.py); with
+`--local` they come from the file `ocrpipe up` writes, so a second shell can talk to a
 running local stack.
+
+Exit codes of every command:
+
+* 0: success.
+* 1: a document failed (for `wait`: or ended partial, unless `--allow-partial`) or is
+  unknown, a retry was refused, a replay could not publish, or Google Cloud answered with
+  an error.
+* 2: usage or configuration error (bad arguments or settings, no credentials).
+* 3: `wait` or `submit --wait` timed out before every document finished.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import IntEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
+from ocrpipe import views
+from ocrpipe.dlq import list_dead_letters, replay
+from ocrpipe.errors import OcrpipeError
+from ocrpipe.pubsub import PubSubPublisher
+from ocrpipe.pull import PubSubPullSubscription, SubscriptionMissing
+from ocrpipe.requeue import RetryRefused, plan_unfinished_pages, reprocess, requeue
 from ocrpipe.settings import Settings
 from ocrpipe.status import DocumentStatus, document_status, recent_documents
-from ocrpipe.storage import GcsStore
+from ocrpipe.storage import GcsStore, ObjectMissing, ObjectStore
 
 LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    TIMEOUT = 3
+
+
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown"
+)
+dlq_app = typer.Typer(
+    help="The dead-letter subscription: pages that kept failing.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+app.add_typer(dlq_app, name="dlq")
 out = Console()
 err = Console(stderr=True)
 
 LocalOpt = Annotated[
     bool, typer.Option("--local", help=f"Use the running local stack ({LOCAL_ENV_FILE}).")
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DocOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--doc", help="Only this input name, shell pattern over names ('reports/*'), or doc_id."
+    ),
+]
 
 
 def load_settings(local: bool) -> Settings:
-    if not local:
-        return Settings()
-    if not LOCAL_ENV_FILE.exists():
+    if local and not LOCAL_ENV_FILE.exists():
         err.print(
             f"[red]No local stack found ({LOCAL_ENV_FILE} is missing).[/] Start one with"
             " `ocrpipe up` in this folder."
         )
-        raise typer.Exit(2)
-    return Settings(_env_file=LOCAL_ENV_FILE)
+        raise typer.Exit(Exit.USAGE)
+    try:
+        return Settings(_env_file=LOCAL_ENV_FILE) if local else Settings()
+    except ValidationError as exc:
+        err.print("The settings (OCRPIPE_* variables) are not valid:", style="red")
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(Exit.USAGE) from None
+
+
+@contextmanager
+def cloud_errors() -> Iterator[None]:
+    """Google Cloud trouble becomes a one-line message and an exit code, not a traceback."""
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        yield
+    except DefaultCredentialsError as exc:
+        err.print(f"No Google credentials: {exc}", style="red", markup=False)
+        err.print("Run `gcloud auth application-default login`, or use --local.", markup=False)
+        raise typer.Exit(Exit.USAGE) from None
+    except (OcrpipeError, SubscriptionMissing, ObjectMissing, GoogleAPICallError) as exc:
+        # GoogleAPICallError: what the adapters pass through, such as 403 Forbidden.
+        err.print(str(exc), style="red", markup=False, highlight=False)
+        raise typer.Exit(Exit.FAILED) from None
 
 
 def _store(settings: Settings) -> GcsStore:
     return GcsStore.connect(settings.project, settings.storage_emulator_host)
+
+
+def _publisher(settings: Settings) -> PubSubPublisher:
+    return PubSubPublisher.connect(settings.project, settings.pubsub_emulator_host)
+
+
+def _dead_letters(settings: Settings) -> PubSubPullSubscription:
+    return PubSubPullSubscription.connect(
+        settings.project, settings.dead_letter_subscription, settings.pubsub_emulator_host
+    )
 
 
 @app.command()
@@ -88,8 +161,8 @@ def up(
                 if child.process.poll() is not None:
                     raise StackError(f"{child.name} exited:\n{stack.log_tail(child.name)}")
     except StackError as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from None
+        err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(Exit.FAILED) from None
     except KeyboardInterrupt:
         out.print("stopping")
     finally:
@@ -102,55 +175,228 @@ def submit(
     files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
     prefix: Annotated[str, typer.Option(help="Name prefix inside the input bucket.")] = "",
     wait_: Annotated[bool, typer.Option("--wait", help="Wait for the Markdown.")] = False,
-    timeout: float = 900.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait, with --wait.")] = 900.0,
+    allow_partial: Annotated[
+        bool,
+        typer.Option("--allow-partial", help="With --wait: a partial document is not a failure."),
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
     """Upload files to the input bucket; each becomes a document named like the file."""
     settings = load_settings(local)
-    store = _store(settings)
-    names = []
-    for path in files:
-        name = f"{prefix}{path.name}"
-        with path.open("rb") as handle:
-            generation = store.upload(settings.input_bucket, name, handle, _content_type(path))
-        out.print(f"submitted gs://{settings.input_bucket}/{name} (generation {generation})")
-        names.append(name)
-    if wait_:
-        raise typer.Exit(_wait_for(store, settings, names, timeout))
+    with cloud_errors():
+        store = _store(settings)
+        names = []
+        for path in files:
+            name = f"{prefix}{path.name}"
+            with path.open("rb") as handle:
+                generation = store.upload(settings.input_bucket, name, handle, _content_type(path))
+            out.print(
+                Text(f"submitted gs://{settings.input_bucket}/{name} (generation {generation})")
+            )
+            names.append(name)
+        if wait_:
+            raise typer.Exit(_wait_for(store, settings, names, timeout, allow_partial))
 
 
 @app.command()
 def status(
     name: Annotated[
-        str | None, typer.Argument(help="Input name; omit to list recent ones.")
+        str | None, typer.Argument(help="Input name; omit to list recent documents.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="How many recent documents.")] = 20,
+    as_json: JsonOpt = False,
     local: LocalOpt = False,
 ) -> None:
-    """Show a document's state, or a table of recent documents."""
+    """A document's pages (done, failed with reasons, pending) and elapsed time, or a table
+    of the most recent documents. Exit 1 if NAME is unknown."""
     settings = load_settings(local)
-    store = _store(settings)
-    names = [name] if name else recent_documents(store, settings)
-    statuses = [document_status(store, settings, n) for n in names]
+    with cloud_errors():
+        store = _store(settings)
+        names = [name] if name else recent_documents(store, settings, limit)
+        statuses = [document_status(store, settings, n) for n in names]
+    now = time.time()
     if as_json:
-        out.print_json(
-            json.dumps([_as_dict(s) for s in statuses] if not name else _as_dict(statuses[0]))
-        )
+        dicts = [s.as_dict(now) for s in statuses]
+        views.print_json(out, dicts[0] if name else dicts)
+    elif name:
+        views.print_status_detail(out, statuses[0], now)
     else:
-        _print_table(statuses)
+        out.print(views.status_table(statuses, now))
     if name and statuses[0].state == "unknown":
-        raise typer.Exit(1)
+        raise typer.Exit(Exit.FAILED)
 
 
 @app.command()
 def wait(
     names: Annotated[list[str], typer.Argument(help="Input names.")],
-    timeout: float = 900.0,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial", help="A partial document (some pages failed) is not a failure."
+        ),
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
-    """Show progress until each document's Markdown exists; exit 1 if one failed or timed out."""
+    """Show progress until every document is finished. Exit 0 if all are done, 1 if one
+    failed (or is partial, unless --allow-partial), 3 if the timeout passed first."""
     settings = load_settings(local)
-    raise typer.Exit(_wait_for(_store(settings), settings, names, timeout))
+    with cloud_errors():
+        raise typer.Exit(_wait_for(_store(settings), settings, names, timeout, allow_partial))
+
+
+@app.command()
+def retry(
+    names: Annotated[list[str] | None, typer.Argument(help="Input names.")] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Also every input whose name starts with this (a folder).")
+    ] = None,
+    failed_only: Annotated[
+        bool,
+        typer.Option(
+            "--failed-only",
+            help="Only re-queue the pages without Markdown (failed or pending) of the current"
+            " generation, instead of reprocessing the whole document.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would happen; change nothing.")
+    ] = False,
+    local: LocalOpt = False,
+) -> None:
+    """Put documents through the pipeline again. Safe to run twice and to interrupt.
+
+    Without --failed-only: the input object is rewritten onto itself, which makes a new
+    generation and a new finalize event, so the document is split and OCR'd from scratch
+    into a new @GENERATION/ folder. The old generation's output stays; its queued or
+    dead-lettered pages are dropped as stale.
+
+    With --failed-only: for the current generation, document.md and the pages' error
+    records are deleted, and every page without Markdown (failed, or still pending) is
+    published again from the page images in the work bucket; document.md is assembled
+    again when the last page lands. A pending page that is still being processed gets a
+    duplicate delivery, which writes nothing twice.
+
+    Exit 1 if a document could not be retried (the message says why).
+    """
+    settings = load_settings(local)
+    with cloud_errors():
+        store = _store(settings)
+        targets = list(names or [])
+        if prefix is not None:
+            targets += [i.name for i in store.list(settings.input_bucket, prefix)]
+        if not targets:
+            err.print("Name at least one document, or give --prefix.", style="red")
+            raise typer.Exit(Exit.USAGE)
+        publisher = _publisher(settings) if failed_only and not dry_run else None
+        code = Exit.OK
+        for name in dict.fromkeys(targets):
+            try:
+                if failed_only:
+                    _retry_pages(store, publisher, settings, name, dry_run)
+                elif dry_run:
+                    out.print(Text(f"{name}: would be reprocessed as a new generation"))
+                else:
+                    generation = reprocess(store, settings, name)
+                    out.print(Text(f"{name}: reprocessing as generation {generation}"))
+            except RetryRefused as exc:
+                err.print(Text(f"{name}: {exc}", style="red"))
+                code = Exit.FAILED
+    raise typer.Exit(code)
+
+
+def _retry_pages(
+    store: ObjectStore,
+    publisher: PubSubPublisher | None,
+    settings: Settings,
+    name: str,
+    dry_run: bool,
+) -> None:
+    plan = plan_unfinished_pages(store, settings, name)
+    if not plan.pages:
+        out.print(Text(f"{name}: nothing to retry, every page has Markdown"))
+        return
+    counts = f"{len(plan.failed)} failed, {len(plan.pending)} pending"
+    what = f"pages {_page_list(plan.pages)} ({counts})"
+    if dry_run or publisher is None:
+        out.print(Text(f"{name}: would re-queue {what}; would delete {len(plan.remove)} objects"))
+        return
+    requeue(plan, store, publisher, settings)
+    out.print(Text(f"{name}: re-queued {what}"))
+
+
+def _page_list(pages: tuple[int, ...]) -> str:
+    shown = ", ".join(str(p) for p in pages[:20])
+    return shown + (f" and {len(pages) - 20} more" if len(pages) > 20 else "")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    doc: DocOpt = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Show at most this many.")] = None,
+    as_json: JsonOpt = False,
+    local: LocalOpt = False,
+) -> None:
+    """Show the dead-lettered page messages without consuming them: each is pulled, and
+    released again (a nack, never an ack) when the listing ends."""
+    settings = load_settings(local)
+    with cloud_errors():
+        subscription = _dead_letters(settings)
+        letters = views.sort_letters(list_dead_letters(subscription, selector=doc, limit=limit))
+    if as_json:
+        views.print_json(out, [letter.as_dict() for letter in letters])
+        return
+    if not letters:
+        out.print(f"no dead-lettered messages{' for ' + doc if doc else ''}")
+        return
+    out.print(views.dead_letter_table(letters))
+    out.print(
+        f"{len(letters)} message(s), left in {settings.dead_letter_subscription}. Why the last"
+        " delivery failed is not kept with the message: see the worker's log (labels doc_id"
+        " and page), docs/OPERATIONS.md.",
+        markup=False,
+    )
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    doc: DocOpt = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many.")] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List what would be replayed; publish and ack nothing."),
+    ] = False,
+    as_json: JsonOpt = False,
+    local: LocalOpt = False,
+) -> None:
+    """Publish dead-lettered page messages to the pages topic again, then ack them.
+
+    Each message keeps its data and attributes (minus Pub/Sub's CloudPubSubDeadLetter*
+    ones, with replay_count one higher) and is acked only once its publish is confirmed.
+    Messages not matching --doc stay. Safe to run twice and to interrupt: a message
+    published but not acked is published again by the next run, and the worker writes
+    each page once. Exit 1 if a message could not be published (it stays).
+    """
+    settings = load_settings(local)
+    with cloud_errors():
+        report = replay(
+            _dead_letters(settings),
+            _publisher(settings),
+            settings.pages_topic,
+            selector=doc,
+            limit=limit,
+            dry_run=dry_run,
+        )
+    if as_json:
+        views.print_json(out, report.as_dict())
+    else:
+        if dry_run and report.replayed:
+            out.print(views.dead_letter_table(views.sort_letters(report.replayed)))
+        for letter, why in report.failed:
+            err.print(Text(f"{letter.name} page {letter.page}: {why}", style="red"))
+        out.print(views.replay_summary(report), markup=False)
+    raise typer.Exit(Exit.FAILED if report.failed else Exit.OK)
 
 
 @app.command()
@@ -182,14 +428,20 @@ def demo(
         if code:
             err.print(f"service logs: {stack.log_dir}")
     except StackError as exc:
-        err.print(f"[red]{exc}[/]")
-        code = 1
+        err.print(str(exc), style="red", markup=False)
+        code = Exit.FAILED
     finally:
         stack.stop()
     raise typer.Exit(code)
 
 
-def _wait_for(store: GcsStore, settings: Settings, names: list[str], timeout: float) -> int:
+def _wait_for(
+    store: ObjectStore,
+    settings: Settings,
+    names: list[str],
+    timeout: float,
+    allow_partial: bool = False,
+) -> Exit:
     deadline = time.monotonic() + timeout
     finals: dict[str, DocumentStatus] = {}
     columns = (
@@ -214,54 +466,29 @@ def _wait_for(store: GcsStore, settings: Settings, names: list[str], timeout: fl
                 )
                 if current.finished_state:
                     finals[name] = current
-            time.sleep(0.5)
-    code = 0
+            if len(finals) < len(names):
+                time.sleep(0.5)
+    failed = timed_out = False
     for name in names:
         final = finals.get(name)
         if final is None:
-            err.print(f"[yellow]{name}: not finished after {timeout:.0f} s[/]")
-            code = 1
-        elif final.state == "failed":
-            why = final.error or final.page_errors
-            err.print(f"[red]{name}: failed[/] {why}")
-            code = 1
-        else:
-            out.print(f"{name}: {final.state} -> {final.markdown_uri}")
-    return code
-
-
-def _print_table(statuses: list[DocumentStatus]) -> None:
-    table = Table("name", "state", "pages", "done", "failed", "pending", "markdown / error")
-    for s in statuses:
-        detail = s.markdown_uri or (f"{s.error['reason']}: {s.error['message']}" if s.error else "")
-        table.add_row(
-            s.name,
-            s.state,
-            str(s.page_count or "-"),
-            str(s.done),
-            str(s.failed),
-            str(s.pending),
-            detail,
-        )
-    out.print(table)
-
-
-def _as_dict(s: DocumentStatus) -> dict[str, object]:
-    return {
-        "name": s.name,
-        "generation": s.generation,
-        "doc_id": s.doc_id,
-        "state": s.state,
-        "page_count": s.page_count,
-        "done": s.done,
-        "failed": s.failed,
-        "pending": s.pending,
-        "error": s.error,
-        "page_errors": s.page_errors,
-        "markdown": s.markdown_uri,
-        "started": s.started,
-        "finished": s.finished,
-    }
+            err.print(Text(f"{name}: not finished after {timeout:.0f} s", style="yellow"))
+            timed_out = True
+            continue
+        ok = final.state == "done" or (final.state == "partial" and allow_partial)
+        failed = failed or not ok
+        line = Text.assemble(f"{name}: ", views.state_text(final.state))
+        line.append(f" in {views.duration(final.elapsed())}")
+        if final.markdown_uri:
+            line.append(f" -> {final.markdown_uri}")
+        (out if ok else err).print(line)
+        if final.error:
+            err.print(Text(f"  rejected: {final.error.reason}: {final.error.message}"))
+        for number, error in sorted(final.page_errors.items()):
+            err.print(Text(f"  page {number}: {error.reason}: {error.message}"))
+    if failed:
+        return Exit.FAILED
+    return Exit.TIMEOUT if timed_out else Exit.OK
 
 
 def _content_type(path: Path) -> str:

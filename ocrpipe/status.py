@@ -11,16 +11,27 @@ generation with output.
     done        document.md written, no page failed
     partial     document.md written, some pages failed
     failed      the input was rejected, or every page failed
+
+Times are the objects' ``updated`` times: ``started`` is the input's upload, ``finished``
+the newest output object of a finished document.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ocrpipe import naming, records
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo, ObjectMissing, ObjectStore
+
+
+@dataclass(frozen=True)
+class PageError:
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -32,8 +43,8 @@ class DocumentStatus:
     page_count: int | None = None
     done: int = 0
     failed: int = 0
-    error: dict[str, str] | None = None
-    page_errors: dict[int, str] = field(default_factory=dict)
+    error: PageError | None = None  # the input was rejected as a whole
+    page_errors: dict[int, PageError] = field(default_factory=dict)
     markdown_uri: str | None = None
     started: float | None = None
     finished: float | None = None
@@ -45,6 +56,36 @@ class DocumentStatus:
     @property
     def finished_state(self) -> bool:
         return self.state in ("done", "partial", "failed")
+
+    def elapsed(self, now: float | None = None) -> float | None:
+        """Seconds from upload to the last output (or to ``now`` while unfinished)."""
+        if self.started is None:
+            return None
+        if self.finished is not None:
+            return max(0.0, self.finished - self.started)
+        return max(0.0, (time.time() if now is None else now) - self.started)
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "generation": self.generation,
+            "doc_id": self.doc_id or None,
+            "state": self.state,
+            "page_count": self.page_count,
+            "done": self.done,
+            "failed": self.failed,
+            "pending": self.pending,
+            "error": vars(self.error) if self.error else None,
+            "page_errors": {str(n): vars(e) for n, e in sorted(self.page_errors.items())},
+            "markdown": self.markdown_uri,
+            "started": self.started,
+            "finished": self.finished,
+            "elapsed_s": _round(self.elapsed(now)),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def derive_state(
@@ -93,10 +134,9 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
         page_count = records.parse_manifest(_read(store, settings, manifest_name)).page_count
     error = None
     if naming.document_error_name(doc) in found:
-        raw = json.loads(_read(store, settings, naming.document_error_name(doc)))
-        error = {"reason": str(raw.get("reason")), "message": str(raw.get("message"))}
+        error = parse_error(_read(store, settings, naming.document_error_name(doc)))
     page_errors = {
-        n: records.parse_error_reason(_read(store, settings, naming.page_error_name(doc, n)))
+        n: parse_error(_read(store, settings, naming.page_error_name(doc, n)))
         for n in sorted(listing.failed)
     }
     document = found.get(naming.document_markdown_name(doc))
@@ -131,6 +171,17 @@ def recent_documents(store: ObjectStore, settings: Settings, limit: int = 20) ->
     """Input names, newest first (from the input bucket)."""
     inputs = sorted(store.list(settings.input_bucket, ""), key=lambda i: i.updated, reverse=True)
     return [info.name for info in inputs[:limit]]
+
+
+def parse_error(data: bytes) -> PageError:
+    """The reason and message of an error record (``unknown`` where it cannot be read)."""
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        return PageError("unknown", "the error record cannot be read")
+    return PageError(str(raw.get("reason", "unknown")), str(raw.get("message", "")))
 
 
 def _read(store: ObjectStore, settings: Settings, name: str) -> bytes:

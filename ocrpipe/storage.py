@@ -9,6 +9,7 @@ instances finishing the same document at once stay harmless.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from ocrpipe.errors import StorageUnavailable
+
+REWRITTEN_AT_KEY = "ocrpipe-rewritten-at"  # custom metadata of an input rewritten in place
 
 
 class ObjectMissing(Exception):
@@ -51,6 +54,12 @@ class ObjectStore(Protocol):
     def list(self, bucket: str, prefix: str) -> list[ObjectInfo]: ...
 
     def delete(self, bucket: str, name: str) -> None: ...
+
+    def rewrite_in_place(self, bucket: str, name: str, generation: int) -> int | None:
+        """Copy ``name`` onto itself if it is still at ``generation``: a new generation with
+        the same bytes (and a new finalize event). The new generation, or None if the
+        object changed or vanished meanwhile."""
+        ...
 
 
 class GcsStore:
@@ -126,6 +135,31 @@ class GcsStore:
             pass
         except gexc.NotFound:
             pass
+
+    def rewrite_in_place(self, bucket: str, name: str, generation: int) -> int | None:
+        from google.api_core import exceptions as gexc
+
+        handle = self._client.bucket(bucket)
+        with _translated(bucket, name):
+            current = handle.get_blob(name, generation=generation)
+        if current is None:
+            return None
+        # The copy onto itself changes one thing, as object stores expect of a self-copy: a
+        # custom metadata entry with the time. Content type and other metadata are kept.
+        target = handle.blob(name)
+        target.content_type = current.content_type
+        target.metadata = {**(current.metadata or {}), REWRITTEN_AT_KEY: f"{time.time():.3f}"}
+        source = handle.blob(name, generation=generation)
+        try:
+            with _translated(bucket, name):  # large objects take several rewrite calls
+                token, _, _ = target.rewrite(source, if_generation_match=generation)
+                while token is not None:
+                    token, _, _ = target.rewrite(
+                        source, token=token, if_generation_match=generation
+                    )
+        except (gexc.PreconditionFailed, ObjectMissing):
+            return None
+        return int(target.generation)
 
 
 def _info(blob: Any) -> ObjectInfo:
@@ -222,6 +256,13 @@ class MemoryStore:
 
     def delete(self, bucket: str, name: str) -> None:
         self._objects.pop((bucket, name), None)
+
+    def rewrite_in_place(self, bucket: str, name: str, generation: int) -> int | None:
+        with self._lock:
+            entry = self._objects.get((bucket, name))
+            if entry is None or entry[1].generation != generation:
+                return None
+            return self._put_locked(bucket, name, entry[0], entry[1].content_type)
 
     def names(self, bucket: str) -> Iterator[str]:
         return (n for (b, n) in self._objects if b == bucket)

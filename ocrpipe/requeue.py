@@ -1,0 +1,168 @@
+"""Put a document through the pipeline again (``ocrpipe retry``).
+
+Two ways, both safe to run twice and to interrupt (run them again):
+
+* **The whole document** (:func:`reprocess`): the input object is rewritten onto itself,
+  which makes a new generation with the same bytes and a new finalize event. The splitter
+  renders it again into a fresh ``@<generation>/`` folder under a new ``doc_id``; the old
+  generation's output stays where it was, and any of its page messages still queued or
+  dead-lettered are dropped by the worker as stale. Nothing is deleted. Running it twice
+  makes two new generations; the second supersedes the first (wasted work, mixed nothing).
+
+* **Pages without Markdown** (:func:`plan_unfinished_pages`, then :func:`requeue`): for the
+  current generation, every page that has no ``.md`` (failed pages, with an error record,
+  and pending ones) is published again from the manifest and the page images already in
+  the work bucket. The worker skips a page that has Markdown *or* an error record, and
+  writes ``document.md`` once, so :func:`requeue` first deletes ``document.md`` (it will be
+  assembled again when the last page lands), then the error records, then publishes.
+  Pending pages are included so that a retry interrupted after a delete and before the
+  publish is finished by running it again; a pending page that is in fact still being
+  processed, or dead-lettered and replayed later, gets a duplicate delivery, which writes
+  nothing twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ocrpipe import naming, records
+from ocrpipe.messages import PageMessage
+from ocrpipe.pubsub import OutgoingMessage, Publisher
+from ocrpipe.settings import Settings
+from ocrpipe.storage import ObjectMissing, ObjectStore
+
+PUBLISH_BATCH = 100
+ImageMime = Literal["image/png", "image/jpeg"]
+_MIME_BY_EXTENSION: dict[str, ImageMime] = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+}
+
+
+class RetryRefused(Exception):
+    """This document cannot be retried this way; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    name: str
+    doc: naming.DocumentRef
+    failed: tuple[int, ...]
+    pending: tuple[int, ...]
+    remove: tuple[str, ...]  # output objects to delete first, in this order
+    messages: tuple[PageMessage, ...]
+
+    @property
+    def pages(self) -> tuple[int, ...]:
+        return tuple(m.page for m in self.messages)
+
+
+def plan_unfinished_pages(store: ObjectStore, settings: Settings, name: str) -> RetryPlan:
+    """What :func:`requeue` would do for ``name``'s pages that have no Markdown."""
+    source = store.stat(settings.input_bucket, name)
+    if source is None:
+        raise RetryRefused(
+            f"gs://{settings.input_bucket}/{name} does not exist: its pages would be dropped as"
+            " stale. Upload the file again."
+        )
+    doc = naming.DocumentRef(settings.input_bucket, name, source.generation)
+    out = settings.output_bucket
+    if store.stat(out, naming.document_error_name(doc)) is not None:
+        raise RetryRefused(
+            f"{name} was rejected as a whole (see `ocrpipe status {name}`): it has no pages to"
+            " retry. Fix the file and upload it again, or retry the whole document."
+        )
+    try:
+        manifest = records.parse_manifest(store.read(out, naming.manifest_name(doc)))
+    except ObjectMissing:
+        raise RetryRefused(
+            f"{name} has not been split yet (no manifest for generation {doc.generation}):"
+            " wait for it, or retry the whole document."
+        ) from None
+    prefix = naming.pages_prefix(doc)
+    listing = naming.parse_page_listing([o.name for o in store.list(out, prefix)], prefix)
+    todo = [n for n in range(1, manifest.page_count + 1) if n not in listing.done]
+    if not todo:
+        return RetryPlan(name, doc, (), (), (), ())
+    images = _page_images(store, settings, doc.doc_id)
+    missing = [n for n in todo if n not in images]
+    if missing:
+        raise RetryRefused(
+            f"the page images of {name} are gone from gs://{settings.work_bucket}/pages/"
+            f"{doc.doc_id}/ (pages {_ranges(missing)}): retry the whole document instead."
+        )
+    failed = tuple(n for n in todo if n in listing.failed)
+    document = naming.document_markdown_name(doc)
+    remove = ([document] if store.stat(out, document) is not None else []) + [
+        naming.page_error_name(doc, n) for n in failed
+    ]
+    messages = tuple(
+        PageMessage(
+            doc_id=doc.doc_id,
+            source_bucket=doc.bucket,
+            source_name=doc.name,
+            source_generation=doc.generation,
+            page=n,
+            page_count=manifest.page_count,
+            image_uri=f"gs://{settings.work_bucket}/{images[n][0]}",
+            image_mime=images[n][1],
+        )
+        for n in todo
+    )
+    pending = tuple(n for n in todo if n not in listing.failed)
+    return RetryPlan(name, doc, failed, pending, tuple(remove), messages)
+
+
+def requeue(plan: RetryPlan, store: ObjectStore, publisher: Publisher, settings: Settings) -> int:
+    """Delete what would stop the worker (``document.md`` first), then publish the pages.
+    Returns how many page messages were published."""
+    for name in plan.remove:
+        store.delete(settings.output_bucket, name)
+    published = 0
+    batch = [OutgoingMessage(m.encode(), m.attributes()) for m in plan.messages]
+    for start in range(0, len(batch), PUBLISH_BATCH):
+        chunk = batch[start : start + PUBLISH_BATCH]
+        published += len(publisher.publish_all(settings.pages_topic, chunk))
+    return published
+
+
+def reprocess(store: ObjectStore, settings: Settings, name: str) -> int:
+    """Rewrite the input onto itself: a new generation, split and OCR'd from scratch.
+    Returns the new generation."""
+    source = store.stat(settings.input_bucket, name)
+    if source is None:
+        raise RetryRefused(f"gs://{settings.input_bucket}/{name} does not exist: upload it again.")
+    generation = store.rewrite_in_place(settings.input_bucket, name, source.generation)
+    if generation is None:
+        raise RetryRefused(
+            f"gs://{settings.input_bucket}/{name} changed while it was being rewritten: a new"
+            " generation is already on its way (see `ocrpipe status`)."
+        )
+    return generation
+
+
+def _page_images(
+    store: ObjectStore, settings: Settings, doc_id: str
+) -> dict[int, tuple[str, ImageMime]]:
+    """Page number -> (image object name, MIME type), from the work bucket."""
+    prefix = naming.page_image_name(doc_id, 1, "x").rsplit("/", 1)[0] + "/"
+    found: dict[int, tuple[str, ImageMime]] = {}
+    for info in store.list(settings.work_bucket, prefix):
+        stem, _, extension = info.name[len(prefix) :].partition(".")
+        mime = _MIME_BY_EXTENSION.get(extension.lower())
+        if stem.isdigit() and mime is not None:
+            found[int(stem)] = (info.name, mime)
+    return found
+
+
+def _ranges(pages: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    spans: list[list[int]] = []
+    for page in sorted(pages):
+        if spans and page == spans[-1][1] + 1:
+            spans[-1][1] = page
+        else:
+            spans.append([page, page])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)

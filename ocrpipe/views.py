@@ -1,0 +1,144 @@
+"""How the CLI shows things: rich tables and panels for people, plain JSON for scripts.
+No I/O beyond the console it is given."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ocrpipe.dlq import DeadLetter, ReplayReport
+from ocrpipe.status import DocumentStatus
+
+STATE_STYLE = {
+    "done": "green",
+    "partial": "yellow",
+    "failed": "red",
+    "running": "cyan",
+    "splitting": "cyan",
+    "unknown": "dim",
+}
+
+
+def print_json(console: Console, value: Any) -> None:
+    """One JSON document on stdout; no markup, no wrapping."""
+    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def duration(seconds: float | None) -> str:
+    """62.4 -> '1m 02s'."""
+    if seconds is None:
+        return "-"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def timestamp(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def state_text(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+def status_table(statuses: Sequence[DocumentStatus], now: float | None = None) -> Table:
+    table = Table("name", "state", "pages", "done", "failed", "pending", "elapsed", "result")
+    for s in statuses:
+        detail = s.markdown_uri or (f"{s.error.reason}: {s.error.message}" if s.error else "")
+        table.add_row(
+            Text(s.name),
+            state_text(s.state),
+            str(s.page_count or "-"),
+            str(s.done),
+            str(s.failed),
+            str(s.pending),
+            duration(s.elapsed(now)),
+            Text(detail),
+        )
+    return table
+
+
+def print_status_detail(console: Console, s: DocumentStatus, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    console.print(Text.assemble((s.name, "bold"), "  ", state_text(s.state)))
+    if s.state == "unknown":
+        console.print("  no such document in the input bucket, and no output for it")
+        return
+    rows = [
+        ("generation", str(s.generation)),
+        ("doc_id", s.doc_id),
+        (
+            "pages",
+            f"{s.done} done, {s.failed} failed, {s.pending} pending, of {s.page_count}"
+            if s.page_count is not None
+            else "not split yet",
+        ),
+        ("started", timestamp(s.started)),
+        ("finished", timestamp(s.finished) if s.finished_state else "-"),
+        ("elapsed", duration(s.elapsed(now)) + ("" if s.finished_state else " so far")),
+        ("markdown", s.markdown_uri or "-"),
+    ]
+    if s.error:
+        rows.append(("rejected", f"{s.error.reason}: {s.error.message}"))
+    grid = Table.grid(padding=(0, 2))
+    for label, value in rows:
+        grid.add_row(Text(f"  {label}", style="dim"), Text(value))
+    console.print(grid)
+    if s.page_errors:
+        table = Table("page", "reason", "message", title="failed pages", title_justify="left")
+        for number, error in sorted(s.page_errors.items()):
+            table.add_row(str(number), Text(error.reason), Text(error.message))
+        console.print(table)
+
+
+def dead_letter_table(letters: Sequence[DeadLetter]) -> Table:
+    """Name, page, doc_id and times; ``--json`` has every attribute."""
+    table = Table(
+        "name", "page", "doc_id", "deliveries", "published (UTC)", "dead-lettered", "replays"
+    )
+    for letter in letters:
+        table.add_row(
+            Text(letter.name or "(not a page message)"),
+            str(letter.page or "-"),
+            Text(letter.doc_id or "-", no_wrap=True),
+            str(letter.delivery_count or "-"),
+            _short_time(_parse_time(letter.first_published)),
+            _short_time(letter.dead_lettered),
+            str(letter.replay_count),
+        )
+    return table
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def _short_time(when: datetime | None) -> str:
+    return when.astimezone(UTC).strftime("%m-%d %H:%M:%S") if when else "-"
+
+
+def sort_letters(letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+    return sorted(letters, key=lambda d: (d.name, d.doc_id, d.page or 0, d.message_id))
+
+
+def replay_summary(report: ReplayReport) -> str:
+    verb = "would replay" if report.dry_run else "replayed"
+    return (
+        f"{verb} {len(report.replayed)}, skipped {report.skipped} (not matching --doc),"
+        f" failed {len(report.failed)}"
+    )

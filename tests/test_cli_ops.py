@@ -1,0 +1,160 @@
+"""The CLI's exit codes and JSON, without servers: ``wait``'s verdicts on the in-memory
+store, and usage errors through typer's runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ocrpipe import cli, naming, records, views
+from ocrpipe.settings import Settings
+from ocrpipe.status import DocumentStatus, PageError, document_status
+from ocrpipe.storage import MemoryStore
+
+SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
+# Emulator hosts nobody listens on: commands that fail before any call never notice.
+OFFLINE_ENV = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+
+
+def document(store: MemoryStore, name: str, state: str) -> None:
+    generation = store.put("in", name, b"%PDF-")
+    doc = naming.DocumentRef("in", name, generation)
+    if state == "rejected":
+        store.put("out", naming.document_error_name(doc), records.error_record(doc, "bad", "no"))
+        return
+    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, 2))
+    if state == "running":
+        return
+    store.put("out", naming.page_markdown_name(doc, 1), b"one")
+    if state == "partial":
+        record = records.error_record(doc, "ocr_repetition_loop", "looped", page=2)
+        store.put("out", naming.page_error_name(doc, 2), record)
+    else:
+        store.put("out", naming.page_markdown_name(doc, 2), b"two")
+    store.put("out", naming.document_markdown_name(doc), b"one two")
+
+
+@pytest.mark.parametrize(
+    ("states", "allow_partial", "timeout", "code"),
+    [
+        (["done"], False, 5, cli.Exit.OK),
+        (["done", "done"], False, 5, cli.Exit.OK),
+        (["partial"], False, 5, cli.Exit.FAILED),
+        (["partial"], True, 5, cli.Exit.OK),
+        (["rejected"], True, 5, cli.Exit.FAILED),
+        (["running"], False, 0.6, cli.Exit.TIMEOUT),
+        (["running", "partial"], False, 0.6, cli.Exit.FAILED),  # a failure outranks a timeout
+    ],
+)
+def test_wait_exit_codes(
+    states: list[str], allow_partial: bool, timeout: float, code: cli.Exit
+) -> None:
+    store = MemoryStore()
+    names = [f"doc-{i}.pdf" for i in range(len(states))]
+    for name, state in zip(names, states, strict=True):
+        document(store, name, state)
+    assert cli._wait_for(store, SETTINGS, names, timeout, allow_partial) == code
+
+
+def test_status_json_has_page_errors_with_reasons_and_elapsed_time() -> None:
+    store = MemoryStore()
+    document(store, "p.pdf", "partial")
+    status = document_status(store, SETTINGS, "p.pdf")
+    data = json.loads(json.dumps(status.as_dict(now=100.0)))
+    assert data["state"] == "partial"
+    assert (data["page_count"], data["done"], data["failed"], data["pending"]) == (2, 1, 1, 0)
+    assert data["page_errors"] == {"2": {"reason": "ocr_repetition_loop", "message": "looped"}}
+    assert data["markdown"].endswith("/document.md")
+    assert isinstance(data["elapsed_s"], float)
+
+
+def test_elapsed_runs_until_now_while_unfinished_and_stops_when_finished() -> None:
+    running = DocumentStatus("a", 1, "running", started=100.0)
+    finished = DocumentStatus("a", 1, "done", started=100.0, finished=160.5)
+    assert running.elapsed(now=130.0) == 30.0
+    assert finished.elapsed(now=999.0) == 60.5
+    assert DocumentStatus("a", None, "unknown").elapsed() is None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(None, "-"), (4.4, "4s"), (62.4, "1m 02s"), (3725, "1h 02m")]
+)
+def test_durations_read_like_a_person_would_write_them(seconds: float | None, text: str) -> None:
+    assert views.duration(seconds) == text
+
+
+def test_the_status_detail_shows_page_error_reasons() -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=120)
+    status = DocumentStatus(
+        "scan[1].pdf",
+        7,
+        "partial",
+        page_count=3,
+        done=2,
+        failed=1,
+        page_errors={3: PageError("ocr_repetition_loop", "the model looped")},
+        started=0.0,
+        finished=75.0,
+    )
+    views.print_status_detail(console, status)
+    text = console.export_text()
+    assert "scan[1].pdf" in text  # names are not read as rich markup
+    assert "2 done, 1 failed, 0 pending, of 3" in text
+    assert "1m 15s" in text
+    assert "ocr_repetition_loop" in text and "the model looped" in text
+
+
+runner = CliRunner()
+
+
+def test_retry_without_a_name_is_a_usage_error() -> None:
+    result = runner.invoke(cli.app, ["retry"], env=OFFLINE_ENV)
+    assert result.exit_code == cli.Exit.USAGE, result.output
+
+
+def test_invalid_settings_are_a_usage_error() -> None:
+    result = runner.invoke(
+        cli.app, ["status", "x.pdf"], env={**OFFLINE_ENV, "OCRPIPE_OCR_BUDGET_S": "9999"}
+    )
+    assert result.exit_code == cli.Exit.USAGE
+    assert "ocr_budget_s" in result.output
+
+
+def test_local_without_a_running_stack_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli.app, ["wait", "--local", "x.pdf"])
+    assert result.exit_code == cli.Exit.USAGE
+    assert "No local stack found" in result.output
+
+
+def test_the_dead_letter_table_shows_name_page_deliveries_and_times() -> None:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from ocrpipe.dlq import DELIVERY_COUNT, SOURCE_PUBLISH_TIME, DeadLetter
+
+    letter = DeadLetter(
+        "m1",
+        b"not a page message",
+        {
+            "doc_id": "d0123",
+            "page": "7",
+            DELIVERY_COUNT: "10",
+            SOURCE_PUBLISH_TIME: "2026-11-26T23:05:04.598Z",
+        },  # fmt: skip
+        dead_lettered=datetime(2026, 11, 26, 23, 40, 1, tzinfo=UTC),
+    )
+    console = Console(record=True, width=160)
+    console.print(views.dead_letter_table([letter]))
+    text = console.export_text()
+    assert "(not a page message)" in text and "d0123" in text
+    assert "11-26 23:05:04" in text and "11-26 23:40:01" in text
+    assert " 7 " in text and " 10 " in text

@@ -1,0 +1,136 @@
+"""``ocrpipe retry``'s core on the in-memory store: which pages are re-queued, what is deleted
+first, and when a retry is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from ocrpipe import naming, records
+from ocrpipe.messages import PageMessage
+from ocrpipe.pubsub import MemoryPublisher
+from ocrpipe.requeue import RetryRefused, plan_unfinished_pages, reprocess, requeue
+from ocrpipe.settings import Settings
+from ocrpipe.storage import MemoryStore
+
+SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
+NAME = "reports/q1.pdf"
+
+
+def make_document(
+    store: MemoryStore,
+    *,
+    pages: int = 4,
+    done: tuple[int, ...] = (),
+    failed: tuple[int, ...] = (),
+    assembled: bool = False,
+    extension: str = "png",
+) -> naming.DocumentRef:
+    generation = store.put("in", NAME, b"%PDF-1.7 ...", "application/pdf")
+    doc = naming.DocumentRef("in", NAME, generation)
+    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
+    for page in range(1, pages + 1):
+        store.put("work", naming.page_image_name(doc.doc_id, page, extension), b"image")
+    for page in done:
+        store.put("out", naming.page_markdown_name(doc, page), b"# text")
+    for page in failed:
+        record = records.error_record(doc, "ocr_repetition_loop", "looped", page=page)
+        store.put("out", naming.page_error_name(doc, page), record)
+    if assembled:
+        store.put("out", naming.document_markdown_name(doc), b"whole")
+    return doc
+
+
+def test_a_partial_document_requeues_its_failed_pages_after_deleting_what_blocks_them() -> None:
+    store = MemoryStore()
+    doc = make_document(store, done=(1, 3), failed=(2, 4), assembled=True)
+    publisher = MemoryPublisher()
+
+    plan = plan_unfinished_pages(store, SETTINGS, NAME)
+    assert (plan.failed, plan.pending, plan.pages) == ((2, 4), (), (2, 4))
+    # document.md first: deleted before the error records, so an interrupted retry never
+    # leaves an old document.md that the new pages could not replace.
+    assert plan.remove == (
+        naming.document_markdown_name(doc),
+        naming.page_error_name(doc, 2),
+        naming.page_error_name(doc, 4),
+    )
+
+    assert requeue(plan, store, publisher, SETTINGS) == 2
+    assert all(store.stat("out", name) is None for name in plan.remove)
+    assert store.stat("out", naming.page_markdown_name(doc, 1)) is not None
+    sent = [(topic, PageMessage.decode(m.data), m.attributes) for topic, m in publisher.published]
+    assert [(topic, m.page) for topic, m, _ in sent] == [(SETTINGS.pages_topic, 2),
+                                                         (SETTINGS.pages_topic, 4)]  # fmt: skip
+    _, message, attributes = sent[0]
+    assert message.document == doc and message.page_count == 4
+    assert message.image_uri == f"gs://work/{naming.page_image_name(doc.doc_id, 2, 'png')}"
+    assert message.image_mime == "image/png"
+    assert attributes == message.attributes()
+
+
+def test_pending_pages_are_requeued_too_so_an_interrupted_retry_can_be_finished() -> None:
+    store = MemoryStore()
+    make_document(store, done=(1,), failed=(2,))  # 3 and 4 pending: nothing marks them
+    plan = plan_unfinished_pages(store, SETTINGS, NAME)
+    assert (plan.failed, plan.pending) == ((2,), (3, 4))
+    assert len(plan.remove) == 1  # the error record; there is no document.md yet
+
+
+def test_jpeg_page_images_keep_their_type() -> None:
+    store = MemoryStore()
+    make_document(store, pages=1, failed=(1,), assembled=True, extension="jpg")
+    [message] = plan_unfinished_pages(store, SETTINGS, NAME).messages
+    assert message.image_mime == "image/jpeg" and message.image_uri.endswith("00001.jpg")
+
+
+def test_a_done_document_has_nothing_to_retry_and_nothing_is_deleted() -> None:
+    store = MemoryStore()
+    doc = make_document(store, done=(1, 2, 3, 4), assembled=True)
+    plan = plan_unfinished_pages(store, SETTINGS, NAME)
+    assert plan.pages == () and plan.remove == ()
+    assert requeue(plan, store, MemoryPublisher(), SETTINGS) == 0
+    assert store.stat("out", naming.document_markdown_name(doc)) is not None
+
+
+@pytest.mark.parametrize(
+    ("prepare", "why"),
+    [
+        ("delete_input", "does not exist"),
+        ("reject", "rejected"),
+        ("no_manifest", "not been split"),
+        ("no_images", "page images"),
+    ],
+)
+def test_a_retry_that_cannot_work_is_refused_with_the_reason(prepare: str, why: str) -> None:
+    store = MemoryStore()
+    doc = make_document(store, done=(1,), failed=(2,))
+    if prepare == "delete_input":
+        store.delete("in", NAME)
+    elif prepare == "reject":
+        store.put("out", naming.document_error_name(doc), records.error_record(doc, "x", "y"))
+    elif prepare == "no_manifest":
+        store.delete("out", naming.manifest_name(doc))
+    else:
+        store.delete("work", naming.page_image_name(doc.doc_id, 2, "png"))
+    with pytest.raises(RetryRefused, match=why):
+        plan_unfinished_pages(store, SETTINGS, NAME)
+
+
+def test_reprocessing_makes_a_new_generation_with_the_same_bytes() -> None:
+    store = MemoryStore()
+    old = make_document(store, done=(1,), failed=(2, 3, 4), assembled=True)
+    generation = reprocess(store, SETTINGS, NAME)
+    assert generation > old.generation
+    info = store.stat("in", NAME)
+    assert info is not None and info.generation == generation
+    assert store.read("in", NAME) == b"%PDF-1.7 ..."
+    # The old generation's output is left alone.
+    assert store.stat("out", naming.document_markdown_name(old)) is not None
+
+
+def test_reprocessing_a_missing_input_or_a_changed_one_is_refused() -> None:
+    store = MemoryStore()
+    with pytest.raises(RetryRefused, match="does not exist"):
+        reprocess(store, SETTINGS, NAME)
+    generation = store.put("in", NAME, b"%PDF-")
+    assert store.rewrite_in_place("in", NAME, generation - 1) is None
