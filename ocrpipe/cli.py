@@ -61,8 +61,8 @@ dlq_app = typer.Typer(
     rich_markup_mode="markdown",
 )
 app.add_typer(dlq_app, name="dlq")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # never break a gs:// URI across lines in scripts
+err = Console(stderr=True, soft_wrap=True)
 
 LocalOpt = Annotated[
     bool, typer.Option("--local", help=f"Use the running local stack ({LOCAL_ENV_FILE}).")
