@@ -49,6 +49,10 @@ class IdTokenAuth:
         self._expires = 0.0
         self.fetches = 0
 
+    @property
+    def audience(self) -> str:
+        return self._audience
+
     def headers(self) -> dict[str, str]:
         with self._lock:
             if self._clock() >= self._expires - REFRESH_BEFORE_EXPIRY_S:

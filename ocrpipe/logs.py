@@ -29,6 +29,7 @@ _SEVERITY = {
 }
 _EXTRA_FIELDS = ("duration_ms", "error_class", "reason", "attempt", "status")
 _MAX_FIELD = 2000
+_ESCAPES = {c: f"\\u{c:04x}" for c in (*range(0x7F, 0xA0), 0x2028, 0x2029)}
 
 
 @contextmanager
@@ -74,8 +75,10 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = value
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
-        # json.dumps escapes control characters, so nothing from an input can forge a line.
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # json.dumps escapes C0 control characters; DEL, C1 controls (a terminal's 8-bit CSI)
+        # and the Unicode line separators are escaped too, so nothing from an input (an
+        # object name, say) can break a line, forge one, or reach a terminal as a control.
+        return json.dumps(entry, ensure_ascii=False, default=str).translate(_ESCAPES)
 
 
 def _clip(text: str) -> str:

@@ -28,6 +28,7 @@ GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
 CLOCK_SKEW_S = 10
 _DEFAULT_MAX_AGE_S = 3600
+MIN_REFRESH_S = 30.0
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 
 
@@ -38,24 +39,39 @@ class Denied:
 
 
 class CertCache:
-    """Google's signing certificates (``kid`` -> PEM), refetched when they expire."""
+    """Google's signing certificates (``kid`` -> PEM), refetched when they expire.
 
-    def __init__(self, url: str, fetch: Callable[[str], httpx.Response] | None = None) -> None:
+    A token with an unknown key id forces a refetch (Google rotated its keys), but at most
+    once per :data:`MIN_REFRESH_S`: unauthenticated callers cannot make the worker fetch
+    the key set once per request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        fetch: Callable[[str], httpx.Response] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._url = url
         self._fetch = fetch or (lambda u: httpx.get(u, timeout=10))
+        self._clock = clock
         self._lock = threading.Lock()
         self._certs: dict[str, str] = {}
         self._expires = 0.0
+        self._fetched = -MIN_REFRESH_S
 
     def get(self, *, refresh: bool = False) -> dict[str, str]:
         with self._lock:
-            if refresh or time.monotonic() >= self._expires:
+            now = self._clock()
+            if now >= self._expires or (refresh and now - self._fetched >= MIN_REFRESH_S):
                 response = self._fetch(self._url)
                 response.raise_for_status()
                 self._certs = dict(response.json())
                 match = _MAX_AGE.search(response.headers.get("cache-control", ""))
                 max_age = int(match.group(1)) if match else _DEFAULT_MAX_AGE_S
-                self._expires = time.monotonic() + max_age
+                self._fetched = now
+                self._expires = now + max_age
             return self._certs
 
 

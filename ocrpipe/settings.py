@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     render_processes: int = Field(2, ge=1, le=64)
     max_pages: int = Field(2000, gt=0)
     max_input_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(
+        100_000_000, gt=0, description="Largest image (or TIFF frame) decoded, in pixels."
+    )
+    render_page_timeout_s: float = Field(
+        60.0, gt=0, description="One page's render; a slower page gets an error record."
+    )
+    render_memory_mb: int = Field(
+        1024, ge=0, description="Address-space limit of each render process (0: none)."
+    )
+    split_budget_s: float = Field(
+        420.0,
+        gt=0,
+        description="Splitter time per event before it stops and lets Eventarc's retry go on"
+        " (540 s function timeout minus one page timeout and a margin).",
+    )
 
     # Who may call the worker.
     verify_push_auth: bool = Field(

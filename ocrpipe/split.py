@@ -1,30 +1,45 @@
 """The splitter's core: one finalized input object in, page images and page messages out.
 
+An input is a PDF or an image (PNG, JPEG, TIFF, WebP), recognised by its content
+(:mod:`ocrpipe.inputs`). Input that cannot be processed gets ``error.json`` next to where
+its output would be (:func:`ocrpipe.naming.document_error_name`) with a stable reason code,
+and the event is acknowledged: it is never retried. A single page that cannot be rendered
+gets its own error record and no message; the rest of the document goes on.
+
 At-least-once: Eventarc may deliver the same finalize event twice, or retry after this
-function died halfway. Every step is safe to repeat: the manifest and page images are
-created only if absent, and a page published twice is written once by the worker.
+function died halfway. The manifest, page images and error records are created only if
+absent, and what was published is recorded per batch in the work bucket
+(:mod:`ocrpipe.progress`), so a retry continues where the last attempt stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from ocrpipe import naming, records
-from ocrpipe.errors import BadInput
+from ocrpipe import inputs, naming, progress, records
+from ocrpipe.errors import BadInput, RetryableError
+from ocrpipe.logs import log_context
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import OutgoingMessage, Publisher
-from ocrpipe.render import PdfRenderer
+from ocrpipe.render import PageFailure, RenderedPage, Renderer, RenderLimits
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 100
-_PDF_MAGIC = b"%PDF-"
+UPLOADS_IN_FLIGHT = 8
+LEASE_MARGIN_S = 180.0  # beyond the budget and one page timeout: one publish, and slack
+PUBLISH_FENCE_S = 120.0  # the longest a batch's publish may take (PubSubPublisher's timeout)
 
 
 @dataclass(frozen=True)
@@ -33,12 +48,26 @@ class SplitOutcome:
     state: str  # "published", "rejected", "stale"
     page_count: int = 0
     published: int = 0
+    failed: int = 0
     reason: str = ""
 
 
 def split_document(
-    doc: naming.DocumentRef, store: ObjectStore, publisher: Publisher, settings: Settings
+    doc: naming.DocumentRef,
+    store: ObjectStore,
+    publisher: Publisher,
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    batch_size: int = PUBLISH_BATCH,
 ) -> SplitOutcome:
+    """Split one input. Raises :class:`RetryableError` for trouble worth a retry (storage,
+    another attempt holding the lease, the time budget spent with pages left).
+
+    Pages are published ``batch_size`` at a time; each batch is recorded as published in
+    the work bucket once Pub/Sub confirmed it."""
+    deadline = clock() + settings.split_budget_s
     info = store.stat(doc.bucket, doc.name)
     if info is None or info.generation != doc.generation:
         logger.info("input superseded or deleted; nothing to do", extra={"reason": "stale"})
@@ -48,8 +77,32 @@ def split_document(
         with tempfile.TemporaryDirectory(prefix="ocrpipe-split-") as tmp:
             path = Path(tmp) / "input"
             store.download(doc.bucket, doc.name, path, generation=doc.generation)
-            _check_type(path)
-            return _split_pdf(doc, path, store, publisher, settings)
+            with path.open("rb") as handle:
+                head = handle.read(inputs.HEAD_BYTES)
+            if not head:
+                raise BadInput("the file is empty (0 bytes)", reason="empty_file")
+            kind = inputs.classify(doc.name, head)
+            with Renderer(
+                path,
+                kind,
+                processes=settings.render_processes,
+                longest_side=settings.render_longest_side,
+                limits=RenderLimits(
+                    page_timeout_s=settings.render_page_timeout_s,
+                    memory_bytes=settings.render_memory_mb * 2**20,
+                    max_image_pixels=settings.max_image_pixels,
+                ),
+            ) as renderer:
+                page_count = renderer.page_count()
+                _check_pages(page_count, kind, settings)
+                store.create(
+                    settings.output_bucket,
+                    naming.manifest_name(doc),
+                    records.manifest_record(doc, page_count),
+                    "application/json",
+                )
+                job = _Job(doc, page_count, renderer, store, publisher, settings)
+                return job.run(wall_clock, clock=clock, deadline=deadline, batch=batch_size)
     except BadInput as exc:
         store.create(
             settings.output_bucket,
@@ -66,65 +119,199 @@ def _check_size(size: int, settings: Settings) -> None:
         raise BadInput("the file is empty (0 bytes)", reason="empty_file")
     if size > settings.max_input_bytes:
         raise BadInput(
-            f"the file is {size} bytes, over the limit of {settings.max_input_bytes}",
+            f"the file is {size} bytes, over the limit of {settings.max_input_bytes} bytes",
             reason="file_too_large",
         )
 
 
-def _check_type(path: Path) -> None:
-    with path.open("rb") as handle:
-        head = handle.read(1024)
-    if _PDF_MAGIC not in head:
-        raise BadInput("the file is not a PDF (no %PDF- header)", reason="unsupported_type")
+def _check_pages(page_count: int, kind: inputs.InputKind, settings: Settings) -> None:
+    if page_count > settings.max_pages:
+        what = "PDF" if kind is inputs.InputKind.PDF else "image"
+        raise BadInput(
+            f"the {what} has {page_count} pages, over the limit of {settings.max_pages}",
+            reason="too_many_pages",
+        )
 
 
-def _split_pdf(
-    doc: naming.DocumentRef,
-    path: Path,
-    store: ObjectStore,
-    publisher: Publisher,
-    settings: Settings,
-) -> SplitOutcome:
-    started = time.monotonic()
-    with PdfRenderer(
-        path, processes=settings.render_processes, longest_side=settings.render_longest_side
-    ) as renderer:
-        page_count = renderer.page_count()
-        if page_count > settings.max_pages:
-            raise BadInput(
-                f"the PDF has {page_count} pages, over the limit of {settings.max_pages}",
-                reason="too_many_pages",
-            )
-        store.create(
-            settings.output_bucket,
-            naming.manifest_name(doc),
-            records.manifest_record(doc, page_count),
+class _Job:
+    """Render, upload and publish the pages of one document that are not published yet."""
+
+    def __init__(
+        self,
+        doc: naming.DocumentRef,
+        page_count: int,
+        renderer: Renderer,
+        store: ObjectStore,
+        publisher: Publisher,
+        settings: Settings,
+    ) -> None:
+        self.doc = doc
+        self.page_count = page_count
+        self.renderer = renderer
+        self.store = store
+        self.publisher = publisher
+        self.settings = settings
+        self.published = 0
+        self._fence: Callable[[], None] = lambda: None
+
+    def run(
+        self,
+        wall_clock: Callable[[], float],
+        *,
+        clock: Callable[[], float],
+        deadline: float,
+        batch: int,
+    ) -> SplitOutcome:
+        started = clock()
+        work = self.settings.work_bucket
+        state = progress.parse_work_listing(
+            [o.name for o in self.store.list(work, progress.work_prefix(self.doc.doc_id))],
+            self.doc.doc_id,
+        )
+        ttl = self.settings.split_budget_s + self.settings.render_page_timeout_s + LEASE_MARGIN_S
+        now = wall_clock()
+        lease = progress.acquire_lease(self.store, work, self.doc.doc_id, state, now=now, ttl_s=ttl)
+        self._fence = partial(_check_lease, wall_clock, now + ttl)
+        try:
+            failed = self._publish_missing(state, clock, deadline, batch)
+        finally:
+            self.store.delete(work, lease)
+        if failed:
+            # Pages that failed here get no message, so no worker may come after the last
+            # of them: check completion here too (the last writer of a page result always
+            # checks, so one of us sees the document complete).
+            from ocrpipe.pages import complete_document
+
+            asyncio.run(complete_document(self.doc, self.page_count, self.store, self.settings))
+        logger.info(
+            "split %d pages: %d published, %d failed",
+            self.page_count,
+            self.published,
+            len(failed),
+            extra={"duration_ms": round((clock() - started) * 1000)},
+        )
+        return SplitOutcome(
+            self.doc, "published", self.page_count, self.published, failed=len(failed)
+        )
+
+    def _publish_missing(
+        self,
+        state: progress.WorkState,
+        clock: Callable[[], float],
+        deadline: float,
+        batch_size: int,
+    ) -> set[int]:
+        out_prefix = naming.pages_prefix(self.doc)
+        failed = set(
+            naming.parse_page_listing(
+                [o.name for o in self.store.list(self.settings.output_bucket, out_prefix)],
+                out_prefix,
+            ).failed
+        )
+        todo = [p for p in range(1, self.page_count + 1) if p not in state.published]
+        to_render = [p for p in todo if p not in state.images and p not in failed]
+        rendered = self.renderer.render(to_render)
+        with _Uploads(self.store, self.settings.work_bucket) as uploads:
+            batch: list[int] = []
+            messages: list[OutgoingMessage] = []
+            for index, page in enumerate(todo):
+                if page in state.images:
+                    messages.append(self._message(page, state.images[page]))
+                elif page not in failed:
+                    result = next(rendered)
+                    assert result.page == page, (result.page, page)
+                    if isinstance(result, PageFailure):
+                        self._record_failure(result)
+                        failed.add(page)
+                    else:
+                        name = uploads.submit(self.doc.doc_id, result)
+                        messages.append(self._message(page, name))
+                batch.append(page)
+                last = index + 1 == len(todo)
+                contiguous = not last and todo[index + 1] == page + 1
+                over_budget = clock() > deadline
+                if len(batch) >= batch_size or not contiguous or over_budget:
+                    uploads.wait_all()
+                    self._publish(batch, messages)
+                    batch, messages = [], []
+                    if over_budget and not last:
+                        raise RetryableError(
+                            f"split time budget of {self.settings.split_budget_s:g} s spent"
+                            f" after page {page} of {self.page_count}; the retry goes on",
+                            reason="split_budget_spent",
+                        )
+        return failed
+
+    def _message(self, page: int, image_name: str) -> OutgoingMessage:
+        message = PageMessage(
+            doc_id=self.doc.doc_id,
+            source_bucket=self.doc.bucket,
+            source_name=self.doc.name,
+            source_generation=self.doc.generation,
+            page=page,
+            page_count=self.page_count,
+            image_uri=f"gs://{self.settings.work_bucket}/{image_name}",
+            image_mime=progress.image_mime(image_name),
+        )
+        return OutgoingMessage(message.encode(), message.attributes())
+
+    def _publish(self, batch: list[int], messages: list[OutgoingMessage]) -> None:
+        self._fence()
+        if messages:
+            self.publisher.publish_all(self.settings.pages_topic, messages)
+            self.published += len(messages)
+        marker = progress.published_marker_name(self.doc.doc_id, batch[0], batch[-1])
+        self.store.create(self.settings.work_bucket, marker, b"", "text/plain")
+
+    def _record_failure(self, failure: PageFailure) -> None:
+        record = records.error_record(self.doc, failure.reason, failure.message, page=failure.page)
+        self.store.create(
+            self.settings.output_bucket,
+            naming.page_error_name(self.doc, failure.page),
+            record,
             "application/json",
         )
-        published = 0
-        batch: list[OutgoingMessage] = []
-        for page in renderer.render(range(1, page_count + 1)):
-            image_name = naming.page_image_name(doc.doc_id, page.page, page.extension)
-            store.create(settings.work_bucket, image_name, page.data, page.mime)
-            message = PageMessage(
-                doc_id=doc.doc_id,
-                source_bucket=doc.bucket,
-                source_name=doc.name,
-                source_generation=doc.generation,
-                page=page.page,
-                page_count=page_count,
-                image_uri=f"gs://{settings.work_bucket}/{image_name}",
-                image_mime=page.mime,
+        with log_context(page=failure.page):
+            logger.warning(
+                "page not rendered: %s", failure.message, extra={"reason": failure.reason}
             )
-            batch.append(OutgoingMessage(message.encode(), message.attributes()))
-            if len(batch) >= PUBLISH_BATCH:
-                published += len(publisher.publish_all(settings.pages_topic, batch))
-                batch = []
-        if batch:
-            published += len(publisher.publish_all(settings.pages_topic, batch))
-    logger.info(
-        "split %d pages",
-        page_count,
-        extra={"duration_ms": round((time.monotonic() - started) * 1000)},
-    )
-    return SplitOutcome(doc, "published", page_count=page_count, published=published)
+
+
+def _check_lease(wall_clock: Callable[[], float], expires: float) -> None:
+    """Publish only while the lease surely outlives the publish: once it expired, another
+    attempt may be publishing the same pages."""
+    if wall_clock() + PUBLISH_FENCE_S > expires:
+        raise RetryableError(
+            "this attempt's lease is about to expire; the retry goes on",
+            reason="split_budget_spent",
+        )
+
+
+class _Uploads:
+    """Page images uploaded on a few threads while the next pages render; at most
+    :data:`UPLOADS_IN_FLIGHT` images held at once."""
+
+    def __init__(self, store: ObjectStore, bucket: str) -> None:
+        self._store = store
+        self._bucket = bucket
+        self._pool = ThreadPoolExecutor(UPLOADS_IN_FLIGHT, thread_name_prefix="upload")
+        self._pending: deque[Future[bool]] = deque()
+
+    def __enter__(self) -> _Uploads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, doc_id: str, page: RenderedPage) -> str:
+        name = naming.page_image_name(doc_id, page.page, page.extension)
+        while len(self._pending) >= UPLOADS_IN_FLIGHT:
+            self._pending.popleft().result()
+        self._pending.append(
+            self._pool.submit(self._store.create, self._bucket, name, page.data, page.mime)
+        )
+        return name
+
+    def wait_all(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()

@@ -7,8 +7,9 @@ Run locally with ``functions-framework --source splitter_fn/main.py --target on_
 :func:`ocrpipe.split.split_document`.
 
 Returning normally acknowledges the event, which is what happens for bad input once its
-error record is written. Raising makes functions-framework answer 500 and Eventarc retry:
-that is what transient trouble does.
+error record is written (a file that cannot be processed is never retried). Raising makes
+functions-framework answer 500 and Eventarc retry: that is what transient trouble does, and
+what a split that ran out of its time budget does to go on where it stopped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from ocrpipe.errors import BadMessage
+from ocrpipe.errors import BadMessage, RetryableError
 from ocrpipe.logs import configure_logging, log_context, trace_from_headers
 from ocrpipe.messages import StorageObjectData
 from ocrpipe.pubsub import Publisher, PubSubPublisher
@@ -71,7 +72,16 @@ def handle_event(
             logger.warning("ignoring object in bucket %s, not the input bucket", doc.bucket)
             return
         with log_context(doc_id=doc.doc_id):
-            outcome = split_document(doc, store, publisher, settings)
+            try:
+                outcome = split_document(doc, store, publisher, settings)
+            except RetryableError as exc:
+                logger.warning(
+                    "split %s not finished, to be retried: %s",
+                    doc.uri,
+                    exc.message,
+                    extra={"reason": exc.reason, "error_class": type(exc).__name__},
+                )
+                raise
             logger.info(
                 "split %s: %s",
                 doc.uri,

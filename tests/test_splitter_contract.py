@@ -110,7 +110,7 @@ def test_a_file_that_is_not_a_pdf_gets_an_error_record(
     record = json.loads(
         store.read("out", naming.document_error_name(DocumentRef("in", "fake.pdf", generation)))
     )
-    assert record["reason"] == "unsupported_type"
+    assert record["reason"] == "not_a_pdf"
     assert record["source"] == {"bucket": "in", "name": "fake.pdf", "generation": generation}
     assert publisher.published == []
 

@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from cloudevents.conversion import to_binary
@@ -54,6 +55,13 @@ def notification_to_event(envelope: dict[str, Any]) -> CloudEvent | None:
     )
 
 
+def percent_encode_header(value: str) -> str:
+    """A ``ce-`` header value as the CloudEvents HTTP binding sends it: space, ``"``,
+    ``%`` and anything outside printable ASCII percent-encoded as UTF-8 (an object name in
+    ``ce-subject`` may be any Unicode)."""
+    return "".join(c if "!" <= c <= "~" and c not in '"%' else quote(c, safe="") for c in value)
+
+
 def create_app(target: str | None = None) -> Starlette:
     from ocrpipe.settings import Settings
 
@@ -66,6 +74,7 @@ def create_app(target: str | None = None) -> Starlette:
         if event is None:
             return Response(status_code=204)
         headers, body = to_binary(event)
+        headers = {key: percent_encode_header(value) for key, value in headers.items()}
         try:
             reply = await client.post(target_url, headers=headers, content=body)
         except httpx.TransportError as exc:

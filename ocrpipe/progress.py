@@ -1,0 +1,108 @@
+"""How far the splitter got with a document, kept in the work bucket next to its page images.
+
+The splitter may die halfway (instance lost, out of memory) and Eventarc then delivers the
+event again; a finalize event may also arrive twice. The work bucket says what is done::
+
+    pages/<doc_id>/00001.png                  a rendered page (created once)
+    pages/<doc_id>/published-00001-00100      pages 1..100 are published (created once,
+                                              right after the publish was confirmed)
+    pages/<doc_id>/lease-0001                 an attempt is splitting until "expires"
+
+An image alone does not mean "published": an image uploaded just before a crash is
+published by the next attempt without being rendered again. Pages inside a ``published``
+range are never published again. A crash between a batch's publish and its marker is the
+one case where pages go out twice: at most one batch (:data:`ocrpipe.split.PUBLISH_BATCH`
+pages) per crash, which the worker absorbs (it writes each page once).
+
+The lease keeps two attempts from publishing at the same time (a duplicate event, or a
+retry while an attempt that Cloud Run timed out is still running): a second attempt finds
+a live lease and fails retryably, so Eventarc tries again later. A lease lasts longer than
+an attempt may run (its time budget, one page timeout and a margin), the holder publishes
+only while its lease will outlive the publish, and releases it when it stops; a crashed
+attempt's lease only delays the retry until it expires (11 minutes by default).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from ocrpipe.errors import RetryableError
+from ocrpipe.naming import PAGE_DIGITS
+from ocrpipe.storage import ObjectMissing, ObjectStore
+
+_IMAGE = re.compile(r"^(\d+)\.(png|jpg)$")
+_PUBLISHED = re.compile(r"^published-(\d+)-(\d+)$")
+_LEASE = re.compile(r"^lease-(\d+)$")
+
+
+def work_prefix(doc_id: str) -> str:
+    return f"pages/{doc_id}/"
+
+
+def published_marker_name(doc_id: str, first: int, last: int) -> str:
+    return f"{work_prefix(doc_id)}published-{first:0{PAGE_DIGITS}d}-{last:0{PAGE_DIGITS}d}"
+
+
+def lease_name(doc_id: str, number: int) -> str:
+    return f"{work_prefix(doc_id)}lease-{number:04d}"
+
+
+@dataclass(frozen=True)
+class WorkState:
+    images: dict[int, str]  # page -> object name of its image
+    published: frozenset[int]
+    leases: tuple[int, ...]  # lease numbers, ascending
+
+
+def parse_work_listing(names: list[str], doc_id: str) -> WorkState:
+    prefix = work_prefix(doc_id)
+    images: dict[int, str] = {}
+    published: set[int] = set()
+    leases: list[int] = []
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        base = name[len(prefix) :]
+        if match := _IMAGE.match(base):
+            images[int(match.group(1))] = name
+        elif match := _PUBLISHED.match(base):
+            published.update(range(int(match.group(1)), int(match.group(2)) + 1))
+        elif match := _LEASE.match(base):
+            leases.append(int(match.group(1)))
+    return WorkState(images, frozenset(published), tuple(sorted(leases)))
+
+
+def image_mime(name: str) -> Literal["image/png", "image/jpeg"]:
+    return "image/png" if name.endswith(".png") else "image/jpeg"
+
+
+def acquire_lease(
+    store: ObjectStore, bucket: str, doc_id: str, state: WorkState, *, now: float, ttl_s: float
+) -> str:
+    """Create the next lease object, or raise :class:`RetryableError` while another
+    attempt's lease is alive (Eventarc retries later). Returns the lease's name."""
+    number = 1
+    if state.leases:
+        latest = lease_name(doc_id, state.leases[-1])
+        try:
+            expires = float(json.loads(store.read(bucket, latest))["expires"])
+        except ObjectMissing:
+            expires = 0.0  # released since we listed
+        except (ValueError, KeyError, TypeError):
+            expires = 0.0  # unreadable: treat as expired rather than block forever
+        if expires > now:
+            raise RetryableError(
+                f"another attempt is splitting this document (lease until {expires:.0f})",
+                reason="split_in_progress",
+            )
+        number = state.leases[-1] + 1
+    name = lease_name(doc_id, number)
+    body = json.dumps({"expires": now + ttl_s}).encode()
+    if not store.create(bucket, name, body, "application/json"):
+        raise RetryableError(
+            "another attempt took the lease on this document first", reason="split_in_progress"
+        )
+    return name

@@ -1,0 +1,205 @@
+"""Pages from every supported input, and what the render processes do with hostile ones:
+absurd page sizes are clamped, slow pages time out, a crashed or starved process fails its
+page only, and decompression bombs are refused before anything is decoded."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ocrpipe.errors import BadInput
+from ocrpipe.inputs import InputKind
+from ocrpipe.render import PageFailure, PdfRenderer, RenderedPage, Renderer, RenderLimits
+from ocrpipe.sources import MAX_IMAGE_UPSCALE, image_scale
+from ocrpipe.testing import inputs as make
+
+
+def render_all(
+    tmp_path: Path, data: bytes, kind: InputKind, limits: RenderLimits | None = None
+) -> list[RenderedPage | PageFailure]:
+    path = tmp_path / "input"
+    path.write_bytes(data)
+    with Renderer(path, kind, processes=2, longest_side=1540, limits=limits) as renderer:
+        return list(renderer.render(range(1, renderer.page_count() + 1)))
+
+
+def opened(page: RenderedPage | PageFailure) -> Image.Image:
+    assert isinstance(page, RenderedPage), page
+    image = Image.open(io.BytesIO(page.data))
+    assert image.size == (page.width, page.height)
+    return image
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "mime"),
+    [
+        ("PNG", {}, "image/png"),
+        ("JPEG", {"quality": 95}, "image/jpeg"),
+        ("WEBP", {"quality": 90}, "image/jpeg"),
+        ("WEBP", {"lossless": True}, "image/png"),
+        ("TIFF", {"compression": "tiff_lzw"}, "image/png"),
+        ("TIFF", {"compression": "jpeg"}, "image/jpeg"),
+    ],
+)
+def test_an_image_is_a_page_scaled_to_1540(
+    tmp_path: Path, fmt: str, options: dict[str, object], mime: str
+) -> None:
+    data = make.image_bytes([make.text_image("Invoice 42", (3000, 1000))], fmt, **options)
+    (page,) = render_all(tmp_path, data, InputKind(fmt.lower()))
+    image = opened(page)
+    assert page.mime == mime and image.format == mime.split("/")[1].upper()
+    assert image.size == (1540, 513)
+    assert image.mode in ("RGB", "L")
+
+
+def test_a_multi_page_tiff_is_a_document_of_its_frames(tmp_path: Path) -> None:
+    frames = [make.text_image(f"Page {n}", (1000, 1400)) for n in (1, 2, 3)]
+    pages = render_all(tmp_path, make.image_bytes(frames, "TIFF"), InputKind.TIFF)
+    assert [p.page for p in pages] == [1, 2, 3]
+    assert all(opened(p).size == (1100, 1540) for p in pages)
+
+
+def test_a_tiny_image_is_not_blown_up(tmp_path: Path) -> None:
+    (page,) = render_all(
+        tmp_path, make.image_bytes([make.text_image("x", (40, 30))], "PNG"), InputKind.PNG
+    )
+    assert opened(page).size == (160, 120)
+    assert image_scale(40, 30, 1540) == MAX_IMAGE_UPSCALE
+
+
+def test_transparency_becomes_white_and_16_bit_grey_stays_visible(tmp_path: Path) -> None:
+    clear = Image.new("RGBA", (200, 100), (0, 0, 0, 0))
+    (page,) = render_all(tmp_path, make.image_bytes([clear], "PNG"), InputKind.PNG)
+    assert opened(page).convert("L").getextrema() == (255, 255)
+
+    grey = Image.new("I;16", (200, 100), 30000)
+    (page,) = render_all(tmp_path, make.image_bytes([grey], "PNG"), InputKind.PNG)
+    low, high = opened(page).convert("L").getextrema()
+    assert 100 <= low <= high <= 130  # 30000 / 256, not clipped to white
+
+
+def test_a_sideways_phone_photo_is_turned_upright(tmp_path: Path) -> None:
+    photo = make.text_image("upright", (800, 400))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display after a 90 degree turn clockwise
+    data = make.image_bytes([photo], "JPEG", exif=exif)
+    (page,) = render_all(tmp_path, data, InputKind.JPEG)
+    assert opened(page).size == (770, 1540)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    data = make.image_bytes([Image.new("L", (2000, 2000), 255)], "PNG")
+    limits = RenderLimits(max_image_pixels=1_000_000)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(data)
+    with (
+        Renderer(path, InputKind.PNG, processes=1, longest_side=1540, limits=limits) as renderer,
+        pytest.raises(BadInput) as caught,
+    ):
+        renderer.page_count()
+    assert caught.value.reason == "image_too_large"
+
+
+def test_one_oversized_tiff_frame_rejects_the_file(tmp_path: Path) -> None:
+    frames = [Image.new("L", (500, 500), 255), Image.new("L", (2000, 2000), 255)]
+    path = tmp_path / "frames.tiff"
+    path.write_bytes(make.image_bytes(frames, "TIFF"))
+    limits = RenderLimits(max_image_pixels=1_000_000)
+    with (
+        Renderer(path, InputKind.TIFF, processes=1, longest_side=1540, limits=limits) as renderer,
+        pytest.raises(BadInput) as caught,
+    ):
+        renderer.page_count()
+    assert caught.value.reason == "image_too_large" and "frame 2" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("damaged.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image_corrupt"),
+        ("encrypted.pdf", make.encrypted_pdf("secret"), "pdf_encrypted"),
+        ("empty-tree.pdf", make.no_pages_pdf(), "pdf_no_pages"),
+        ("garbage.pdf", b"%PDF-1.7\nnot really", "pdf_corrupt"),
+    ],
+)
+def test_unreadable_documents_are_bad_input(
+    tmp_path: Path, name: str, data: bytes, reason: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    kind = InputKind.PNG if name.endswith(".png") else InputKind.PDF
+    with (
+        Renderer(path, kind, processes=1, longest_side=1540) as renderer,
+        pytest.raises(BadInput) as caught,
+    ):
+        renderer.page_count()
+    assert caught.value.reason == reason
+
+
+def test_an_empty_user_password_opens_normally(tmp_path: Path) -> None:
+    (page,) = render_all(tmp_path, make.encrypted_pdf(""), InputKind.PDF)
+    assert max(opened(page).size) == 1540
+
+
+def test_absurd_page_sizes_are_clamped(tmp_path: Path) -> None:
+    data = make.sized_pages_pdf([(1, 10000), (14400, 14400), (10000, 1)])
+    sliver, huge, flat = (opened(p).size for p in render_all(tmp_path, data, InputKind.PDF))
+    assert sliver == (770, 6160)  # 4 x 1540 long at most, padded white to 1:8
+    assert huge == (1540, 1540)
+    assert flat == (6160, 770)
+
+
+def test_a_page_that_cannot_load_fails_alone(tmp_path: Path) -> None:
+    data = make.missing_page_pdf(["one", "two", "three"], missing=2)
+    pages = render_all(tmp_path, data, InputKind.PDF)
+    assert [type(p).__name__ for p in pages] == ["RenderedPage", "PageFailure", "RenderedPage"]
+    assert isinstance(pages[1], PageFailure) and pages[1].reason == "page_render_failed"
+
+
+def test_a_page_that_renders_forever_times_out_and_the_rest_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "slow.pdf"
+    path.write_bytes(make.slow_page_pdf(["one", "two", "three", "four"], slow=2))
+    limits = RenderLimits(page_timeout_s=0.5)
+    with PdfRenderer(path, processes=1, longest_side=1540, limits=limits) as renderer:
+        pages = list(renderer.render([1, 2, 3, 4]))
+        assert renderer.restarts == 1
+    assert [p.page for p in pages] == [1, 2, 3, 4]
+    assert isinstance(pages[1], PageFailure) and pages[1].reason == "page_render_timeout"
+    assert all(isinstance(p, RenderedPage) for p in (pages[0], pages[2], pages[3]))
+
+
+def test_a_crashed_render_process_fails_its_page_only(tmp_path: Path) -> None:
+    path = tmp_path / "slow.pdf"
+    path.write_bytes(make.slow_page_pdf(["one", "two", "three"], slow=2))
+    with PdfRenderer(path, processes=1, longest_side=1540) as renderer:
+        pages = renderer.render([1, 2, 3])
+        first = next(pages)  # page 2 is now rendering, for about 14 s
+        (pid,) = renderer.pids
+        killer = threading.Timer(0.3, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        rest = list(pages)
+        killer.join()
+    assert isinstance(first, RenderedPage)
+    assert isinstance(rest[0], PageFailure) and rest[0].reason == "page_render_failed"
+    assert "signal 9" in rest[0].message
+    assert isinstance(rest[1], RenderedPage) and rest[1].page == 3
+
+
+def test_a_page_over_the_memory_limit_fails_alone(tmp_path: Path) -> None:
+    frames = [
+        make.text_image("small one"),
+        Image.new("RGB", (8000, 8000), "white"),  # ~200 MB decoded, ~300 KB compressed
+        make.text_image("small three"),
+    ]
+    data = make.image_bytes(frames, "TIFF", compression="tiff_deflate")
+    limits = RenderLimits(memory_bytes=200 * 2**20)
+    pages = render_all(tmp_path, data, InputKind.TIFF, limits)
+    assert isinstance(pages[1], PageFailure) and pages[1].reason == "page_render_failed"
+    assert "memory" in pages[1].message
+    assert all(isinstance(p, RenderedPage) for p in (pages[0], pages[2]))
