@@ -32,7 +32,7 @@ def assemble_document(
         if number in pages:
             body = pages[number].strip()
         elif number in failed:
-            body = f"> **OCR failed for page {number}** ({failed[number]})"
+            body = f"> **Page {number} failed** ({failed[number]})"
         else:
             raise ValueError(f"page {number} has neither Markdown nor an error record")
         parts.append(

@@ -72,13 +72,13 @@ variable "worker_image" {
 
 variable "splitter" {
   type = object({
-    memory           = optional(string, "2Gi")
+    memory           = optional(string, "4Gi")
     cpu              = optional(string, "2")
     render_processes = optional(number, 2)
     max_instances    = optional(number, 10)
   })
   default     = {}
-  description = "Splitter function size. Pages render in render_processes processes (pypdfium2 is not thread-safe), so give it as many CPUs; one event per instance."
+  description = "Splitter function size. 4Gi holds the input file in /tmp (memory-backed) next to render_processes render processes capped at OCRPIPE_RENDER_MEMORY_MB (1 GiB) each. Pages render in render_processes processes (pypdfium2 is not thread-safe), so give it as many CPUs; one event per instance."
 }
 
 variable "worker_max_instances" {

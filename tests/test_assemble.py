@@ -23,7 +23,7 @@ def test_pages_in_order_with_numbered_separators() -> None:
 def test_failed_pages_keep_their_place() -> None:
     text = assemble_document(2, {1: "one"}, {2: "ocr_repetition_loop"})
     assert text.index("<!-- page 2 -->") > text.index("one")
-    assert "OCR failed for page 2** (ocr_repetition_loop)" in text
+    assert "Page 2 failed** (ocr_repetition_loop)" in text
 
 
 def test_a_missing_page_is_an_error_not_a_gap() -> None:

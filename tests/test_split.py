@@ -152,7 +152,7 @@ def test_a_document_whose_every_page_failed_is_finished_by_the_splitter() -> Non
     status = document_status(store, SETTINGS, "a.pdf")
     assert publisher.published == []
     assert status.state == "failed" and list(status.page_errors) == [1]
-    assert "OCR failed for page 1" in store.read("out", naming.document_markdown_name(doc)).decode()
+    assert "Page 1 failed" in store.read("out", naming.document_markdown_name(doc)).decode()
 
 
 def test_a_failed_last_page_after_a_fast_worker_still_completes_the_document() -> None:

@@ -123,7 +123,7 @@ def test_a_page_that_loops_forever_gets_an_error_record_and_an_ack(store: Memory
         assert test_client.post("/", json=envelope(messages[0])).status_code == 204
     record = json.loads(store.read("out", naming.page_error_name(doc, 1)))
     assert record["reason"] == "ocr_repetition_loop" and record["page"] == 1
-    assert "OCR failed for page 1" in store.read("out", naming.document_markdown_name(doc)).decode()
+    assert "Page 1 failed" in store.read("out", naming.document_markdown_name(doc)).decode()
 
 
 @pytest.mark.parametrize("body", [b"not json", b"{}", b'{"message": {"data": "bm9wZQ=="}}'])
