@@ -56,7 +56,9 @@ async def process_page(
     md_name = naming.page_markdown_name(doc, message.page)
     err_name = naming.page_error_name(doc, message.page)
 
-    if await _io(store.stat, out, md_name) or await _io(store.stat, out, err_name):
+    # One listing answers both "has Markdown" and "has an error record" (…/00007.).
+    existing = {o.name for o in await _io(store.list, out, md_name.removesuffix("md"))}
+    if md_name in existing or err_name in existing:
         written = await complete_document(doc, message.page_count, store, settings)
         return PageOutcome("already_done", written)
 

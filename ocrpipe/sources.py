@@ -128,12 +128,34 @@ class PdfSource:
         try:
             width, height = pdf_page.get_size()
             bitmap = pdf_page.render(scale=page_scale(width, height, longest_side))
-            image = bitmap.to_pil()
-            if image.mode not in ("RGB", "L"):
-                image = image.convert("RGB")
-            return encode(page, image, lossy=False)
+            image = _grey_if_neutral(bitmap.to_pil())
+            return encode(page, image, lossy=_is_scanned(pdf_page))
         finally:
             pdf_page.close()
+
+
+def _grey_if_neutral(image: Any) -> Any:
+    """An RGB render whose pixels are all grey (most text pages) becomes one channel: its
+    PNG encodes about 3x faster and is about half the size, with the same pixels."""
+    from PIL import ImageChops
+
+    if image.mode == "L":
+        return image
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    red, green, blue = image.split()
+    if ImageChops.difference(red, green).getbbox() or ImageChops.difference(green, blue).getbbox():
+        return image
+    return red
+
+
+def _is_scanned(pdf_page: Any) -> bool:
+    """A page that is one embedded image and nothing else: a scan. Such pages are sent as
+    JPEG, like image inputs that were lossy already (see the module docstring)."""
+    import pypdfium2.raw as pdfium_c
+
+    objects = list(pdf_page.get_objects(max_depth=2))
+    return len(objects) == 1 and objects[0].type == pdfium_c.FPDF_PAGEOBJ_IMAGE
 
 
 def _load_error(exc: Any) -> BadInput:

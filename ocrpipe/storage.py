@@ -69,9 +69,15 @@ class GcsStore:
         self._client = client
 
     @classmethod
-    def connect(cls, project: str, emulator_host: str | None = None) -> GcsStore:
+    def connect(
+        cls, project: str, emulator_host: str | None = None, *, pool_size: int = 64
+    ) -> GcsStore:
+        """A client with ``pool_size`` keep-alive connections: the worker calls GCS from many
+        threads at once, and requests' default pool of 10 would open and drop connections on
+        every page (measured: about two per page under load)."""
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
+        from requests.adapters import HTTPAdapter
 
         if emulator_host:
             client = storage.Client(
@@ -81,6 +87,9 @@ class GcsStore:
             )
         else:
             client = storage.Client(project=project)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+        for scheme in ("http://", "https://"):
+            client._http.mount(scheme, adapter)
         return cls(client)
 
     @property
