@@ -32,6 +32,8 @@ from ocrpipe.storage import ObjectMissing, ObjectStore
 
 logger = logging.getLogger(__name__)
 
+GROUP_SIZE = 100  # pages whose 5-digit numbers share their first 3 digits
+
 
 @dataclass(frozen=True)
 class PageOutcome:
@@ -59,7 +61,9 @@ async def process_page(
     # One listing answers both "has Markdown" and "has an error record" (…/00007.).
     existing = {o.name for o in await _io(store.list, out, md_name.removesuffix("md"))}
     if md_name in existing or err_name in existing:
-        written = await complete_document(doc, message.page_count, store, settings)
+        written = await complete_document(
+            doc, message.page_count, store, settings, page=message.page
+        )
         return PageOutcome("already_done", written)
 
     if await _is_stale(doc, store):
@@ -81,7 +85,9 @@ async def process_page(
         record = records.error_record(doc, exc.reason, exc.message, page=message.page)
         await _io(store.create, out, err_name, record, "application/json")
         logger.warning("page failed for good: %s", exc.message, extra={"reason": exc.reason})
-        written = await complete_document(doc, message.page_count, store, settings)
+        written = await complete_document(
+            doc, message.page_count, store, settings, page=message.page
+        )
         return PageOutcome("failed", written)
 
     created = await _io(store.create, out, md_name, result.markdown.encode(), "text/markdown")
@@ -89,17 +95,36 @@ async def process_page(
         "page written" if created else "page already written by another delivery",
         extra={"duration_ms": round((time.monotonic() - started) * 1000)},
     )
-    written = await complete_document(doc, message.page_count, store, settings)
+    written = await complete_document(doc, message.page_count, store, settings, page=message.page)
     return PageOutcome("written" if created else "already_done", written)
 
 
 async def complete_document(
-    doc: naming.DocumentRef, page_count: int, store: ObjectStore, settings: Settings
+    doc: naming.DocumentRef,
+    page_count: int,
+    store: ObjectStore,
+    settings: Settings,
+    *,
+    page: int | None = None,
 ) -> bool:
-    """Assemble the document if every page is accounted for. True if this call wrote it."""
+    """Assemble the document if every page is accounted for. True if this call wrote it.
+
+    Listing every page after every page would cost O(pages) per page. With ``page`` given,
+    a long document first lists only that page's group of 100 (``pages/000xx``,
+    ``pages/001xx``, ...): while the group is incomplete, so is the document. Only pages
+    that find their group complete list everything.
+    """
     out = settings.output_bucket
     final_name = naming.document_markdown_name(doc)
     prefix = naming.pages_prefix(doc)
+    if page is not None and page_count > GROUP_SIZE:
+        group = page // GROUP_SIZE
+        group_prefix = f"{prefix}{group:0{naming.PAGE_DIGITS - 2}d}"
+        names = [o.name for o in await _io(store.list, out, group_prefix)]
+        in_group = naming.parse_page_listing(names, prefix)
+        expected = min(page_count, GROUP_SIZE * group + GROUP_SIZE - 1) - max(1, GROUP_SIZE * group)
+        if len(in_group.done | in_group.failed) < expected + 1:
+            return False
     listing = naming.parse_page_listing(
         [o.name for o in await _io(store.list, out, prefix)], prefix
     )

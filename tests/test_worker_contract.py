@@ -16,7 +16,7 @@ from ocrpipe import naming
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.storage import MemoryStore, ObjectInfo
 from tests.fakes import ScriptedOcrServer, completion
 
 SETTINGS = Settings(
@@ -164,3 +164,39 @@ async def test_two_instances_finishing_the_last_pages_at_once_assemble_exactly_o
     assert sorted(results) == [False] * 7 + [True]
     final = naming.document_markdown_name(doc)
     assert [name for _, name in store.writes].count(final) == 1
+
+
+class CountingStore(MemoryStore):
+    """Counts the object entries that listings return (what GCS bills and we parse)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed = 0
+
+    def list(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        found = super().list(bucket, prefix)
+        self.listed += len(found)
+        return found
+
+
+async def test_a_long_document_is_assembled_once_at_its_last_page_without_quadratic_listing() -> (
+    None
+):
+    import random
+
+    from ocrpipe.pages import complete_document
+
+    pages = 1000
+    store = CountingStore()
+    doc = DocumentRef("in", "long.pdf", store.put("in", "long.pdf", b"%PDF-1.7"))
+    order = list(range(1, pages + 1))
+    random.Random(5).shuffle(order)
+    results = []
+    for page in order:
+        store.put("out", naming.page_markdown_name(doc, page), f"page {page}".encode())
+        results.append(await complete_document(doc, pages, store, SETTINGS, page=page))
+    assert results == [False] * (pages - 1) + [True]
+    text = store.read("out", naming.document_markdown_name(doc)).decode()
+    assert text.count("<!-- page ") == pages and "page 1000" in text
+    # Listing everything after every page would list ~pages^2/2 = 500,000 entries.
+    assert store.listed < 150_000, store.listed
