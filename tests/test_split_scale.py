@@ -193,8 +193,9 @@ def test_a_long_pdf_is_split_in_flat_memory_and_published_once(
         f" parent + children peak {memory.total_peak_kib / 1024:.0f} MiB;"
         f" processes in the group {len(memory.pids_seen)}"
     )
-    # Holding every image (or every message) would grow the parent by the images' size.
-    assert image_mib > 30 and parent_growth_mib < 20, (image_mib, parent_growth_mib)
+    # Holding every image (or every message) would grow the parent by the images' size
+    # (about 20 MiB of one-channel PNGs for 300 text pages).
+    assert image_mib > 15 and parent_growth_mib < image_mib / 2, (image_mib, parent_growth_mib)
     assert child_peak_mib < 300, child_peak_mib
 
 
