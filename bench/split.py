@@ -60,7 +60,9 @@ class DiscardingStore:
         return True
 
     def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
-        raise NotImplementedError
+        self.created += 1
+        self.bytes += len(source.read())
+        return self.created
 
     def list(self, bucket: str, prefix: str) -> list[Any]:
         return []
