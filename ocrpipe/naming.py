@@ -20,15 +20,18 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, unquote
 
 PAGE_DIGITS = 5
 MAX_KEY_BYTES = 800
 _KEY_HEAD_BYTES = 700
-# Only letters, digits and '-_.' survive encoding; '@' and '~' are always escaped, so they
-# act as markers: '@' starts the generation segment, '~' joins a shortened key to its hash.
+# ``%`` is always escaped, so a ``%`` that does not start a two-digit escape is ours: a
+# segment that is only ``%`` stands for an empty segment, and ``%~`` joins a shortened key to
+# the hash of its full name.
+_EMPTY_SEGMENT = "%"
+_SHORTENED = "%~"
 _PAGE_MD = re.compile(r"^(\d+)\.md$")
 _PAGE_ERR = re.compile(r"^(\d+)\.error\.json$")
+_ESCAPES = re.compile(r"(?:%[0-9A-F]{2})+")
 
 
 @dataclass(frozen=True)
@@ -52,22 +55,46 @@ class DocumentRef:
 def name_key(name: str) -> str:
     """Map any legal GCS object name to a safe, unique key inside the output bucket.
 
-    Each path segment is percent-encoded, so ``..``, ``.`` and empty segments cannot climb
-    out of a prefix, and the result is ASCII. The mapping is injective: a key too long for
-    GCS keeps its first bytes and gets a hash of the full name after a ``~``, a character
-    that an encoded name never contains.
+    The key keeps the name as the user typed it (spaces, accents, every script) and escapes,
+    as ``%XX`` of their UTF-8 bytes, only what must be escaped:
+
+    * ``%`` itself, so every ``%`` in a key is an escape or one of the two markers above;
+    * ``@`` at the start of a segment, which would read as a generation folder (``@<gen>``);
+    * ``.`` and ``..`` segments (``%2E``, ``%2E%2E``) and empty segments (``%``), so a key
+      never climbs out of its prefix and never holds ``//``;
+    * control characters (C0, DEL, C1) and U+FFFE / U+FFFF, which GCS forbids or advises
+      against (carriage return and line feed are forbidden).
+
+    The mapping is injective: a key too long for GCS keeps its first bytes and gets a hash of
+    the full name after ``%~``, which no escaped name contains.
     """
-    segments = []
-    for segment in name.split("/"):
-        encoded = quote(segment, safe="").replace("~", "%7E")
-        if encoded in ("", ".", ".."):
-            encoded = "%2E" * len(encoded) if encoded else "%00"
-        segments.append(encoded)
-    key = "/".join(segments)
-    if len(key) > MAX_KEY_BYTES:
-        head = _trim_partial_escape(key[:_KEY_HEAD_BYTES])
-        key = f"{head}~{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+    key = "/".join(_segment_key(segment) for segment in name.split("/"))
+    if len(key.encode()) > MAX_KEY_BYTES:
+        head = key.encode()[:_KEY_HEAD_BYTES].decode(errors="ignore")
+        key = f"{_trim_partial_escape(head)}{_SHORTENED}{_name_hash(name)}"
     return key
+
+
+def _segment_key(segment: str) -> str:
+    if segment == "":
+        return _EMPTY_SEGMENT
+    if segment in (".", ".."):
+        return "%2E" * len(segment)
+    escaped = "".join(_escape(char) if _must_escape(char) else char for char in segment)
+    return "%40" + escaped[1:] if escaped.startswith("@") else escaped
+
+
+def _must_escape(char: str) -> bool:
+    code = ord(char)
+    return char == "%" or code < 0x20 or 0x7F <= code <= 0x9F or code in (0xFFFE, 0xFFFF)
+
+
+def _escape(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode())
+
+
+def _name_hash(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
 def _trim_partial_escape(text: str) -> str:
@@ -78,9 +105,16 @@ def _trim_partial_escape(text: str) -> str:
 
 def key_to_name(key: str) -> str | None:
     """Inverse of :func:`name_key` for keys that were not shortened."""
-    if "~" in key:
+    if _SHORTENED in key:
         return None
-    return "/".join("" if seg == "%00" else unquote(seg) for seg in key.split("/"))
+    return "/".join(_segment_name(segment) for segment in key.split("/"))
+
+
+def _segment_name(segment: str) -> str:
+    if segment == _EMPTY_SEGMENT:
+        return ""
+    # Each run of escapes stands for the UTF-8 bytes of one or more characters.
+    return _ESCAPES.sub(lambda m: bytes.fromhex(m.group(0).replace("%", "")).decode(), segment)
 
 
 def document_prefix(name: str) -> str:

@@ -69,6 +69,11 @@ def test_every_name_is_processed_into_its_own_prefix(
     assert len(set(prefixes.values())) == len(prefixes)
     for a in prefixes.values():  # no prefix inside another: listing one never shows another
         assert [b for b in prefixes.values() if b != a and b.startswith(a)] == []
+    readable = [n for n in documents if n.isprintable() and "%" not in n and "/." not in n]
+    assert len(readable) >= 4
+    for name in readable:  # output folders keep the name as typed, when nothing needs escaping
+        if len(name.encode()) <= naming.MAX_KEY_BYTES:
+            assert prefixes[name] == f"{name}/@{documents[name][0].generation}/", name
     for name, (doc, text) in documents.items():
         status = document_status(gcs, settings, name)
         assert (status.state, status.page_count, status.done) == ("done", 1, 1), name
@@ -89,7 +94,7 @@ def test_long_names_are_shortened_without_colliding(
 ) -> None:
     long_ones = [name for name in documents if len(name.encode()) > 1000]
     keys = [naming.name_key(name) for name in long_ones]
-    assert len(long_ones) == 2 and all("~" in key for key in keys) and keys[0] != keys[1]
+    assert len(long_ones) == 2 and all("%~" in key for key in keys) and keys[0] != keys[1]
 
 
 def test_control_characters_in_a_name_are_escaped_in_the_logs(
