@@ -134,6 +134,11 @@ def document_markdown_name(doc: DocumentRef) -> str:
     return output_prefix(doc) + "document.md"
 
 
+def document_index_name(doc: DocumentRef) -> str:
+    """``document.json``: where each page's text sits in ``document.md``, for programs."""
+    return output_prefix(doc) + "document.json"
+
+
 def document_error_name(doc: DocumentRef) -> str:
     return output_prefix(doc) + "error.json"
 
@@ -175,6 +180,11 @@ def parse_page_listing(names: list[str], prefix: str) -> PageListing:
         elif match := _PAGE_ERR.match(base):
             failed.add(int(match.group(1)))
     return PageListing(frozenset(done), frozenset(failed - done))
+
+
+def object_uri(bucket: str, name: str) -> str:
+    """``gs://bucket/name``: the one place a ``gs://`` URI is built."""
+    return f"gs://{bucket}/{name}"
 
 
 def generation_from_prefix(rest: str) -> int | None:

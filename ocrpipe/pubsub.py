@@ -97,7 +97,8 @@ def ensure_topology(
     pages_topic: str | None = None,
 ) -> None:
     """Create the pages topic, its push subscription (ack deadline, retry and dead-letter
-    policy from ``topology``), the dead-letter topic and its pull subscription. Idempotent."""
+    policy from ``topology``), the dead-letter topic and its pull subscription, and the
+    documents topic (users add their own subscriptions). Idempotent."""
     from google.api_core import exceptions as gexc
     from google.protobuf import duration_pb2
 
@@ -105,7 +106,8 @@ def ensure_topology(
     subscriber = subscriber_client(emulator_host)
     pages = publisher.topic_path(project, pages_topic or topology.pages_topic)
     dead = publisher.topic_path(project, topology.dead_letter_topic)
-    for topic in (pages, dead):
+    documents = publisher.topic_path(project, topology.documents_topic)
+    for topic in (pages, dead, documents):
         with contextlib.suppress(gexc.AlreadyExists):
             publisher.create_topic(name=topic)
     subscriptions = [

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     pages_subscription: str = _TOPOLOGY.pages_push_subscription
     dead_letter_topic: str = _TOPOLOGY.dead_letter_topic
     dead_letter_subscription: str = _TOPOLOGY.dead_letter_subscription
+    documents_topic: str = _TOPOLOGY.documents_topic
 
     # OCR server (vLLM's OpenAI-compatible API, or the local engine).
     ocr_url: str = Field("http://127.0.0.1:8000", description="Base URL, without /v1.")

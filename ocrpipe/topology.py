@@ -35,6 +35,7 @@ class Topology:
     pages_push_subscription: str
     dead_letter_topic: str
     dead_letter_subscription: str
+    documents_topic: str  # one message per document reaching a terminal state
     ack_deadline_seconds: int
     retry_minimum_backoff_seconds: int
     retry_maximum_backoff_seconds: int

@@ -35,6 +35,7 @@ locals {
     OCRPIPE_PAGES_SUBSCRIPTION       = local.topology.pages_push_subscription
     OCRPIPE_DEAD_LETTER_TOPIC        = local.topology.dead_letter_topic
     OCRPIPE_DEAD_LETTER_SUBSCRIPTION = local.topology.dead_letter_subscription
+    OCRPIPE_DOCUMENTS_TOPIC          = local.topology.documents_topic
     OCRPIPE_LOG_LEVEL                = var.log_level
   }
 

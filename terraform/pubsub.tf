@@ -16,6 +16,15 @@ resource "google_pubsub_topic" "dead_letter" {
   depends_on = [google_project_service.apis]
 }
 
+# One message per document reaching a terminal state (ocrpipe/notifications.py). Users attach
+# their own pull or push subscriptions; see docs/OPERATIONS.md.
+resource "google_pubsub_topic" "documents" {
+  name   = local.topology.documents_topic
+  labels = local.labels
+
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_pubsub_subscription" "pages_push" {
   name   = local.topology.pages_push_subscription
   topic  = google_pubsub_topic.pages.id

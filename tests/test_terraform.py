@@ -326,6 +326,12 @@ def test_env_vars_output_gives_the_cli_its_settings(tf: dict[str, Any]) -> None:
         "OCRPIPE_WORK_BUCKET",
         "OCRPIPE_PAGES_TOPIC",
         "OCRPIPE_DEAD_LETTER_SUBSCRIPTION",
+        "OCRPIPE_DOCUMENTS_TOPIC",
     ):
         assert key in env
     assert env["OCRPIPE_DEAD_LETTER_SUBSCRIPTION"] == "${local.topology.dead_letter_subscription}"
+
+
+def test_documents_topic_comes_from_the_topology(tf: dict[str, Any]) -> None:
+    topic = tf["resource"]["google_pubsub_topic"]["documents"]
+    assert topic["name"] == "${local.topology.documents_topic}"
