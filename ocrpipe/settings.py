@@ -9,7 +9,9 @@ ones. The two emulator hosts keep the names Google's client libraries use
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import os
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, model_validator
@@ -98,6 +100,20 @@ class Settings(BaseSettings):
     storage_emulator_host: str | None = Field(
         None, validation_alias=AliasChoices("STORAGE_EMULATOR_HOST", "storage_emulator_host")
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, data: Any) -> Any:
+        """A typo in a variable name must not leave a default in force in silence."""
+        known = {f"OCRPIPE_{name.upper()}" for name in cls.model_fields}
+        unknown = sorted(k for k in os.environ if k.startswith("OCRPIPE_") and k not in known)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+            raise ValueError(f"unknown setting in the environment: {', '.join(hints)}")
+        return data
 
     @model_validator(mode="after")
     def _budget_below_ack_deadline(self) -> Settings:
