@@ -13,7 +13,7 @@ adds these (names and values as seen on the emulator; production uses the same):
                                                     splitter published it
 
 Nothing records why the last delivery failed: that is in the worker's log (labels
-``doc_id`` and ``page``), so :attr:`DeadLetter.last_error` is ``None`` ("unknown").
+``doc_id`` and ``page``), so a dead letter has no "last error" field.
 
 How a run treats the subscription: every message it pulls is leased for
 :data:`LEASE_SECONDS` (renewed while the run goes on), so a pull never returns it again and
@@ -64,7 +64,6 @@ class DeadLetter:
     attributes: Mapping[str, str]
     dead_lettered: datetime | None = None  # when it reached the dead-letter topic
     page_message: PageMessage | None = None  # None if the data is not a page message
-    last_error: str | None = None  # not recorded anywhere but the worker's log
 
     @classmethod
     def from_received(cls, received: Received) -> DeadLetter:
@@ -142,7 +141,6 @@ class DeadLetter:
             "first_published": self.first_published or None,
             "dead_lettered": self.dead_lettered.isoformat() if self.dead_lettered else None,
             "replay_count": self.replay_count,
-            "last_error": self.last_error,
             "attributes": dict(self.attributes),
         }
 
