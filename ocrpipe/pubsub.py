@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ocrpipe.errors import StorageUnavailable
-from ocrpipe.topology import Topology
+from ocrpipe.topology import Topology, load_topology
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class PubSubPublisher:
         path = self.topic_path(topic)
         futures = [self._client.publish(path, m.data, **m.attributes) for m in messages]
         try:
-            return [str(f.result(timeout=120)) for f in futures]
+            timeout = load_topology().publish_timeout_seconds
+            return [str(f.result(timeout=timeout)) for f in futures]
         except (gexc.GoogleAPICallError, TimeoutError) as exc:
             raise StorageUnavailable(f"publishing to {path} failed: {exc}") from exc
 
@@ -114,7 +115,7 @@ def ensure_topology(
         {
             "name": subscriber.subscription_path(project, topology.dead_letter_subscription),
             "topic": dead,
-            "ack_deadline_seconds": 60,
+            "ack_deadline_seconds": topology.dead_letter_ack_deadline_seconds,
             "message_retention_duration": duration_pb2.Duration(
                 seconds=topology.message_retention_seconds
             ),

@@ -33,13 +33,15 @@ from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.render import PageFailure, RenderedPage, Renderer, RenderLimits
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
+from ocrpipe.topology import load_topology
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 100
 UPLOADS_IN_FLIGHT = 8
 LEASE_MARGIN_S = 180.0  # beyond the budget and one page timeout: one publish, and slack
-PUBLISH_FENCE_S = 120.0  # the longest a batch's publish may take (PubSubPublisher's timeout)
+# The longest a batch's publish may take: the publisher's own timeout.
+PUBLISH_FENCE_S = float(load_topology().publish_timeout_seconds)
 
 
 @dataclass(frozen=True)

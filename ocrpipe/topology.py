@@ -40,6 +40,8 @@ class Topology:
     retry_minimum_backoff_seconds: int
     retry_maximum_backoff_seconds: int
     max_delivery_attempts: int
+    dead_letter_ack_deadline_seconds: int  # the CLI leases dead letters itself (dlq.py)
+    publish_timeout_seconds: int  # a publish confirmed within this, or it failed
     message_retention_seconds: int
     request_budget_margin_seconds: int
 

@@ -66,13 +66,13 @@ resource "google_pubsub_subscription" "pages_push" {
 }
 
 # A dead-letter topic without a subscription loses messages: this one keeps them for
-# `ocrpipe dlq list/replay`. Ack deadline 60 s as in ocrpipe.pubsub.ensure_topology.
+# `ocrpipe dlq list/replay`.
 resource "google_pubsub_subscription" "dead_letter_pull" {
   name   = local.topology.dead_letter_subscription
   topic  = google_pubsub_topic.dead_letter.id
   labels = local.labels
 
-  ack_deadline_seconds       = 60
+  ack_deadline_seconds       = local.topology.dead_letter_ack_deadline_seconds
   message_retention_duration = "${local.topology.message_retention_seconds}s"
 
   expiration_policy {

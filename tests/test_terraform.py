@@ -127,6 +127,7 @@ def test_pubsub_names_come_from_topology(tf: dict[str, Any]) -> None:
     assert push["name"] == "${local.topology.pages_push_subscription}"
     pull = res(tf, "google_pubsub_subscription", "dead_letter_pull")
     assert pull["name"] == "${local.topology.dead_letter_subscription}"
+    assert pull["ack_deadline_seconds"] == "${local.topology.dead_letter_ack_deadline_seconds}"
 
 
 def test_push_subscription_delivery_policy(tf: dict[str, Any]) -> None:
