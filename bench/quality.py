@@ -1,6 +1,6 @@
 """Benchmark 5: OCR quality of the local engine (rapidocr), per page type.
 
-Pages are rendered the way the splitter renders them (``PdfRenderer``, longest side
+Pages are rendered the way the splitter renders them (``Renderer``, longest side
 1540 px, PNG) from two generated documents whose text is known
 (:mod:`bench.corpus`): born-digital pages and noisy scanned pages. Each page goes through
 the engine in-process (:func:`ocrpipe.local.engine.ocr_page`, the function behind the
@@ -70,8 +70,10 @@ def summarize(scores: list[dict[str, int]]) -> dict[str, float]:
 
 
 def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
+    from ocrpipe.inputs import InputKind
     from ocrpipe.local.engine import RapidOcrEngine, ocr_page
-    from ocrpipe.render import PdfRenderer, RenderedPage
+    from ocrpipe.render import Renderer
+    from ocrpipe.sources import RenderedPage
 
     per_type = 2 if quick else 10
     sizes = QUICK_PAGES if quick else FULL_PAGES
@@ -86,7 +88,7 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     for kind, path in documents.items():
         scores = []
         spent = 0.0
-        with PdfRenderer(path, processes=2, longest_side=1540) as renderer:
+        with Renderer(path, InputKind.PDF, processes=2, longest_side=1540) as renderer:
             for page in renderer.render(range(1, per_type + 1)):
                 if not isinstance(page, RenderedPage):
                     raise RuntimeError(f"a page failed to render: {page}")
@@ -106,7 +108,7 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     figures["reference_design_md"] = {"born_digital_cer": 0.0, "scanned_cer": 0.018}
     method = (
         "rapidocr engine in-process (ocrpipe.local.engine.ocr_page) on pages rendered by"
-        " PdfRenderer at 1540 px; truth from the generator; CER = edits / truth chars"
+        " Renderer at 1540 px; truth from the generator; CER = edits / truth chars"
         " (whitespace collapsed), word F1 over lower-cased word multisets, both summed over"
         " pages"
     )

@@ -2,7 +2,7 @@
 
 For each document (a born-digital text PDF and a scanned one), in the same run:
 
-* ``PdfRenderer`` (pypdfium2 in a forkserver pool of N processes, PNG at level 1, longest
+* ``Renderer`` (pypdfium2 in a forkserver pool of N processes, PNG at level 1, longest
   side 1540 px), timed from the pool's creation to the last page's bytes in the parent;
 * N ``pdftoppm -png -scale-to 1540`` processes in parallel, each on its own ``-f/-l`` page
   range, timed from the first start to the last exit.
@@ -32,11 +32,13 @@ TARGET_SPEEDUP = 5.0
 
 
 def _render_pdfium(path: Path, processes: int) -> dict[str, Any]:
-    from ocrpipe.render import PdfRenderer, RenderedPage
+    from ocrpipe.inputs import InputKind
+    from ocrpipe.render import Renderer
+    from ocrpipe.sources import RenderedPage
 
     started = time.perf_counter()
     total = 0
-    with PdfRenderer(path, processes=processes, longest_side=LONGEST_SIDE) as renderer:
+    with Renderer(path, InputKind.PDF, processes=processes, longest_side=LONGEST_SIDE) as renderer:
         count = renderer.page_count()
         for page in renderer.render(range(1, count + 1)):
             if not isinstance(page, RenderedPage):
@@ -90,7 +92,7 @@ def _stages(path: Path, pages: int = 8) -> dict[str, Any]:
     import numpy as np
     import pypdfium2 as pdfium
 
-    from ocrpipe.render import page_scale
+    from ocrpipe.sources import page_scale
 
     def png(image: Any) -> int:
         buffer = io.BytesIO()
@@ -202,7 +204,7 @@ def run(quick: bool, processes: int = 2) -> tuple[dict[str, Any], dict[str, Any]
             + f"; {stages['grey_pages']}/{stages['pages']} pages all grey"
         )
     method = (
-        f"PdfRenderer vs {processes} parallel pdftoppm -png -scale-to {LONGEST_SIDE} on -f/-l"
+        f"Renderer vs {processes} parallel pdftoppm -png -scale-to {LONGEST_SIDE} on -f/-l"
         " ranges, same PDFs, same run; best of "
         f"{repeats} alternating runs; memory: summed VmRSS peak of the process tree and"
         " per-process VmHWM sampled from /proc every 20 ms"

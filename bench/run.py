@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
 from bench.common import OPTIONS, RESULTS_DIR, machine, say, write_result  # noqa: E402
 
 BENCHMARKS = {
-    "render": "Render: PdfRenderer vs pdftoppm, pages/s and peak memory",
+    "render": "Render: Renderer vs pdftoppm, pages/s and peak memory",
     "pipeline": "Pipeline overhead: end to end with an OCR server that answers at once",
     "saturation": "GPU saturation: pipeline throughput / direct capacity of a batching server",
     "split": "Splitter at scale: time and peak memory against page count",

@@ -71,7 +71,7 @@ def page_request() -> bytes:
 
     import pypdfium2 as pdfium
 
-    from ocrpipe.render import page_scale
+    from ocrpipe.sources import page_scale
 
     document = pdfium.PdfDocument(text_pdf(1, seed=5)[0])
     try:

@@ -31,21 +31,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from ocrpipe.errors import BadInput
+from ocrpipe.errors import BadInput, OcrpipeError
 from ocrpipe.inputs import InputKind
 from ocrpipe.render_child import COUNT_SEQ, serve
-from ocrpipe.sources import MIN_SHORT_SIDE, RenderedPage, image_scale, page_scale
-
-__all__ = [
-    "MIN_SHORT_SIDE",
-    "PageFailure",
-    "PdfRenderer",
-    "RenderLimits",
-    "RenderedPage",
-    "Renderer",
-    "image_scale",
-    "page_scale",
-]
+from ocrpipe.sources import RenderedPage
 
 _QUEUED_PER_PROCESS = 2
 
@@ -64,6 +53,53 @@ class RenderLimits:
     page_timeout_s: float = 60.0
     memory_bytes: int = 1024 * 2**20  # RLIMIT_AS per render process; 0: none
     max_image_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True)
+class _Count:
+    """A render process's answer to "how many pages?"."""
+
+    pages: int
+
+
+class _OrderedWindow:
+    """Hands out results of tasks numbered 0, 1, 2, ... strictly in that order.
+
+    What it keeps true: every task number below :attr:`sent` has been yielded (below
+    ``next_out``), or is finished and held here, or is still queued in a render process
+    (or waiting to be resent after its process was replaced). At most :attr:`size` tasks
+    are outstanding (sent but not yet yielded), so one slow page holds back at most
+    ``size`` finished pages in memory.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sent = 0
+        self.next_out = 0
+        self._finished: dict[int, RenderedPage | PageFailure] = {}
+
+    @property
+    def has_room(self) -> bool:
+        return self.sent - self.next_out < self.size
+
+    @property
+    def drained(self) -> bool:
+        return self.next_out == self.sent
+
+    def issue(self) -> int:
+        """The number of the next task to send."""
+        self.sent += 1
+        return self.sent - 1
+
+    def finish(self, seq: int, result: RenderedPage | PageFailure) -> None:
+        self._finished[seq] = result
+
+    def pop_next(self) -> RenderedPage | PageFailure | None:
+        """The next result in order, if it is finished."""
+        result = self._finished.pop(self.next_out, None)
+        if result is not None:
+            self.next_out += 1
+        return result
 
 
 @dataclass
@@ -125,56 +161,63 @@ class Renderer:
         child = self._children[0]
         child.conn.send(("count",))
         child.tasks.append((COUNT_SEQ, 0))
-        what = "PDF" if self._kind is InputKind.PDF else "image"
-        corrupt = "pdf_corrupt" if self._kind is InputKind.PDF else "image_corrupt"
-        while True:
+        outcome = None
+        while outcome is None:
             outcome = self._next_outcome()
-            if outcome is None:
-                continue
-            seq, result = outcome
-            assert seq == COUNT_SEQ
-            if isinstance(result, int):
-                return result
-            assert isinstance(result, PageFailure)
-            reason = result.reason
-            if reason in ("page_render_failed", "page_render_timeout"):
-                reason = corrupt
-            raise BadInput(f"the {what} cannot be opened: {result.message}", reason=reason)
+        result = outcome[1]
+        if isinstance(result, _Count):
+            return result.pages
+        if isinstance(result, RenderedPage):
+            raise OcrpipeError("a render process answered a page to a count request")
+        what = "PDF" if self._kind is InputKind.PDF else "image"
+        reason = result.reason
+        if reason in ("page_render_failed", "page_render_timeout"):
+            reason = "pdf_corrupt" if self._kind is InputKind.PDF else "image_corrupt"
+        raise BadInput(f"the {what} cannot be opened: {result.message}", reason=reason)
 
     def render(self, pages: Iterable[int]) -> Iterator[RenderedPage | PageFailure]:
         """Render 1-based ``pages``; yield a page or its failure, in the order given."""
         todo = iter(pages)
-        retry: deque[tuple[int, int]] = deque()  # queued on a process that was replaced
-        done: dict[int, RenderedPage | PageFailure] = {}
-        sent = next_out = 0
-        window = 2 * _QUEUED_PER_PROCESS * len(self._children)
-        exhausted = False
+        resend: deque[tuple[int, int]] = deque()  # queued on a process that was replaced
+        window = _OrderedWindow(2 * _QUEUED_PER_PROCESS * len(self._children))
+        more = True
         while True:
-            while retry or (not exhausted and sent - next_out < window):
-                child = min(self._children, key=lambda c: len(c.tasks))
-                if len(child.tasks) >= _QUEUED_PER_PROCESS:
-                    break
-                if retry:
-                    task = retry.popleft()
-                else:
-                    page = next(todo, None)
-                    if page is None:
-                        exhausted = True
-                        break
-                    task = (sent, page)
-                    sent += 1
-                self._send(child, task)
-            if next_out in done:
-                yield done.pop(next_out)
-                next_out += 1
+            more = self._send_more(window, todo, resend, more)
+            ready = window.pop_next()
+            if ready is not None:
+                yield ready
                 continue
-            if exhausted and not retry and next_out == sent:
+            if not more and not resend and window.drained:
                 return
-            outcome = self._next_outcome(retry)
-            if outcome is not None:
-                seq, result = outcome
-                assert not isinstance(result, int)
-                done[seq] = result
+            outcome = self._next_outcome(resend)
+            if outcome is None:
+                continue
+            seq, result = outcome
+            if isinstance(result, _Count):
+                raise OcrpipeError("a render process answered a count to a page request")
+            window.finish(seq, result)
+
+    def _send_more(
+        self,
+        window: _OrderedWindow,
+        todo: Iterator[int],
+        resend: deque[tuple[int, int]],
+        more: bool,
+    ) -> bool:
+        """Resend what a replaced process lost, then send new pages while the window has room
+        and some process has a free slot. Returns False once ``todo`` is used up."""
+        while resend or (more and window.has_room):
+            child = min(self._children, key=lambda c: len(c.tasks))
+            if len(child.tasks) >= _QUEUED_PER_PROCESS:
+                break
+            if resend:
+                self._send(child, resend.popleft())
+                continue
+            page = next(todo, None)
+            if page is None:
+                return False
+            self._send(child, (window.issue(), page))
+        return more
 
     # --- processes ------------------------------------------------------------------------
 
@@ -196,7 +239,7 @@ class Renderer:
 
     def _next_outcome(
         self, retry: deque[tuple[int, int]] | None = None
-    ) -> tuple[int, RenderedPage | PageFailure | int] | None:
+    ) -> tuple[int, RenderedPage | PageFailure | _Count] | None:
         """Wait for one message from any busy process; handle deaths and timeouts.
 
         Returns ``(seq, result)`` when a task finished (or failed), None otherwise.
@@ -223,7 +266,7 @@ class Renderer:
             seq, page = child.tasks.popleft()
             child.started = None
             if message[0] == "count":
-                return seq, int(message[1])
+                return seq, _Count(int(message[1]))
             if message[0] == "page":
                 return seq, message[2]
             return seq, PageFailure(page, str(message[2]), str(message[3]))
@@ -255,19 +298,3 @@ def _crash_message(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         return f"the render process crashed (signal {-exitcode})"
     return f"the render process exited unexpectedly (code {exitcode})"
-
-
-class PdfRenderer(Renderer):
-    """A :class:`Renderer` for a PDF."""
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        processes: int,
-        longest_side: int,
-        limits: RenderLimits | None = None,
-    ) -> None:
-        super().__init__(
-            path, InputKind.PDF, processes=processes, longest_side=longest_side, limits=limits
-        )

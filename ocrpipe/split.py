@@ -30,8 +30,9 @@ from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.logs import log_context
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import OutgoingMessage, Publisher
-from ocrpipe.render import PageFailure, RenderedPage, Renderer, RenderLimits
+from ocrpipe.render import PageFailure, Renderer, RenderLimits
 from ocrpipe.settings import Settings
+from ocrpipe.sources import RenderedPage
 from ocrpipe.storage import ObjectStore
 from ocrpipe.topology import load_topology
 

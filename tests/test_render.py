@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from ocrpipe.errors import BadInput
-from ocrpipe.render import MIN_SHORT_SIDE, PdfRenderer, page_scale
+from ocrpipe.inputs import InputKind
+from ocrpipe.render import Renderer
+from ocrpipe.sources import MIN_SHORT_SIDE, page_scale
 from ocrpipe.testing.pdfs import text_pdf
 
 
@@ -21,7 +23,7 @@ def test_longest_side_is_1540_and_aspect_ratio_is_kept(
     data, _ = text_pdf(3, size=size)
     path = tmp_path / "in.pdf"
     path.write_bytes(data)
-    with PdfRenderer(path, processes=2, longest_side=1540) as renderer:
+    with Renderer(path, InputKind.PDF, processes=2, longest_side=1540) as renderer:
         assert renderer.page_count() == 3
         pages = list(renderer.render(range(1, 4)))
     assert [p.page for p in pages] == [1, 2, 3]
@@ -53,5 +55,8 @@ def test_a_page_without_area_is_bad_input() -> None:
 def test_not_a_pdf_is_bad_input(tmp_path: Path) -> None:
     path = tmp_path / "in.pdf"
     path.write_bytes(b"%PDF-1.7\nthis is not really a pdf")
-    with PdfRenderer(path, processes=1, longest_side=1540) as renderer, pytest.raises(BadInput):
+    with (
+        Renderer(path, InputKind.PDF, processes=1, longest_side=1540) as renderer,
+        pytest.raises(BadInput),
+    ):
         renderer.page_count()

@@ -15,8 +15,8 @@ from PIL import Image
 
 from ocrpipe.errors import BadInput
 from ocrpipe.inputs import InputKind
-from ocrpipe.render import PageFailure, PdfRenderer, RenderedPage, Renderer, RenderLimits
-from ocrpipe.sources import MAX_IMAGE_UPSCALE, image_scale
+from ocrpipe.render import PageFailure, Renderer, RenderLimits
+from ocrpipe.sources import MAX_IMAGE_UPSCALE, RenderedPage, image_scale
 from ocrpipe.testing import inputs as make
 
 
@@ -166,7 +166,7 @@ def test_a_page_that_renders_forever_times_out_and_the_rest_goes_on(tmp_path: Pa
     path = tmp_path / "slow.pdf"
     path.write_bytes(make.slow_page_pdf(["one", "two", "three", "four"], slow=2))
     limits = RenderLimits(page_timeout_s=0.5)
-    with PdfRenderer(path, processes=1, longest_side=1540, limits=limits) as renderer:
+    with Renderer(path, InputKind.PDF, processes=1, longest_side=1540, limits=limits) as renderer:
         pages = list(renderer.render([1, 2, 3, 4]))
         assert renderer.restarts == 1
     assert [p.page for p in pages] == [1, 2, 3, 4]
@@ -177,7 +177,7 @@ def test_a_page_that_renders_forever_times_out_and_the_rest_goes_on(tmp_path: Pa
 def test_a_crashed_render_process_fails_its_page_only(tmp_path: Path) -> None:
     path = tmp_path / "slow.pdf"
     path.write_bytes(make.slow_page_pdf(["one", "two", "three"], slow=2))
-    with PdfRenderer(path, processes=1, longest_side=1540) as renderer:
+    with Renderer(path, InputKind.PDF, processes=1, longest_side=1540) as renderer:
         pages = renderer.render([1, 2, 3])
         first = next(pages)  # page 2 is now rendering, for about 14 s
         (pid,) = renderer.pids
