@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import free_port
@@ -16,18 +19,37 @@ MODEL = "lightonai/LightOnOCR-2-1B"
 
 
 @pytest.fixture(scope="module")
-def engine_url() -> object:
+def engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ocrpipe.local.engine", "--host", "127.0.0.1",
-         "--port", str(port), "--model-name", MODEL],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = tmp_path_factory.mktemp("engine") / "engine.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ocrpipe.local.engine", "--host", "127.0.0.1",
+             "--port", str(port), "--model-name", MODEL],
+            stdout=handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        wait_healthy(url, process, log)
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Fail at once, with the engine's own words, if it dies instead of starting."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the OCR engine exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the OCR engine did not answer /health within 120 s:\n{log.read_text()}")
 
 
 def smoke(*args: str) -> subprocess.CompletedProcess[str]:
