@@ -15,7 +15,7 @@ what a split that ran out of its time budget does to go on where it stopped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -94,5 +94,5 @@ on_finalize = functions_framework.cloud_event(make_handler(real_services))
 
 
 def _trace_headers(event: CloudEvent) -> dict[str, str]:
-    attributes: dict[str, Any] = event.get_attributes()
+    attributes: Mapping[str, Any] = event.get_attributes()
     return {k: str(v) for k, v in attributes.items() if k in ("traceparent",)}
