@@ -49,3 +49,19 @@ output "env_vars" {
   description = "OCRPIPE_ settings for the ocrpipe CLI: eval the export lines from this map."
   value       = local.common_env
 }
+
+output "monitoring" {
+  description = "Alert policies (by alert), the dashboard, the log-based metrics and the notification channels alerts go to (empty: none)."
+  value = {
+    alert_policies = {
+      dead_letter_backlog  = google_monitoring_alert_policy.dead_letter_backlog.name
+      oldest_unacked_page  = google_monitoring_alert_policy.oldest_unacked_page.name
+      worker_5xx_ratio     = google_monitoring_alert_policy.worker_5xx_ratio.name
+      splitter_failures    = google_monitoring_alert_policy.splitter_failures.name
+      gpu_at_max_instances = google_monitoring_alert_policy.gpu_at_max_instances.name
+    }
+    dashboard             = google_monitoring_dashboard.pipeline.id
+    log_metrics           = [google_logging_metric.pages_done.name, google_logging_metric.pages_failed.name, google_logging_metric.page_latency.name]
+    notification_channels = local.notification_channels
+  }
+}

@@ -164,3 +164,98 @@ variable "labels" {
   default     = {}
   description = "Labels added to every labelled resource."
 }
+
+# --- alerts (monitoring.tf; what each alert means: docs/OPERATIONS.md#alerts) -------------
+
+variable "alert_notification" {
+  type = object({
+    email       = optional(string, "")
+    channel_ids = optional(list(string), [])
+  })
+  default     = {}
+  description = "Where alerts go: an email address (terraform creates an email channel for it) and/or ids of existing notification channels (projects/PROJECT/notificationChannels/ID). Both empty: the alert policies still exist and open incidents on Cloud Monitoring's Alerting page, but notify no one."
+}
+
+variable "alert_runbook_url" {
+  type        = string
+  default     = "docs/OPERATIONS.md"
+  description = "Where your operators read docs/OPERATIONS.md (e.g. its URL in your Git host). Every alert's documentation links to its entry there by anchor."
+}
+
+variable "alert_dead_letter" {
+  type = object({
+    messages         = optional(number, 0)
+    duration_seconds = optional(number, 0)
+  })
+  default     = {}
+  description = "Alert when the dead-letter subscription holds more than `messages` undelivered messages for `duration_seconds` (a multiple of 60). Any dead-lettered page needs an operator within 7 days."
+
+  validation {
+    condition     = var.alert_dead_letter.messages >= 0 && var.alert_dead_letter.duration_seconds % 60 == 0
+    error_message = "alert_dead_letter: messages >= 0, duration_seconds a multiple of 60."
+  }
+}
+
+variable "alert_oldest_unacked" {
+  type = object({
+    age_seconds      = optional(number, 3600)
+    duration_seconds = optional(number, 300)
+  })
+  default     = {}
+  description = "Alert when the oldest unacknowledged page message is older than `age_seconds` for `duration_seconds` (a multiple of 60). Pages of an unavailable GPU service dead-letter after about 90 minutes, so one hour leaves time to pause deliveries; raise it if you routinely queue more pages than the GPUs clear in an hour (about 2,200 pages per L4)."
+
+  validation {
+    condition     = var.alert_oldest_unacked.age_seconds > 0 && var.alert_oldest_unacked.duration_seconds % 60 == 0
+    error_message = "alert_oldest_unacked: age_seconds > 0, duration_seconds a multiple of 60."
+  }
+}
+
+variable "alert_worker_5xx" {
+  type = object({
+    ratio            = optional(number, 0.05)
+    window_seconds   = optional(number, 300)
+    duration_seconds = optional(number, 600)
+  })
+  default     = {}
+  description = "Alert when more than `ratio` (0..1) of the worker's requests in each `window_seconds` answer 5xx, for `duration_seconds`. Both multiples of 60. A healthy worker answers 503 only when the OCR service stayed unavailable for a whole request budget."
+
+  validation {
+    condition = (
+      var.alert_worker_5xx.ratio > 0 && var.alert_worker_5xx.ratio < 1 &&
+      var.alert_worker_5xx.window_seconds >= 60 && var.alert_worker_5xx.window_seconds % 60 == 0 &&
+      var.alert_worker_5xx.duration_seconds % 60 == 0
+    )
+    error_message = "alert_worker_5xx: 0 < ratio < 1, window_seconds >= 60, both durations multiples of 60."
+  }
+}
+
+variable "alert_splitter_failures" {
+  type = object({
+    failures       = optional(number, 0)
+    window_seconds = optional(number, 600)
+  })
+  default     = {}
+  description = "Alert when the splitter answers 5xx (raised, out of memory, or its 540 s timeout) more than `failures` times in `window_seconds` (>= 60, a multiple of 60)."
+
+  validation {
+    condition = (
+      var.alert_splitter_failures.failures >= 0 &&
+      var.alert_splitter_failures.window_seconds >= 60 && var.alert_splitter_failures.window_seconds % 60 == 0
+    )
+    error_message = "alert_splitter_failures: failures >= 0, window_seconds >= 60 and a multiple of 60."
+  }
+}
+
+variable "alert_gpu_at_max" {
+  type = object({
+    instances        = optional(number)
+    duration_seconds = optional(number, 3600)
+  })
+  default     = {}
+  description = "Alert when the GPU service runs at least `instances` instances (unset: gpu_max_instances, its ceiling) for `duration_seconds` (a multiple of 60): pages queue behind a full GPU fleet."
+
+  validation {
+    condition     = var.alert_gpu_at_max.duration_seconds >= 60 && var.alert_gpu_at_max.duration_seconds % 60 == 0
+    error_message = "alert_gpu_at_max: duration_seconds >= 60 and a multiple of 60."
+  }
+}
