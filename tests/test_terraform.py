@@ -26,7 +26,7 @@ from ocrpipe.topology import TOPOLOGY_FILE
 TERRAFORM = Path(__file__).resolve().parents[1] / "terraform"
 EXPECTED_FILES = {
     "versions.tf", "variables.tf", "outputs.tf", "main.tf", "apis.tf", "storage.tf",
-    "pubsub.tf", "iam.tf", "functions.tf", "worker.tf", "gpu.tf",
+    "pubsub.tf", "iam.tf", "functions.tf", "worker.tf", "gpu.tf", "monitoring.tf",
 }  # fmt: skip
 WRITE_ROLES = {
     "roles/storage.admin",
