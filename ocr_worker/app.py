@@ -52,6 +52,7 @@ def build_ocr_client(settings: Settings) -> OcrClient:
         temperatures=(settings.ocr_temperature, 0.3, 0.5, 0.8),
         request_timeout_s=settings.ocr_request_timeout_s,
         max_in_flight=settings.ocr_max_in_flight,
+        malformed_attempts=settings.ocr_malformed_attempts,
     )
     return OcrClient.create(settings.ocr_url, params, auth=auth_for(settings))
 

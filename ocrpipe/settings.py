@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     ocr_max_in_flight: int = Field(
         32, gt=0, description="Requests this worker process keeps open to the OCR server."
     )
+    ocr_malformed_attempts: int = Field(
+        3,
+        ge=1,
+        description="Unparseable 200 replies for one page (per delivery) before it fails for"
+        " good with reason ocr_malformed_reply.",
+    )
     ocr_auth: Literal["auto", "id-token", "none"] = Field(
         "auto", description="auto: a Google ID token unless the OCR URL is on loopback."
     )
