@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import socket
+import threading
+import time
 
 import httpx
 import pytest
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
-from ocrpipe.ocr_client import MAX_BACKOFF_SECONDS, parse_retry_after
+from ocrpipe.ocr_client import MAX_BACKOFF_SECONDS, OcrClient, OcrParams, parse_retry_after
 from tests.fakes import FakeClock, ScriptedOcrServer, completion
 
 IMAGE = b"\x89PNG fake image bytes"
@@ -266,3 +270,93 @@ async def test_a_retry_after_date_is_capped_at_the_remaining_budget() -> None:
     with pytest.raises(OcrUnavailable):
         await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 30)
     assert clock.sleeps == [] and len(server.requests) == 1
+
+
+class TricklingServer:
+    """A real HTTP server that answers 200 and then sends its body one byte every 0.5 s:
+    each byte resets a read timeout, so only a wall-clock deadline stops the request."""
+
+    def __init__(self, body_bytes: int = 20, interval: float = 0.5) -> None:
+        self._body_bytes = body_bytes
+        self._interval = interval
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {self._body_bytes}\r\n\r\n"
+            )
+            try:
+                conn.sendall(head.encode())
+                for _ in range(self._body_bytes):
+                    if self._stop.wait(self._interval):
+                        return
+                    conn.sendall(b" ")
+            except OSError:
+                return  # the client gave up and closed the connection
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
+@pytest.mark.timeout(30)
+async def test_the_budget_is_a_wall_clock_limit_even_for_a_server_that_trickles() -> None:
+    """A server sending one byte every 0.5 s kept a 3 s budget busy for 10 s."""
+    server = TricklingServer()
+    client = OcrClient.create(server.url, OcrParams(model="m", request_timeout_s=300))
+    started = time.monotonic()
+    try:
+        with pytest.raises(OcrUnavailable) as info:
+            await client.ocr_page(IMAGE, "image/png", deadline=started + 3)
+    finally:
+        await client.aclose()
+        server.close()
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.5, f"a 3 s budget took {elapsed:.1f} s"
+    assert info.value.push_status == 503 and client.stats.by_cause == {"timeout": 1}
+
+
+@pytest.mark.timeout(30)
+async def test_waiting_for_an_in_flight_slot_counts_against_the_budget() -> None:
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(5)  # holds the only slot
+        return completion("ok")
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://ocr")
+    client = OcrClient(http, OcrParams(model="m", max_in_flight=1))
+    first = asyncio.create_task(client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 60))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    try:
+        with pytest.raises(OcrUnavailable):
+            await client.ocr_page(IMAGE, "image/png", deadline=started + 2)
+        elapsed = time.monotonic() - started
+    finally:
+        first.cancel()
+        await http.aclose()
+    assert elapsed < 2.5, f"a 2 s budget took {elapsed:.1f} s"
+    assert calls == 1  # the page that never got a slot sent nothing
