@@ -7,7 +7,9 @@ Two kinds of retry, after olmOCR's split:
   :meth:`OcrClient._send_with_backoff` retries transport trouble (connection errors,
   timeouts, 429, 5xx) with jittered exponential backoff, honouring ``Retry-After``, until
   the caller's deadline, which ends safely before the subscription's ack deadline. Then it
-  raises :class:`OcrUnavailable` and the worker answers 503 so that Pub/Sub retries.
+  raises :class:`OcrUnavailable` and the worker answers 503 so that Pub/Sub retries. The
+  deadline is wall-clock: each attempt (slot wait, ID token, connect, send, the whole
+  reply) runs under one limit of the time left.
 * 401, 403 and 404 mean configuration trouble (IAM still propagating after a deploy, a
   wrong ID-token audience, a wrong URL or model name), not a bad page: they are retried the
   same way and logged at ERROR, so the delivery is nacked and stays replayable.
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
+import anyio
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
@@ -229,24 +232,37 @@ class OcrClient:
         return self._clock() + state.upcoming_sleep + MIN_ATTEMPT_SECONDS >= deadline
 
     async def _send(self, payload: dict[str, Any], deadline: float) -> _Reply:
+        """One attempt under one wall-clock limit: waiting for an in-flight slot, connect,
+        send and the whole reply. A read timeout alone is not enough: a server that sends a
+        byte now and then would reset it forever."""
         remaining = deadline - self._clock()
         if remaining < MIN_ATTEMPT_SECONDS:
             raise Retryable("no time left for another attempt", cause="budget")
         timeout = min(self._params.request_timeout_s, remaining)
-        headers = self._auth.headers() if self._auth else {}
-        async with self._in_flight:
-            self.stats.requests += 1
-            try:
-                response = await self._http.post(
-                    "/v1/chat/completions", json=payload, headers=headers, timeout=timeout
-                )
-            except httpx.TimeoutException as exc:
-                self.stats.count("timeout")
-                raise Retryable(f"no answer within {timeout:.0f} s", cause="timeout") from exc
-            except httpx.TransportError as exc:
-                self.stats.count("connection")
-                raise Retryable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
+        sent = False
+        try:
+            with anyio.fail_after(timeout):
+                headers = self._auth.headers() if self._auth else {}
+                async with self._in_flight:
+                    sent = True
+                    self.stats.requests += 1
+                    response = await self._post(payload, headers, timeout)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            cause = "timeout" if sent else "slot_wait"
+            self.stats.count(cause)
+            raise Retryable(f"no complete answer within {timeout:.1f} s", cause=cause) from exc
+        except httpx.TransportError as exc:
+            self.stats.count("connection")
+            raise Retryable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
         return self._classify(response)
+
+    async def _post(
+        self, payload: dict[str, Any], headers: dict[str, str], timeout: float
+    ) -> httpx.Response:
+        """One POST, whole body read. The caller's wall-clock limit bounds it."""
+        return await self._http.post(
+            "/v1/chat/completions", json=payload, headers=headers, timeout=timeout
+        )
 
     def _classify(self, response: httpx.Response) -> _Reply:
         status = response.status_code
