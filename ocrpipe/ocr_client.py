@@ -56,7 +56,9 @@ _DELAY_SECONDS = re.compile(r"[0-9]+")  # RFC 9110 delay-seconds: ASCII digits o
 class AuthHeaders(Protocol):
     """Headers to add to each OCR request (a Google ID token in production)."""
 
-    def headers(self) -> dict[str, str]: ...
+    async def headers(self) -> dict[str, str]:
+        """Raises :class:`OcrUnavailable` when no credential can be had right now."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,7 @@ class OcrClient:
         sent = False
         try:
             with anyio.fail_after(timeout):
-                headers = self._auth.headers() if self._auth else {}
+                headers = await self._auth_headers()
                 async with self._in_flight:
                     sent = True
                     self.stats.requests += 1
@@ -255,6 +257,17 @@ class OcrClient:
             self.stats.count("connection")
             raise Retryable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
         return self._classify(response)
+
+    async def _auth_headers(self) -> dict[str, str]:
+        if self._auth is None:
+            return {}
+        try:
+            return await self._auth.headers()
+        except Retryable:
+            raise
+        except OcrUnavailable as exc:
+            self.stats.count("id_token")
+            raise Retryable(str(exc), cause="id_token") from exc
 
     async def _post(
         self, payload: dict[str, Any], headers: dict[str, str], timeout: float

@@ -141,7 +141,7 @@ async def test_client_errors_are_not_retried(status: int) -> None:
 
 async def test_auth_headers_are_sent() -> None:
     class Auth:
-        def headers(self) -> dict[str, str]:
+        async def headers(self) -> dict[str, str]:
             return {"Authorization": "Bearer t0ken"}
 
     server = ScriptedOcrServer([completion("ok")])
