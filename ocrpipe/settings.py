@@ -19,6 +19,8 @@ from ocrpipe.topology import load_topology
 
 _TOPOLOGY = load_topology()
 
+DEFAULT_PUSH_KEYS_STALE_S = 6 * 3600.0
+
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 
 
@@ -91,6 +93,12 @@ class Settings(BaseSettings):
     push_audience: str = ""
     push_service_account: str = ""
     push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    push_keys_stale_s: float = Field(
+        DEFAULT_PUSH_KEYS_STALE_S,
+        ge=0,
+        description="How long past their expiry Google's push-signing keys stay in use while"
+        " the key endpoint fails.",
+    )
 
     log_level: str = "INFO"
     eventarc_target: str = Field(
