@@ -220,7 +220,34 @@ def test_verification_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -
     assert Settings().verify_push_auth is True
     monkeypatch.setenv("OCRPIPE_VERIFY_PUSH_AUTH", "false")
     assert Settings().verify_push_auth is False
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")  # the local stack
     assert build_verifier(Settings()) is None
+
+
+@pytest.mark.parametrize("emulator", ["PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"])
+def test_the_worker_refuses_to_start_unverified_unless_it_talks_to_emulators(
+    monkeypatch: pytest.MonkeyPatch, store: MemoryStore, ocr: ScriptedOcrServer, emulator: str
+) -> None:
+    """``OCRPIPE_VERIFY_PUSH_AUTH=false`` in production would let anyone call the worker."""
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    settings = Settings(verify_push_auth=False)
+    with pytest.raises(ValueError, match="OCRPIPE_VERIFY_PUSH_AUTH"):  # noqa: SIM117
+        with TestClient(create_app(settings, store=store, ocr=ocr.client())):
+            pass
+    monkeypatch.setenv(emulator, "127.0.0.1:8085")
+    with TestClient(
+        create_app(Settings(verify_push_auth=False), store=store, ocr=ocr.client())
+    ) as local:
+        assert local.get("/stats").status_code == 200  # the local stack: no tokens at all
+
+
+def test_stats_sits_behind_the_same_check_as_pushes(client: TestClient) -> None:
+    assert client.get("/stats").status_code == 401
+    bad = {"Authorization": f"Bearer {token(email='intruder@x.iam.gserviceaccount.com')}"}
+    assert client.get("/stats", headers=bad).status_code == 403
+    reply = client.get("/stats", headers={"Authorization": f"Bearer {token()}"})
+    assert reply.status_code == 200 and "requests" in reply.json()
 
 
 @pytest.mark.parametrize(
