@@ -97,8 +97,23 @@ async def health(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    ocr: OcrClient = request.app.state.services.ocr
+    services: Services = request.app.state.services
+    refused = await _refused(services, request)
+    if refused is not None:
+        return refused
+    ocr = services.ocr
     return JSONResponse({"requests": ocr.stats.requests, "retries_by_cause": ocr.stats.by_cause})
+
+
+async def _refused(services: Services, request: Request) -> Response | None:
+    """The answer to a caller without a valid push token, or ``None`` to go on."""
+    if services.verifier is None:
+        return None
+    denied = await services.verifier.check(request.headers)
+    if denied is None:
+        return None
+    logger.warning("request refused: %s", denied.message, extra={"status": denied.status})
+    return Response(status_code=denied.status)
 
 
 async def push(request: Request) -> Response:
@@ -107,13 +122,9 @@ async def push(request: Request) -> Response:
     received = time.monotonic()
     deadline = received + settings.ocr_budget_s
     with log_context(trace=trace_from_headers(request.headers, settings.project)):
-        if services.verifier is not None:
-            denied = await services.verifier.check(request.headers)
-            if denied is not None:
-                logger.warning(
-                    "push request refused: %s", denied.message, extra={"status": denied.status}
-                )
-                return Response(status_code=denied.status)
+        refused = await _refused(services, request)
+        if refused is not None:
+            return refused
         body = await request.body()
         try:
             envelope = PushEnvelope.parse(body)

@@ -7,7 +7,8 @@ before the body is read. Missing or invalid tokens get 401, a valid token for an
 identity gets 403.
 
 The Pub/Sub emulator attaches no token, so the local stack turns verification off with
-``OCRPIPE_VERIFY_PUSH_AUTH=false``; it is on everywhere else.
+``OCRPIPE_VERIFY_PUSH_AUTH=false``; it is on everywhere else, and the worker refuses to
+start with it off unless it talks to emulators. ``/stats`` sits behind the same check.
 """
 
 from __future__ import annotations
@@ -187,7 +188,16 @@ class PushVerifier:
 
 
 def build_verifier(settings: Settings) -> PushVerifier | None:
+    """The verifier, or ``None`` on the local stack. Unverified outside the emulators is a
+    configuration error: the worker refuses to start."""
     if not settings.verify_push_auth:
+        if not settings.uses_emulators:
+            raise ValueError(
+                "OCRPIPE_VERIFY_PUSH_AUTH=false is allowed only against the emulators"
+                " (PUBSUB_EMULATOR_HOST or STORAGE_EMULATOR_HOST set): anyone could call this"
+                " worker. Set OCRPIPE_VERIFY_PUSH_AUTH=true with OCRPIPE_PUSH_AUDIENCE and"
+                " OCRPIPE_PUSH_SERVICE_ACCOUNT."
+            )
         return None
     return PushVerifier(
         audience=settings.push_audience,
