@@ -241,16 +241,17 @@ class OcrClient:
         if remaining < MIN_ATTEMPT_SECONDS:
             raise Retryable("no time left for another attempt", cause="budget")
         timeout = min(self._params.request_timeout_s, remaining)
-        sent = False
+        phase = "id_token"  # what the attempt was waiting for when the limit struck
         try:
             with anyio.fail_after(timeout):
                 headers = await self._auth_headers()
+                phase = "slot_wait"
                 async with self._in_flight:
-                    sent = True
+                    phase = "timeout"
                     self.stats.requests += 1
                     response = await self._post(payload, headers, timeout)
         except (TimeoutError, httpx.TimeoutException) as exc:
-            cause = "timeout" if sent else "slot_wait"
+            cause = phase
             self.stats.count(cause)
             raise Retryable(f"no complete answer within {timeout:.1f} s", cause=cause) from exc
         except httpx.TransportError as exc:
