@@ -52,6 +52,7 @@ def build_ocr_client(settings: Settings) -> OcrClient:
         temperatures=(settings.ocr_temperature, 0.3, 0.5, 0.8),
         request_timeout_s=settings.ocr_request_timeout_s,
         max_in_flight=settings.ocr_max_in_flight,
+        malformed_attempts=settings.ocr_malformed_attempts,
     )
     return OcrClient.create(settings.ocr_url, params, auth=auth_for(settings))
 
@@ -96,8 +97,23 @@ async def health(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    ocr: OcrClient = request.app.state.services.ocr
+    services: Services = request.app.state.services
+    refused = await _refused(services, request)
+    if refused is not None:
+        return refused
+    ocr = services.ocr
     return JSONResponse({"requests": ocr.stats.requests, "retries_by_cause": ocr.stats.by_cause})
+
+
+async def _refused(services: Services, request: Request) -> Response | None:
+    """The answer to a caller without a valid push token, or ``None`` to go on."""
+    if services.verifier is None:
+        return None
+    denied = await services.verifier.check(request.headers)
+    if denied is None:
+        return None
+    logger.warning("request refused: %s", denied.message, extra={"status": denied.status})
+    return Response(status_code=denied.status)
 
 
 async def push(request: Request) -> Response:
@@ -106,13 +122,9 @@ async def push(request: Request) -> Response:
     received = time.monotonic()
     deadline = received + settings.ocr_budget_s
     with log_context(trace=trace_from_headers(request.headers, settings.project)):
-        if services.verifier is not None:
-            denied = await services.verifier.check(request.headers)
-            if denied is not None:
-                logger.warning(
-                    "push request refused: %s", denied.message, extra={"status": denied.status}
-                )
-                return Response(status_code=denied.status)
+        refused = await _refused(services, request)
+        if refused is not None:
+            return refused
         body = await request.body()
         try:
             envelope = PushEnvelope.parse(body)

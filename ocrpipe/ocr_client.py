@@ -7,7 +7,16 @@ Two kinds of retry, after olmOCR's split:
   :meth:`OcrClient._send_with_backoff` retries transport trouble (connection errors,
   timeouts, 429, 5xx) with jittered exponential backoff, honouring ``Retry-After``, until
   the caller's deadline, which ends safely before the subscription's ack deadline. Then it
-  raises :class:`OcrUnavailable` and the worker answers 503 so that Pub/Sub retries.
+  raises :class:`OcrUnavailable` and the worker answers 503 so that Pub/Sub retries. The
+  deadline is wall-clock: each attempt (slot wait, ID token, connect, send, the whole
+  reply) runs under one limit of the time left.
+* 401, 403 and 404 mean configuration trouble (IAM still propagating after a deploy, a
+  wrong ID-token audience, a wrong URL or model name), not a bad page: they are retried the
+  same way and logged at ERROR, so the delivery is nacked and stays replayable.
+* A 200 that does not parse (not UTF-8, not JSON, no choices) is retried at most
+  :attr:`OcrParams.malformed_attempts` times per page, then the page is rejected for good
+  (``ocr_malformed_reply``): a server that answers garbage would otherwise burn GPU time
+  until the budget ends, on every delivery.
 * A reply cut off with ``finish_reason == "length"`` is a repetition loop, not a result:
   :meth:`OcrClient.ocr_page` asks again one step up :data:`TEMPERATURE_LADDER`; after the
   last step the page is rejected for good (:class:`OcrRejected`).
@@ -17,13 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
+import anyio
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
@@ -35,12 +48,17 @@ TEMPERATURE_LADDER = (0.2, 0.3, 0.5, 0.8)
 MIN_ATTEMPT_SECONDS = 1.0  # no attempt starts with less time than this left
 MAX_BACKOFF_SECONDS = 30.0
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Not the page's fault: who may call the GPU service, or where it is, is misconfigured.
+CONFIGURATION_STATUS = frozenset({401, 403, 404})
+_DELAY_SECONDS = re.compile(r"[0-9]+")  # RFC 9110 delay-seconds: ASCII digits only
 
 
 class AuthHeaders(Protocol):
     """Headers to add to each OCR request (a Google ID token in production)."""
 
-    def headers(self) -> dict[str, str]: ...
+    async def headers(self) -> dict[str, str]:
+        """Raises :class:`OcrUnavailable` when no credential can be had right now."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,7 @@ class OcrParams:
     temperatures: tuple[float, ...] = TEMPERATURE_LADDER
     request_timeout_s: float = 300.0
     max_in_flight: int = 32
+    malformed_attempts: int = 3  # unparseable 200 replies per page before it fails for good
 
 
 @dataclass(frozen=True)
@@ -80,10 +99,21 @@ class Retryable(OcrUnavailable):
         self.retry_after = retry_after
 
 
+class MalformedReply(Exception):
+    """A 200 answer that is not a chat completion."""
+
+
 @dataclass(frozen=True)
 class _Reply:
     content: str
     finish_reason: str
+
+
+@dataclass
+class _PageAttempts:
+    """What one :meth:`OcrClient.ocr_page` call has seen so far."""
+
+    malformed: int = 0
 
 
 class OcrClient:
@@ -123,8 +153,10 @@ class OcrClient:
         """OCR one page image; ``deadline`` is a value of the client's clock."""
         data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
         requests_before = self.stats.requests
+        page = _PageAttempts()
         for temperature in self._params.temperatures:
-            reply = await self._send_with_backoff(self._payload(data_url, temperature), deadline)
+            payload = self._payload(data_url, temperature)
+            reply = await self._send_with_backoff(payload, deadline, page)
             if reply.finish_reason != "length":
                 return OcrResult(reply.content, temperature, self.stats.requests - requests_before)
             self.stats.count("length")
@@ -150,10 +182,12 @@ class OcrClient:
             "max_tokens": self._params.max_tokens,
         }
 
-    async def _send_with_backoff(self, payload: dict[str, Any], deadline: float) -> _Reply:
+    async def _send_with_backoff(
+        self, payload: dict[str, Any], deadline: float, page: _PageAttempts
+    ) -> _Reply:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Retryable),
-            wait=self._wait,
+            wait=lambda state: self._wait(state, deadline),
             stop=lambda state: self._past_deadline(state, deadline),
             sleep=self._sleep,
             reraise=True,
@@ -161,7 +195,7 @@ class OcrClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._send(payload, deadline)
+                    return await self._attempt(payload, deadline, page)
         except Retryable as exc:
             raise OcrUnavailable(
                 f"OCR server still unavailable when the request budget ran out: {exc}",
@@ -169,36 +203,80 @@ class OcrClient:
             ) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 
+    async def _attempt(
+        self, payload: dict[str, Any], deadline: float, page: _PageAttempts
+    ) -> _Reply:
+        """One request; a malformed reply is retryable only a few times per page."""
+        try:
+            return await self._send(payload, deadline)
+        except MalformedReply as exc:
+            self.stats.count("malformed")
+            page.malformed += 1
+            if page.malformed >= self._params.malformed_attempts:
+                raise OcrRejected(
+                    f"the OCR server answered {page.malformed} times with a reply that is not"
+                    f" a chat completion: {exc}",
+                    reason="ocr_malformed_reply",
+                ) from exc
+            raise Retryable(f"malformed reply: {exc}", cause="malformed") from exc
+
     _jitter = staticmethod(wait_random_exponential(multiplier=0.5, max=MAX_BACKOFF_SECONDS))
 
-    def _wait(self, state: RetryCallState) -> float:
+    def _wait(self, state: RetryCallState, deadline: float) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, Retryable) and exc.retry_after is not None:
-            return min(exc.retry_after, MAX_BACKOFF_SECONDS * 4)
+            # Never more than the budget has left: the stop rule then gives up at once.
+            left = max(0.0, deadline - self._clock())
+            return min(exc.retry_after, MAX_BACKOFF_SECONDS * 4, left)
         return float(self._jitter(state))
 
     def _past_deadline(self, state: RetryCallState, deadline: float) -> bool:
         return self._clock() + state.upcoming_sleep + MIN_ATTEMPT_SECONDS >= deadline
 
     async def _send(self, payload: dict[str, Any], deadline: float) -> _Reply:
+        """One attempt under one wall-clock limit: waiting for an in-flight slot, connect,
+        send and the whole reply. A read timeout alone is not enough: a server that sends a
+        byte now and then would reset it forever."""
         remaining = deadline - self._clock()
         if remaining < MIN_ATTEMPT_SECONDS:
             raise Retryable("no time left for another attempt", cause="budget")
         timeout = min(self._params.request_timeout_s, remaining)
-        headers = self._auth.headers() if self._auth else {}
-        async with self._in_flight:
-            self.stats.requests += 1
-            try:
-                response = await self._http.post(
-                    "/v1/chat/completions", json=payload, headers=headers, timeout=timeout
-                )
-            except httpx.TimeoutException as exc:
-                self.stats.count("timeout")
-                raise Retryable(f"no answer within {timeout:.0f} s", cause="timeout") from exc
-            except httpx.TransportError as exc:
-                self.stats.count("connection")
-                raise Retryable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
+        phase = "id_token"  # what the attempt was waiting for when the limit struck
+        try:
+            with anyio.fail_after(timeout):
+                headers = await self._auth_headers()
+                phase = "slot_wait"
+                async with self._in_flight:
+                    phase = "timeout"
+                    self.stats.requests += 1
+                    response = await self._post(payload, headers, timeout)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            cause = phase
+            self.stats.count(cause)
+            raise Retryable(f"no complete answer within {timeout:.1f} s", cause=cause) from exc
+        except httpx.TransportError as exc:
+            self.stats.count("connection")
+            raise Retryable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
         return self._classify(response)
+
+    async def _auth_headers(self) -> dict[str, str]:
+        if self._auth is None:
+            return {}
+        try:
+            return await self._auth.headers()
+        except Retryable:
+            raise
+        except OcrUnavailable as exc:
+            self.stats.count("id_token")
+            raise Retryable(str(exc), cause="id_token") from exc
+
+    async def _post(
+        self, payload: dict[str, Any], headers: dict[str, str], timeout: float
+    ) -> httpx.Response:
+        """One POST, whole body read. The caller's wall-clock limit bounds it."""
+        return await self._http.post(
+            "/v1/chat/completions", json=payload, headers=headers, timeout=timeout
+        )
 
     def _classify(self, response: httpx.Response) -> _Reply:
         status = response.status_code
@@ -209,31 +287,54 @@ class OcrClient:
                 cause=str(status),
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
+        if status in CONFIGURATION_STATUS:
+            self.stats.count(str(status))
+            logger.error(
+                "OCR server answered HTTP %d: configuration trouble, not a bad page (IAM still"
+                " propagating after a deploy, a wrong ID-token audience, or a wrong OCR URL or"
+                " model name); retrying within the budget: %s",
+                status,
+                _snippet(response),
+                extra={"reason": f"ocr_http_{status}"},
+            )
+            raise Retryable(f"HTTP {status}: {_snippet(response)}", cause=str(status))
         if status != 200:
             raise OcrRejected(
                 f"OCR server refused the page: HTTP {status}: {_snippet(response)}",
                 reason=f"ocr_http_{status}",
             )
-        try:
-            choice = response.json()["choices"][0]
-            return _Reply(str(choice["message"]["content"] or ""), str(choice["finish_reason"]))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            self.stats.count("malformed")
-            raise Retryable(f"malformed reply: {_snippet(response)}", cause="malformed") from exc
+        return parse_completion(response.content)
+
+
+def parse_completion(body: bytes) -> _Reply:
+    """The first choice of a chat completion, or :class:`MalformedReply`."""
+    try:
+        choice = json.loads(body.decode("utf-8"))["choices"][0]
+        content = choice["message"]["content"]
+        finish_reason = choice["finish_reason"]
+    except (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as exc:
+        snippet = body[:200].decode("utf-8", "replace").replace("\n", " ")
+        raise MalformedReply(f"{type(exc).__name__}: {snippet!r}") from exc
+    if not isinstance(content, str | None) or not isinstance(finish_reason, str):
+        raise MalformedReply(f"unexpected field types: {body[:200]!r}")
+    return _Reply(content or "", finish_reason)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` header, as RFC 9110 section 10.2.3 defines
+    it: delay-seconds (ASCII digits only) or an HTTP-date. Anything else is ignored."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELAY_SECONDS.fullmatch(value):
         return float(value)
     try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when - (time.time() if now is None else now))
+    if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _snippet(response: httpx.Response) -> str:

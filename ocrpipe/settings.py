@@ -21,6 +21,8 @@ from ocrpipe.topology import load_topology
 
 _TOPOLOGY = load_topology()
 
+DEFAULT_PUSH_KEYS_STALE_S = 6 * 3600.0
+
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 
 
@@ -56,6 +58,12 @@ class Settings(BaseSettings):
     ocr_max_in_flight: int = Field(
         32, gt=0, description="Requests this worker process keeps open to the OCR server."
     )
+    ocr_malformed_attempts: int = Field(
+        3,
+        ge=1,
+        description="Unparseable 200 replies for one page (per delivery) before it fails for"
+        " good with reason ocr_malformed_reply.",
+    )
     ocr_auth: Literal["auto", "id-token", "none"] = Field(
         "auto", description="auto: a Google ID token unless the OCR URL is on loopback."
     )
@@ -88,6 +96,12 @@ class Settings(BaseSettings):
     push_audience: str = ""
     push_service_account: str = ""
     push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    push_keys_stale_s: float = Field(
+        DEFAULT_PUSH_KEYS_STALE_S,
+        ge=0,
+        description="How long past their expiry Google's push-signing keys stay in use while"
+        " the key endpoint fails.",
+    )
 
     log_level: str = "INFO"
     eventarc_target: str = Field(

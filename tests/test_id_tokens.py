@@ -3,15 +3,20 @@ an OCR server on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import threading
+import time
 
 import httpx
 import pytest
+from google.auth.exceptions import TransportError
 
+from ocrpipe.errors import OcrUnavailable
 from ocrpipe.id_tokens import REFRESH_BEFORE_EXPIRY_S, IdTokenAuth, auth_for
 from ocrpipe.ocr_client import OcrClient, OcrParams
 from ocrpipe.settings import Settings
-from tests.fakes import ScriptedOcrServer, completion
+from tests.fakes import FakeClock, ScriptedOcrServer, completion
 from tests.tokens import SigningKey
 
 KEY = SigningKey("gpu-key")
@@ -27,29 +32,41 @@ class Clock:
 
 
 class Metadata:
-    """The metadata server: a fresh one-hour token for the asked audience on each fetch."""
+    """The metadata server: a fresh one-hour token for the asked audience on each fetch,
+    after ``delay`` seconds, or an error while ``failures`` lasts."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, delay: float = 0.0, failures: int = 0) -> None:
         self.clock = clock
+        self.delay = delay
+        self.failures = failures
         self.audiences: list[str] = []
+        self.threads: set[str] = set()
 
     def __call__(self, audience: str) -> str:
         self.audiences.append(audience)
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.failures:
+            self.failures -= 1
+            raise TransportError("metadata server unreachable")
         now = int(self.clock.now)
         return KEY.token(aud=audience, iat=now, exp=now + 3600, n=len(self.audiences))
 
 
-def test_the_token_is_reused_until_shortly_before_it_expires() -> None:
+async def test_the_token_is_reused_until_shortly_before_it_expires() -> None:
     clock = Clock()
     metadata = Metadata(clock)
     auth = IdTokenAuth(GPU_URL, fetch=metadata, clock=clock)
-    first = auth.headers()
+    first = await auth.headers()
     assert first["Authorization"].startswith("Bearer ")
     clock.now += 3600 - REFRESH_BEFORE_EXPIRY_S - 1
-    assert auth.headers() == first
+    assert await auth.headers() == first
     assert (auth.fetches, metadata.audiences) == (1, [GPU_URL])
     clock.now += 2
-    assert auth.headers() != first
+    # Refreshed ahead of expiry: the still-valid token is served while one refresh runs.
+    assert await auth.headers() == first
+    await auth.refreshed()
+    assert await auth.headers() != first
     assert auth.fetches == 2
 
 
@@ -85,3 +102,102 @@ def test_auth_for(url: str, mode: str, expected_audience: str | None) -> None:
         assert auth is None
     else:
         assert auth is not None and auth.audience == expected_audience
+
+
+IMAGE = base64.b64decode("iVBORw0KGgo=")
+
+
+class LoopLag:
+    """How late the event loop runs a 50 ms timer: a blocked loop shows up here."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(0.05)
+            self.worst = max(self.worst, time.monotonic() - started - 0.05)
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        await asyncio.sleep(0)  # the first tick starts now
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        await asyncio.sleep(0.1)  # let a late tick report
+        self._task.cancel()
+
+
+def gpu_client(auth: IdTokenAuth, **kwargs: object) -> tuple[OcrClient, ScriptedOcrServer]:
+    server = ScriptedOcrServer([completion("text")])
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url=GPU_URL)
+    return OcrClient(http, OcrParams(model="m"), auth=auth, **kwargs), server  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(30)
+async def test_a_slow_token_fetch_does_not_stall_the_instance_and_runs_once() -> None:
+    """A 2.1 s metadata-server refresh used to block every request on the instance."""
+    clock = Clock()
+    metadata = Metadata(clock, delay=2.0)
+    client, server = gpu_client(IdTokenAuth(GPU_URL, fetch=metadata, clock=clock))
+    async with LoopLag() as lag:
+        results = await asyncio.gather(
+            *(
+                client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 30)
+                for _ in range(10)
+            )
+        )
+    assert [r.markdown for r in results] == ["text"] * 10
+    assert lag.worst < 0.5, f"the event loop stalled {lag.worst:.1f} s"
+    assert metadata.audiences == [GPU_URL]  # one fetch for ten waiters
+    assert threading.main_thread().name not in metadata.threads
+    assert len({h["authorization"] for h in server.headers}) == 1
+
+
+@pytest.mark.timeout(30)
+async def test_a_token_near_expiry_is_refreshed_ahead_while_requests_go_on() -> None:
+    clock = Clock()
+    metadata = Metadata(clock)
+    auth = IdTokenAuth(GPU_URL, fetch=metadata, clock=clock)
+    client, server = gpu_client(auth)
+    await client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 30)
+    clock.now += 3600 - REFRESH_BEFORE_EXPIRY_S + 1  # near expiry, still valid
+    metadata.delay = 2.0
+    started = time.monotonic()
+    await asyncio.gather(
+        *(client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 30) for _ in range(10))
+    )
+    assert time.monotonic() - started < 0.5  # nobody waited for the 2 s refresh
+    await auth.refreshed()
+    await client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 30)
+    tokens = [h["authorization"] for h in server.headers]
+    assert len(set(tokens[:11])) == 1 and tokens[11] != tokens[0]
+    assert len(metadata.audiences) == 2  # one refresh for the ten requests
+
+
+async def test_a_failed_token_fetch_is_retried_within_the_budget() -> None:
+    clock = Clock()
+    metadata = Metadata(clock, failures=1)
+    budget = FakeClock()
+    client, server = gpu_client(
+        IdTokenAuth(GPU_URL, fetch=metadata, clock=clock), clock=budget, sleep=budget.sleep
+    )
+    result = await client.ocr_page(IMAGE, "image/png", deadline=budget.now + 60)
+    assert result.markdown == "text" and len(budget.sleeps) == 1
+    assert len(metadata.audiences) == 2 and len(server.requests) == 1
+
+
+async def test_a_token_fetch_that_keeps_failing_nacks_the_delivery() -> None:
+    clock = Clock()
+    metadata = Metadata(clock, failures=10**6)
+    budget = FakeClock()
+    client, server = gpu_client(
+        IdTokenAuth(GPU_URL, fetch=metadata, clock=clock), clock=budget, sleep=budget.sleep
+    )
+    with pytest.raises(OcrUnavailable) as info:
+        await client.ocr_page(IMAGE, "image/png", deadline=budget.now + 30)
+    assert info.value.push_status == 503 and "id_token" in info.value.reason
+    assert server.requests == [] and len(metadata.audiences) >= 2

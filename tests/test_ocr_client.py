@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
+import socket
+import threading
+import time
 
 import httpx
 import pytest
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
-from ocrpipe.ocr_client import MAX_BACKOFF_SECONDS, parse_retry_after
+from ocrpipe.ocr_client import MAX_BACKOFF_SECONDS, OcrClient, OcrParams, parse_retry_after
 from tests.fakes import FakeClock, ScriptedOcrServer, completion
 
 IMAGE = b"\x89PNG fake image bytes"
@@ -124,7 +129,7 @@ async def test_a_loop_at_every_temperature_fails_the_page_for_good() -> None:
     assert [r["temperature"] for r in server.requests] == [0.2, 0.3, 0.5, 0.8]
 
 
-@pytest.mark.parametrize("status", [400, 404, 413, 422])
+@pytest.mark.parametrize("status", [400, 413, 422])
 async def test_client_errors_are_not_retried(status: int) -> None:
     server = ScriptedOcrServer([httpx.Response(status, json={"message": "bad image"})])
     clock = FakeClock()
@@ -136,7 +141,7 @@ async def test_client_errors_are_not_retried(status: int) -> None:
 
 async def test_auth_headers_are_sent() -> None:
     class Auth:
-        def headers(self) -> dict[str, str]:
+        async def headers(self) -> dict[str, str]:
             return {"Authorization": "Bearer t0ken"}
 
     server = ScriptedOcrServer([completion("ok")])
@@ -155,9 +160,203 @@ async def test_auth_headers_are_sent() -> None:
         ("7", 7.0),
         (" 0 ", 0.0),
         ("Thu, 01 Jan 1970 00:01:40 GMT", 60.0),
+        ("Thu, 01 Jan 1970 00:01:40 -0000", 60.0),
         ("soon", None),
         (None, None),
+        ("\xb2", None),  # str.isdigit() says yes, float() crashes
+        ("\u0661\u0662", None),  # Arabic-Indic digits: float() reads 12, RFC 9110 does not
+        ("1.5", None),
+        ("-3", None),
+        ("+3", None),
+        ("Fri, 31 Dec 99999 23:59:59 GMT", None),
     ],
 )
 def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
     assert parse_retry_after(value, now=40.0) == seconds
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_auth_and_routing_errors_are_retried_and_logged_as_configuration_trouble(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Right after a deploy IAM is still propagating: the page must not fail for good."""
+    server = ScriptedOcrServer(
+        [httpx.Response(status, text="denied"), httpx.Response(status), completion("ok")]
+    )
+    clock = FakeClock()
+    with caplog.at_level(logging.ERROR, logger="ocrpipe.ocr_client"):
+        result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert result.markdown == "ok" and result.requests == 3
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert all("configuration" in r.getMessage() and "\n" not in r.getMessage() for r in errors)
+    assert "IAM" in errors[0].getMessage() and "audience" in errors[0].getMessage()
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_auth_errors_that_last_the_whole_budget_nack_for_a_replayable_retry(
+    status: int,
+) -> None:
+    server = ScriptedOcrServer([httpx.Response(status)])
+    clock = FakeClock()
+    deadline = clock.now + 30
+    with pytest.raises(OcrUnavailable) as info:
+        await server.client(clock).ocr_page(IMAGE, "image/png", deadline=deadline)
+    assert info.value.push_status == 503 and info.value.reason == f"ocr_unavailable:{status}"
+    assert len(server.requests) >= 2 and clock.now <= deadline
+
+
+def malformed(body: bytes) -> httpx.Response:
+    return httpx.Response(200, content=body, headers={"Content-Type": "application/json"})
+
+
+MALFORMED = {
+    "not-utf8": b'{"choices": [{"message": {"content": "\xff\xfe"}}]}',
+    "not-json": b"<html>gateway</html>",
+    "no-choices": b'{"choices": []}',
+    "no-message": b'{"choices": [{"finish_reason": "stop"}]}',
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("body", list(MALFORMED.values()), ids=list(MALFORMED))
+async def test_a_malformed_reply_is_tried_a_few_times_then_fails_the_page_for_good(
+    body: bytes,
+) -> None:
+    """One delivery once made 45 requests in 516 s (about 450 GPU inferences) on a reply
+    that could never parse."""
+    server = ScriptedOcrServer([malformed(body)])
+    clock = FakeClock()
+    with pytest.raises(OcrRejected) as info:
+        await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 540)
+    assert info.value.reason == "ocr_malformed_reply" and info.value.push_status == 204
+    assert len(server.requests) == 3
+
+
+async def test_the_number_of_malformed_replies_tolerated_is_a_setting() -> None:
+    server = ScriptedOcrServer([malformed(b"nope")])
+    clock = FakeClock()
+    with pytest.raises(OcrRejected):
+        await server.client(clock, malformed_attempts=1).ocr_page(
+            IMAGE, "image/png", deadline=clock.now + 540
+        )
+    assert len(server.requests) == 1
+
+
+async def test_one_malformed_reply_then_a_good_one_is_a_result() -> None:
+    server = ScriptedOcrServer([malformed(b"{"), completion("ok")])
+    clock = FakeClock()
+    result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert result.markdown == "ok" and result.requests == 2
+
+
+@pytest.mark.parametrize("value", [b"\xb2", "\u0661\u0662".encode(), b"later"])
+async def test_a_retry_after_that_is_not_a_number_or_a_date_is_ignored(value: bytes) -> None:
+    """``\xb2`` passes ``str.isdigit()`` and used to crash ``float()``: the push answered 500."""
+    server = ScriptedOcrServer(
+        [httpx.Response(429, headers=[(b"Retry-After", value)]), completion("ok")]
+    )
+    clock = FakeClock()
+    result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert result.markdown == "ok"
+    assert len(clock.sleeps) == 1 and clock.sleeps[0] <= MAX_BACKOFF_SECONDS
+
+
+async def test_a_retry_after_date_is_capped_at_the_remaining_budget() -> None:
+    server = ScriptedOcrServer(
+        [httpx.Response(503, headers={"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"})]
+    )
+    clock = FakeClock()
+    with pytest.raises(OcrUnavailable):
+        await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 30)
+    assert clock.sleeps == [] and len(server.requests) == 1
+
+
+class TricklingServer:
+    """A real HTTP server that answers 200 and then sends its body one byte every 0.5 s:
+    each byte resets a read timeout, so only a wall-clock deadline stops the request."""
+
+    def __init__(self, body_bytes: int = 20, interval: float = 0.5) -> None:
+        self._body_bytes = body_bytes
+        self._interval = interval
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {self._body_bytes}\r\n\r\n"
+            )
+            try:
+                conn.sendall(head.encode())
+                for _ in range(self._body_bytes):
+                    if self._stop.wait(self._interval):
+                        return
+                    conn.sendall(b" ")
+            except OSError:
+                return  # the client gave up and closed the connection
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
+@pytest.mark.timeout(30)
+async def test_the_budget_is_a_wall_clock_limit_even_for_a_server_that_trickles() -> None:
+    """A server sending one byte every 0.5 s kept a 3 s budget busy for 10 s."""
+    server = TricklingServer()
+    client = OcrClient.create(server.url, OcrParams(model="m", request_timeout_s=300))
+    started = time.monotonic()
+    try:
+        with pytest.raises(OcrUnavailable) as info:
+            await client.ocr_page(IMAGE, "image/png", deadline=started + 3)
+    finally:
+        await client.aclose()
+        server.close()
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.5, f"a 3 s budget took {elapsed:.1f} s"
+    assert info.value.push_status == 503 and client.stats.by_cause == {"timeout": 1}
+
+
+@pytest.mark.timeout(30)
+async def test_waiting_for_an_in_flight_slot_counts_against_the_budget() -> None:
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(5)  # holds the only slot
+        return completion("ok")
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://ocr")
+    client = OcrClient(http, OcrParams(model="m", max_in_flight=1))
+    first = asyncio.create_task(client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 60))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    try:
+        with pytest.raises(OcrUnavailable):
+            await client.ocr_page(IMAGE, "image/png", deadline=started + 2)
+        elapsed = time.monotonic() - started
+    finally:
+        first.cancel()
+        await http.aclose()
+    assert elapsed < 2.5, f"a 2 s budget took {elapsed:.1f} s"
+    assert calls == 1  # the page that never got a slot sent nothing

@@ -4,6 +4,7 @@ with tokens signed here and the certificate set served by a real local HTTP serv
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -32,11 +33,15 @@ class CertServer:
     def __init__(self, keys: KeySet, max_age: int = 3600) -> None:
         self.keys = keys
         self.fetches = 0
+        self.failing = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 server.fetches += 1
+                if server.failing:
+                    self.send_error(500)
+                    return
                 body = json.dumps(server.keys.certs()).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -215,7 +220,34 @@ def test_verification_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -
     assert Settings().verify_push_auth is True
     monkeypatch.setenv("OCRPIPE_VERIFY_PUSH_AUTH", "false")
     assert Settings().verify_push_auth is False
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")  # the local stack
     assert build_verifier(Settings()) is None
+
+
+@pytest.mark.parametrize("emulator", ["PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"])
+def test_the_worker_refuses_to_start_unverified_unless_it_talks_to_emulators(
+    monkeypatch: pytest.MonkeyPatch, store: MemoryStore, ocr: ScriptedOcrServer, emulator: str
+) -> None:
+    """``OCRPIPE_VERIFY_PUSH_AUTH=false`` in production would let anyone call the worker."""
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    settings = Settings(verify_push_auth=False)
+    with pytest.raises(ValueError, match="OCRPIPE_VERIFY_PUSH_AUTH"):  # noqa: SIM117
+        with TestClient(create_app(settings, store=store, ocr=ocr.client())):
+            pass
+    monkeypatch.setenv(emulator, "127.0.0.1:8085")
+    with TestClient(
+        create_app(Settings(verify_push_auth=False), store=store, ocr=ocr.client())
+    ) as local:
+        assert local.get("/stats").status_code == 200  # the local stack: no tokens at all
+
+
+def test_stats_sits_behind_the_same_check_as_pushes(client: TestClient) -> None:
+    assert client.get("/stats").status_code == 401
+    bad = {"Authorization": f"Bearer {token(email='intruder@x.iam.gserviceaccount.com')}"}
+    assert client.get("/stats", headers=bad).status_code == 403
+    reply = client.get("/stats", headers={"Authorization": f"Bearer {token()}"})
+    assert reply.status_code == 200 and "requests" in reply.json()
 
 
 @pytest.mark.parametrize(
@@ -296,3 +328,106 @@ async def test_a_rotated_key_is_picked_up_with_one_extra_fetch() -> None:
         denied = await verifier.check({"authorization": f"Bearer {UNKNOWN_KEY.token()}"})
         assert denied is not None and denied.status == 401
     assert len(calls) == 2
+
+
+# --- when Google's key endpoint fails ---------------------------------------------------------
+
+
+class FlakyKeyEndpoint:
+    """Serves ``keys`` until ``failing`` is set, then refuses connections; optionally slow."""
+
+    def __init__(self, keys: KeySet, *, max_age: int = 300, delay: float = 0.0) -> None:
+        self.keys = keys
+        self.max_age = max_age
+        self.delay = delay
+        self.failing = False
+        self.calls = 0
+
+    def __call__(self, url: str) -> httpx.Response:
+        self.calls += 1
+        time.sleep(self.delay)
+        if self.failing:
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(
+            200,
+            json=self.keys.certs(),
+            headers={"cache-control": f"public, max-age={self.max_age}"},
+            request=httpx.Request("GET", url),
+        )
+
+
+async def test_valid_pushes_pass_with_the_last_good_keys_while_the_endpoint_fails() -> None:
+    keys = KeySet()
+    endpoint = FlakyKeyEndpoint(keys, max_age=300)
+    clock = FakeClock()
+    cache = CertCache("https://certs", fetch=endpoint, clock=clock)
+    verifier = PushVerifier(audience=AUDIENCE, service_account=PUSH_ACCOUNT, certs=cache)
+    headers = {"authorization": f"Bearer {keys.keys[0].token()}"}
+    assert await verifier.check(headers) is None
+    endpoint.failing = True
+    clock.now += 301  # the cached keys expired just as the endpoint went down
+    assert await verifier.check(headers) is None
+    assert endpoint.calls == 2
+    for _ in range(20):  # backing off: no refetch per request
+        assert await verifier.check(headers) is None
+    assert endpoint.calls == 2
+    clock.now += 120
+    assert await verifier.check(headers) is None
+    assert endpoint.calls == 3  # tried again after the backoff
+    endpoint.failing = False
+    clock.now += 120
+    assert await verifier.check(headers) is None
+    assert endpoint.calls == 4
+    clock.now += 200
+    assert await verifier.check(headers) is None
+    assert endpoint.calls == 4  # fresh again: cached for max-age
+
+
+async def test_stale_keys_are_kept_only_for_a_bounded_time_then_pushes_get_503() -> None:
+    keys = KeySet()
+    endpoint = FlakyKeyEndpoint(keys, max_age=300)
+    clock = FakeClock()
+    cache = CertCache("https://certs", fetch=endpoint, clock=clock, stale_for_s=600)
+    verifier = PushVerifier(audience=AUDIENCE, service_account=PUSH_ACCOUNT, certs=cache)
+    headers = {"authorization": f"Bearer {keys.keys[0].token()}"}
+    assert await verifier.check(headers) is None
+    endpoint.failing = True
+    clock.now += 300 + 599
+    assert await verifier.check(headers) is None
+    clock.now += 2
+    denied = await verifier.check(headers)
+    assert denied is not None and denied.status == 503
+
+
+@pytest.mark.timeout(30)
+async def test_one_key_fetch_serves_many_concurrent_requests_and_none_at_all_is_503() -> None:
+    """Every request used to refetch, one at a time, and answered 401 to valid pushes."""
+    keys = KeySet()
+    endpoint = FlakyKeyEndpoint(keys, delay=0.3)
+    endpoint.failing = True
+    cache = CertCache("https://certs", fetch=endpoint)
+    verifier = PushVerifier(audience=AUDIENCE, service_account=PUSH_ACCOUNT, certs=cache)
+    headers = {"authorization": f"Bearer {keys.keys[0].token()}"}
+    started = time.monotonic()
+    answers = await asyncio.gather(*(verifier.check(headers) for _ in range(10)))
+    assert [a.status if a else 204 for a in answers] == [503] * 10  # Pub/Sub redelivers
+    assert endpoint.calls == 1 and time.monotonic() - started < 1.0
+    endpoint.failing = False
+    answers = await asyncio.gather(*(verifier.check(headers) for _ in range(10)))
+    assert endpoint.calls == 1  # backing off after the failure
+    await asyncio.sleep(1.1)
+    answers = await asyncio.gather(*(verifier.check(headers) for _ in range(10)))
+    assert answers == [None] * 10 and endpoint.calls == 2
+
+
+def test_the_worker_answers_503_to_a_valid_push_when_no_keys_can_be_had(
+    certs: CertServer, store: MemoryStore, ocr: ScriptedOcrServer
+) -> None:
+    certs.failing = True
+    app = create_app(settings_for(certs), store=store, ocr=ocr.client())
+    with TestClient(app) as test_client:
+        reply = test_client.post(
+            "/", json=page_envelope(store), headers={"Authorization": f"Bearer {token()}"}
+        )
+    assert reply.status_code == 503
+    assert ocr.requests == [] and outputs(store) == []

@@ -54,6 +54,7 @@ async def test_the_worker_keeps_its_in_flight_limit_full_and_never_exceeds_it() 
         settings = Settings(
             verify_push_auth=False, input_bucket="in", work_bucket="work", output_bucket="out",
             ocr_url=url, ocr_max_in_flight=MAX_IN_FLIGHT, ocr_budget_s=60,
+            storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
         )
         app = create_app(settings, store=store, ocr=build_ocr_client(settings))
         async with app.router.lifespan_context(app):

@@ -21,6 +21,7 @@ from tests.fakes import ScriptedOcrServer, completion
 
 SETTINGS = Settings(
     verify_push_auth=False,
+    storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
     input_bucket="in",
     work_bucket="work",
     output_bucket="out",
