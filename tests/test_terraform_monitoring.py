@@ -181,6 +181,7 @@ def series(resource: str, metric: str, **labels: str) -> dict[str, Any]:
 
 SETTINGS = Settings(
     verify_push_auth=False,
+    storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
     input_bucket="in",
     work_bucket="work",
     output_bucket="out",
