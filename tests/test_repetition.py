@@ -6,18 +6,19 @@ from __future__ import annotations
 import random
 import time
 
-import pypdfium2 as pdfium
 import pytest
 
 from bench.corpus import truth
+from bench.loops import corpora
 from ocrpipe.repetition import (
     DEFAULT_RULE,
     RepetitionDetector,
     RepetitionRule,
     find_loop,
 )
-from ocrpipe.testing import inputs
-from ocrpipe.testing.pdfs import WORDS, page_text
+from ocrpipe.testing.pdfs import WORDS
+
+CORPORA = corpora()
 
 HEAD = "# Statement of account\n\nCustomer 4471, period ending 31 March 2024.\n\n"
 
@@ -171,45 +172,13 @@ def test_real_documents_are_never_cut(text: str) -> None:
     assert find_loop(text) is None
 
 
-def test_the_generated_page_corpus_is_never_cut() -> None:
-    pages = truth(200) + [
-        "\n".join(page_text(n, seed, lines=4)) for seed in range(20) for n in range(1, 18)
-    ]
-    assert [p for p in pages if streamed(p)] == []
-    # Even read as one long reply, 200 pages of similar sentences never look like a loop.
-    assert streamed("\n\n".join(truth(200))) is None
-
-
-def pdf_pages(data: bytes, password: str | None = None) -> list[str]:
-    document = pdfium.PdfDocument(data, password=password)
-    texts = []
-    try:
-        for index in range(len(document)):
-            try:
-                page = document[index]
-            except pdfium.PdfiumError:
-                continue  # the missing page: nothing to read
-            textpage = page.get_textpage()
-            texts.append(textpage.get_text_range())
-            textpage.close()
-            page.close()
-    finally:
-        document.close()
-    return texts
-
-
-def test_the_bad_input_corpus_is_never_cut() -> None:
-    words = [" ".join(page_text(n)[1:]) for n in range(1, 6)]
-    documents = [
-        inputs.text_pages_pdf(words),
-        inputs.missing_page_pdf(words, 2),
-        inputs.many_pages_pdf(200),
-        inputs.sized_pages_pdf([(72, 72), (14400, 200), (200, 14400)]),
-        inputs.encrypted_pdf(""),
-    ]
-    pages = [text for data in documents for text in pdf_pages(data)]
-    assert len(pages) >= 200
-    assert [p for p in pages if streamed(p)] == []
+@pytest.mark.parametrize("name", CORPORA)
+def test_the_generated_corpora_are_never_cut(name: str) -> None:
+    """The page texts of the generated corpus and of the bad-input corpus, and the whole
+    200-page generated document read as one long reply of similar sentences."""
+    texts = CORPORA[name]
+    assert texts
+    assert [t[:80] for t in texts if streamed(t)] == []
 
 
 def test_checking_costs_microseconds_per_check() -> None:
