@@ -123,6 +123,7 @@ class RepetitionDetector:
     def __init__(self, rule: RepetitionRule = DEFAULT_RULE) -> None:
         self._rule = rule
         self._tail = ""
+        self._pending: list[str] = []  # pieces since the last check
         self._since_check = 0
         self.loop: Loop | None = None
 
@@ -131,11 +132,11 @@ class RepetitionDetector:
         ``check_every`` characters, and never again once a loop is found)."""
         if self.loop is not None or not piece:
             return self.loop
-        self._tail += piece
-        if len(self._tail) > 2 * self._rule.keep:
-            self._tail = self._tail[-self._rule.keep :]
+        self._pending.append(piece)
         self._since_check += len(piece)
         if self._since_check >= self._rule.check_every:
+            self._tail = (self._tail + "".join(self._pending))[-self._rule.keep :]
+            self._pending.clear()
             self._since_check = 0
             self.loop = find_loop(self._tail, self._rule)
         return self.loop
