@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("render", "pipeline", "saturation", "split", "quality")
+BENCHMARKS = ("render", "pipeline", "saturation", "split", "quality", "loops")
 RECORD_KEYS = {"name", "quick", "started", "seconds", "machine", "method", "figures", "targets"}
 TARGET_KEYS = {"value", "target", "unit", "higher_is_better", "met", "margin"}
 # Figures that must be positive numbers: (benchmark, path inside "figures").
@@ -42,6 +42,9 @@ POSITIVE = [
     ("split", "rate_kept"),
     ("quality", "born_digital.pages"),
     ("quality", "scanned.seconds_per_page"),
+    ("loops", "looping_pages"),
+    ("loops", "gpu_seconds_per_looping_page.before"),
+    ("loops", "gpu_seconds_per_looping_page.after"),
 ]
 
 

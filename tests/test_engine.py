@@ -214,7 +214,9 @@ def with_url(url: str) -> dict[str, Any]:
         pytest.param(with_url("data:image/png;base64,@@@"), "base64", id="bad base64"),
         pytest.param(chat(b"not an image at all"), "cannot be decoded", id="not an image"),
         pytest.param({"model": DEFAULT_MODEL}, "messages", id="no messages"),
-        pytest.param(chat(BLANK, stream=True), "stream", id="streaming"),
+        pytest.param(
+            chat(BLANK, stream_options={"include_usage": True}), "stream", id="stream options"
+        ),
     ],
 )
 async def test_bad_requests_are_400(

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +19,7 @@ from PIL.PngImagePlugin import PngInfo
 from starlette.applications import Starlette
 
 from ocrpipe.local.engine import DEFAULT_MODEL
-from ocrpipe.local.faults import FaultPlan, create_app, main, serve_in_background
+from ocrpipe.local.faults import LOOP_PHRASE, FaultPlan, create_app, main, serve_in_background
 
 CHAT = "/v1/chat/completions"
 
@@ -236,3 +237,83 @@ def test_cli_refuses_an_impossible_plan() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--p503", "0.7", "--p429", "0.6"])
     assert exc.value.code == 2
+
+
+def events(body: bytes) -> list[Any]:
+    """The data of each Server-Sent Event, JSON-decoded except ``[DONE]``."""
+    found: list[Any] = []
+    for block in body.decode().split("\n\n"):
+        if block:
+            assert block.startswith("data: "), block
+            data = block.removeprefix("data: ")
+            found.append(data if data == "[DONE]" else json.loads(data))
+    return found
+
+
+async def test_streamed_reply_is_shaped_like_vllms_event_stream(connect: Connect) -> None:
+    image = page("streamed", "one two  three\n")
+    body = chat(image, stream=True, stream_options={"include_usage": True})
+    async for client in connect(FaultPlan()):
+        response = await client.post(CHAT, json=body)
+        plain = (await client.post(CHAT, json=chat(image))).json()
+    assert response.headers["content-type"].startswith("text/event-stream")
+    first, *chunks, usage, done = events(response.content)
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert first["object"] == "chat.completion.chunk"
+    pieces = [c["choices"][0]["delta"]["content"] for c in chunks]
+    assert "".join(pieces) == plain["choices"][0]["message"]["content"]
+    assert len(pieces) == plain["usage"]["completion_tokens"]  # one token per chunk
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-2:] == [None, "stop"]
+    assert usage["choices"] == []
+    assert usage["usage"] == plain["usage"]
+    assert done == "[DONE]"
+
+
+async def test_streamed_loop_runs_to_max_tokens_with_running_usage(connect: Connect) -> None:
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    body = chat(page("loopy"), 0.2, max_tokens=300, stream=True, stream_options=options)
+    async for client in connect(FaultPlan(plength=1.0)):
+        found = events((await client.post(CHAT, json=body)).content)
+        stats = (await client.get("/stats")).json()
+    chunks = [e for e in found[1:-1] if e["choices"]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert [c["usage"]["completion_tokens"] for c in chunks[-2:]] == [299, 300]
+    assert (
+        "".join(c["choices"][0]["delta"]["content"] for c in chunks).count(LOOP_PHRASE) == 74
+    )  # 4 tokens each
+    assert (stats["length"], stats["streamed"], stats["completion_tokens"]) == (1, 1, 300)
+
+
+def test_streamed_tokens_come_at_the_set_rate() -> None:
+    body = chat(page("paced"), 0.2, max_tokens=1000, stream=True)
+    with serve_in_background(create_app(FaultPlan(plength=1.0, tokens_per_s=2000))) as url:
+        started = time.monotonic()
+        response = httpx.post(f"{url}{CHAT}", json=body, timeout=30)
+        seconds = time.monotonic() - started
+        stats = httpx.get(f"{url}/stats").json()
+    assert response.status_code == 200
+    assert 0.45 <= seconds <= 1.5  # 1000 tokens at 2000 tokens/s
+    assert stats["completion_tokens"] == 1000
+
+
+def test_a_stream_left_early_stops_generating_at_once() -> None:
+    body = chat(page("left"), 0.2, stream=True)
+    plan = FaultPlan(plength=1.0, tokens_per_s=1000)
+    with serve_in_background(create_app(plan)) as url, httpx.Client() as client:
+        with client.stream("POST", f"{url}{CHAT}", json=body) as response:
+            for index, _ in enumerate(response.iter_lines()):
+                if index > 100:
+                    break
+        deadline = time.monotonic() + 10
+        while (stats := client.get(f"{url}/stats").json())["in_flight"]:
+            assert time.monotonic() < deadline, "the loop is still being generated"
+            time.sleep(0.02)
+    assert stats["abandoned"] == 1
+    assert 50 <= stats["completion_tokens"] <= 200  # of 4096, at 1000 tokens/s
+
+
+def test_cli_takes_a_token_rate_and_refuses_a_negative_one() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--tokens-per-s", "-5"])
+    assert exc.value.code == 2
+    assert FaultPlan(tokens_per_s=0).tokens_per_s == 0

@@ -5,7 +5,9 @@
 - ``GET /health``: 200 with an empty body once the engine is loaded (as vLLM);
 - ``GET /v1/models``: the one served model, shaped like vLLM's answer;
 - ``POST /v1/chat/completions``: exactly one image (a ``data:image/...;base64,`` URL in an
-  ``image_url`` content part) in, the page's text as Markdown out, in vLLM's reply shape.
+  ``image_url`` content part) in, the page's text as Markdown out, in vLLM's reply shape;
+  with ``"stream": true``, as vLLM's Server-Sent Events (:func:`completion_events`), whose
+  ``delta.content`` pieces add up to exactly the non-streamed ``message.content``.
 
 Errors use vLLM's error body ``{"object": "error", "message", "type", "param", "code"}``:
 404 for a model name that is not served, 400 for anything else wrong with the request.
@@ -29,13 +31,14 @@ import asyncio
 import base64
 import binascii
 import io
+import json
 import logging
 import math
 import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -45,7 +48,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ocrpipe.local.layout import TextBox, boxes_to_markdown
@@ -92,6 +95,13 @@ class _Message(BaseModel):
     content: str | list[_ContentPart] | None = None
 
 
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's extension: usage so far in every chunk
+
+
 class _ChatRequest(BaseModel):
     # OpenAI clients send many optional fields (seed, stop, logprobs...): accepted, ignored.
     model_config = ConfigDict(extra="allow")
@@ -103,7 +113,8 @@ class _ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: Literal[1] = 1
-    stream: Literal[False] = False
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,9 @@ class PageRequest:
     max_tokens: int | None
     temperature: float | None
     text_tokens: int
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats
 
 
 class ApiError(Exception):
@@ -175,11 +189,17 @@ def parse_chat_request(body: bytes, model_name: str) -> PageRequest:
         raise bad_request(f"the image's base64 payload does not decode: {exc}") from exc
     if not image:
         raise bad_request("the image is empty")
+    if request.stream_options is not None and not request.stream:
+        raise bad_request("stream_options is only allowed when stream is true")  # as vLLM
+    options = request.stream_options or _StreamOptions()
     return PageRequest(
         image=image,
         max_tokens=request.max_completion_tokens or request.max_tokens,
         temperature=request.temperature,
         text_tokens=text_tokens,
+        stream=request.stream,
+        include_usage=options.include_usage,
+        continuous_usage=options.continuous_usage_stats,
     )
 
 
@@ -220,12 +240,72 @@ def chat_completion_body(
                 "stop_reason": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "completion_tokens": completion_tokens,
-        },
+        "usage": _usage(prompt_tokens, completion_tokens),
     }
+
+
+def token_pieces(text: str) -> list[str]:
+    """``text`` cut after each token, layout kept: ``"".join(token_pieces(t)) == t``."""
+    ends = [match.end() for match in _TOKEN.finditer(text)]
+    if not ends:
+        return [text] if text else []
+    pieces = [text[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+    pieces[-1] += text[ends[-1] :]
+    return pieces
+
+
+def completion_events(
+    model: str, content: str, finish_reason: str, prompt_tokens: int, page: PageRequest
+) -> Iterator[tuple[int, bytes]]:
+    """A streamed reply as vLLM sends it, as ``(tokens sent so far, SSE event)`` pairs.
+
+    One ``chat.completion.chunk`` with the assistant role and empty content, one chunk per
+    token (``delta.content``), the last one carrying ``finish_reason``; then, if
+    ``stream_options.include_usage``, a chunk with no choices and the usage; then
+    ``data: [DONE]``. With ``continuous_usage_stats`` every chunk carries the usage so far.
+    """
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def event(delta: dict[str, str], finish: str | None, tokens: int) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if page.continuous_usage:
+            chunk["usage"] = _usage(prompt_tokens, tokens)
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+
+    pieces = token_pieces(content) or [""]
+    yield 0, event({"role": "assistant", "content": ""}, None, 0)
+    tokens = 0
+    for index, piece in enumerate(pieces):
+        tokens += 1 if piece else 0
+        last = index == len(pieces) - 1
+        yield tokens, event({"content": piece}, finish_reason if last else None, tokens)
+    if page.include_usage:
+        usage = {"id": ident, "object": "chat.completion.chunk", "created": created}
+        usage |= {"model": model, "choices": [], "usage": _usage(prompt_tokens, tokens)}
+        yield tokens, f"data: {json.dumps(usage)}\n\n".encode()
+    yield tokens, b"data: [DONE]\n\n"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens": completion_tokens,
+    }
+
+
+EVENT_STREAM = "text/event-stream"
+
+
+async def _bodies(events: Iterator[tuple[int, bytes]]) -> AsyncIterator[bytes]:
+    for _, event in events:
+        yield event
 
 
 def models_body(model: str, created: int, max_model_len: int) -> dict[str, Any]:
@@ -365,6 +445,9 @@ def create_app(
         )
         prompt_tokens = page.text_tokens + image_tokens(width, height)
         finish_reason = "length" if cut else "stop"
+        if page.stream:  # the page is OCR'd at once: its tokens follow without a pause
+            events = completion_events(model_name, content, finish_reason, prompt_tokens, page)
+            return StreamingResponse(_bodies(events), media_type=EVENT_STREAM)
         return JSONResponse(
             chat_completion_body(
                 model_name, content, finish_reason, prompt_tokens, completion_tokens

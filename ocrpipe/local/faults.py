@@ -25,10 +25,20 @@ What can go wrong, and how each request's fate is decided (:func:`decide`):
   number); ``batch_size`` K and ``service_time`` S mimic vLLM's continuous batching: at most
   K pages are served at once, each takes S seconds, the others queue.
 
+Streaming: a request with ``"stream": true`` gets its reply (a normal answer or a loop) as
+vLLM's Server-Sent Events (:func:`ocrpipe.local.engine.completion_events`), one token per
+chunk at ``tokens_per_s`` per request (5000 by default, so tests stay quick), after the
+page's ``service_time``, holding its ``batch_size`` slot until the last token. A client that
+disconnects stops the stream at once, as vLLM aborts a request whose client has gone: the
+tokens sent until then are what it cost. Non-streamed replies are answered as before.
+
 ``GET /stats`` returns the counts by outcome (``ok``, ``503``, ``429``, ``reset``, ``hang``,
-``length``, ``cold``, ``invalid``, ``total``) and gauges (``in_flight``, ``max_in_flight``,
-``hanging``); ``POST /stats/reset`` zeroes them and forgets the attempt numbers, which starts
-a new run: the next run with the same seed sees the same faults again.
+``length``, ``cold``, ``invalid``, ``total``), ``streamed`` (streamed replies started),
+``abandoned`` (streams the client left before the end), ``completion_tokens`` (tokens
+generated, for streams only those sent: with a rate R, ``completion_tokens / R`` is the GPU
+time the replies took) and gauges (``in_flight``, ``max_in_flight``, ``hanging``);
+``POST /stats/reset`` zeroes them and forgets the attempt numbers, which starts a new run:
+the next run with the same seed sees the same faults again.
 
 Connection resets need the connection's transport: under uvicorn (h11 or httptools) it is
 the ``transport`` of the request cycle that ASGI's ``send`` is bound to. The socket gets
@@ -60,18 +70,20 @@ from typing import Any, TypeVar
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ocrpipe.local.engine import (
     DEFAULT_MAX_MODEL_LEN,
     DEFAULT_MODEL,
+    EVENT_STREAM,
     ApiError,
     PageRequest,
     api_error_response,
     bad_request,
     chat_completion_body,
+    completion_events,
     error_response,
     image_tokens,
     models_body,
@@ -86,6 +98,9 @@ OUTCOMES = ("ok", "503", "429", "reset", "hang", "length", "cold", "invalid")
 LOOP_MAX_TEMPERATURE = 0.2
 LOOP_PHRASE = "the same line again"
 DEFAULT_LOOP_TOKENS = 4096
+DEFAULT_TOKENS_PER_S = 5000.0
+PACING_TICK_S = 0.01  # tokens due within this much time are sent together
+COUNTERS = ("total", "streamed", "abandoned", "completion_tokens")
 PNG_TEXT_KEY = "ocrpipe-text"
 _TRANSPORT_KEY = "ocrpipe.transport"
 
@@ -109,6 +124,7 @@ class FaultPlan:
     cold_seconds: float = 0.0
     batch_size: int = 0
     service_time: float = 0.0
+    tokens_per_s: float = DEFAULT_TOKENS_PER_S
 
     def __post_init__(self) -> None:
         probabilities = {n: getattr(self, n) for n in ("p503", "p429", "preset", "phang")}
@@ -117,7 +133,14 @@ class FaultPlan:
                 raise ValueError(f"{name}={p} is not a probability")
         if sum(probabilities.values()) > 1.0 + 1e-9:
             raise ValueError(f"p503 + p429 + preset + phang = {sum(probabilities.values())} > 1")
-        for name in ("retry_after", "hang_seconds", "slow_ms", "cold_seconds", "service_time"):
+        for name in (
+            "retry_after",
+            "hang_seconds",
+            "slow_ms",
+            "cold_seconds",
+            "service_time",
+            "tokens_per_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.batch_size < 0:
@@ -156,7 +179,7 @@ class _State:
         self.plan = plan
         self.started = time.monotonic()
         self.attempts: dict[str, int] = {}
-        self.counts = dict.fromkeys((*OUTCOMES, "total"), 0)
+        self.counts = dict.fromkeys((*OUTCOMES, *COUNTERS), 0)
         self.in_flight = 0
         self.max_in_flight = 0
         self.hanging = 0
@@ -174,8 +197,8 @@ class _State:
             self._batch = asyncio.Semaphore(self.plan.batch_size)
         return self._batch
 
-    def count(self, outcome: str) -> None:
-        self.counts[outcome] += 1
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] += n
 
     def next_attempt(self, image_sha: str) -> int:
         self.attempts[image_sha] = self.attempts.get(image_sha, 0) + 1
@@ -223,6 +246,16 @@ async def _reset_connection(request: Request) -> Response:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(_until_disconnected(request.receive), timeout=1.0)
     return Response(status_code=500)  # never sent: the connection is gone
+
+
+def _reply(page: PageRequest, answer: str, outcome: str) -> tuple[str, int, str]:
+    """(content, completion tokens, finish_reason) of an answered page."""
+    if outcome == "length":
+        limit = page.max_tokens or DEFAULT_LOOP_TOKENS
+        content, tokens, _ = truncate_tokens(answer + f"\n\n{LOOP_PHRASE}" * limit, limit)
+        return content, tokens, "length"
+    content, tokens, cut = truncate_tokens(answer, page.max_tokens)
+    return content, tokens, "length" if cut else "stop"
 
 
 def _page_text(page: PageRequest) -> tuple[str, int, int]:
@@ -274,27 +307,53 @@ def create_app(
     async def serve_page(
         page: PageRequest, answer: str, prompt_tokens: int, outcome: str
     ) -> dict[str, Any]:
-        if outcome == "length":
-            limit = page.max_tokens or DEFAULT_LOOP_TOKENS
-            content, tokens, _ = truncate_tokens(answer + f"\n\n{LOOP_PHRASE}" * limit, limit)
-            finish_reason = "length"
-        else:
-            content, tokens, cut = truncate_tokens(answer, page.max_tokens)
-            finish_reason = "length" if cut else "stop"
-        if plan.batch_size:
-            async with state.batch():
-                await in_service()
-        else:
-            await in_service()
+        content, tokens, finish_reason = _reply(page, answer, outcome)
+        async with in_service():
+            await asyncio.sleep(plan.service_time + plan.slow_ms / 1000)
+        state.count("completion_tokens", tokens)
         return chat_completion_body(model_name, content, finish_reason, prompt_tokens, tokens)
 
-    async def in_service() -> None:
-        state.in_flight += 1
-        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    async def stream_page(
+        page: PageRequest, answer: str, prompt_tokens: int, outcome: str
+    ) -> AsyncIterator[bytes]:
+        """The reply's tokens at ``plan.tokens_per_s``, after the page's service time; the
+        tokens sent are counted, so a client that leaves early stops the count there."""
+        content, _, finish_reason = _reply(page, answer, outcome)
+        events = completion_events(model_name, content, finish_reason, prompt_tokens, page)
+        sent, finished = 0, False
+        state.count("streamed")
         try:
-            await asyncio.sleep(plan.service_time + plan.slow_ms / 1000)
+            async with in_service():
+                await asyncio.sleep(plan.service_time + plan.slow_ms / 1000)
+                clock = asyncio.get_running_loop().time
+                started, pending, queued = clock(), list[bytes](), 0
+                for tokens, event in events:
+                    due = started + tokens / plan.tokens_per_s if plan.tokens_per_s else 0.0
+                    if due - clock() > PACING_TICK_S:
+                        if pending:
+                            sent = queued  # handed to the server: counted even if lost
+                            yield b"".join(pending)
+                            pending.clear()
+                        await asyncio.sleep(due - clock())
+                    pending.append(event)
+                    queued = tokens
+                sent = queued
+                yield b"".join(pending)
+                finished = True
         finally:
-            state.in_flight -= 1
+            state.count("completion_tokens", sent)
+            if not finished:
+                state.count("abandoned")
+
+    @contextlib.asynccontextmanager
+    async def in_service() -> AsyncIterator[None]:
+        async with state.batch() if plan.batch_size else contextlib.nullcontext():
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                yield
+            finally:
+                state.in_flight -= 1
 
     async def hang() -> Response:
         state.hanging += 1
@@ -335,6 +394,9 @@ def create_app(
             finished, response = await _unless_disconnected(request, hang())
             return response if finished and response is not None else Response(status_code=499)
         prompt_tokens = page.text_tokens + image_tokens(width, height)
+        if page.stream:
+            stream = stream_page(page, answer, prompt_tokens, outcome)
+            return StreamingResponse(stream, media_type=EVENT_STREAM)
         finished, body = await _unless_disconnected(
             request, serve_page(page, answer, prompt_tokens, outcome)
         )
@@ -415,6 +477,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cold-seconds", type=float, default=0.0, help="503 for this long")
     parser.add_argument("--batch-size", type=int, default=0, help="pages served at once (0: any)")
     parser.add_argument("--service-time", type=float, default=0.0, help="seconds per page")
+    parser.add_argument(
+        "--tokens-per-s",
+        type=float,
+        default=DEFAULT_TOKENS_PER_S,
+        help="rate of a streamed reply's tokens, per request (0: as fast as possible)",
+    )
     return parser
 
 

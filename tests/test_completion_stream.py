@@ -1,0 +1,228 @@
+"""Streamed completions: the same text as a non-streamed reply, a loop cut early with the GPU
+freed at once, the caller's deadline honoured, and malformed streams refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from ocrpipe.completion_stream import (
+    REPETITION,
+    CompletionRefused,
+    MalformedStream,
+    stream_completion,
+)
+from ocrpipe.local import engine
+from ocrpipe.local.faults import FaultPlan, create_app, serve_in_background
+from ocrpipe.local.layout import rect
+from tests.test_engine import BLANK, FakeEngine
+from tests.test_faults import CHAT, chat, page
+
+TRICKY = (
+    "# Überschrift — 價格\n\n<table><tr><td>1\u00a0234,50 €</td><td>  x </td></tr></table>\n\n"
+    "$$\\frac{a}{b}$$\ttab\n\n\n- item   with  spaces\n\n"
+)
+TEXTS = ["plain words", TRICKY, "", "trailing blank lines\n\n\n"]
+
+
+@pytest.fixture
+def fault_server() -> Iterator[Callable[[FaultPlan], str]]:
+    """Start a live fault server (uvicorn, real sockets) per plan; yields its base URL."""
+    with_servers: list[Any] = []
+
+    def start(plan: FaultPlan) -> str:
+        server = serve_in_background(create_app(plan))
+        with_servers.append(server)
+        return server.__enter__()
+
+    yield start
+    for server in reversed(with_servers):
+        server.__exit__(None, None, None)
+
+
+async def stats(http: httpx.AsyncClient) -> dict[str, int]:
+    return dict((await http.get("/stats")).json())
+
+
+async def settled(http: httpx.AsyncClient) -> dict[str, int]:
+    """The stats once no request is being served any more."""
+    deadline = time.monotonic() + 10
+    while (current := await stats(http))["in_flight"]:
+        assert time.monotonic() < deadline, "the server is still generating"
+        await asyncio.sleep(0.02)
+    return current
+
+
+@pytest.mark.parametrize("text", TEXTS, ids=["plain", "tricky", "empty", "trailing"])
+async def test_streamed_text_is_byte_identical_to_the_non_streamed_reply(
+    fault_server: Callable[[FaultPlan], str], text: str
+) -> None:
+    url = fault_server(FaultPlan(tokens_per_s=0))
+    body = chat(page("identical", text or None))
+    async with httpx.AsyncClient(base_url=url) as http:
+        plain = (await http.post(CHAT, json=body)).json()
+        streamed = await stream_completion(http, CHAT, body)
+    assert streamed.text == plain["choices"][0]["message"]["content"]
+    assert streamed.text.encode() == plain["choices"][0]["message"]["content"].encode()
+    assert streamed.finish_reason == plain["choices"][0]["finish_reason"] == "stop"
+    assert streamed.completion_tokens == plain["usage"]["completion_tokens"]
+    assert streamed.prompt_tokens == plain["usage"]["prompt_tokens"]
+    assert not streamed.cut
+
+
+async def test_the_local_engine_streams_the_same_markdown() -> None:
+    boxes = [rect(10, 10, 200, 40, "Total  due"), rect(10, 41, 200, 71, "1 234,50 € — paid")]
+    app = engine.create_app(FakeEngine(boxes))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
+            body = {
+                "model": engine.DEFAULT_MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": _data_url(BLANK)}}],
+                    }
+                ],
+                "max_tokens": 4096,
+            }
+            plain = (await http.post(CHAT, json=body)).json()
+            streamed = await stream_completion(http, CHAT, body)
+    assert streamed.text == plain["choices"][0]["message"]["content"] != ""
+    assert (streamed.finish_reason, streamed.cut) == ("stop", False)
+    assert streamed.completion_tokens == plain["usage"]["completion_tokens"]
+
+
+def _data_url(image: bytes) -> str:
+    import base64
+
+    return f"data:image/png;base64,{base64.b64encode(image).decode()}"
+
+
+async def test_a_loop_is_cut_early_and_the_server_stops_generating(
+    fault_server: Callable[[FaultPlan], str],
+) -> None:
+    url = fault_server(FaultPlan(plength=1.0, tokens_per_s=2000))
+    async with httpx.AsyncClient(base_url=url) as http:
+        cut = await stream_completion(http, CHAT, chat(page("loopy"), 0.2))
+        after = await settled(http)
+        answered = await stream_completion(http, CHAT, chat(page("loopy"), 0.3))
+    assert (cut.cut, cut.finish_reason) == (True, REPETITION)
+    assert "the same line again" in cut.text
+    assert 250 <= cut.completion_tokens <= 500  # of the 4096 the loop would have run to
+    assert cut.seconds < 1.0  # 4096 tokens at 2000/s would take 2 s
+    assert after["abandoned"] == 1
+    assert after["completion_tokens"] <= cut.completion_tokens + 2000 * 0.05  # one tick more
+    assert (answered.finish_reason, answered.cut) == ("stop", False)
+
+
+async def test_without_a_rule_a_loop_runs_to_max_tokens(
+    fault_server: Callable[[FaultPlan], str],
+) -> None:
+    url = fault_server(FaultPlan(plength=1.0, tokens_per_s=20000))
+    async with httpx.AsyncClient(base_url=url) as http:
+        reply = await stream_completion(http, CHAT, chat(page("loopy"), 0.2), rule=None)
+        after = await settled(http)
+    assert (reply.finish_reason, reply.cut, reply.completion_tokens) == ("length", False, 4096)
+    assert after["completion_tokens"] == 4096
+    assert after["abandoned"] == 0
+
+
+async def test_the_callers_deadline_cancels_the_stream_and_the_server_request(
+    fault_server: Callable[[FaultPlan], str],
+) -> None:
+    url = fault_server(FaultPlan(plength=1.0, tokens_per_s=100))  # 41 s to reach 4096 tokens
+    async with httpx.AsyncClient(base_url=url) as http:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            with anyio.fail_after(0.5):
+                await stream_completion(http, CHAT, chat(page("slow"), 0.2), rule=None)
+        assert time.monotonic() - started < 2
+        after = await settled(http)
+    assert after["abandoned"] == 1
+    assert after["completion_tokens"] < 100
+
+
+# ------------------------------------------------------------- protocol, without a server
+
+
+def sse(*events: str) -> bytes:
+    return "".join(f"data: {event}\n\n" for event in events).encode()
+
+
+def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> str:
+    delta = {} if content is None else {"content": content}
+    return json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+
+def mock(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> tuple[httpx.AsyncClient, list[Any]]:
+    sent: list[Any] = []
+    headers = {"content-type": "text/event-stream", **(headers or {})}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(status, content=body, headers=headers)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://m"), sent
+
+
+async def test_the_request_asks_for_a_stream_with_usage() -> None:
+    usage = json.dumps({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}})
+    http, sent = mock(sse(chunk("a"), chunk(" b", "stop"), usage, "[DONE]"))
+    async with http:
+        reply = await stream_completion(http, CHAT, {"model": "m", "max_tokens": 5})
+    assert sent[0]["stream"] is True
+    assert sent[0]["stream_options"]["include_usage"] is True
+    assert sent[0]["max_tokens"] == 5
+    assert (reply.text, reply.prompt_tokens, reply.completion_tokens) == ("a b", 7, 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (sse("{not json"), "not JSON"),
+        (sse(json.dumps({"error": {"message": "engine dead"}})), "error mid-stream"),
+        (sse(json.dumps({"id": "x"})), "no choices"),
+        (sse(chunk("half a rep"), "[DONE]"), "no finish_reason"),
+        (sse(chunk("cut off")), "no finish_reason"),
+        (sse(json.dumps({"choices": [{"delta": {"content": 5}}]})), "not a string"),
+    ],
+    ids=["bad json", "error event", "no choices", "no finish", "no end", "content not text"],
+)
+async def test_malformed_streams_raise_a_retryable_error(body: bytes, message: str) -> None:
+    http, _ = mock(body)
+    async with http:
+        with pytest.raises(MalformedStream, match=message) as caught:
+            await stream_completion(http, CHAT, {"model": "m"})
+    assert caught.value.push_status == 503  # retried, never a silent empty page
+
+
+async def test_a_refused_request_carries_the_response_for_the_caller() -> None:
+    http, _ = mock(b'{"object": "error", "code": 429}', 429, {"retry-after": "7"})
+    async with http:
+        with pytest.raises(CompletionRefused) as caught:
+            await stream_completion(http, CHAT, {"model": "m"})
+    assert caught.value.response.status_code == 429
+    assert caught.value.response.headers["retry-after"] == "7"
+    assert caught.value.response.json()["code"] == 429
+
+
+async def test_a_server_that_does_not_stream_is_read_whole() -> None:
+    reply = engine.chat_completion_body("m", "whole page", "stop", 3, 2)
+    http, _ = mock(json.dumps(reply).encode(), headers={"content-type": "application/json"})
+    async with http:
+        result = await stream_completion(http, CHAT, {"model": "m"})
+    assert (result.text, result.finish_reason, result.completion_tokens) == (
+        "whole page",
+        "stop",
+        2,
+    )
