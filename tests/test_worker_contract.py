@@ -266,3 +266,15 @@ def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read
     assert record["doc_id"] == bad.doc_id and record["page"] == bad.page
     assert json.loads(base64.b64decode(record["body_base64"]))["message"]["messageId"] == "1"
 
+
+def test_a_message_of_a_newer_schema_is_nacked_and_nothing_is_dropped(
+    client: TestClient, store: MemoryStore, server: ScriptedOcrServer
+) -> None:
+    _, messages = prepare(store, pages=1)
+    data = {**json.loads(messages[0].encode()), "schema_version": 99, "new_field": 1}
+    body = envelope(messages[0])
+    body["message"]["data"] = base64.b64encode(json.dumps(data).encode()).decode()  # type: ignore[index]
+    assert client.post("/", json=body).status_code == 503
+    assert refused(store) == [] and server.requests == []
+    assert not [n for b, n in store.writes if b == "out" and "/pages/" in n]
+
