@@ -278,3 +278,14 @@ def test_a_message_of_a_newer_schema_is_nacked_and_nothing_is_dropped(
     assert refused(store) == [] and server.requests == []
     assert not [n for b, n in store.writes if b == "out" and "/pages/" in n]
 
+
+def test_a_replay_whose_page_image_expired_ends_with_a_page_error_record(
+    client: TestClient, store: MemoryStore, server: ScriptedOcrServer
+) -> None:
+    doc, messages = prepare(store, pages=1)
+    store.delete("work", messages[0].image_uri.split("/", 3)[3])  # the lifecycle rule ran
+    assert client.post("/", json=envelope(messages[0])).status_code == 204
+    assert server.requests == []
+    record = json.loads(store.read("out", naming.page_error_name(doc, 1)))
+    assert record["reason"] == "page_image_expired" and record["page"] == 1
+    assert "Page 1 failed" in store.read("out", naming.document_markdown_name(doc)).decode()
