@@ -108,6 +108,7 @@ def test_a_duplicate_delivery_writes_nothing_twice(
             naming.manifest_name(doc),  # the splitter's, from prepare()
             naming.page_markdown_name(doc, 1),
             naming.document_markdown_name(doc),
+            naming.document_index_name(doc),
         ]
     )
 
