@@ -53,16 +53,13 @@ def test_a_partial_document_requeues_its_failed_pages_after_deleting_what_blocks
 
     plan = plan_unfinished_pages(store, SETTINGS, NAME)
     assert (plan.failed, plan.pending, plan.pages) == ((2, 4), (), (2, 4))
-    # document.md first: deleted before the error records, so an interrupted retry never
-    # leaves an old document.md that the new pages could not replace.
-    assert plan.remove == (
-        naming.document_markdown_name(doc),
-        naming.page_error_name(doc, 2),
-        naming.page_error_name(doc, 4),
-    )
+    # Only the error records: document.md stays until the worker rebuilds it from the
+    # new page results (it knows which results it was built from).
+    assert plan.remove == (naming.page_error_name(doc, 2), naming.page_error_name(doc, 4))
 
     assert requeue(plan, store, publisher, SETTINGS) == 2
     assert all(store.stat("out", name) is None for name in plan.remove)
+    assert store.stat("out", naming.document_markdown_name(doc)) is not None
     assert store.stat("out", naming.page_markdown_name(doc, 1)) is not None
     sent = [(topic, PageMessage.decode(m.data), m.attributes) for topic, m in publisher.published]
     assert [(topic, m.page) for topic, m, _ in sent] == [(SETTINGS.pages_topic, 2),

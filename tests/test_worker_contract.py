@@ -16,6 +16,7 @@ from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.settings import Settings
+from ocrpipe.status import invalid_messages
 from ocrpipe.storage import MemoryStore, ObjectInfo
 from tests.fakes import RecordingStore, ScriptedOcrServer, completion
 
@@ -266,6 +267,10 @@ def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read
     assert record["reason"] == reason and record["message"]
     assert record["doc_id"] == bad.doc_id and record["page"] == bad.page
     assert json.loads(base64.b64decode(record["body_base64"]))["message"]["messageId"] == "1"
+    # ...and an operator sees it in `ocrpipe status`.
+    shown = invalid_messages(store, SETTINGS)
+    assert shown.count == 1 and shown.newest[0].reason == reason
+    assert (shown.newest[0].doc_id, shown.newest[0].page) == (bad.doc_id, bad.page)
 
 
 def test_a_message_of_a_newer_schema_is_nacked_and_nothing_is_dropped(
