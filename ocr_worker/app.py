@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ocrpipe import naming
 from ocrpipe.errors import BadMessage, PermanentError, RetryableError, push_status_for
 from ocrpipe.logs import configure_logging, log_context, trace_from_headers
 from ocrpipe.messages import PageMessage, PushEnvelope
 from ocrpipe.ocr_client import OcrClient, OcrParams
-from ocrpipe.pages import process_page
+from ocrpipe.pages import ManifestCache, process_page
 from ocrpipe.push_auth import PushVerifier, build_verifier
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectStore
@@ -40,6 +41,7 @@ class Services:
     store: ObjectStore
     ocr: OcrClient
     verifier: PushVerifier | None
+    manifests: ManifestCache
 
 
 def build_ocr_client(settings: Settings) -> OcrClient:
@@ -74,6 +76,7 @@ def create_app(
             store=store or GcsStore.connect(settings.project, settings.storage_emulator_host),
             ocr=ocr or build_ocr_client(settings),
             verifier=build_verifier(settings),
+            manifests=ManifestCache(),
         )
         app.state.services = services
         try:
@@ -132,12 +135,23 @@ async def push(request: Request) -> Response:
         except BadMessage as exc:
             await _record_bad_message(services, body, exc)
             return Response(status_code=push_status_for(exc))
+        except RetryableError as exc:  # a newer schema: wait for a worker that reads it
+            logger.warning("page message not read: %s", exc, extra={"reason": exc.reason})
+            return Response(status_code=push_status_for(exc))
         with log_context(doc_id=message.doc_id, page=message.page):
             error: BaseException | None = None
             try:
                 outcome = await process_page(
-                    message, services.store, services.ocr, settings, deadline=deadline
+                    message,
+                    services.store,
+                    services.ocr,
+                    settings,
+                    deadline=deadline,
+                    manifests=services.manifests,
                 )
+            except BadMessage as exc:  # well-formed, but not what the splitter wrote
+                error = exc
+                await _record_bad_message(services, body, exc, message)
             except (RetryableError, PermanentError) as exc:
                 error = exc
                 logger.warning(
@@ -159,21 +173,28 @@ async def push(request: Request) -> Response:
             return Response(status_code=push_status_for(error))
 
 
-async def _record_bad_message(services: Services, body: bytes, exc: BadMessage) -> None:
-    """Keep an undecodable delivery where an operator finds it, then ack it."""
-    name = f"_invalid-messages/{time.strftime('%Y%m%d')}/{time.time_ns()}.json"
-    record = json.dumps(
-        {
-            "reason": exc.reason,
-            "message": exc.message,
-            "body_base64": base64.b64encode(body[:1_000_000]).decode(),
-        }
-    ).encode()
+async def _record_bad_message(
+    services: Services, body: bytes, exc: BadMessage, message: PageMessage | None = None
+) -> None:
+    """Keep an undecodable or refused delivery where an operator finds it (``ocrpipe status``
+    counts them), then ack it."""
+    now = time.time_ns()
+    name = naming.invalid_message_name(time.strftime("%Y%m%d", time.gmtime(now / 1e9)), now)
+    fields: dict[str, object] = {
+        "reason": exc.reason,
+        "message": exc.message,
+        "created": now / 1e9,
+        "body_base64": base64.b64encode(body[:1_000_000]).decode(),
+    }
+    if message is not None:
+        fields.update(doc_id=message.doc_id, page=message.page, source=message.source_name)
+    record = json.dumps(fields, ensure_ascii=False).encode()
     await to_thread.run_sync(
         services.store.create, services.settings.output_bucket, name, record, "application/json"
     )
     logger.error(
-        "undecodable push delivery kept at gs://%s/%s: %s",
+        "%s push delivery kept at gs://%s/%s: %s",
+        "refused" if message is not None else "undecodable",
         services.settings.output_bucket,
         name,
         exc.message,

@@ -39,7 +39,12 @@ from ocrpipe.pubsub import PubSubPublisher
 from ocrpipe.pull import PubSubPullSubscription, SubscriptionMissing
 from ocrpipe.requeue import RetryRefused, plan_unfinished_pages, reprocess, requeue
 from ocrpipe.settings import Settings
-from ocrpipe.status import DocumentStatus, document_status, recent_documents
+from ocrpipe.status import (
+    DocumentStatus,
+    document_status,
+    invalid_messages,
+    recent_documents,
+)
 from ocrpipe.storage import GcsStore, ObjectMissing, ObjectStore
 
 LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
@@ -205,16 +210,35 @@ def status(
         str | None, typer.Argument(help="Input name; omit to list recent documents.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="How many recent documents.")] = 20,
+    invalid: Annotated[
+        bool,
+        typer.Option(
+            "--invalid",
+            help="List the deliveries the worker refused or could not read (newest first).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     local: LocalOpt = False,
 ) -> None:
     """A document's pages (done, failed with reasons, pending) and elapsed time, or a table
-    of the most recent documents. Exit 1 if NAME is unknown."""
+    of the most recent documents, with a count of refused deliveries. Exit 1 if NAME is
+    unknown."""
     settings = load_settings(local)
+    if invalid:
+        with cloud_errors():
+            found = invalid_messages(_store(settings), settings, limit)
+        if as_json:
+            views.print_json(
+                out, {"count": found.count, "newest": [m.as_dict() for m in found.newest]}
+            )
+        else:
+            out.print(views.invalid_message_table(found))
+        return
     with cloud_errors():
         store = _store(settings)
         names = [name] if name else recent_documents(store, settings, limit)
         statuses = [document_status(store, settings, n) for n in names]
+        refused = None if name or as_json else invalid_messages(store, settings, 0)
     now = time.time()
     if as_json:
         dicts = [s.as_dict(now) for s in statuses]
@@ -223,6 +247,8 @@ def status(
         views.print_status_detail(out, statuses[0], now)
     else:
         out.print(views.status_table(statuses, now))
+        if refused is not None and refused.count:
+            err.print(views.invalid_message_note(refused.count, settings.output_bucket))
     if name and statuses[0].state == "unknown":
         raise typer.Exit(Exit.FAILED)
 
@@ -272,11 +298,12 @@ def retry(
     into a new @GENERATION/ folder. The old generation's output stays; its queued or
     dead-lettered pages are dropped as stale.
 
-    With --failed-only: for the current generation, document.md and the pages' error
-    records are deleted, and every page without Markdown (failed, or still pending) is
-    published again from the page images in the work bucket; document.md is assembled
-    again when the last page lands. A pending page that is still being processed gets a
-    duplicate delivery, which writes nothing twice.
+    With --failed-only: for the current generation, the pages' error records are deleted,
+    and every page without Markdown (failed, or still pending) is published again from the
+    page images in the work bucket; the worker rebuilds document.md when the last page
+    lands. A pending page that is still being processed gets a duplicate delivery, which
+    writes nothing twice. A document in state stale_assembly gets one page published
+    again, which makes the worker rebuild document.md.
 
     Exit 1 if a document could not be retried (the message says why).
     """
@@ -316,6 +343,12 @@ def _retry_pages(
     plan = plan_unfinished_pages(store, settings, name)
     if not plan.pages:
         out.print(Text(f"{name}: nothing to retry, every page has Markdown"))
+        return
+    if plan.rebuild:
+        verb = "would ask" if dry_run or publisher is None else "asked"
+        if publisher is not None and not dry_run:
+            requeue(plan, store, publisher, settings)
+        out.print(Text(f"{name}: {verb} the worker to rebuild document.md (stale assembly)"))
         return
     counts = f"{len(plan.failed)} failed, {len(plan.pending)} pending"
     what = f"pages {_page_list(plan.pages)} ({counts})"

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ocrpipe.errors import BadMessage, OcrpipeError
+from ocrpipe.errors import BadMessage, NewerSchema, OcrpipeError
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.pull import PullSubscription, Received
@@ -69,7 +69,7 @@ class DeadLetter:
     def from_received(cls, received: Received) -> DeadLetter:
         try:
             page_message: PageMessage | None = PageMessage.decode(received.data)
-        except BadMessage:
+        except (BadMessage, NewerSchema):  # shown and replayed as is
             page_message = None
         return cls(
             received.message_id,

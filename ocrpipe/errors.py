@@ -5,10 +5,14 @@
     OcrpipeError                 unknown trouble: 500, Pub/Sub retries, then dead-letters
     ├── RetryableError           transient: 503 (nack) once the in-request budget is spent
     │   ├── OcrUnavailable       GPU cold, refused connection, 429, 5xx, timeout
-    │   └── StorageUnavailable   GCS or Pub/Sub hiccup
+    │   ├── StorageUnavailable   GCS or Pub/Sub hiccup
+    │   └── NewerSchema          a page message of a schema this worker does not know yet:
+    │                            retried, then dead-lettered and replayable, never dropped
     └── PermanentError           an error record is written, then 204 (ack); never retried
         ├── BadInput             the uploaded file cannot be processed (reason code)
         ├── BadMessage           a push envelope or page message that does not parse
+        │   └── RefusedMessage   a well-formed message the splitter did not write (foreign
+        │                        image or bucket, page count not the manifest's, ...)
         └── OcrRejected          the OCR server refused this page for good (4xx, or a
                                  repetition loop at every temperature)
 
@@ -50,6 +54,10 @@ class StorageUnavailable(RetryableError):
     reason = "storage_unavailable"
 
 
+class NewerSchema(RetryableError):
+    reason = "newer_schema_version"
+
+
 class PermanentError(OcrpipeError):
     push_status = 204
     reason = "permanent"
@@ -61,6 +69,10 @@ class BadInput(PermanentError):
 
 class BadMessage(PermanentError):
     reason = "bad_message"
+
+
+class RefusedMessage(BadMessage):
+    reason = "refused_message"
 
 
 class OcrRejected(PermanentError):

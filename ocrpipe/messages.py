@@ -7,31 +7,47 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ocrpipe.errors import BadMessage
+from ocrpipe.errors import BadMessage, NewerSchema
 from ocrpipe.naming import DocumentRef
 
-SCHEMA_VERSION = 1
+# Version 2 added ``render_failure``. A message without it is still published as version 1,
+# so workers of either version read every ordinary page message.
+SCHEMA_VERSION = 2
+RENDER_FAILURE_VERSION = 2
 
 
-class PageMessage(BaseModel):
-    """One page to OCR. Published by the splitter, consumed by the worker."""
+class RenderFailure(BaseModel):
+    """Why the splitter could not render a page (its record is in the work bucket)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = 1
+    reason: str = Field(min_length=1, max_length=100)
+    message: str = Field(max_length=2000)
+
+
+class PageMessage(BaseModel):
+    """One page to OCR, or, with ``render_failure``, a page the splitter could not render:
+    the worker records its failure and checks the document's completion. Published by the
+    splitter, consumed by the worker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = Field(1, ge=1, le=SCHEMA_VERSION)
     doc_id: str = Field(min_length=1, max_length=64)
     source_bucket: str = Field(min_length=1)
     source_name: str = Field(min_length=1)
     source_generation: int = Field(ge=0)
     page: int = Field(ge=1, description="1-based page number.")
     page_count: int = Field(ge=1)
-    image_uri: str = Field(pattern=r"^gs://[^/]+/.+")
-    image_mime: Literal["image/png", "image/jpeg"]
+    image_uri: str | None = Field(None, pattern=r"^gs://[^/]+/.+")
+    image_mime: Literal["image/png", "image/jpeg"] | None = None
+    render_failure: RenderFailure | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PageMessage:
@@ -39,7 +55,20 @@ class PageMessage(BaseModel):
             raise ValueError(f"page {self.page} is beyond page_count {self.page_count}")
         if self.doc_id != self.document.doc_id:
             raise ValueError("doc_id does not match source bucket, name and generation")
+        if self.render_failure is None:
+            if self.image_uri is None or self.image_mime is None:
+                raise ValueError("a page message needs image_uri and image_mime")
+        else:
+            if self.image_uri is not None or self.image_mime is not None:
+                raise ValueError("a page that failed to render has no image")
+            if self.schema_version < RENDER_FAILURE_VERSION:
+                raise ValueError(f"render_failure needs schema_version {RENDER_FAILURE_VERSION}")
         return self
+
+    @classmethod
+    def failed_render(cls, **fields: object) -> PageMessage:
+        """A message for a page that could not be rendered (``render_failure`` given)."""
+        return cls.model_validate({**fields, "schema_version": RENDER_FAILURE_VERSION})
 
     @property
     def document(self) -> DocumentRef:
@@ -54,14 +83,33 @@ class PageMessage(BaseModel):
         }
 
     def encode(self) -> bytes:
-        return self.model_dump_json().encode()
+        # Unset optional fields stay out: a version-1 message reads as it always did.
+        return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> PageMessage:
+        """Raises :class:`NewerSchema` (retryable) for a message of a schema this code does
+        not know yet, :class:`BadMessage` for one that is malformed."""
+        _check_version(data)
         try:
             return cls.model_validate_json(data)
         except ValidationError as exc:
             raise BadMessage(f"page message is not valid: {_summary(exc)}") from exc
+
+
+def _check_version(data: bytes) -> None:
+    """A newer ``schema_version`` comes from a splitter deployed before this worker: nack it
+    so that it waits (retries, then the dead-letter topic) for a worker that reads it."""
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        return  # malformed: validation says why
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise NewerSchema(
+            f"page message has schema_version {version}; this worker reads up to"
+            f" {SCHEMA_VERSION}: deploy the newer worker, then replay the dead letters",
+        )
 
 
 class PushMessage(BaseModel):

@@ -9,16 +9,24 @@ Output bucket, per document (``<key>`` is the input name made safe, see :func:`n
     <key>/@<generation>/manifest.json        the page plan, written once by the splitter
     <key>/@<generation>/pages/00001.md       one per page, written once by the worker
     <key>/@<generation>/pages/00001.error.json   a page that failed for good
-    <key>/@<generation>/document.md          all pages in order, written once
+    <key>/@<generation>/document.md          all pages in order, by the worker; rebuilt
+                                             when a page result lands that it lacks
+    <key>/@<generation>/document.json        where each page's text is in document.md
     <key>/@<generation>/error.json           the whole input was rejected (bad input)
+    _invalid-messages/<yyyymmdd>/<ns>.json   a delivery the worker refused or could not read
 
-Work bucket: ``pages/<doc_id>/00001.png`` (rendered page images).
+The splitter writes only ``manifest.json`` and ``error.json`` there; everything else is the
+worker's.
+
+Work bucket: ``pages/<doc_id>/00001.png`` (rendered page images, see
+:mod:`ocrpipe.progress` for the splitter's own records next to them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 PAGE_DIGITS = 5
@@ -159,6 +167,29 @@ def page_image_name(doc_id: str, page: int, extension: str) -> str:
     return f"pages/{doc_id}/{page:0{PAGE_DIGITS}d}.{extension}"
 
 
+IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}  # what the splitter writes
+
+
+def page_image_uri(work_bucket: str, doc_id: str, page: int, mime: str) -> str:
+    """The only image a page message may name: the splitter's, for that document and page,
+    with the extension of its MIME type."""
+    return f"gs://{work_bucket}/{page_image_name(doc_id, page, IMAGE_EXTENSIONS[mime])}"
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/name`` -> ``("bucket", "name")``."""
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    return bucket, name
+
+
+INVALID_MESSAGES_PREFIX = "_invalid-messages/"
+
+
+def invalid_message_name(day: str, time_ns: int) -> str:
+    """Output-bucket record of a refused delivery; ``day`` is ``yyyymmdd`` (UTC)."""
+    return f"{INVALID_MESSAGES_PREFIX}{day}/{time_ns}.json"
+
+
 @dataclass(frozen=True)
 class PageListing:
     """Which pages of a document have Markdown and which have error records."""
@@ -185,6 +216,39 @@ def parse_page_listing(names: list[str], prefix: str) -> PageListing:
 def object_uri(bucket: str, name: str) -> str:
     """``gs://bucket/name``: the one place a ``gs://`` URI is built."""
     return f"gs://{bucket}/{name}"
+
+
+@dataclass(frozen=True)
+class PageResult:
+    """The object that holds one page's outcome: its Markdown, or else its error record."""
+
+    page: int
+    state: str  # "done" or "failed"
+    name: str
+    generation: int
+
+
+def page_results(
+    objects: Iterable[tuple[str, int]], prefix: str, page_count: int
+) -> dict[int, PageResult]:
+    """Page -> its result, from ``(name, generation)`` pairs under ``pages/``. Markdown wins
+    over an error record (a retried page that succeeded may have both for a moment)."""
+    results: dict[int, PageResult] = {}
+    for full, generation in objects:
+        if not full.startswith(prefix):
+            continue
+        base = full[len(prefix) :]
+        if match := _PAGE_MD.match(base):
+            state = "done"
+        elif match := _PAGE_ERR.match(base):
+            state = "failed"
+        else:
+            continue
+        page = int(match.group(1))
+        if not 1 <= page <= page_count or (state == "failed" and page in results):
+            continue
+        results[page] = PageResult(page, state, full, generation)
+    return results
 
 
 def generation_from_prefix(rest: str) -> int | None:

@@ -1,30 +1,51 @@
-"""The worker's core: one page message in, the page's Markdown (and, for the last page,
-the document's) out.
+"""The worker's core: one page message in, the page's Markdown (and, once every page is
+accounted for, the document's) out.
+
+A message is checked against what the splitter writes before anything is read for it
+(:func:`check_message`): its document must be of the input bucket, its image must be the
+one the splitter renders for that document and page (in the work bucket, with the
+extension of its MIME type), its page count the manifest's, and the image no larger than
+the splitter can produce. A message that fails a check raises :class:`RefusedMessage`: the
+worker records it under ``_invalid-messages/`` and acknowledges it.
 
 Idempotent under at-least-once delivery:
 
 * a page whose Markdown or error record exists is not OCR'd again;
-* page and document objects are created with ``if_generation_match=0``, so a duplicate or
-  a concurrent delivery can never write a second copy or rewrite finished output;
-* every page that completes checks whether the document is complete and, if so, assembles
-  it. When the last two pages finish at once on two instances both may assemble, but the
-  content is a pure function of the pages and only one create succeeds;
+* page objects are created with ``if_generation_match=0``, so a duplicate or a concurrent
+  delivery can never write a second copy of a page;
+* every page result that lands checks whether the document is complete and, if so,
+  assembles it (:func:`complete_document`). ``document.md`` carries the digest of the page
+  results it was built from and is rebuilt, with a generation precondition, whenever a
+  result lands that it was not built from (a ``retry --failed-only`` that raced an
+  in-flight page, a duplicate delivery between the retry's deletes). So it always ends
+  equal to the assembly of its current pages;
 * a page of a superseded generation (the input was overwritten or deleted) is dropped.
+
+One function writes permanent page error records (:func:`fail_page`): for a page the OCR
+server rejected, a page the splitter could not render, and a page whose image expired
+before a late replay.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from anyio import to_thread
 
-from ocrpipe import naming, records
-from ocrpipe.assemble import assemble_document
-from ocrpipe.errors import OcrRejected
+from ocrpipe import naming, progress, records
+from ocrpipe.assemble import (
+    DIGEST_KEY,
+    DOCUMENT_GENERATION_KEY,
+    Assembly,
+    assemble,
+    results_digest,
+)
+from ocrpipe.errors import OcrRejected, RefusedMessage, RetryableError
 from ocrpipe.messages import PageMessage
 from ocrpipe.ocr_client import OcrClient
 from ocrpipe.settings import Settings
@@ -33,6 +54,7 @@ from ocrpipe.storage import ObjectMissing, ObjectStore
 logger = logging.getLogger(__name__)
 
 GROUP_SIZE = 100  # pages whose 5-digit numbers share their first 3 digits
+ASSEMBLY_ROUNDS = 6  # rebuilds lost to concurrent writers before giving up (and retrying)
 
 
 @dataclass(frozen=True)
@@ -41,8 +63,50 @@ class PageOutcome:
     document_written: bool = False
 
 
-async def _io(fn: Any, *args: Any) -> Any:
-    return await to_thread.run_sync(partial(fn, *args))
+class ManifestCache:
+    """Page counts of documents, from their manifests (written once, never changed): a
+    small LRU so that a document's pages read its manifest about once per instance."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, doc_id: str) -> int | None:
+        count = self._counts.get(doc_id)
+        if count is not None:
+            self._counts.move_to_end(doc_id)
+        return count
+
+    def put(self, doc_id: str, page_count: int) -> None:
+        self._counts[doc_id] = page_count
+        self._counts.move_to_end(doc_id)
+        while len(self._counts) > self._size:
+            self._counts.popitem(last=False)
+
+
+async def _io(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await to_thread.run_sync(partial(fn, *args, **kwargs))
+
+
+def check_message(message: PageMessage, settings: Settings) -> None:
+    """The checks that need no I/O: whose document, which image."""
+    if message.source_bucket != settings.input_bucket:
+        raise RefusedMessage(
+            f"the message names a document in bucket {message.source_bucket!r}, not the input"
+            f" bucket {settings.input_bucket!r}",
+            reason="foreign_source",
+        )
+    if message.render_failure is None:
+        assert message.image_mime is not None  # the message's validator says so
+        expected = naming.page_image_uri(
+            settings.work_bucket, message.doc_id, message.page, message.image_mime
+        )
+        if message.image_uri != expected:
+            raise RefusedMessage(
+                f"the message names image {message.image_uri!r}; the splitter writes page"
+                f" {message.page} of this document ({message.image_mime}) at {expected!r}",
+                reason="foreign_image",
+            )
 
 
 async def process_page(
@@ -52,51 +116,145 @@ async def process_page(
     settings: Settings,
     *,
     deadline: float,
+    manifests: ManifestCache | None = None,
 ) -> PageOutcome:
+    """Raises :class:`RefusedMessage` for a message the splitter did not write."""
     doc = message.document
-    out = settings.output_bucket
-    md_name = naming.page_markdown_name(doc, message.page)
-    err_name = naming.page_error_name(doc, message.page)
+    page = message.page
+    check_message(message, settings)
+    page_count = await _manifest_page_count(doc, store, settings, manifests)
+    if page_count is None:
+        if await _is_stale(doc, store):
+            return PageOutcome("stale")
+        raise RefusedMessage(
+            "no manifest for this document: the splitter never planned it", reason="no_manifest"
+        )
+    if page_count != message.page_count:
+        raise RefusedMessage(
+            f"the message says {message.page_count} pages; the manifest says {page_count}",
+            reason="page_count_mismatch",
+        )
 
+    out = settings.output_bucket
+    md_name = naming.page_markdown_name(doc, page)
+    err_name = naming.page_error_name(doc, page)
     # One listing answers both "has Markdown" and "has an error record" (…/00007.).
     existing = {o.name for o in await _io(store.list, out, md_name.removesuffix("md"))}
     if md_name in existing or err_name in existing:
-        written = await complete_document(
-            doc, message.page_count, store, settings, page=message.page
-        )
+        written = await complete_document(doc, page_count, store, settings, page=page)
         return PageOutcome("already_done", written)
 
     if await _is_stale(doc, store):
         logger.info("input superseded or deleted; dropping page", extra={"reason": "stale"})
         return PageOutcome("stale")
 
-    bucket, image_name = _split_uri(message.image_uri)
-    try:
-        image = await _io(store.read, bucket, image_name)
-    except ObjectMissing:
+    if message.render_failure is not None:
+        return await _render_failed(message, store, settings)
+
+    image = await _read_image(message, store, settings)
+    if image is None:
         if await _is_stale(doc, store):
             return PageOutcome("stale")
-        raise
+        return await fail_page(
+            doc,
+            page,
+            page_count,
+            "page_image_expired",
+            "the page image was deleted from the work bucket (lifecycle) before this"
+            " delivery; retry the whole document (`ocrpipe retry`)",
+            store,
+            settings,
+        )
 
     started = time.monotonic()
     try:
-        result = await ocr.ocr_page(image, message.image_mime, deadline=deadline)
+        result = await ocr.ocr_page(image, str(message.image_mime), deadline=deadline)
     except OcrRejected as exc:
-        record = records.error_record(doc, exc.reason, exc.message, page=message.page)
-        await _io(store.create, out, err_name, record, "application/json")
-        logger.warning("page failed for good: %s", exc.message, extra={"reason": exc.reason})
-        written = await complete_document(
-            doc, message.page_count, store, settings, page=message.page
-        )
-        return PageOutcome("failed", written)
+        return await fail_page(doc, page, page_count, exc.reason, exc.message, store, settings)
 
     created = await _io(store.create, out, md_name, result.markdown.encode(), "text/markdown")
     logger.info(
         "page written" if created else "page already written by another delivery",
         extra={"duration_ms": round((time.monotonic() - started) * 1000)},
     )
-    written = await complete_document(doc, message.page_count, store, settings, page=message.page)
+    written = await complete_document(doc, page_count, store, settings, page=page)
     return PageOutcome("written" if created else "already_done", written)
+
+
+async def fail_page(
+    doc: naming.DocumentRef,
+    page: int,
+    page_count: int,
+    reason: str,
+    message: str,
+    store: ObjectStore,
+    settings: Settings,
+) -> PageOutcome:
+    """Write page ``page``'s permanent error record (once), then check completion."""
+    record = records.error_record(doc, reason, message, page=page)
+    err_name = naming.page_error_name(doc, page)
+    await _io(store.create, settings.output_bucket, err_name, record, "application/json")
+    logger.warning("page failed for good: %s", message, extra={"reason": reason})
+    written = await complete_document(doc, page_count, store, settings, page=page)
+    return PageOutcome("failed", written)
+
+
+async def _render_failed(
+    message: PageMessage, store: ObjectStore, settings: Settings
+) -> PageOutcome:
+    """A page the splitter could not render: its reason comes from the splitter's own
+    record in the work bucket, which also proves the splitter sent the message."""
+    doc = message.document
+    name = progress.render_failure_name(doc.doc_id, message.page)
+    try:
+        raw = await _io(store.read, settings.work_bucket, name)
+    except ObjectMissing:
+        raise RefusedMessage(
+            f"the message says page {message.page} failed to render, but the splitter"
+            f" recorded no such failure at gs://{settings.work_bucket}/{name}",
+            reason="foreign_render_failure",
+        ) from None
+    reason, text = progress.parse_render_failure(raw)
+    return await fail_page(doc, message.page, message.page_count, reason, text, store, settings)
+
+
+async def _read_image(message: PageMessage, store: ObjectStore, settings: Settings) -> bytes | None:
+    """The page image, or None if it is gone. Its size is checked before it is read."""
+    assert message.image_uri is not None
+    bucket, name = naming.split_uri(message.image_uri)
+    info = await _io(store.stat, bucket, name)
+    if info is None:
+        return None
+    limit = settings.page_image_limit
+    if info.size > limit:
+        raise RefusedMessage(
+            f"the page image is {info.size} bytes; the splitter writes at most {limit}",
+            reason="page_image_too_large",
+        )
+    try:
+        data: bytes = await _io(store.read, bucket, name)
+    except ObjectMissing:
+        return None
+    return data
+
+
+async def _manifest_page_count(
+    doc: naming.DocumentRef,
+    store: ObjectStore,
+    settings: Settings,
+    manifests: ManifestCache | None,
+) -> int | None:
+    cached = manifests.get(doc.doc_id) if manifests else None
+    if cached is not None:
+        return cached
+    try:
+        raw = await _io(store.read, settings.output_bucket, naming.manifest_name(doc))
+    except ObjectMissing:
+        return None
+    count = records.parse_manifest(raw).page_count
+    if manifests is not None:
+        manifests.put(doc.doc_id, count)
+    return count
 
 
 async def complete_document(
@@ -107,15 +265,20 @@ async def complete_document(
     *,
     page: int | None = None,
 ) -> bool:
-    """Assemble the document if every page is accounted for. True if this call wrote it.
+    """Assemble the document if every page is accounted for and ``document.md`` is not
+    already built from exactly these page results. True if this call wrote it.
 
     Listing every page after every page would cost O(pages) per page. With ``page`` given,
     a long document first lists only that page's group of 100 (``pages/000xx``,
     ``pages/001xx``, ...): while the group is incomplete, so is the document. Only pages
     that find their group complete list everything.
+
+    ``document.md`` is written with a generation precondition (absent, or the generation
+    this call saw) and the digest of its page results in its metadata; ``document.json``
+    follows it with the generation it describes. A writer that loses a race looks again,
+    so the last result to land always ends up in both.
     """
     out = settings.output_bucket
-    final_name = naming.document_markdown_name(doc)
     prefix = naming.pages_prefix(doc)
     if page is not None and page_count > GROUP_SIZE:
         group = page // GROUP_SIZE
@@ -125,33 +288,97 @@ async def complete_document(
         expected = min(page_count, GROUP_SIZE * group + GROUP_SIZE - 1) - max(1, GROUP_SIZE * group)
         if len(in_group.done | in_group.failed) < expected + 1:
             return False
-    listing = naming.parse_page_listing(
-        [o.name for o in await _io(store.list, out, prefix)], prefix
+    final_name = naming.document_markdown_name(doc)
+    index_name = naming.document_index_name(doc)
+    wrote = False
+    for _ in range(ASSEMBLY_ROUNDS):
+        listed = await _io(store.list, out, prefix)
+        results = naming.page_results([(o.name, o.generation) for o in listed], prefix, page_count)
+        if len(results) < page_count:
+            return wrote
+        digest = results_digest(results)
+        current = await _io(store.stat, out, final_name)
+        index = await _io(store.stat, out, index_name)
+        index_generation = index.generation if index is not None else 0
+        if current is not None and current.metadata.get(DIGEST_KEY) == digest:
+            if index is not None and index.metadata.get(DOCUMENT_GENERATION_KEY) == str(
+                current.generation
+            ):
+                return wrote
+            built = await _build(doc, page_count, results, store, out)
+            if built is not None:
+                await _write_index(
+                    doc, built, current.generation, digest, index_generation, store, out
+                )
+            continue  # look again: document.md may have moved on meanwhile
+        built = await _build(doc, page_count, results, store, out)
+        if built is None:
+            continue  # a page result changed while it was read
+        generation = await _io(
+            store.write,
+            out,
+            final_name,
+            built.markdown,
+            "text/markdown",
+            if_generation_match=current.generation if current is not None else 0,
+            metadata={DIGEST_KEY: digest},
+        )
+        if generation is None:
+            continue  # another writer got there first; see what it built from
+        wrote = True
+        logger.info("document %s from %d pages", "rebuilt" if current else "assembled", page_count)
+        await _write_index(doc, built, generation, digest, index_generation, store, out)
+    raise RetryableError(
+        "document.md kept changing under concurrent writers; the retry assembles it",
+        reason="assembly_contended",
     )
-    if len(listing.done | listing.failed) < page_count:
-        return False
-    if await _io(store.stat, out, final_name):
-        return False
-    pages = {
-        n: (await _io(store.read, out, naming.page_markdown_name(doc, n))).decode()
-        for n in sorted(listing.done)
-    }
-    failed = {}
-    for number in sorted(listing.failed):
-        raw = await _io(store.read, out, naming.page_error_name(doc, number))
-        failed[number] = records.parse_error_reason(raw)
-    markdown = assemble_document(page_count, pages, failed)
-    created: bool = await _io(store.create, out, final_name, markdown.encode(), "text/markdown")
-    if created:
-        logger.info("document assembled from %d pages", page_count)
-    return created
+
+
+async def _build(
+    doc: naming.DocumentRef,
+    page_count: int,
+    results: dict[int, naming.PageResult],
+    store: ObjectStore,
+    out: str,
+) -> Assembly | None:
+    """The assembly of ``results``, or None if one of them was deleted meanwhile (a retry
+    removing an error record)."""
+    pages: dict[int, str] = {}
+    failed: dict[int, str] = {}
+    for number, result in sorted(results.items()):
+        try:
+            raw = await _io(store.read, out, result.name)
+        except ObjectMissing:
+            return None
+        if result.state == "done":
+            pages[number] = raw.decode()
+        else:
+            failed[number] = records.parse_error_reason(raw)
+    return assemble(page_count, pages, failed)
+
+
+async def _write_index(
+    doc: naming.DocumentRef,
+    built: Assembly,
+    generation: int,
+    digest: str,
+    index_generation: int,
+    store: ObjectStore,
+    out: str,
+) -> None:
+    markdown_name = naming.document_markdown_name(doc)
+    record = records.document_index_record(doc, markdown_name, generation, digest, built.spans)
+    await _io(
+        store.write,
+        out,
+        naming.document_index_name(doc),
+        record,
+        "application/json",
+        if_generation_match=index_generation,
+        metadata={DOCUMENT_GENERATION_KEY: str(generation)},
+    )
 
 
 async def _is_stale(doc: naming.DocumentRef, store: ObjectStore) -> bool:
     info = await _io(store.stat, doc.bucket, doc.name)
     return info is None or info.generation != doc.generation
-
-
-def _split_uri(uri: str) -> tuple[str, str]:
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
-    return bucket, name

@@ -4,6 +4,9 @@ The splitter may die halfway (instance lost, out of memory) and Eventarc then de
 event again; a finalize event may also arrive twice. The work bucket says what is done::
 
     pages/<doc_id>/00001.png                  a rendered page (created once)
+    pages/<doc_id>/00002.failed.json          a page that could not be rendered (reason,
+                                              message; created once, so a retry does
+                                              not render it again)
     pages/<doc_id>/published-00001-00100      pages 1..100 are published (created once,
                                               right after the publish was confirmed)
     pages/<doc_id>/lease-0001                 an attempt is splitting until "expires"
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ocrpipe.errors import RetryableError
@@ -34,6 +37,7 @@ from ocrpipe.naming import PAGE_DIGITS
 from ocrpipe.storage import ObjectMissing, ObjectStore
 
 _IMAGE = re.compile(r"^(\d+)\.(png|jpg)$")
+_FAILED = re.compile(r"^(\d+)\.failed\.json$")
 _PUBLISHED = re.compile(r"^published-(\d+)-(\d+)$")
 _LEASE = re.compile(r"^lease-(\d+)$")
 
@@ -46,6 +50,23 @@ def published_marker_name(doc_id: str, first: int, last: int) -> str:
     return f"{work_prefix(doc_id)}published-{first:0{PAGE_DIGITS}d}-{last:0{PAGE_DIGITS}d}"
 
 
+def render_failure_name(doc_id: str, page: int) -> str:
+    return f"{work_prefix(doc_id)}{page:0{PAGE_DIGITS}d}.failed.json"
+
+
+def render_failure_record(reason: str, message: str) -> bytes:
+    return json.dumps({"reason": reason, "message": message}, ensure_ascii=False).encode()
+
+
+def parse_render_failure(data: bytes) -> tuple[str, str]:
+    """(reason, message) of a render failure record; ``unknown`` where it cannot be read."""
+    try:
+        raw = json.loads(data)
+        return str(raw["reason"]), str(raw["message"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown", "the render failure record cannot be read"
+
+
 def lease_name(doc_id: str, number: int) -> str:
     return f"{work_prefix(doc_id)}lease-{number:04d}"
 
@@ -55,6 +76,7 @@ class WorkState:
     images: dict[int, str]  # page -> object name of its image
     published: frozenset[int]
     leases: tuple[int, ...]  # lease numbers, ascending
+    failed: dict[int, str] = field(default_factory=dict)  # page -> its render failure record
 
 
 def parse_work_listing(names: list[str], doc_id: str) -> WorkState:
@@ -62,17 +84,20 @@ def parse_work_listing(names: list[str], doc_id: str) -> WorkState:
     images: dict[int, str] = {}
     published: set[int] = set()
     leases: list[int] = []
+    failed: dict[int, str] = {}
     for name in names:
         if not name.startswith(prefix):
             continue
         base = name[len(prefix) :]
         if match := _IMAGE.match(base):
             images[int(match.group(1))] = name
+        elif match := _FAILED.match(base):
+            failed[int(match.group(1))] = name
         elif match := _PUBLISHED.match(base):
             published.update(range(int(match.group(1)), int(match.group(2)) + 1))
         elif match := _LEASE.match(base):
             leases.append(int(match.group(1)))
-    return WorkState(images, frozenset(published), tuple(sorted(leases)))
+    return WorkState(images, frozenset(published), tuple(sorted(leases)), failed)
 
 
 def image_mime(name: str) -> Literal["image/png", "image/jpeg"]:

@@ -3,7 +3,11 @@
 * the manifest, written once by the splitter when it knows the page count;
 * error records, for a rejected input (``error.json``) or a page that failed for good
   (``pages/00007.error.json``): a stable ``reason`` code, a message a person understands,
-  and where the input came from.
+  and where the input came from;
+* the document index (``document.json``), written by the worker beside ``document.md``:
+  for every page its state, the reason if it failed, and the byte range ``[start, end)`` of
+  its text in ``document.md``, plus the generation and page digest of the ``document.md``
+  it describes (compare them before slicing).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ocrpipe.assemble import PageSpan
 from ocrpipe.naming import DocumentRef
 
 RECORD_VERSION = 1
@@ -49,6 +54,32 @@ def error_record(
     if page is not None:
         record["page"] = page
     return _dump(record)
+
+
+def document_index_record(
+    doc: DocumentRef, markdown_name: str, generation: int, digest: str, spans: tuple[PageSpan, ...]
+) -> bytes:
+    pages: list[dict[str, Any]] = []
+    for span in spans:
+        entry: dict[str, Any] = {
+            "page": span.page,
+            "state": span.state,
+            "start": span.start,
+            "end": span.end,
+        }
+        if span.reason is not None:
+            entry["reason"] = span.reason
+        pages.append(entry)
+    return _dump(
+        {
+            "schema_version": RECORD_VERSION,
+            "doc_id": doc.doc_id,
+            "source": _source(doc),
+            "document": {"name": markdown_name, "generation": generation, "pages_digest": digest},
+            "page_count": len(spans),
+            "pages": pages,
+        }
+    )
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,17 @@ Two ways, both safe to run twice and to interrupt (run them again):
 * **Pages without Markdown** (:func:`plan_unfinished_pages`, then :func:`requeue`): for the
   current generation, every page that has no ``.md`` (failed pages, with an error record,
   and pending ones) is published again from the manifest and the page images already in
-  the work bucket. The worker skips a page that has Markdown *or* an error record, and
-  writes ``document.md`` once, so :func:`requeue` first deletes ``document.md`` (it will be
-  assembled again when the last page lands), then the error records, then publishes.
-  Pending pages are included so that a retry interrupted after a delete and before the
-  publish is finished by running it again; a pending page that is in fact still being
-  processed, or dead-lettered and replayed later, gets a duplicate delivery, which writes
-  nothing twice.
+  the work bucket. The worker skips a page that has Markdown *or* an error record, so
+  :func:`requeue` first deletes the error records, then publishes. ``document.md`` stays
+  until the worker rebuilds it: it records which page results it was built from, and the
+  worker rebuilds it whenever a result lands that it lacks, so a page that raced the retry
+  (landing between the plan and the deletes) cannot leave it wrong. Pending pages are
+  included so that a retry interrupted after a delete and before the publish is finished
+  by running it again; a pending page that is in fact still being processed, or
+  dead-lettered and replayed later, gets a duplicate delivery, which writes nothing twice.
+  A document whose every page is done but whose ``document.md`` is out of date (status
+  ``stale_assembly``) gets one page published again: the worker finds it done, and the
+  completion check rebuilds the document.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
+from ocrpipe.status import assembly_stale
 from ocrpipe.storage import ObjectMissing, ObjectStore
 
 PUBLISH_BATCH = 100
@@ -53,6 +58,7 @@ class RetryPlan:
     pending: tuple[int, ...]
     remove: tuple[str, ...]  # output objects to delete first, in this order
     messages: tuple[PageMessage, ...]
+    rebuild: bool = False  # only to make the worker rebuild a stale document.md
 
     @property
     def pages(self) -> tuple[int, ...]:
@@ -82,10 +88,15 @@ def plan_unfinished_pages(store: ObjectStore, settings: Settings, name: str) -> 
             " wait for it, or retry the whole document."
         ) from None
     prefix = naming.pages_prefix(doc)
-    listing = naming.parse_page_listing([o.name for o in store.list(out, prefix)], prefix)
+    listed = store.list(out, prefix)
+    listing = naming.parse_page_listing([o.name for o in listed], prefix)
     todo = [n for n in range(1, manifest.page_count + 1) if n not in listing.done]
+    rebuild = False
     if not todo:
-        return RetryPlan(name, doc, (), (), (), ())
+        document = store.stat(out, naming.document_markdown_name(doc))
+        if not assembly_stale(document, listed, prefix, manifest.page_count):
+            return RetryPlan(name, doc, (), (), (), ())
+        todo, rebuild = [manifest.page_count], True
     images = _page_images(store, settings, doc.doc_id)
     missing = [n for n in todo if n not in images]
     if missing:
@@ -94,10 +105,7 @@ def plan_unfinished_pages(store: ObjectStore, settings: Settings, name: str) -> 
             f"{doc.doc_id}/ (pages {_ranges(missing)}): retry the whole document instead."
         )
     failed = tuple(n for n in todo if n in listing.failed)
-    document = naming.document_markdown_name(doc)
-    remove = ([document] if store.stat(out, document) is not None else []) + [
-        naming.page_error_name(doc, n) for n in failed
-    ]
+    remove = [naming.page_error_name(doc, n) for n in failed]
     messages = tuple(
         PageMessage(
             doc_id=doc.doc_id,
@@ -111,12 +119,12 @@ def plan_unfinished_pages(store: ObjectStore, settings: Settings, name: str) -> 
         )
         for n in todo
     )
-    pending = tuple(n for n in todo if n not in listing.failed)
-    return RetryPlan(name, doc, failed, pending, tuple(remove), messages)
+    pending = () if rebuild else tuple(n for n in todo if n not in listing.failed)
+    return RetryPlan(name, doc, failed, pending, tuple(remove), messages, rebuild)
 
 
 def requeue(plan: RetryPlan, store: ObjectStore, publisher: Publisher, settings: Settings) -> int:
-    """Delete what would stop the worker (``document.md`` first), then publish the pages.
+    """Delete what would stop the worker (the error records), then publish the pages.
     Returns how many page messages were published."""
     for name in plan.remove:
         store.delete(settings.output_bucket, name)

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         100_000_000, gt=0, description="Largest image (or TIFF frame) decoded, in pixels."
     )
+    max_page_image_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="Largest page image the worker reads; unset: the largest the splitter"
+        " can write at render_longest_side (see page_image_limit).",
+    )
     render_page_timeout_s: float = Field(
         60.0, gt=0, description="One page's render; a slower page gets an error record."
     )
@@ -138,6 +144,20 @@ class Settings(BaseSettings):
                 f" {_TOPOLOGY.ack_deadline_seconds} s minus a safety margin)"
             )
         return self
+
+    @property
+    def page_image_limit(self) -> int:
+        """Bytes of the largest page image the splitter can write, or the explicit limit.
+
+        The largest page is a sliver rendered at 4 x ``render_longest_side`` and padded to
+        1:8 (:mod:`ocrpipe.sources`): 2 x side^2 pixels. As 3-channel PNG at worst (noise
+        that does not compress) that is 3 bytes a pixel plus a filter byte a row and zlib's
+        framing; a tenth more and 64 KiB cover both. About 15.6 MB at 1540 px.
+        """
+        if self.max_page_image_bytes is not None:
+            return self.max_page_image_bytes
+        pixels = 2 * self.render_longest_side**2
+        return int(pixels * 3 * 1.1) + 64 * 1024
 
     @property
     def ocr_is_local(self) -> bool:

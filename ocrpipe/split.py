@@ -3,8 +3,14 @@
 An input is a PDF or an image (PNG, JPEG, TIFF, WebP), recognised by its content
 (:mod:`ocrpipe.inputs`). Input that cannot be processed gets ``error.json`` next to where
 its output would be (:func:`ocrpipe.naming.document_error_name`) with a stable reason code,
-and the event is acknowledged: it is never retried. A single page that cannot be rendered
-gets its own error record and no message; the rest of the document goes on.
+and the event is acknowledged: it is never retried.
+
+In the output bucket the splitter writes ``manifest.json`` and ``error.json`` and nothing
+else, and never lists it: page results and the document are the worker's. A page that
+cannot be rendered is remembered in the work bucket (``pages/<doc_id>/00002.failed.json``,
+so a retried split does not render it again) and published like any page, with
+``render_failure`` instead of an image: the worker writes its error record and checks
+completion, so a document whose last pages failed to render is still assembled.
 
 At-least-once: Eventarc may deliver the same finalize event twice, or retry after this
 function died halfway. The manifest, page images and error records are created only if
@@ -14,7 +20,6 @@ absent, and what was published is recorded per batch in the work bucket
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 import time
@@ -28,7 +33,7 @@ from pathlib import Path
 from ocrpipe import inputs, naming, progress, records
 from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.logs import log_context
-from ocrpipe.messages import PageMessage
+from ocrpipe.messages import PageMessage, RenderFailure
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.render import PageFailure, Renderer, RenderLimits
 from ocrpipe.settings import Settings
@@ -179,13 +184,6 @@ class _Job:
             failed = self._publish_missing(state, clock, deadline, batch)
         finally:
             self.store.delete(work, lease)
-        if failed:
-            # Pages that failed here get no message, so no worker may come after the last
-            # of them: check completion here too (the last writer of a page result always
-            # checks, so one of us sees the document complete).
-            from ocrpipe.pages import complete_document
-
-            asyncio.run(complete_document(self.doc, self.page_count, self.store, self.settings))
         logger.info(
             "split %d pages: %d published, %d failed",
             self.page_count,
@@ -204,13 +202,8 @@ class _Job:
         deadline: float,
         batch_size: int,
     ) -> set[int]:
-        out_prefix = naming.pages_prefix(self.doc)
-        failed = set(
-            naming.parse_page_listing(
-                [o.name for o in self.store.list(self.settings.output_bucket, out_prefix)],
-                out_prefix,
-            ).failed
-        )
+        """Publish every page not yet published; returns the pages that failed to render."""
+        failed = set(state.failed)
         todo = [p for p in range(1, self.page_count + 1) if p not in state.published]
         to_render = [p for p in todo if p not in state.images and p not in failed]
         rendered = self.renderer.render(to_render)
@@ -220,12 +213,17 @@ class _Job:
             for index, page in enumerate(todo):
                 if page in state.images:
                     messages.append(self._message(page, state.images[page]))
-                elif page not in failed:
+                elif page in state.failed:
+                    raw = self.store.read(self.settings.work_bucket, state.failed[page])
+                    reason, text = progress.parse_render_failure(raw)
+                    messages.append(self._failure_message(PageFailure(page, reason, text)))
+                else:
                     result = next(rendered)
                     assert result.page == page, (result.page, page)
                     if isinstance(result, PageFailure):
                         self._record_failure(result)
                         failed.add(page)
+                        messages.append(self._failure_message(result))
                     else:
                         name = uploads.submit(self.doc.doc_id, result)
                         messages.append(self._message(page, name))
@@ -244,6 +242,18 @@ class _Job:
                             reason="split_budget_spent",
                         )
         return failed
+
+    def _failure_message(self, failure: PageFailure) -> OutgoingMessage:
+        message = PageMessage.failed_render(
+            doc_id=self.doc.doc_id,
+            source_bucket=self.doc.bucket,
+            source_name=self.doc.name,
+            source_generation=self.doc.generation,
+            page=failure.page,
+            page_count=self.page_count,
+            render_failure=RenderFailure(reason=failure.reason, message=failure.message[:2000]),
+        )
+        return OutgoingMessage(message.encode(), message.attributes())
 
     def _message(self, page: int, image_name: str) -> OutgoingMessage:
         message = PageMessage(
@@ -267,11 +277,12 @@ class _Job:
         self.store.create(self.settings.work_bucket, marker, b"", "text/plain")
 
     def _record_failure(self, failure: PageFailure) -> None:
-        record = records.error_record(self.doc, failure.reason, failure.message, page=failure.page)
+        """Remember the failure in the work bucket: a retry publishes it without rendering
+        the page again, and the worker trusts only what the splitter wrote there."""
         self.store.create(
-            self.settings.output_bucket,
-            naming.page_error_name(self.doc, failure.page),
-            record,
+            self.settings.work_bucket,
+            progress.render_failure_name(self.doc.doc_id, failure.page),
+            progress.render_failure_record(failure.reason, failure.message),
             "application/json",
         )
         with log_context(page=failure.page):

@@ -5,12 +5,21 @@ to one object name): status is read from the objects each step writes once. For 
 name, the current generation is the input object's; if the input is gone, the newest
 generation with output.
 
-    state       meaning
-    splitting   the input exists, no page plan yet
-    running     pages planned, not all accounted for
-    done        document.md written, no page failed
-    partial     document.md written, some pages failed
-    failed      the input was rejected, or every page failed
+    state           meaning
+    splitting       the input exists, no page plan yet
+    running         pages planned, not all accounted for
+    done            document.md written, no page failed
+    partial         document.md written, some pages failed
+    failed          the input was rejected, or every page failed
+    stale_assembly  every page is accounted for, but document.md was built from other
+                    page results (the worker stopped before rebuilding it):
+                    ``ocrpipe retry --failed-only`` makes the worker rebuild it
+
+``assembly_stale`` is true whenever document.md exists and was not built from the current
+page results (also while retried pages are still running).
+
+Deliveries the worker refused or could not read are counted by
+:func:`invalid_messages` (``_invalid-messages/`` in the output bucket).
 
 Times are the objects' ``updated`` times: ``started`` is the input's upload, ``finished``
 the newest output object of a finished document.
@@ -20,10 +29,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ocrpipe import naming, records
+from ocrpipe.assemble import DIGEST_KEY, results_digest
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo, ObjectMissing, ObjectStore
 
@@ -48,6 +59,7 @@ class DocumentStatus:
     markdown_uri: str | None = None
     started: float | None = None
     finished: float | None = None
+    assembly_stale: bool = False
 
     @property
     def pending(self) -> int:
@@ -78,6 +90,7 @@ class DocumentStatus:
             "error": vars(self.error) if self.error else None,
             "page_errors": {str(n): vars(e) for n, e in sorted(self.page_errors.items())},
             "markdown": self.markdown_uri,
+            "assembly_stale": self.assembly_stale,
             "started": self.started,
             "finished": self.finished,
             "elapsed_s": _round(self.elapsed(now)),
@@ -96,9 +109,14 @@ def derive_state(
     has_document: bool,
     done: int,
     failed: int,
+    page_count: int | None = None,
+    assembly_stale: bool = False,
 ) -> str:
     if has_error:
         return "failed"
+    if has_document and assembly_stale:
+        complete = page_count is not None and done + failed >= page_count
+        return "stale_assembly" if complete else "running"
     if has_document:
         if failed and not done:
             return "failed"
@@ -140,6 +158,9 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
         for n in sorted(listing.failed)
     }
     document = found.get(naming.document_markdown_name(doc))
+    stale = page_count is not None and assembly_stale(
+        document, found.values(), pages_prefix, page_count
+    )
     state = derive_state(
         input_exists=source is not None,
         has_error=error is not None,
@@ -147,6 +168,8 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
         has_document=document is not None,
         done=len(listing.done),
         failed=len(listing.failed),
+        page_count=page_count,
+        assembly_stale=stale,
     )
     times = [info.updated for info in found.values()]
     return DocumentStatus(
@@ -164,13 +187,79 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
         ),
         started=source.updated if source is not None else (min(times) if times else None),
         finished=(max(times) if state in ("done", "partial", "failed") and times else None),
+        assembly_stale=stale,
     )
+
+
+def assembly_stale(
+    document: ObjectInfo | None, objects: Iterable[ObjectInfo], pages_prefix: str, page_count: int
+) -> bool:
+    """True if ``document`` (document.md) exists and was built from other page results than
+    those in ``objects``. A document assembled before digests were kept counts as current."""
+    if document is None:
+        return False
+    built_from = document.metadata.get(DIGEST_KEY)
+    if built_from is None:
+        return False
+    results = naming.page_results(
+        [(info.name, info.generation) for info in objects], pages_prefix, page_count
+    )
+    return built_from != results_digest(results)
 
 
 def recent_documents(store: ObjectStore, settings: Settings, limit: int = 20) -> list[str]:
     """Input names, newest first (from the input bucket)."""
     inputs = sorted(store.list(settings.input_bucket, ""), key=lambda i: i.updated, reverse=True)
     return [info.name for info in inputs[:limit]]
+
+
+@dataclass(frozen=True)
+class InvalidMessage:
+    """A delivery the worker refused (a message the splitter did not write) or could not
+    read, acknowledged and kept under ``_invalid-messages/``."""
+
+    uri: str
+    reason: str
+    message: str
+    doc_id: str = ""
+    page: int | None = None
+    created: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return vars(self).copy()
+
+
+@dataclass(frozen=True)
+class InvalidMessages:
+    count: int
+    newest: tuple[InvalidMessage, ...]  # at most the limit asked for, newest first
+
+
+def invalid_messages(store: ObjectStore, settings: Settings, limit: int = 20) -> InvalidMessages:
+    """How many deliveries were refused or unreadable, and the newest ``limit`` of them."""
+    bucket = settings.output_bucket
+    found = store.list(bucket, naming.INVALID_MESSAGES_PREFIX)
+    newest = sorted(found, key=lambda i: i.name, reverse=True)[:limit]
+    kept = []
+    for info in newest:
+        try:
+            raw = json.loads(store.read(bucket, info.name))
+        except (ObjectMissing, ValueError):
+            raw = None
+        if not isinstance(raw, dict):
+            raw = {"reason": "unknown", "message": "the record cannot be read"}
+        page = raw.get("page")
+        kept.append(
+            InvalidMessage(
+                uri=f"gs://{bucket}/{info.name}",
+                reason=str(raw.get("reason", "unknown")),
+                message=str(raw.get("message", "")),
+                doc_id=str(raw.get("doc_id", "")),
+                page=page if isinstance(page, int) else None,
+                created=info.updated or None,
+            )
+        )
+    return InvalidMessages(len(found), tuple(kept))
 
 
 def parse_error(data: bytes) -> PageError:

@@ -3,16 +3,18 @@ fake with the same generation semantics for unit and contract tests.
 
 Every write that must happen once uses ``if_generation_match=0`` ("create only"): a second
 writer gets ``False`` back instead of overwriting, which is how duplicate deliveries and two
-instances finishing the same document at once stay harmless.
+instances finishing the same document at once stay harmless. The one object that is
+rewritten, an assembled document, is replaced with :meth:`ObjectStore.write` only if it is
+still at the generation its writer saw, with custom metadata saying what it was built from.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -32,6 +34,7 @@ class ObjectInfo:
     size: int
     content_type: str = ""
     updated: float = 0.0  # seconds since the epoch
+    metadata: Mapping[str, str] = field(default_factory=dict)  # custom metadata
 
 
 class ObjectStore(Protocol):
@@ -45,6 +48,20 @@ class ObjectStore(Protocol):
 
     def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
         """Write ``name`` only if it does not exist. True if this call created it."""
+        ...
+
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        *,
+        if_generation_match: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int | None:
+        """Write ``name`` with ``metadata`` only if it is at ``if_generation_match`` (0: only
+        if absent). The new generation, or None if the object was at another generation."""
         ...
 
     def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
@@ -124,6 +141,30 @@ class GcsStore:
             return False
         return True
 
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        *,
+        if_generation_match: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int | None:
+        from google.api_core import exceptions as gexc
+
+        blob = self._client.bucket(bucket).blob(name)
+        if metadata:
+            blob.metadata = dict(metadata)
+        try:
+            with _translated(bucket, name):
+                blob.upload_from_string(
+                    data, content_type=content_type, if_generation_match=if_generation_match
+                )
+        except gexc.PreconditionFailed:
+            return None
+        return int(blob.generation)
+
     def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
         blob = self._client.bucket(bucket).blob(name)
         with _translated(bucket, name):
@@ -179,6 +220,7 @@ def _info(blob: Any) -> ObjectInfo:
         size=int(blob.size or 0),
         content_type=blob.content_type or "",
         updated=updated,
+        metadata=dict(blob.metadata or {}),
     )
 
 
@@ -223,9 +265,18 @@ class MemoryStore:
         with self._lock:
             return self._put_locked(bucket, name, data, content_type)
 
-    def _put_locked(self, bucket: str, name: str, data: bytes, content_type: str) -> int:
+    def _put_locked(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
         self._generation += 1
-        info = ObjectInfo(name, self._generation, len(data), content_type)
+        info = ObjectInfo(
+            name, self._generation, len(data), content_type, metadata=dict(metadata or {})
+        )
         self._objects[(bucket, name)] = (data, info)
         self.writes.append((bucket, name))
         return self._generation
@@ -256,6 +307,22 @@ class MemoryStore:
             self._put_locked(bucket, name, data, content_type)
             return True
 
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        *,
+        if_generation_match: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int | None:
+        with self._lock:
+            entry = self._objects.get((bucket, name))
+            if (entry[1].generation if entry else 0) != if_generation_match:
+                return None
+            return self._put_locked(bucket, name, data, content_type, metadata)
+
     def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
         return self.put(bucket, name, source.read(), content_type)
 
@@ -271,7 +338,8 @@ class MemoryStore:
             entry = self._objects.get((bucket, name))
             if entry is None or entry[1].generation != generation:
                 return None
-            return self._put_locked(bucket, name, entry[0], entry[1].content_type)
+            info = entry[1]
+            return self._put_locked(bucket, name, entry[0], info.content_type, info.metadata)
 
     def names(self, bucket: str) -> Iterator[str]:
         return (n for (b, n) in self._objects if b == bucket)

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ocrpipe.dlq import DeadLetter, ReplayReport
-from ocrpipe.status import DocumentStatus
+from ocrpipe.status import DocumentStatus, InvalidMessages
 
 STATE_STYLE = {
     "done": "green",
@@ -22,6 +22,7 @@ STATE_STYLE = {
     "failed": "red",
     "running": "cyan",
     "splitting": "cyan",
+    "stale_assembly": "yellow",
     "unknown": "dim",
 }
 
@@ -90,6 +91,14 @@ def print_status_detail(console: Console, s: DocumentStatus, now: float | None =
         ("elapsed", duration(s.elapsed(now)) + ("" if s.finished_state else " so far")),
         ("markdown", s.markdown_uri or "-"),
     ]
+    if s.assembly_stale:
+        rows.append(
+            (
+                "assembly",
+                "out of date: document.md was built from other page results"
+                + (" (`ocrpipe retry --failed-only` rebuilds it)" if s.pending == 0 else ""),
+            )
+        )
     if s.error:
         rows.append(("rejected", f"{s.error.reason}: {s.error.message}"))
     grid = Table.grid(padding=(0, 2))
@@ -101,6 +110,37 @@ def print_status_detail(console: Console, s: DocumentStatus, now: float | None =
         for number, error in sorted(s.page_errors.items()):
             table.add_row(str(number), Text(error.reason), Text(error.message))
         console.print(table)
+
+
+def invalid_message_note(count: int, bucket: str) -> Text:
+    return Text(
+        f"{count} deliveries refused or unreadable, kept under gs://{bucket}/_invalid-messages/:"
+        " see `ocrpipe status --invalid` and docs/OPERATIONS.md",
+        style="yellow",
+    )
+
+
+def invalid_message_table(found: InvalidMessages) -> Table:
+    table = Table(
+        "time (UTC)",
+        "reason",
+        "doc_id",
+        "page",
+        "message",
+        "record",
+        title=f"{found.count} refused or unreadable deliveries",
+        title_justify="left",
+    )
+    for m in found.newest:
+        table.add_row(
+            timestamp(m.created),
+            Text(m.reason),
+            Text(m.doc_id or "-", no_wrap=True),
+            str(m.page or "-"),
+            Text(m.message),
+            Text(m.uri, no_wrap=True),
+        )
+    return table
 
 
 def dead_letter_table(letters: Sequence[DeadLetter]) -> Table:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from ocrpipe.ocr_client import OcrClient, OcrParams
+from ocrpipe.storage import MemoryStore, ObjectInfo
 
 
 @dataclass
@@ -78,3 +79,21 @@ class ScriptedOcrServer:
 
 # The splitter's contract test puts its fakes here; tests/splitter_source.py reads them.
 SPLITTER_SERVICES: list[tuple[object, ...]] = []
+
+
+class RecordingStore(MemoryStore):
+    """A :class:`MemoryStore` that also records every listing and every read (bucket, name),
+    so tests can check what a service looked at, not only what it wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listings: list[tuple[str, str]] = []
+        self.reads: list[tuple[str, str]] = []
+
+    def list(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        self.listings.append((bucket, prefix))
+        return super().list(bucket, prefix)
+
+    def read(self, bucket: str, name: str) -> bytes:
+        self.reads.append((bucket, name))
+        return super().read(bucket, name)

@@ -70,3 +70,45 @@ def test_state_from_what_is_in_the_buckets(facts: dict[str, object], state: str)
         "failed": 0,
     }
     assert derive_state(**{**base, **facts}) == state  # type: ignore[arg-type]
+
+
+def test_document_json_slices_document_md_back_into_each_page_byte_exactly() -> None:
+    """Programs split document.md with document.json's byte ranges, never on the markers: a
+    page whose own text contains a marker, or spaces at its ends, comes back unchanged."""
+    import asyncio
+    import json
+
+    from ocrpipe import naming, records
+    from ocrpipe.pages import complete_document
+    from ocrpipe.settings import Settings
+    from ocrpipe.storage import MemoryStore
+
+    settings = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
+    store = MemoryStore()
+    doc = naming.DocumentRef("in", "a.pdf", store.put("in", "a.pdf", b"%PDF-1.7"))
+    texts = {
+        1: "  indented first line\n",
+        2: "see the note <!-- page 7 -->\n\n<!-- page 3 -->\nstill page 2, café\n\n\n",
+        4: "",
+    }
+    for page, text in texts.items():
+        store.put("out", naming.page_markdown_name(doc, page), text.encode())
+    record = records.error_record(doc, "ocr_repetition_loop", "looped", page=3)
+    store.put("out", naming.page_error_name(doc, 3), record)
+    assert asyncio.run(complete_document(doc, 4, store, settings))
+
+    markdown = store.read("out", naming.document_markdown_name(doc))
+    index = json.loads(store.read("out", naming.document_index_name(doc)))
+    info = store.stat("out", naming.document_markdown_name(doc))
+    assert info is not None and index["document"]["generation"] == info.generation
+    entries = {entry["page"]: entry for entry in index["pages"]}
+    assert sorted(entries) == [1, 2, 3, 4]
+    for page, text in texts.items():
+        entry = entries[page]
+        assert entry["state"] == "done"
+        assert markdown[entry["start"] : entry["end"]] == text.encode()
+    failed = entries[3]
+    assert (failed["state"], failed["reason"]) == ("failed", "ocr_repetition_loop")
+    assert b"Page 3 failed" in markdown[failed["start"] : failed["end"]]
+    # The markers are still there, for people.
+    assert markdown.decode().startswith("<!-- page 1 -->\n\n  indented first line\n")

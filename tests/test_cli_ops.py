@@ -158,3 +158,23 @@ def test_the_dead_letter_table_shows_name_page_deliveries_and_times() -> None:
     assert "(not a page message)" in text and "d0123" in text
     assert "11-26 23:05:04" in text and "11-26 23:40:01" in text
     assert " 7 " in text and " 10 " in text
+
+
+def test_refused_deliveries_are_counted_and_listed_with_their_reason() -> None:
+    from rich.console import Console
+
+    from ocrpipe.status import invalid_messages
+
+    store = MemoryStore()
+    for n, reason in enumerate(["foreign_image", "bad_message"]):
+        record = {"reason": reason, "message": f"why {n}", "doc_id": "d42", "page": 3}
+        store.put("out", naming.invalid_message_name("20261126", n), json.dumps(record).encode())
+    found = invalid_messages(store, SETTINGS, limit=1)
+    assert found.count == 2 and [m.reason for m in found.newest] == ["bad_message"]
+    console = Console(record=True, width=200)
+    console.print(views.invalid_message_table(invalid_messages(store, SETTINGS)))
+    text = console.export_text()
+    assert "2 refused or unreadable deliveries" in text
+    assert "foreign_image" in text and "why 0" in text and "d42" in text
+    note = views.invalid_message_note(2, "out").plain
+    assert "gs://out/_invalid-messages/" in note and "ocrpipe status --invalid" in note

@@ -282,3 +282,18 @@ def test_a_message_that_is_not_a_page_message_is_listed_and_replayed_as_is() -> 
     [(_, sent)] = publisher.published
     assert sent.data == b"not json"
     assert sent.attributes == {"doc_id": "dX", "page": "4", "replay_count": "1"}
+
+
+def test_a_message_of_a_newer_schema_is_listed_and_replayed_as_is() -> None:
+    """What a worker nacks for its schema ends here; listing must not choke on it."""
+    import json
+
+    sub = MemorySubscription()
+    newer = {**json.loads(page_message("n.pdf", 2).encode()), "schema_version": 99}
+    data = json.dumps(newer).encode()
+    sub.add(data, {"doc_id": "dN", "page": "2", dlq.DELIVERY_COUNT: "10"})
+    [letter] = dlq.list_dead_letters(sub)
+    assert (letter.doc_id, letter.page, letter.page_message) == ("dN", 2, None)
+    publisher = MemoryPublisher()
+    dlq.replay(sub, publisher, PAGES_TOPIC, selector="dN")
+    assert [m.data for _, m in publisher.published] == [data]

@@ -4,6 +4,7 @@ worker and the local OCR engine."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -51,5 +52,12 @@ def test_a_three_page_pdf_becomes_markdown(stack: LocalStack, gcs: GcsStore) -> 
     assert markers == [1, 2, 3]
     body = re.sub(r"<!-- page \d+ -->", "", document)
     assert cer("\n".join("\n".join(lines) for lines in texts), body) <= 0.02
+    # document.json (custom metadata on fake-gcs-server included) slices it back exactly.
+    index = json.loads(gcs.read(settings.output_bucket, naming.document_index_name(doc)))
+    info = gcs.stat(settings.output_bucket, naming.document_markdown_name(doc))
+    assert info is not None and index["document"]["generation"] == info.generation
+    assert index["document"]["pages_digest"] == info.metadata["ocrpipe-pages-digest"]
+    raw = document.encode()
+    assert [raw[p["start"] : p["end"]].decode() for p in index["pages"]] == pages
     listed = {o.name for o in gcs.list(settings.output_bucket, naming.pages_prefix(doc))}
     assert listed == {naming.page_markdown_name(doc, n) for n in (1, 2, 3)}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ocrpipe.errors import BadMessage
+from ocrpipe.errors import BadMessage, NewerSchema, push_status_for
 from ocrpipe.messages import PageMessage, PushEnvelope, StorageObjectData
 from ocrpipe.naming import DocumentRef
 
@@ -48,7 +48,9 @@ def test_round_trip_keeps_every_field_and_the_schema_version() -> None:
         ({"doc_id": "d" + "0" * 23}, "doc_id does not match"),
         ({"image_uri": "https://x/y.png"}, "image_uri"),
         ({"image_mime": "image/gif"}, "image_mime"),
-        ({"schema_version": 2}, "schema_version"),
+        ({"schema_version": 0}, "schema_version"),
+        ({"image_uri": None}, "needs image_uri and image_mime"),
+        ({"render_failure": {"reason": "page_render_failed", "message": "x"}}, "has no image"),
         ({"surprise": 1}, "surprise"),
     ],
 )
@@ -60,6 +62,27 @@ def test_invalid_messages_are_rejected_with_the_reason(
     with pytest.raises(BadMessage, match=complaint) as info:
         PageMessage.decode(json.dumps(body).encode())
     assert info.value.reason == "bad_message"
+
+
+def test_a_page_that_failed_to_render_travels_without_an_image_as_version_2() -> None:
+    failure = {"reason": "page_render_timeout", "message": "slow"}
+    message = page_message(
+        image_uri=None, image_mime=None, schema_version=2, render_failure=failure
+    )
+    body = json.loads(message.encode())
+    assert body["schema_version"] == 2 and "image_uri" not in body
+    assert PageMessage.decode(message.encode()) == message
+    with pytest.raises(BadMessage, match="render_failure needs schema_version 2"):
+        PageMessage.decode(json.dumps({**body, "schema_version": 1}).encode())
+    # An ordinary page stays version 1, byte for byte what version-1 workers read.
+    assert "render_failure" not in json.loads(page_message().encode())
+
+
+def test_a_newer_schema_version_is_retryable_not_bad() -> None:
+    body = {**json.loads(page_message().encode()), "schema_version": 3, "new": True}
+    with pytest.raises(NewerSchema) as info:
+        PageMessage.decode(json.dumps(body).encode())
+    assert push_status_for(info.value) == 503
 
 
 def test_garbage_is_a_bad_message() -> None:

@@ -82,6 +82,7 @@ def test_every_name_is_processed_into_its_own_prefix(
             naming.manifest_name(doc),
             naming.page_markdown_name(doc, 1),
             naming.document_markdown_name(doc),
+            naming.document_index_name(doc),
         }
         assert all(len(n.encode()) <= MAX_NAME_BYTES for n in found)
         document = gcs.read(settings.output_bucket, naming.document_markdown_name(doc)).decode()

@@ -18,7 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming
+from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.push_auth import CertCache, PushVerifier, build_verifier
 from ocrpipe.settings import Settings
@@ -115,6 +115,7 @@ def client(certs: CertServer, store: MemoryStore, ocr: ScriptedOcrServer) -> Ite
 def page_envelope(store: MemoryStore) -> dict[str, Any]:
     generation = store.put("in", "a.pdf", b"%PDF-1.7", "application/pdf")
     doc = naming.DocumentRef("in", "a.pdf", generation)
+    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, 1))  # splitter's
     image = naming.page_image_name(doc.doc_id, 1, "png")
     store.put("work", image, b"png bytes", "image/png")
     message = PageMessage(
@@ -138,7 +139,8 @@ def page_envelope(store: MemoryStore) -> dict[str, Any]:
 
 
 def outputs(store: MemoryStore) -> list[str]:
-    return sorted(store.names("out"))
+    """What the worker wrote (the manifest is the splitter's, from page_envelope)."""
+    return sorted(n for n in store.names("out") if not n.endswith("/manifest.json"))
 
 
 def test_a_valid_push_token_is_let_through(

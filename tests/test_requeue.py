@@ -3,14 +3,20 @@ first, and when a retry is refused."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from ocrpipe import naming, records
+from ocrpipe.assemble import assemble_document
 from ocrpipe.messages import PageMessage
+from ocrpipe.pages import complete_document, process_page
 from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.requeue import RetryRefused, plan_unfinished_pages, reprocess, requeue
 from ocrpipe.settings import Settings
+from ocrpipe.status import document_status
 from ocrpipe.storage import MemoryStore
+from tests.fakes import ScriptedOcrServer, completion
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
 NAME = "reports/q1.pdf"
@@ -47,16 +53,13 @@ def test_a_partial_document_requeues_its_failed_pages_after_deleting_what_blocks
 
     plan = plan_unfinished_pages(store, SETTINGS, NAME)
     assert (plan.failed, plan.pending, plan.pages) == ((2, 4), (), (2, 4))
-    # document.md first: deleted before the error records, so an interrupted retry never
-    # leaves an old document.md that the new pages could not replace.
-    assert plan.remove == (
-        naming.document_markdown_name(doc),
-        naming.page_error_name(doc, 2),
-        naming.page_error_name(doc, 4),
-    )
+    # Only the error records: document.md stays until the worker rebuilds it from the
+    # new page results (it knows which results it was built from).
+    assert plan.remove == (naming.page_error_name(doc, 2), naming.page_error_name(doc, 4))
 
     assert requeue(plan, store, publisher, SETTINGS) == 2
     assert all(store.stat("out", name) is None for name in plan.remove)
+    assert store.stat("out", naming.document_markdown_name(doc)) is not None
     assert store.stat("out", naming.page_markdown_name(doc, 1)) is not None
     sent = [(topic, PageMessage.decode(m.data), m.attributes) for topic, m in publisher.published]
     assert [(topic, m.page) for topic, m, _ in sent] == [(SETTINGS.pages_topic, 2),
@@ -134,3 +137,67 @@ def test_reprocessing_a_missing_input_or_a_changed_one_is_refused() -> None:
         reprocess(store, SETTINGS, NAME)
     generation = store.put("in", NAME, b"%PDF-")
     assert store.rewrite_in_place("in", NAME, generation - 1) is None
+
+
+def land(store: MemoryStore, doc: naming.DocumentRef, page: int, text: str, pages: int) -> None:
+    """What the worker does when a page's Markdown lands: write it, check completion."""
+    store.put("out", naming.page_markdown_name(doc, page), text.encode())
+    asyncio.run(complete_document(doc, pages, store, SETTINGS, page=page))
+
+
+def current_assembly(store: MemoryStore, doc: naming.DocumentRef, pages: int) -> str:
+    texts = {
+        n: store.read("out", naming.page_markdown_name(doc, n)).decode()
+        for n in range(1, pages + 1)
+    }
+    return assemble_document(pages, texts)
+
+
+def race(store: MemoryStore, *, heal: bool) -> naming.DocumentRef:
+    """``retry --failed-only`` racing page 3, still in flight: page 3 lands between the
+    retry's plan and its deletes (assembling with page 2 failed), then page 2's retry
+    writes Markdown (checking completion only if ``heal``)."""
+    doc = make_document(store, pages=3, done=(1,), failed=(2,))
+    plan = plan_unfinished_pages(store, SETTINGS, NAME)
+    land(store, doc, 3, "three", pages=3)
+    assert "Page 2 failed" in store.read("out", naming.document_markdown_name(doc)).decode()
+    requeue(plan, store, MemoryPublisher(), SETTINGS)
+    if heal:
+        land(store, doc, 2, "two", pages=3)
+    else:
+        store.put("out", naming.page_markdown_name(doc, 2), b"two")
+    return doc
+
+
+def test_a_retry_racing_an_in_flight_page_ends_with_the_document_of_its_current_pages() -> None:
+    store = MemoryStore()
+    doc = race(store, heal=True)
+    document = store.read("out", naming.document_markdown_name(doc)).decode()
+    assert document == current_assembly(store, doc, 3)
+    assert "failed" not in document
+    assert document_status(store, SETTINGS, NAME).state == "done"
+
+
+def test_a_stale_assembly_shows_in_status_and_retry_failed_only_heals_it() -> None:
+    store = MemoryStore()
+    doc = race(store, heal=False)  # the worker stopped before it checked completion
+    status = document_status(store, SETTINGS, NAME)
+    assert (status.state, status.assembly_stale) == ("stale_assembly", True)
+
+    publisher = MemoryPublisher()
+    plan = plan_unfinished_pages(store, SETTINGS, NAME)
+    assert plan.pages, "a stale assembly must give the retry something to do"
+    requeue(plan, store, publisher, SETTINGS)
+    ocr = ScriptedOcrServer([completion("never asked")])
+    for _, message in publisher.published:
+        outcome = asyncio.run(
+            process_page(
+                PageMessage.decode(message.data), store, ocr.client(), SETTINGS, deadline=1e12
+            )
+        )
+        assert outcome.state == "already_done"
+    assert ocr.requests == []  # the pages were done: healing OCRs nothing
+    document = store.read("out", naming.document_markdown_name(doc)).decode()
+    assert document == current_assembly(store, doc, 3)
+    status = document_status(store, SETTINGS, NAME)
+    assert (status.state, status.assembly_stale) == ("done", False)

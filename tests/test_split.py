@@ -14,7 +14,7 @@ import pytest
 from ocrpipe import naming, progress
 from ocrpipe.errors import RetryableError, StorageUnavailable
 from ocrpipe.messages import PageMessage
-from ocrpipe.pages import complete_document
+from ocrpipe.pages import process_page
 from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
 from ocrpipe.settings import Settings
 from ocrpipe.split import split_document
@@ -22,6 +22,7 @@ from ocrpipe.status import document_status
 from ocrpipe.storage import MemoryStore
 from ocrpipe.testing import inputs as make
 from ocrpipe.testing.pdfs import text_pdf
+from tests.fakes import ScriptedOcrServer, completion
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out", render_processes=2)
 
@@ -59,19 +60,18 @@ class CrashingPublisher:
 
 @dataclass
 class InstantWorker:
-    """A publisher whose pages are OCR'd the moment they are published: the fastest
-    possible worker, finishing before the splitter gets to its next batch."""
+    """A publisher whose pages go through the worker's core the moment they are published:
+    the fastest possible worker, finishing before the splitter gets to its next batch."""
 
     store: MemoryStore
     published: list[int] = field(default_factory=list)
 
     def publish_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        ocr = ScriptedOcrServer([completion("text of a page")])
         for message in messages:
             page = PageMessage.decode(message.data)
             self.published.append(page.page)
-            name = naming.page_markdown_name(page.document, page.page)
-            self.store.put("out", name, f"text of page {page.page}".encode())
-            asyncio.run(complete_document(page.document, page.page_count, self.store, SETTINGS))
+            asyncio.run(process_page(page, self.store, ocr.client(), SETTINGS, deadline=1e12))
         return [str(n) for n in range(len(messages))]
 
 
@@ -134,24 +134,47 @@ def test_bad_input_gets_an_error_record_and_publishes_nothing(
     assert document_status(store, settings, name).state == "failed"
 
 
-def test_a_page_that_fails_to_render_gets_an_error_record_and_no_message() -> None:
+def test_a_page_that_fails_to_render_is_remembered_and_published_without_an_image() -> None:
     store, publisher = MemoryStore(), MemoryPublisher()
     doc = upload(store, "a.pdf", make.missing_page_pdf(["one", "two", "three"], missing=2))
     outcome = split_document(doc, store, publisher, SETTINGS)
-    assert (outcome.published, outcome.failed) == (2, 1)
-    assert pages(publisher) == [1, 3]
-    record = json.loads(store.read("out", naming.page_error_name(doc, 2)))
-    assert (record["reason"], record["page"]) == ("page_render_failed", 2)
-    assert document_status(store, SETTINGS, "a.pdf").state == "running"  # pages 1, 3 to OCR
+    assert (outcome.published, outcome.failed) == (3, 1)
+    messages = [PageMessage.decode(m.data) for _, m in publisher.published]
+    assert [m.page for m in messages] == [1, 2, 3]
+    failure = messages[1].render_failure
+    assert failure is not None and failure.reason == "page_render_failed"
+    assert messages[1].image_uri is None
+    record = json.loads(store.read("work", progress.render_failure_name(doc.doc_id, 2)))
+    assert record["reason"] == "page_render_failed" and record["message"]
+    assert store.stat("out", naming.page_error_name(doc, 2)) is None  # the worker's to write
+    assert document_status(store, SETTINGS, "a.pdf").state == "running"  # pages to OCR
 
 
-def test_a_document_whose_every_page_failed_is_finished_by_the_splitter() -> None:
-    store, publisher = MemoryStore(), MemoryPublisher()
-    doc = upload(store, "a.pdf", make.missing_page_pdf(["only"], missing=1))
+def test_a_retried_split_does_not_render_a_failed_page_again() -> None:
+    store = MemoryStore()
+    doc = upload(store, "a.pdf", make.missing_page_pdf(["one", "two", "three"], missing=2))
+    with pytest.raises(StorageUnavailable):
+        split_document(doc, store, CrashingPublisher(ok_batches=0), SETTINGS)
+    store.put("work", progress.render_failure_name(doc.doc_id, 2),
+              progress.render_failure_record("page_render_timeout", "remembered"))  # fmt: skip
+    publisher = MemoryPublisher()
     split_document(doc, store, publisher, SETTINGS)
+    failure = PageMessage.decode(publisher.published[1][1].data).render_failure
+    assert failure is not None and (failure.reason, failure.message) == (
+        "page_render_timeout",
+        "remembered",
+    )
+
+
+def test_a_document_whose_every_page_failed_to_render_is_finished_by_the_worker() -> None:
+    store = MemoryStore()
+    worker = InstantWorker(store)
+    doc = upload(store, "a.pdf", make.missing_page_pdf(["only"], missing=1))
+    split_document(doc, store, worker, SETTINGS)
     status = document_status(store, SETTINGS, "a.pdf")
-    assert publisher.published == []
+    assert worker.published == [1]
     assert status.state == "failed" and list(status.page_errors) == [1]
+    assert status.page_errors[1].reason == "page_render_failed"
     assert "Page 1 failed" in store.read("out", naming.document_markdown_name(doc)).decode()
 
 
@@ -160,9 +183,10 @@ def test_a_failed_last_page_after_a_fast_worker_still_completes_the_document() -
     worker = InstantWorker(store)
     doc = upload(store, "a.pdf", make.missing_page_pdf(["1", "2", "3", "4", "5"], missing=5))
     split_document(doc, store, worker, SETTINGS, batch_size=2)
-    assert worker.published == [1, 2, 3, 4]
+    assert worker.published == [1, 2, 3, 4, 5]
     status = document_status(store, SETTINGS, "a.pdf")
     assert (status.state, status.done, status.failed) == ("partial", 4, 1)
+    assert store.stat("out", naming.document_markdown_name(doc)) is not None
 
 
 def test_a_retry_after_a_crash_publishes_only_what_is_missing() -> None:

@@ -18,9 +18,10 @@ from ocrpipe.naming import DocumentRef
 from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore
+from ocrpipe.testing import inputs as make
 from ocrpipe.testing.pdfs import text_pdf
 from tests import splitter_source
-from tests.fakes import SPLITTER_SERVICES
+from tests.fakes import SPLITTER_SERVICES, RecordingStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out", render_processes=1)
 SOURCE = Path(splitter_source.__file__)
@@ -121,3 +122,32 @@ def test_objects_in_other_buckets_are_ignored(
     store, publisher = fakes
     assert post(client, finalized("elsewhere", "a.pdf", 1, 10)) == 200
     assert publisher.published == [] and list(store.names("out")) == []
+
+
+def test_a_split_writes_only_the_manifest_in_the_output_bucket_and_never_lists_it() -> None:
+    """The splitter may write ``manifest.json`` and ``error.json`` in the output bucket and
+    nothing else, and never lists it: pages and documents are the worker's (and production
+    IAM grants the splitter exactly that). Page 2 fails to render, the path that used to
+    write a page error record and assemble the document from the splitter."""
+    store, publisher = RecordingStore(), MemoryPublisher()
+    SPLITTER_SERVICES.append((SETTINGS, store, publisher))
+    try:
+        app = create_app(target="on_finalize", source=str(SOURCE), signature_type="cloudevent")
+        client = app.test_client()
+        one = make.missing_page_pdf(["one", "two"], missing=2)
+        only = make.missing_page_pdf(["only"], missing=1)
+        for name, data in (("two.pdf", one), ("only.pdf", only), ("bad.pdf", b"dear diary")):
+            generation = store.put("in", name, data, "application/pdf")
+            assert post(client, finalized("in", name, generation, len(data))) == 200
+    finally:
+        SPLITTER_SERVICES.clear()
+    written = {name.rsplit("/", 1)[1] for bucket, name in store.writes if bucket == "out"}
+    assert written == {"manifest.json", "error.json"}
+    assert [prefix for bucket, prefix in store.listings if bucket == "out"] == []
+    # Every page still reaches the worker, the ones that failed to render included.
+    pages = sorted((m.source_name, m.page) for m in map(decode, publisher.published))
+    assert pages == [("only.pdf", 1), ("two.pdf", 1), ("two.pdf", 2)]
+
+
+def decode(published: tuple[str, Any]) -> PageMessage:
+    return PageMessage.decode(published[1].data)

@@ -28,7 +28,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming
+from ocrpipe import naming, records
 from ocrpipe.logs import JsonFormatter
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
@@ -215,6 +215,7 @@ def cloud_run_entry(line: str, service: str) -> dict[str, Any]:
 def _messages(store: MemoryStore, pages: int) -> tuple[DocumentRef, list[PageMessage]]:
     generation = store.put("in", "docs/a.pdf", b"%PDF-1.7 ...", "application/pdf")
     doc = DocumentRef("in", "docs/a.pdf", generation)
+    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
     messages = []
     for page in range(1, pages + 1):
         image = naming.page_image_name(doc.doc_id, page, "png")

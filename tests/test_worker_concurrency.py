@@ -14,7 +14,7 @@ import httpx
 from PIL import Image
 
 from ocr_worker.app import build_ocr_client, create_app
-from ocrpipe import naming
+from ocrpipe import naming, records
 from ocrpipe.local.faults import FaultPlan, serve_in_background
 from ocrpipe.local.faults import create_app as create_fault_app
 from ocrpipe.messages import PageMessage
@@ -38,6 +38,7 @@ async def test_the_worker_keeps_its_in_flight_limit_full_and_never_exceeds_it() 
     store = MemoryStore()
     generation = store.put("in", "big.pdf", b"%PDF-1.7", "application/pdf")
     doc = DocumentRef("in", "big.pdf", generation)
+    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, PAGES))  # splitter's
     bodies = []
     for page in range(1, PAGES + 1):
         image = naming.page_image_name(doc.doc_id, page, "png")
@@ -52,8 +53,13 @@ async def test_the_worker_keeps_its_in_flight_limit_full_and_never_exceeds_it() 
 
     with serve_in_background(create_fault_app(plan)) as url:
         settings = Settings(
-            verify_push_auth=False, input_bucket="in", work_bucket="work", output_bucket="out",
-            ocr_url=url, ocr_max_in_flight=MAX_IN_FLIGHT, ocr_budget_s=60,
+            verify_push_auth=False,
+            input_bucket="in",
+            work_bucket="work",
+            output_bucket="out",
+            ocr_url=url,
+            ocr_max_in_flight=MAX_IN_FLIGHT,
+            ocr_budget_s=60,
             storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
         )
         app = create_app(settings, store=store, ocr=build_ocr_client(settings))

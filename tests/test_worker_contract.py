@@ -12,12 +12,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming
+from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.settings import Settings
+from ocrpipe.status import invalid_messages
 from ocrpipe.storage import MemoryStore, ObjectInfo
-from tests.fakes import ScriptedOcrServer, completion
+from tests.fakes import RecordingStore, ScriptedOcrServer, completion
 
 SETTINGS = Settings(
     verify_push_auth=False,
@@ -44,6 +45,7 @@ def envelope(message: PageMessage) -> dict[str, object]:
 def prepare(store: MemoryStore, pages: int = 2) -> tuple[DocumentRef, list[PageMessage]]:
     generation = store.put("in", "docs/a.pdf", b"%PDF-1.7 ...", "application/pdf")
     doc = DocumentRef("in", "docs/a.pdf", generation)
+    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
     messages = []
     for page in range(1, pages + 1):
         image = naming.page_image_name(doc.doc_id, page, "png")
@@ -69,8 +71,8 @@ def page_text(body: dict[str, object]) -> httpx.Response:
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+def store() -> RecordingStore:
+    return RecordingStore()
 
 
 @pytest.fixture
@@ -104,7 +106,12 @@ def test_a_duplicate_delivery_writes_nothing_twice(
     assert len(server.requests) == 1
     output_writes = [name for bucket, name in store.writes if bucket == "out"]
     assert sorted(output_writes) == sorted(
-        [naming.page_markdown_name(doc, 1), naming.document_markdown_name(doc)]
+        [
+            naming.manifest_name(doc),  # the splitter's, from prepare()
+            naming.page_markdown_name(doc, 1),
+            naming.document_markdown_name(doc),
+            naming.document_index_name(doc),
+        ]
     )
 
 
@@ -114,7 +121,7 @@ def test_ocr_unavailable_nacks_with_503(store: MemoryStore) -> None:
     with TestClient(create_app(settings, store=store, ocr=down.client())) as test_client:
         _, messages = prepare(store, pages=1)
         assert test_client.post("/", json=envelope(messages[0])).status_code == 503
-    assert not [n for b, n in store.writes if b == "out"]
+    assert not [n for b, n in store.writes if b == "out" and not n.endswith("manifest.json")]
 
 
 def test_a_page_that_loops_forever_gets_an_error_record_and_an_ack(store: MemoryStore) -> None:
@@ -159,9 +166,7 @@ async def test_two_instances_finishing_the_last_pages_at_once_assemble_exactly_o
     doc, _ = prepare(store, pages=2)
     store.put("out", naming.page_markdown_name(doc, 1), b"one")
     store.put("out", naming.page_markdown_name(doc, 2), b"two")
-    results = await asyncio.gather(
-        *(complete_document(doc, 2, store, SETTINGS) for _ in range(8))
-    )
+    results = await asyncio.gather(*(complete_document(doc, 2, store, SETTINGS) for _ in range(8)))
     assert sorted(results) == [False] * 7 + [True]
     final = naming.document_markdown_name(doc)
     assert [name for _, name in store.writes].count(final) == 1
@@ -201,3 +206,93 @@ async def test_a_long_document_is_assembled_once_at_its_last_page_without_quadra
     assert text.count("<!-- page ") == pages and "page 1000" in text
     # Listing everything after every page would list ~pages^2/2 = 500,000 entries.
     assert store.listed < 150_000, store.listed
+
+
+def refused(store: MemoryStore) -> list[dict[str, object]]:
+    """The records of refused or undecodable deliveries, as an operator finds them."""
+    names = sorted(n for n in store.names("out") if n.startswith("_invalid-messages/"))
+    return [json.loads(store.read("out", n)) for n in names]
+
+
+def forged(message: PageMessage, **changes: object) -> PageMessage:
+    fields = {**message.model_dump(), **changes}
+    return PageMessage(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("image_in_another_bucket", "foreign_image"),
+        ("image_of_another_document", "foreign_image"),
+        ("image_of_another_page", "foreign_image"),
+        ("extension_not_the_mime_type", "foreign_image"),
+        ("source_in_another_bucket", "foreign_source"),
+        ("page_count_not_the_manifest", "page_count_mismatch"),
+        ("oversized_image", "page_image_too_large"),
+    ],
+)
+def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read(
+    tamper: str, reason: str, store: RecordingStore, server: ScriptedOcrServer
+) -> None:
+    doc, messages = prepare(store, pages=2)
+    first = messages[0]
+    if tamper == "image_in_another_bucket":
+        store.put("secrets", "payroll.png", b"salaries", "image/png")
+        bad = forged(first, image_uri="gs://secrets/payroll.png")
+    elif tamper == "image_of_another_document":
+        other = naming.page_image_name("dffffffffffffffffffffff", 1, "png")
+        store.put("work", other, b"someone else's page", "image/png")
+        bad = forged(first, image_uri=f"gs://work/{other}")
+    elif tamper == "image_of_another_page":
+        bad = forged(first, image_uri=messages[1].image_uri)
+    elif tamper == "extension_not_the_mime_type":
+        bad = forged(first, image_mime="image/jpeg")
+    elif tamper == "source_in_another_bucket":
+        elsewhere = DocumentRef("elsewhere", "docs/a.pdf", doc.generation)
+        store.put("elsewhere", "docs/a.pdf", b"%PDF-1.7 ...")
+        bad = forged(first, source_bucket="elsewhere", doc_id=elsewhere.doc_id)
+    elif tamper == "page_count_not_the_manifest":
+        bad = forged(first, page_count=1)
+    else:
+        image = first.image_uri.split("/", 3)[3]
+        store.put("work", image, b"x" * (SETTINGS.page_image_limit + 1), "image/png")
+        bad = first
+    reads_before = len(store.reads)
+    with TestClient(create_app(SETTINGS, store=store, ocr=server.client())) as test_client:
+        assert test_client.post("/", json=envelope(bad)).status_code == 204
+    assert server.requests == []
+    read_since = store.reads[reads_before:]
+    assert not [r for r in read_since if r[0] in ("work", "secrets")], read_since
+    assert not [n for n in store.names("out") if "/pages/" in n or n.endswith("document.md")]
+    [record] = refused(store)
+    assert record["reason"] == reason and record["message"]
+    assert record["doc_id"] == bad.doc_id and record["page"] == bad.page
+    assert json.loads(base64.b64decode(record["body_base64"]))["message"]["messageId"] == "1"
+    # ...and an operator sees it in `ocrpipe status`.
+    shown = invalid_messages(store, SETTINGS)
+    assert shown.count == 1 and shown.newest[0].reason == reason
+    assert (shown.newest[0].doc_id, shown.newest[0].page) == (bad.doc_id, bad.page)
+
+
+def test_a_message_of_a_newer_schema_is_nacked_and_nothing_is_dropped(
+    client: TestClient, store: MemoryStore, server: ScriptedOcrServer
+) -> None:
+    _, messages = prepare(store, pages=1)
+    data = {**json.loads(messages[0].encode()), "schema_version": 99, "new_field": 1}
+    body = envelope(messages[0])
+    body["message"]["data"] = base64.b64encode(json.dumps(data).encode()).decode()  # type: ignore[index]
+    assert client.post("/", json=body).status_code == 503
+    assert refused(store) == [] and server.requests == []
+    assert not [n for b, n in store.writes if b == "out" and "/pages/" in n]
+
+
+def test_a_replay_whose_page_image_expired_ends_with_a_page_error_record(
+    client: TestClient, store: MemoryStore, server: ScriptedOcrServer
+) -> None:
+    doc, messages = prepare(store, pages=1)
+    store.delete("work", messages[0].image_uri.split("/", 3)[3])  # the lifecycle rule ran
+    assert client.post("/", json=envelope(messages[0])).status_code == 204
+    assert server.requests == []
+    record = json.loads(store.read("out", naming.page_error_name(doc, 1)))
+    assert record["reason"] == "page_image_expired" and record["page"] == 1
+    assert "Page 1 failed" in store.read("out", naming.document_markdown_name(doc)).decode()
