@@ -32,6 +32,7 @@ BENCHMARKS = {
     "saturation": "GPU saturation: pipeline throughput / direct capacity of a batching server",
     "split": "Splitter at scale: time and peak memory against page count",
     "quality": "OCR quality of the local engine: CER and word F1 per page type",
+    "status_scale": "Status of a batch: time, list calls and reads for 2,000 documents",
 }
 
 Runner = Callable[[bool], tuple[dict[str, Any], dict[str, Any], str]]
