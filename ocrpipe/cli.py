@@ -9,8 +9,8 @@ Exit codes of every command:
 
 * 0: success.
 * 1: a document failed (for `wait`: or ended partial, unless `--allow-partial`) or is
-  unknown, a retry was refused, a replay could not publish, or Google Cloud answered with
-  an error.
+  unknown, nothing is under `--prefix`, `get` found a document without Markdown, a retry
+  was refused, a replay could not publish, or Google Cloud answered with an error.
 * 2: usage or configuration error (bad arguments or settings, no credentials).
 * 3: `wait` or `submit --wait` timed out before every document finished.
 """

@@ -305,3 +305,16 @@ def test_verdicts(states: list[str], allow_partial: bool, expected: str) -> None
         sleep=clock.sleep,
     )
     assert verdict(final, finished=finished, allow_partial=allow_partial) == expected
+
+
+OFFLINE_ENV = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+
+
+@pytest.mark.parametrize("args", [["wait"], ["status", "a.pdf", "--prefix", "p/"]])
+def test_batch_usage_errors_exit_2_before_any_call(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from ocrpipe import cli
+
+    result = CliRunner().invoke(cli.app, args, env=OFFLINE_ENV)
+    assert result.exit_code == cli.Exit.USAGE, result.output

@@ -169,3 +169,23 @@ def test_the_object_names_come_from_naming(tmp_path: Path) -> None:
     documents = results.find_documents(store, SETTINGS, prefix="n/")
     wanted, _ = results.plan(documents, SETTINGS, tmp_path)
     assert [w.info.name for w in wanted] == [naming.document_markdown_name(doc)]
+
+
+OFFLINE_ENV = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["get"],
+        ["get", "a.pdf", "-o", "-", "--pages"],
+        ["get", "--prefix", "p/", "-o", "-", "--json"],
+    ],
+)
+def test_get_usage_errors_exit_2_before_any_call(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from ocrpipe import cli
+
+    result = CliRunner().invoke(cli.app, args, env=OFFLINE_ENV)
+    assert result.exit_code == cli.Exit.USAGE, result.output

@@ -137,3 +137,20 @@ def test_checksums_are_in_the_notation_gcs_uses() -> None:
     store.put("in", "h", b"hello")
     info = store.stat("in", "h")
     assert info and (info.md5, info.crc32c) == ("XUFAKrxLKna5cZ2REBfFkg==", "mnG7TA==")
+
+
+OFFLINE_ENV = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+
+
+def test_submit_of_nothing_or_of_clashing_names_exits_2_before_any_call(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ocrpipe import cli
+
+    empty = tree(tmp_path / "empty", {".only-hidden": b"x"})
+    result = CliRunner().invoke(cli.app, ["submit", str(empty)], env=OFFLINE_ENV)
+    assert result.exit_code == cli.Exit.USAGE and "No files" in result.stderr
+    first = tree(tmp_path / "a", {"same.pdf": b"1"})
+    second = tree(tmp_path / "b", {"same.pdf": b"2"})
+    result = CliRunner().invoke(cli.app, ["submit", str(first), str(second)], env=OFFLINE_ENV)
+    assert result.exit_code == cli.Exit.USAGE and "same name" in result.stderr
