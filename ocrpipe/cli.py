@@ -9,8 +9,8 @@ Exit codes of every command:
 
 * 0: success.
 * 1: a document failed (for `wait`: or ended partial, unless `--allow-partial`) or is
-  unknown, a retry was refused, a replay could not publish, or Google Cloud answered with
-  an error.
+  unknown, nothing is under `--prefix`, `get` found a document without Markdown, a retry
+  was refused, a replay could not publish, or Google Cloud answered with an error.
 * 2: usage or configuration error (bad arguments or settings, no credentials).
 * 3: `wait` or `submit --wait` timed out before every document finished.
 """
@@ -32,7 +32,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from ocrpipe import views
+from ocrpipe import batch_views, results, uploads, views
+from ocrpipe.batch_status import (
+    BatchStatus,
+    DocumentObjects,
+    batch_status,
+    listing_prefix,
+    verdict,
+    wait_for_batch,
+)
 from ocrpipe.dlq import list_dead_letters, replay
 from ocrpipe.errors import OcrpipeError
 from ocrpipe.pubsub import PubSubPublisher
@@ -48,6 +56,7 @@ from ocrpipe.status import (
 from ocrpipe.storage import GcsStore, ObjectMissing, ObjectStore
 
 LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
+BATCH_POLL_S = 2.0  # a batch status costs two listings per 1000 documents
 
 
 class Exit(IntEnum):
@@ -177,7 +186,12 @@ def up(
 
 @app.command()
 def submit(
-    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True, help="Files, and folders (walked recursively, hidden files skipped)."
+        ),
+    ],
     prefix: Annotated[str, typer.Option(help="Name prefix inside the input bucket.")] = "",
     wait_: Annotated[bool, typer.Option("--wait", help="Wait for the Markdown.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait, with --wait.")] = 900.0,
@@ -185,23 +199,38 @@ def submit(
         bool,
         typer.Option("--allow-partial", help="With --wait: a partial document is not a failure."),
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Upload files even if the bucket has their bytes.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
-    """Upload files to the input bucket; each becomes a document named like the file."""
+    """Upload files, and folders, to the input bucket; each file becomes a document named
+    PREFIX + its file name, or + its path inside the folder given. A file whose bytes are
+    already in the bucket under that name is skipped (unless --force). With --wait and
+    several files, one progress bar follows the whole batch."""
     settings = load_settings(local)
+    try:
+        local_files = uploads.collect(files, prefix)
+    except uploads.DuplicateName as exc:
+        err.print(Text(f"Two files would get the same name: {exc}", style="red"))
+        raise typer.Exit(Exit.USAGE) from None
+    if not local_files:
+        err.print("No files to submit (hidden files are skipped).", style="red")
+        raise typer.Exit(Exit.USAGE)
     with cloud_errors():
         store = _store(settings)
-        names = []
-        for path in files:
-            name = f"{prefix}{path.name}"
-            with path.open("rb") as handle:
-                generation = store.upload(settings.input_bucket, name, handle, _content_type(path))
-            out.print(
-                Text(f"submitted gs://{settings.input_bucket}/{name} (generation {generation})")
+        report = _upload(store, settings, local_files, force=force, dry_run=dry_run)
+        names = report.names
+        if wait_ and not dry_run:
+            if len(names) == 1:
+                raise typer.Exit(_wait_for(store, settings, names, timeout, allow_partial))
+            code = _wait_batch(
+                store, settings, listing_prefix(names), names, timeout, allow_partial
             )
-            names.append(name)
-        if wait_:
-            raise typer.Exit(_wait_for(store, settings, names, timeout, allow_partial))
+            raise typer.Exit(code)
 
 
 @app.command()
@@ -217,13 +246,19 @@ def status(
             help="List the deliveries the worker refused or could not read (newest first).",
         ),
     ] = False,
+    prefix: Annotated[
+        str | None, typer.Option(help="Summarise every document under this prefix (a folder).")
+    ] = None,
     as_json: JsonOpt = False,
     local: LocalOpt = False,
 ) -> None:
     """A document's pages (done, failed with reasons, pending) and elapsed time, or a table
-    of the most recent documents, with a count of refused deliveries. Exit 1 if NAME is
-    unknown."""
+    of the most recent documents, with a count of refused deliveries. With --prefix:
+    documents by state, pages, rate, ETA and a table of failures for a whole folder. Exit 1
+    if NAME is unknown or nothing is under the prefix."""
     settings = load_settings(local)
+    if prefix is not None:
+        raise typer.Exit(_status_batch(settings, prefix, name, as_json))
     if invalid:
         with cloud_errors():
             found = invalid_messages(_store(settings), settings, limit)
@@ -255,7 +290,10 @@ def status(
 
 @app.command()
 def wait(
-    names: Annotated[list[str], typer.Argument(help="Input names.")],
+    names: Annotated[list[str] | None, typer.Argument(help="Input names.")] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Every document under this prefix (a folder), one bar.")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
     allow_partial: Annotated[
         bool,
@@ -263,13 +301,24 @@ def wait(
             "--allow-partial", help="A partial document (some pages failed) is not a failure."
         ),
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --prefix: print the final status as JSON.")
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
     """Show progress until every document is finished. Exit 0 if all are done, 1 if one
-    failed (or is partial, unless --allow-partial), 3 if the timeout passed first."""
+    failed (or is partial, unless --allow-partial) or nothing is under --prefix, 3 if the
+    timeout passed first."""
     settings = load_settings(local)
+    if not names and prefix is None:
+        err.print("Name at least one document, or give --prefix.", style="red")
+        raise typer.Exit(Exit.USAGE)
     with cloud_errors():
-        raise typer.Exit(_wait_for(_store(settings), settings, names, timeout, allow_partial))
+        store = _store(settings)
+        if prefix is not None:
+            code = _wait_batch(store, settings, prefix, names, timeout, allow_partial, as_json)
+            raise typer.Exit(code)
+        raise typer.Exit(_wait_for(store, settings, names or [], timeout, allow_partial))
 
 
 @app.command()
@@ -524,16 +573,166 @@ def _wait_for(
     return Exit.TIMEOUT if timed_out else Exit.OK
 
 
+@app.command()
+def get(
+    names: Annotated[list[str] | None, typer.Argument(help="Input names.")] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Every document under this prefix (a folder).")
+    ] = None,
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="Folder to write into, or - for stdout.")
+    ] = ".",
+    pages: Annotated[
+        bool, typer.Option("--pages", help="Also each page: DIR/<name>/pages/00001.md.")
+    ] = False,
+    record: Annotated[
+        bool,
+        typer.Option("--json", help="Also document.json, where it exists: DIR/<name>.json."),
+    ] = False,
+    local: LocalOpt = False,
+) -> None:
+    """Download each document's newest finished Markdown as DIR/<input name minus
+    extension>.md, mirroring the input folders. Files already there with the same bytes
+    are not downloaded again. Exit 1 if a document has no Markdown yet (or was rejected)."""
+    settings = load_settings(local)
+    if not names and prefix is None:
+        err.print("Name at least one document, or give --prefix.", style="red")
+        raise typer.Exit(Exit.USAGE)
+    if output == "-" and (pages or record):
+        err.print("--pages and --json write files: give a folder with -o.", style="red")
+        raise typer.Exit(Exit.USAGE)
+    with cloud_errors():
+        store = _store(settings)
+        documents = results.find_documents(store, settings, names=names or (), prefix=prefix)
+        if output == "-":
+            missing = results.write_markdown(store, settings, documents, sys.stdout.buffer)
+        else:
+            missing = list(_download(store, settings, documents, Path(output), pages, record))
+    for item in missing:
+        err.print(Text(f"{item.name}: no Markdown: {item.why}", style="yellow"))
+    raise typer.Exit(Exit.FAILED if missing else Exit.OK)
+
+
+def _download(
+    store: ObjectStore,
+    settings: Settings,
+    documents: list[DocumentObjects],
+    dest: Path,
+    pages: bool,
+    record: bool,
+) -> tuple[results.Missing, ...]:
+    wanted, missing = results.plan(documents, settings, dest, pages=pages, record=record)
+    with batch_views.transfer_progress(err, "downloading") as progress:
+        task = progress.add_task("", total=sum(w.info.size for w in wanted), files="")
+        done = [0]
+
+        def advance(item: results.Wanted, action: results.Action) -> None:
+            done[0] += 1
+            progress.update(task, advance=item.info.size, files=f"{done[0]}/{len(wanted)}")
+
+        report = results.get_results(store, settings, wanted, missing, on_file=advance)
+    out.print(
+        f"{report.count('downloaded')} file(s) downloaded, {report.count('unchanged')}"
+        f" unchanged, into {dest}",
+        markup=False,
+    )
+    return report.missing
+
+
+def _upload(
+    store: ObjectStore,
+    settings: Settings,
+    files: list[uploads.LocalFile],
+    *,
+    force: bool,
+    dry_run: bool,
+) -> uploads.SubmitReport:
+    bucket = settings.input_bucket
+    with batch_views.transfer_progress(err, "uploading") as progress:
+        task = progress.add_task("", total=sum(f.size for f in files), files="")
+        done = [0]
+
+        def advance(item: uploads.Submitted) -> None:
+            done[0] += 1
+            progress.update(task, advance=item.file.size, files=f"{done[0]}/{len(files)}")
+
+        report = uploads.submit(store, bucket, files, force=force, dry_run=dry_run, on_file=advance)
+    for item in report.files:
+        uri = f"gs://{bucket}/{item.file.name}"
+        if item.unchanged:
+            continue
+        if dry_run:
+            out.print(Text(f"would submit {uri} ({item.file.size} bytes)"))
+        else:
+            out.print(Text(f"submitted {uri} (generation {item.generation})"))
+    verb = "would upload" if dry_run else "uploaded"
+    out.print(
+        f"{verb} {len(report.uploaded)} file(s), {len(report.unchanged)} unchanged (already"
+        " in the bucket with the same bytes)",
+        markup=False,
+    )
+    return report
+
+
+def _status_batch(settings: Settings, prefix: str, name: str | None, as_json: bool) -> Exit:
+    if name is not None:
+        err.print("Give a NAME or --prefix, not both.", style="red")
+        return Exit.USAGE
+    with cloud_errors():
+        current = batch_status(_store(settings), settings, prefix)
+    if as_json:
+        views.print_json(out, current.as_dict())
+    else:
+        batch_views.print_batch(out, current)
+    return Exit.OK if current.documents else Exit.FAILED
+
+
+def _wait_batch(
+    store: ObjectStore,
+    settings: Settings,
+    prefix: str,
+    names: list[str] | None,
+    timeout: float,
+    allow_partial: bool,
+    as_json: bool = False,
+) -> Exit:
+    """One progress bar for every document under ``prefix`` (only ``names``, if given)."""
+    with batch_views.batch_progress(err) as progress:
+        task = progress.add_task(prefix or "batch", total=None, states="")
+
+        def show(current: BatchStatus) -> None:
+            expected = (
+                current.pages_known
+                + current.pages_remaining
+                - sum(d.pending for d in current.documents if d.state == "running")
+            )
+            progress.update(
+                task,
+                total=round(expected) or None,
+                completed=current.pages_done + current.pages_failed,
+                states=batch_views.states_line(current).plain,
+            )
+
+        final, finished = wait_for_batch(
+            lambda: batch_status(store, settings, prefix, names=names),
+            timeout=timeout,
+            interval=BATCH_POLL_S,
+            on_update=show,
+        )
+    if as_json:
+        views.print_json(out, final.as_dict())
+    else:
+        batch_views.print_batch(out, final)
+    outcome = verdict(final, finished=finished, allow_partial=allow_partial)
+    if not final.documents:
+        err.print(Text(f"no documents under {prefix!r}", style="red"))
+    elif outcome == "timeout":
+        err.print(Text(f"not finished after {timeout:.0f} s", style="yellow"))
+    return {"ok": Exit.OK, "failed": Exit.FAILED, "timeout": Exit.TIMEOUT}[outcome]
+
+
 def _content_type(path: Path) -> str:
-    return {
-        ".pdf": "application/pdf",
-        ".png": "image/png",
-        ".jpg": "image/jpeg",
-        ".jpeg": "image/jpeg",
-        ".tif": "image/tiff",
-        ".tiff": "image/tiff",
-        ".webp": "image/webp",
-    }.get(path.suffix.lower(), "application/octet-stream")
+    return uploads.content_type(path)
 
 
 if __name__ == "__main__":

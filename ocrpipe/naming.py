@@ -255,3 +255,42 @@ def generation_from_prefix(rest: str) -> int | None:
     """``'1712/…'`` (the part after ``<key>/@``) -> 1712."""
     head = rest.split("/", 1)[0]
     return int(head) if head.isdigit() else None
+
+
+def document_json_name(doc: DocumentRef) -> str:
+    """The machine-readable record beside ``document.md`` (when the worker writes one)."""
+    return output_prefix(doc) + "document.json"
+
+
+_OUTPUT_NAME = re.compile(r"^(.+?)/@(\d+)/(.*)$", re.DOTALL)
+
+
+def split_output_name(name: str) -> tuple[str, int, str] | None:
+    """``'<key>/@<generation>/<rest>'`` -> (key, generation, rest); None for other names.
+
+    A key's segments never start with ``@`` (it is escaped there), so the first
+    ``/@<digits>/`` is the generation segment.
+    """
+    match = _OUTPUT_NAME.match(name)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2)), match.group(3)
+
+
+def key_prefix(prefix: str) -> str:
+    """An output-bucket prefix under which the key of every input name that starts with
+    ``prefix`` lies: one listing of it finds a whole folder's output.
+
+    It may also cover a few other keys (a prefix ending in dots stops at the last ``/``,
+    because a whole ``.`` or ``..`` segment is escaped differently from a longer one);
+    callers match keys exactly.
+    """
+    if not prefix:
+        return ""
+    head, _, partial = prefix.rpartition("/")
+    if partial.strip(".") == "":
+        return name_key(head) + "/" if head or prefix.startswith("/") else ""
+    probe = name_key(prefix + "x")  # 'x' encodes as itself; the key of a longer name
+    if not probe.endswith("x"):  # shortened (it ends with a hex hash): only its head is shared
+        return _trim_partial_escape(probe[: _KEY_HEAD_BYTES - 1])
+    return probe[:-1]

@@ -10,9 +10,11 @@ still at the generation its writer saw, with custom metadata saying what it was 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,9 @@ from typing import IO, Any, Protocol
 from ocrpipe.errors import StorageUnavailable
 
 REWRITTEN_AT_KEY = "ocrpipe-rewritten-at"  # custom metadata of an input rewritten in place
+# Objects per list request. GCS's default and maximum; said explicitly because
+# fake-gcs-server otherwise answers a listing in one page, hiding what listing costs.
+LIST_PAGE_SIZE = 1000
 
 
 class ObjectMissing(Exception):
@@ -35,6 +40,40 @@ class ObjectInfo:
     content_type: str = ""
     updated: float = 0.0  # seconds since the epoch
     metadata: Mapping[str, str] = field(default_factory=dict)  # custom metadata
+    # The checksums GCS keeps, base64 as its API gives them ("" when it has none: a
+    # composite object has no md5).
+    md5: str = ""
+    crc32c: str = ""
+
+
+def md5_of(data: bytes) -> str:
+    """``data``'s MD5 the way GCS reports it (base64)."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def crc32c_of(data: bytes) -> str:
+    """``data``'s CRC32C the way GCS reports it (base64 of the big-endian value)."""
+    import google_crc32c
+
+    return _b64_crc(google_crc32c.Checksum(data))  # type: ignore[no-untyped-call]
+
+
+def file_checksums(path: Path, chunk: int = 1 << 20) -> tuple[str, str]:
+    """(md5, crc32c) of a local file, read once in chunks, in GCS's notation."""
+    import google_crc32c
+
+    md5 = hashlib.md5()
+    crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            md5.update(block)
+            crc.update(block)  # type: ignore[no-untyped-call]
+    return base64.b64encode(md5.digest()).decode(), _b64_crc(crc)
+
+
+def _b64_crc(checksum: Any) -> str:
+    digest: bytes = checksum.digest()
+    return base64.b64encode(digest).decode()
 
 
 class ObjectStore(Protocol):
@@ -173,7 +212,8 @@ class GcsStore:
 
     def list(self, bucket: str, prefix: str) -> list[ObjectInfo]:
         with _translated(bucket, prefix):
-            return [_info(blob) for blob in self._client.list_blobs(bucket, prefix=prefix)]
+            blobs = self._client.list_blobs(bucket, prefix=prefix, page_size=LIST_PAGE_SIZE)
+            return [_info(blob) for blob in blobs]
 
     def delete(self, bucket: str, name: str) -> None:
         from google.api_core import exceptions as gexc
@@ -221,6 +261,8 @@ def _info(blob: Any) -> ObjectInfo:
         content_type=blob.content_type or "",
         updated=updated,
         metadata=dict(blob.metadata or {}),
+        md5=blob.md5_hash or "",
+        crc32c=blob.crc32c or "",
     )
 
 
@@ -255,7 +297,9 @@ def _translated(bucket: str, name: str) -> Iterator[None]:
 class MemoryStore:
     """In-memory :class:`ObjectStore` with GCS's generation rules, for tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        """``clock`` gives each write its ``updated`` time (default: 0.0 for every object)."""
+        self._clock = clock
         self._objects: dict[tuple[str, str], tuple[bytes, ObjectInfo]] = {}
         self._lock = threading.Lock()
         self._generation = 1000
@@ -275,7 +319,14 @@ class MemoryStore:
     ) -> int:
         self._generation += 1
         info = ObjectInfo(
-            name, self._generation, len(data), content_type, metadata=dict(metadata or {})
+            name,
+            self._generation,
+            len(data),
+            content_type,
+            updated=self._clock() if self._clock else 0.0,
+            metadata=dict(metadata or {}),
+            md5=md5_of(data),
+            crc32c=crc32c_of(data),
         )
         self._objects[(bucket, name)] = (data, info)
         self.writes.append((bucket, name))

@@ -1,0 +1,385 @@
+"""The status of a batch: every document under an input prefix, summarised.
+
+It costs two listings, whatever the number of documents: one of the input bucket under the
+prefix (every input and its current generation, including the ones not split yet) and one
+of the output bucket under the prefix's key (every manifest, page, document and error
+object). GCS lists 1000 objects per call, so a batch of D documents of P pages costs about
+``ceil(D / 1000) + ceil(D * (P + 2) / 1000)`` list calls. Objects are then read only where
+the listing cannot answer, in parallel threads:
+
+* the manifest of a document that is still running (its page count; a finished document's
+  pages are all accounted for in the listing);
+* the error record of a rejected document and of every failed page (the failure table).
+
+States are :func:`ocrpipe.status.derive_state`'s, computed for the current generation the
+way :func:`ocrpipe.status.document_status` picks it (the input's, else the newest with
+output). The rate counts page objects (Markdown or error record) whose ``updated`` time is
+in the last ``window_s`` seconds; the ETA divides the pages still to do by it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ocrpipe import naming, records
+from ocrpipe.settings import Settings
+from ocrpipe.status import PageError, derive_state, parse_error
+from ocrpipe.storage import ObjectInfo, ObjectMissing, ObjectStore
+
+RATE_WINDOW_S = 300.0
+READ_THREADS = 16
+FINISHED_STATES = frozenset({"done", "partial", "failed"})
+
+
+@dataclass(frozen=True)
+class DocumentObjects:
+    """What the two listings found for one input name."""
+
+    name: str
+    source: ObjectInfo | None  # the input object, None once it is deleted
+    generations: Mapping[int, Mapping[str, ObjectInfo]]  # generation -> {object name: info}
+
+    @property
+    def generation(self) -> int | None:
+        """The current generation, chosen like :func:`ocrpipe.status.document_status`."""
+        if self.source is not None:
+            return self.source.generation
+        return max(self.generations) if self.generations else None
+
+    def doc(self, settings: Settings, generation: int) -> naming.DocumentRef:
+        return naming.DocumentRef(settings.input_bucket, self.name, generation)
+
+    def latest_finished(self, settings: Settings) -> naming.DocumentRef | None:
+        """The newest generation that has ``document.md``."""
+        for generation in sorted(self.generations, reverse=True):
+            doc = self.doc(settings, generation)
+            if naming.document_markdown_name(doc) in self.generations[generation]:
+                return doc
+        return None
+
+
+def scan_prefix(
+    store: ObjectStore, settings: Settings, prefix: str, names: Collection[str] | None = None
+) -> list[DocumentObjects]:
+    """Every document whose input name starts with ``prefix`` (only ``names``, if given),
+    with its output objects: one listing of each bucket."""
+    wanted = set(names) if names is not None else None
+    inputs = store.list(settings.input_bucket, prefix)
+    outputs = store.list(settings.output_bucket, naming.key_prefix(prefix))
+    by_key: dict[str, dict[int, dict[str, ObjectInfo]]] = {}
+    for info in outputs:
+        parts = naming.split_output_name(info.name)
+        if parts is not None:
+            key, generation, _ = parts
+            by_key.setdefault(key, {}).setdefault(generation, {})[info.name] = info
+    found: dict[str, DocumentObjects] = {}
+    for source in inputs:
+        key = naming.name_key(source.name)
+        generations = by_key.pop(key, {})
+        if wanted is None or source.name in wanted:
+            found[source.name] = DocumentObjects(source.name, source, generations)
+    for key, generations in by_key.items():  # output whose input is gone
+        name = naming.key_to_name(key)
+        if name is None or not name.startswith(prefix) or name in found:
+            continue
+        if wanted is None or name in wanted:
+            found[name] = DocumentObjects(name, None, generations)
+    return [found[name] for name in sorted(found)]
+
+
+@dataclass(frozen=True)
+class Failure:
+    name: str
+    page: int | None  # None: the input was rejected as a whole
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DocumentSummary:
+    name: str
+    generation: int | None
+    state: str
+    page_count: int | None
+    done: int
+    failed: int
+
+    @property
+    def pending(self) -> int:
+        return max(0, (self.page_count or 0) - self.done - self.failed)
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    prefix: str
+    now: float
+    documents: tuple[DocumentSummary, ...]
+    failures: tuple[Failure, ...]
+    recent_pages: int  # pages finished (Markdown or error record) in the last window_s
+    window_s: float
+    started: float | None  # the earliest upload of the batch
+    states: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return all(d.state in FINISHED_STATES for d in self.documents)
+
+    @property
+    def pages_done(self) -> int:
+        return sum(d.done for d in self.documents)
+
+    @property
+    def pages_failed(self) -> int:
+        return sum(d.failed for d in self.documents)
+
+    @property
+    def pages_known(self) -> int:
+        """Pages of the documents split so far."""
+        return sum(d.page_count or 0 for d in self.documents)
+
+    @property
+    def not_split(self) -> int:
+        return sum(1 for d in self.documents if d.state == "splitting")
+
+    @property
+    def pages_remaining(self) -> float:
+        """Pages still to do; a document not split yet counts as the average document."""
+        split = [d.page_count for d in self.documents if d.page_count]
+        average = sum(split) / len(split) if split else 0.0
+        pending = sum(d.pending for d in self.documents if d.state == "running")
+        return pending + self.not_split * average
+
+    @property
+    def rate_span_s(self) -> float:
+        """The time the rate is measured over: the window, or since the first upload."""
+        if self.started is None:
+            return 0.0
+        return max(0.0, min(self.window_s, self.now - self.started))
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """Pages per second over the last window (or since the batch started, if later)."""
+        span = self.rate_span_s
+        return self.recent_pages / span if span > 0 else None
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.finished:
+            return 0.0
+        rate = self.rate_per_s
+        remaining = self.pages_remaining
+        if not rate or not remaining:
+            return None
+        return remaining / rate
+
+    def as_dict(self) -> dict[str, Any]:
+        rate = self.rate_per_s
+        eta = self.eta_s
+        return {
+            "prefix": self.prefix,
+            "documents": len(self.documents),
+            "states": dict(sorted(self.states.items())),
+            "finished": self.finished,
+            "pages": {
+                "done": self.pages_done,
+                "failed": self.pages_failed,
+                "known": self.pages_known,
+                "remaining_estimate": round(self.pages_remaining, 1),
+            },
+            "not_split": self.not_split,
+            "rate_pages_per_min": None if rate is None else round(rate * 60, 1),
+            "rate_window_s": self.window_s,
+            "eta_s": None if eta is None else round(eta, 1),
+            "failures": [vars(f) for f in self.failures],
+            "by_document": [{**vars(d), "pending": d.pending} for d in self.documents],
+        }
+
+
+def batch_status(
+    store: ObjectStore,
+    settings: Settings,
+    prefix: str,
+    *,
+    names: Collection[str] | None = None,
+    now: float | None = None,
+    window_s: float = RATE_WINDOW_S,
+    threads: int = READ_THREADS,
+) -> BatchStatus:
+    """The status of every document under ``prefix`` (or only ``names``)."""
+    now = time.time() if now is None else now
+    scanned = scan_prefix(store, settings, prefix, names)
+    plans = [_plan(settings, d) for d in scanned]
+    to_read = [n for p in plans for n in (p.manifest_to_read, p.error_to_read, *p.page_errors)]
+    contents = _read_all(store, settings.output_bucket, [n for n in to_read if n], threads)
+
+    summaries = []
+    failures = []
+    recent = 0
+    for plan in plans:
+        summary, found = _summarise(plan, contents)
+        summaries.append(summary)
+        failures.extend(found)
+        recent += sum(1 for t in plan.page_times if t >= now - window_s)
+    uploads = [d.source.updated for d in scanned if d.source is not None and d.source.updated]
+    return BatchStatus(
+        prefix=prefix,
+        now=now,
+        documents=tuple(summaries),
+        failures=tuple(failures),
+        recent_pages=recent,
+        window_s=window_s,
+        started=min(uploads) if uploads else None,
+        states=Counter(s.state for s in summaries),
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One document's current generation as the listing shows it, and what to read."""
+
+    name: str
+    generation: int | None
+    input_exists: bool
+    done: frozenset[int] = frozenset()
+    failed: frozenset[int] = frozenset()
+    has_document: bool = False
+    manifest_to_read: str = ""
+    error_to_read: str = ""
+    page_errors: Mapping[str, int] = field(default_factory=dict)  # object name -> page
+    page_times: tuple[float, ...] = ()
+
+
+def _plan(settings: Settings, scanned: DocumentObjects) -> _Plan:
+    generation = scanned.generation
+    if generation is None:
+        return _Plan(scanned.name, None, scanned.source is not None)
+    doc = scanned.doc(settings, generation)
+    found = scanned.generations.get(generation, {})
+    pages_prefix = naming.pages_prefix(doc)
+    listing = naming.parse_page_listing(list(found), pages_prefix)
+    has_document = naming.document_markdown_name(doc) in found
+    has_error = naming.document_error_name(doc) in found
+    has_manifest = naming.manifest_name(doc) in found
+    return _Plan(
+        name=scanned.name,
+        generation=generation,
+        input_exists=scanned.source is not None,
+        done=listing.done,
+        failed=listing.failed,
+        has_document=has_document,
+        # A finished document's pages are all in the listing: its manifest is not needed.
+        manifest_to_read=(
+            naming.manifest_name(doc) if has_manifest and not has_document and not has_error else ""
+        ),
+        error_to_read=naming.document_error_name(doc) if has_error else "",
+        page_errors={naming.page_error_name(doc, n): n for n in sorted(listing.failed)},
+        page_times=tuple(
+            info.updated for name, info in found.items() if name.startswith(pages_prefix)
+        ),
+    )
+
+
+def _summarise(plan: _Plan, contents: Mapping[str, bytes]) -> tuple[DocumentSummary, list[Failure]]:
+    failures: list[Failure] = []
+    page_count: int | None = None
+    if plan.has_document:
+        page_count = len(plan.done) + len(plan.failed)
+    elif plan.manifest_to_read:
+        page_count = _page_count(contents.get(plan.manifest_to_read))
+    error: PageError | None = None
+    if plan.error_to_read:
+        error = parse_error(contents.get(plan.error_to_read, b"{}"))
+        failures.append(Failure(plan.name, None, error.reason, error.message))
+    for object_name, page in plan.page_errors.items():
+        page_error = parse_error(contents.get(object_name, b"{}"))
+        failures.append(Failure(plan.name, page, page_error.reason, page_error.message))
+    state = derive_state(
+        input_exists=plan.input_exists,
+        has_error=error is not None,
+        has_manifest=bool(plan.manifest_to_read) or plan.has_document,
+        has_document=plan.has_document,
+        done=len(plan.done),
+        failed=len(plan.failed),
+    )
+    summary = DocumentSummary(
+        plan.name, plan.generation, state, page_count, len(plan.done), len(plan.failed)
+    )
+    return summary, failures
+
+
+def _page_count(data: bytes | None) -> int | None:
+    if data is None:
+        return None
+    try:
+        return records.parse_manifest(data).page_count
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_all(
+    store: ObjectStore, bucket: str, object_names: list[str], threads: int
+) -> dict[str, bytes]:
+    """Read the objects in parallel; one deleted meanwhile is left out."""
+
+    def read(name: str) -> tuple[str, bytes | None]:
+        try:
+            return name, store.read(bucket, name)
+        except ObjectMissing:
+            return name, None
+
+    if not object_names:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(threads, len(object_names))) as pool:
+        return {name: data for name, data in pool.map(read, object_names) if data is not None}
+
+
+# --- waiting ------------------------------------------------------------------------------
+
+Verdict = Literal["ok", "failed", "timeout"]
+
+
+def verdict(status: BatchStatus, *, finished: bool, allow_partial: bool = False) -> Verdict:
+    """``failed`` if any document failed (or ended partial, unless ``allow_partial``) or
+    nothing is under the prefix; else ``timeout`` if not every document finished; else ok.
+    A failure outranks a timeout, as for single documents."""
+    bad = {"failed"} if allow_partial else {"failed", "partial"}
+    if not status.documents or any(d.state in bad for d in status.documents):
+        return "failed"
+    return "ok" if finished else "timeout"
+
+
+def wait_for_batch(
+    poll: Callable[[], BatchStatus],
+    *,
+    timeout: float,
+    interval: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    on_update: Callable[[BatchStatus], None] = lambda _: None,
+) -> tuple[BatchStatus, bool]:
+    """Poll until every document is finished or ``timeout`` seconds passed.
+
+    Returns the last status and whether the batch finished. An empty batch ends at once
+    (nothing will appear by waiting: the inputs are listed first).
+    """
+    deadline = clock() + timeout
+    while True:
+        current = poll()
+        on_update(current)
+        if current.finished or not current.documents:
+            return current, bool(current.documents)
+        left = deadline - clock()
+        if left <= 0:
+            return current, False
+        sleep(min(interval, left))
+
+
+def listing_prefix(names: Collection[str]) -> str:
+    """The longest prefix shared by ``names``: one listing covers them all."""
+    return os.path.commonprefix(sorted(names)) if names else ""

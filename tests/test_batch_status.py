@@ -1,0 +1,320 @@
+"""A batch's status on the in-memory store: states, pages, failures with reasons, rate and
+ETA on a fake clock, the wait loop, and what a status costs in list calls and reads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from ocrpipe import naming, records
+from ocrpipe.batch_status import batch_status, scan_prefix, verdict, wait_for_batch
+from ocrpipe.settings import Settings
+from ocrpipe.storage import MemoryStore, ObjectInfo
+
+SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
+
+
+@dataclass
+class Clock:
+    now: float = 10_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_document(
+    store: MemoryStore,
+    name: str,
+    state: str,
+    *,
+    pages: int = 2,
+    texts: list[str] | None = None,
+    record: bool = False,
+) -> naming.DocumentRef:
+    """An input and the output the pipeline would have written for it in ``state``:
+    splitting, running (first page done), done, partial (last page failed), rejected."""
+    generation = store.put("in", name, b"%PDF- " + name.encode())
+    doc = naming.DocumentRef("in", name, generation)
+    if state == "splitting":
+        return doc
+    if state == "rejected":
+        error = records.error_record(doc, "not_a_document", "this is text, not a PDF")
+        store.put("out", naming.document_error_name(doc), error)
+        return doc
+    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
+    texts = texts or [f"{name} page {n}" for n in range(1, pages + 1)]
+    finished = {"running": 1, "done": pages, "partial": pages - 1}[state]
+    for number in range(1, finished + 1):
+        store.put("out", naming.page_markdown_name(doc, number), texts[number - 1].encode())
+    if state == "running":
+        return doc
+    if state == "partial":
+        error = records.error_record(doc, "ocr_repetition_loop", "looped", page=pages)
+        store.put("out", naming.page_error_name(doc, pages), error)
+    body = "\n".join(texts[:finished])
+    store.put("out", naming.document_markdown_name(doc), body.encode())
+    if record:
+        store.put("out", naming.document_json_name(doc), b'{"pages": 2}')
+    return doc
+
+
+@dataclass
+class CountingStore:
+    """Counts the list calls (and the GCS list pages they would cost) and the reads."""
+
+    inner: MemoryStore
+    lists: int = 0
+    list_pages: int = 0
+    listed: int = 0
+    reads: list[str] = field(default_factory=list)
+
+    def list(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        found = self.inner.list(bucket, prefix)
+        self.lists += 1
+        self.list_pages += max(1, math.ceil(len(found) / 1000))
+        self.listed += len(found)
+        return found
+
+    def read(self, bucket: str, name: str) -> bytes:
+        self.reads.append(name)
+        return self.inner.read(bucket, name)
+
+    def stat(self, bucket: str, name: str) -> ObjectInfo | None:
+        raise AssertionError("a batch status lists; it never stats one object")
+
+    def download(
+        self, bucket: str, name: str, dest: Path, *, generation: int | None = None
+    ) -> None:
+        self.inner.download(bucket, name, dest, generation=generation)
+
+    def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
+        return self.inner.create(bucket, name, data, content_type)
+
+    def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
+        return self.inner.upload(bucket, name, source, content_type)
+
+    def delete(self, bucket: str, name: str) -> None:
+        self.inner.delete(bucket, name)
+
+    def rewrite_in_place(self, bucket: str, name: str, generation: int) -> int | None:
+        return self.inner.rewrite_in_place(bucket, name, generation)
+
+
+def test_states_pages_and_failures_of_a_folder() -> None:
+    store = MemoryStore()
+    for index, state in enumerate(["done", "done", "partial", "rejected", "running", "splitting"]):
+        make_document(store, f"batch1/sub/{index}-{state}.pdf", state)
+    make_document(store, "batch10/other.pdf", "done")  # shares the characters, not the folder
+    make_document(store, "elsewhere/x.pdf", "done")
+
+    status = batch_status(store, SETTINGS, "batch1/")
+
+    assert [d.name for d in status.documents] == [
+        f"batch1/sub/{i}-{s}.pdf"
+        for i, s in enumerate(["done", "done", "partial", "rejected", "running", "splitting"])
+    ]
+    assert dict(status.states) == {
+        "done": 2,
+        "partial": 1,
+        "failed": 1,
+        "running": 1,
+        "splitting": 1,
+    }
+    assert (status.pages_done, status.pages_failed, status.pages_known) == (6, 1, 8)
+    assert status.not_split == 1
+    assert not status.finished
+    failures = {(f.name, f.page): (f.reason, f.message) for f in status.failures}
+    assert failures == {
+        ("batch1/sub/2-partial.pdf", 2): ("ocr_repetition_loop", "looped"),
+        ("batch1/sub/3-rejected.pdf", None): ("not_a_document", "this is text, not a PDF"),
+    }
+    data = status.as_dict()
+    assert data["documents"] == 6 and data["pages"]["done"] == 6
+    assert data["failures"][0]["reason"] == "ocr_repetition_loop"
+
+
+def test_rate_and_eta_from_the_page_times() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    docs = [make_document(store, f"b/{n}.pdf", "splitting") for n in range(4)]
+    for doc in docs:  # split: 10 pages each
+        store.put("out", naming.manifest_name(doc), records.manifest_record(doc, 10))
+    clock.now += 100
+    for doc in docs[2:]:  # two pages long ago, outside the window
+        store.put("out", naming.page_markdown_name(doc, 1), b"early")
+    clock.now += 500  # ten minutes after the upload, 2 pages/min for the last 5 minutes:
+    for minute in range(5):
+        for doc in docs[:2]:
+            store.put("out", naming.page_markdown_name(doc, minute + 1), b"text")
+        clock.now += 60
+    status = batch_status(store, SETTINGS, "b/", now=clock.now, window_s=300)
+
+    assert status.pages_done == 12
+    assert status.recent_pages == 10
+    assert status.rate_per_s == pytest.approx(10 / 300)
+    assert status.pages_remaining == 28
+    assert status.eta_s == pytest.approx(28 / (10 / 300))
+    assert status.as_dict()["rate_pages_per_min"] == 2.0
+
+
+def test_rate_counts_from_the_first_upload_when_the_batch_is_younger_than_the_window() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    doc = make_document(store, "young/a.pdf", "splitting")
+    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, 4))
+    clock.now += 60
+    store.put("out", naming.page_markdown_name(doc, 1), b"one")
+    status = batch_status(store, SETTINGS, "young/", now=clock.now, window_s=300)
+    assert status.rate_per_s == pytest.approx(1 / 60)
+    assert status.eta_s == pytest.approx(3 * 60)
+
+
+def test_unsplit_documents_count_as_the_average_split_document() -> None:
+    store = MemoryStore()
+    make_document(store, "avg/a.pdf", "running", pages=4)
+    make_document(store, "avg/b.pdf", "done", pages=2)
+    make_document(store, "avg/c.pdf", "splitting")
+    status = batch_status(store, SETTINGS, "avg/")
+    assert status.pages_remaining == 3 + 3  # a's 3 pending pages, c as (4 + 2) / 2
+
+
+@pytest.mark.parametrize("documents", [10, 2500])
+def test_a_status_costs_two_listings_and_reads_only_what_the_listing_cannot_answer(
+    documents: int,
+) -> None:
+    memory = MemoryStore()
+    states = ["done"] * 7 + ["running", "partial", "rejected"]
+    for n in range(documents):
+        make_document(memory, f"big/{n:05d}.pdf", states[n % len(states)])
+    store = CountingStore(memory)
+
+    status = batch_status(store, SETTINGS, "big/")
+
+    assert len(status.documents) == documents
+    assert store.lists == 2  # the input bucket and the output bucket, once each
+    objects = store.listed
+    # 1000 objects per GCS list page: inputs, then 4-5 output objects per document.
+    assert store.list_pages == math.ceil(documents / 1000) + math.ceil((objects - documents) / 1000)
+    tenth = documents // 10
+    # Read: the manifest of each running document, each rejection and each failed page.
+    assert len(store.reads) == 3 * tenth
+    assert all(not r.endswith("document.md") for r in store.reads)
+
+
+def test_only_the_names_asked_for_and_outputs_whose_input_is_gone() -> None:
+    store = MemoryStore()
+    make_document(store, "keep/a.pdf", "done")
+    make_document(store, "keep/b.pdf", "done")
+    gone = make_document(store, "keep/gone.pdf", "done")
+    store.delete("in", gone.name)
+
+    everything = batch_status(store, SETTINGS, "keep/")
+    assert [d.name for d in everything.documents] == ["keep/a.pdf", "keep/b.pdf", "keep/gone.pdf"]
+    assert everything.documents[2].state == "done"
+    only = batch_status(store, SETTINGS, "keep/", names=["keep/b.pdf"])
+    assert [d.name for d in only.documents] == ["keep/b.pdf"]
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["Grüße/", "Grü", "日本語/資料", "a b/", "x/.", "tilde~/", "@at/", "per%cent/"],
+)
+def test_the_output_listing_finds_every_name_under_a_prefix(prefix: str) -> None:
+    store = MemoryStore()
+    suffixes = ["x.pdf", "/y z.pdf", "/./w.pdf", "/../v.pdf", ".hidden/u.pdf"]
+    names = [prefix + s for s in suffixes]
+    for name in names:
+        make_document(store, name, "done")
+    make_document(store, "unrelated.pdf", "done")
+    scanned = scan_prefix(store, SETTINGS, prefix)
+    assert sorted(d.name for d in scanned) == sorted(names)
+    assert all(d.latest_finished(SETTINGS) is not None for d in scanned)
+
+
+def test_wait_polls_until_every_document_is_finished() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    doc = make_document(store, "w/a.pdf", "running")
+    make_document(store, "w/b.pdf", "done")
+    seen: list[int] = []
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if clock.now > 10_010:  # the last page lands after ten seconds
+            store.create("out", naming.page_markdown_name(doc, 2), b"two", "text/markdown")
+            store.create("out", naming.document_markdown_name(doc), b"one two", "text/markdown")
+
+    final, finished = wait_for_batch(
+        lambda: batch_status(store, SETTINGS, "w/", now=clock.now),
+        timeout=60,
+        interval=2,
+        clock=clock,
+        sleep=sleep,
+        on_update=lambda s: seen.append(s.pages_done),
+    )
+    assert finished and final.finished
+    assert dict(final.states) == {"done": 2}
+    assert verdict(final, finished=finished) == "ok"
+    assert seen[0] == 3 and seen[-1] == 4
+    assert 10 < clock.now - 10_000 <= 14
+
+
+def test_wait_gives_up_at_the_timeout() -> None:
+    clock = Clock()
+    store = MemoryStore()
+    make_document(store, "t/a.pdf", "running")
+    final, finished = wait_for_batch(
+        lambda: batch_status(store, SETTINGS, "t/"),
+        timeout=30,
+        interval=4,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert not finished
+    assert clock.now - 10_000 == pytest.approx(30)
+    assert verdict(final, finished=finished) == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("states", "allow_partial", "expected"),
+    [
+        (["done", "done"], False, "ok"),
+        (["done", "partial"], False, "failed"),
+        (["done", "partial"], True, "ok"),
+        (["done", "rejected"], True, "failed"),
+        (["running", "rejected"], False, "failed"),  # a failure outranks a timeout
+        ([], False, "failed"),  # nothing under the prefix: a typo, not a wait
+    ],
+)
+def test_verdicts(states: list[str], allow_partial: bool, expected: str) -> None:
+    store = MemoryStore()
+    for n, state in enumerate(states):
+        make_document(store, f"v/{n}.pdf", state)
+    clock = Clock()
+    final, finished = wait_for_batch(
+        lambda: batch_status(store, SETTINGS, "v/"),
+        timeout=1,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert verdict(final, finished=finished, allow_partial=allow_partial) == expected
+
+
+OFFLINE_ENV = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+
+
+@pytest.mark.parametrize("args", [["wait"], ["status", "a.pdf", "--prefix", "p/"]])
+def test_batch_usage_errors_exit_2_before_any_call(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from ocrpipe import cli
+
+    result = CliRunner().invoke(cli.app, args, env=OFFLINE_ENV)
+    assert result.exit_code == cli.Exit.USAGE, result.output

@@ -1,0 +1,97 @@
+"""A folder in, a folder out, on the real emulators and through the real CLI: ``submit
+DIR``, ``wait --prefix``, ``status --prefix``, ``get --prefix -o``. The output tree mirrors
+the input tree, holds what the OCR engine wrote, and running submit and get again moves
+nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path, PurePosixPath
+
+import pytest
+from typer.testing import CliRunner
+
+from ocrpipe import cli, naming
+from ocrpipe.local.stack import LocalStack, settings_env
+from ocrpipe.naming import DocumentRef
+from ocrpipe.storage import GcsStore
+from ocrpipe.testing.pdfs import text_pdf
+
+pytestmark = pytest.mark.e2e
+
+GOOD = [
+    "Grüße/über uns.pdf",
+    "Grüße/Straße 2.pdf",
+    "日本語/資料 1.pdf",
+    "日本語/資料 2.pdf",
+    "Ελληνικά/έγγραφο.pdf",
+    "Ελληνικά/δεύτερο έγγραφο.pdf",
+    "top one.pdf",
+    "top-two.pdf",
+    *(f"deep/level {n // 3}/sub {n % 3}/doc {n}.pdf" for n in range(12)),
+]
+REJECTED = "Ελληνικά/κείμενο.pdf"  # a .pdf that is plain text
+
+
+def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli.app, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_folder_in_a_folder_out(stack: LocalStack, gcs: GcsStore, tmp_path: Path) -> None:
+    settings = stack.settings
+    env = settings_env(settings)
+    prefix = f"tests/folder-{uuid.uuid4().hex[:8]}/"
+    source = tmp_path / "scans"
+    for number, relative in enumerate(GOOD):
+        path = source / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text_pdf(1 + number % 2, seed=number, lines=4)[0])
+    (source / REJECTED).write_bytes(b"just some notes, not a PDF at all\n")
+    (source / ".DS_Store").write_bytes(b"hidden")
+    assert len(GOOD) == 20
+
+    code, stdout, stderr = run(env, "submit", str(source), "--prefix", prefix)
+    assert code == 0, stderr
+    assert "uploaded 21 file(s), 0 unchanged" in stdout
+    generations = _generations(gcs, settings.input_bucket, prefix)
+    assert sorted(generations) == sorted(prefix + r for r in [*GOOD, REJECTED])
+
+    code, stdout, stderr = run(env, "wait", "--prefix", prefix, "--timeout", "600")
+    assert code == 1, stdout + stderr  # the text file was rejected: a failure
+    assert "20 done, 1 failed" in stdout and "failures" in stdout
+
+    code, stdout, _ = run(env, "status", "--prefix", prefix, "--json")
+    status = json.loads(stdout)
+    assert code == 0 and status["finished"] and status["states"] == {"done": 20, "failed": 1}
+    assert [(f["name"], f["page"]) for f in status["failures"]] == [(prefix + REJECTED, None)]
+    assert status["pages"]["done"] == sum(1 + n % 2 for n in range(len(GOOD)))
+
+    out = tmp_path / "out"
+    code, stdout, stderr = run(env, "get", "--prefix", prefix, "-o", str(out), "--pages")
+    assert code == 1 and prefix + REJECTED in stderr  # no Markdown for it, said so
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.md"))
+    expected_md = [str(PurePosixPath(prefix + r).with_suffix(".md")) for r in GOOD]
+    assert [f for f in files if "/pages/" not in f] == sorted(expected_md)
+    for number, relative in enumerate(GOOD):
+        doc = DocumentRef(settings.input_bucket, prefix + relative, generations[prefix + relative])
+        stem = out / PurePosixPath(prefix + relative).with_suffix("")
+        document = gcs.read(settings.output_bucket, naming.document_markdown_name(doc))
+        assert stem.with_name(stem.name + ".md").read_bytes() == document
+        for page in range(1, 2 + number % 2):
+            expected = gcs.read(settings.output_bucket, naming.page_markdown_name(doc, page))
+            assert (stem / "pages" / f"{page:05d}.md").read_bytes() == expected
+            assert expected.decode().strip() and expected in document
+    downloaded = len(files)
+
+    code, stdout, _ = run(env, "submit", str(source), "--prefix", prefix)
+    assert code == 0 and "uploaded 0 file(s), 21 unchanged" in stdout
+    assert _generations(gcs, settings.input_bucket, prefix) == generations
+
+    code, stdout, _ = run(env, "get", "--prefix", prefix, "-o", str(out), "--pages")
+    assert f"0 file(s) downloaded, {downloaded} unchanged" in stdout
+
+
+def _generations(gcs: GcsStore, bucket: str, prefix: str) -> dict[str, int]:
+    return {info.name: info.generation for info in gcs.list(bucket, prefix)}

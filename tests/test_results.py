@@ -1,0 +1,191 @@
+"""Getting results as files on the in-memory store: the output tree mirrors the input
+names, unchanged files are not downloaded again, the newest finished generation wins,
+pages and document.json on request, and ``-`` (standard output)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from ocrpipe import naming, results
+from ocrpipe.storage import MemoryStore
+from tests.test_batch_status import SETTINGS, make_document
+
+NAMES = [
+    "batch1/top.pdf",
+    "batch1/Grüße/über uns.pdf",
+    "batch1/日本語/資料 1.pdf",
+    "batch1/a/b.png",
+]
+
+
+def batch(store: MemoryStore) -> None:
+    for name in NAMES:
+        make_document(store, name, "done", texts=[f"{name} one", f"{name} two"])
+
+
+def get(
+    store: MemoryStore, dest: Path, prefix: str = "batch1/", **options: bool
+) -> results.GetReport:
+    documents = results.find_documents(store, SETTINGS, prefix=prefix)
+    wanted, missing = results.plan(documents, SETTINGS, dest, **options)
+    return results.get_results(store, SETTINGS, wanted, missing)
+
+
+def test_the_output_tree_mirrors_the_input_names(tmp_path: Path) -> None:
+    store = MemoryStore()
+    batch(store)
+    make_document(store, "batch2/not-this.pdf", "done")
+
+    report = get(store, tmp_path)
+
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.md"))
+    assert written == sorted(
+        ["batch1/top.md", "batch1/Grüße/über uns.md", "batch1/日本語/資料 1.md", "batch1/a/b.md"]
+    )
+    assert (tmp_path / "batch1/Grüße/über uns.md").read_text() == (
+        "batch1/Grüße/über uns.pdf one\nbatch1/Grüße/über uns.pdf two"
+    )
+    assert report.count("downloaded") == 4 and not report.missing
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_a_second_get_downloads_nothing_and_a_changed_file_comes_back(tmp_path: Path) -> None:
+    store = MemoryStore()
+    batch(store)
+    get(store, tmp_path)
+    edited = tmp_path / "batch1/top.md"
+    edited.write_text("my notes")
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.md") if p != edited}
+
+    again = get(store, tmp_path)
+
+    assert again.count("unchanged") == 3 and again.count("downloaded") == 1
+    assert edited.read_text() == "batch1/top.pdf one\nbatch1/top.pdf two"
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_the_newest_finished_generation_is_fetched_while_a_new_one_runs(tmp_path: Path) -> None:
+    store = MemoryStore()
+    make_document(store, "r/report.pdf", "done", texts=["old one", "old two"])
+    make_document(store, "r/report.pdf", "running", texts=["new one", "new two"])
+    report = get(store, tmp_path, prefix="r/")
+    assert (tmp_path / "r/report.md").read_text() == "old one\nold two"
+    assert report.count("downloaded") == 1
+
+    make_document(store, "r/report.pdf", "done", texts=["newest one", "newest two"])
+    get(store, tmp_path, prefix="r/")
+    assert (tmp_path / "r/report.md").read_text() == "newest one\nnewest two"
+
+
+def test_pages_and_the_record_on_request(tmp_path: Path) -> None:
+    store = MemoryStore()
+    make_document(store, "p/doc.pdf", "partial", pages=3, texts=["1", "2", "3"], record=True)
+    make_document(store, "p/plain.pdf", "done")
+
+    get(store, tmp_path, prefix="p/", pages=True, record=True)
+
+    assert sorted(
+        p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()
+    ) == [
+        "p/doc.json",
+        "p/doc.md",
+        "p/doc/pages/00001.md",
+        "p/doc/pages/00002.md",
+        "p/plain.md",
+        "p/plain/pages/00001.md",
+        "p/plain/pages/00002.md",
+    ]
+    assert (tmp_path / "p/doc/pages/00002.md").read_text() == "2"
+    assert (tmp_path / "p/doc.json").read_text() == '{"pages": 2}'
+
+
+def test_documents_without_markdown_are_reported_not_written(tmp_path: Path) -> None:
+    store = MemoryStore()
+    make_document(store, "m/ok.pdf", "done")
+    make_document(store, "m/text.pdf", "rejected")
+    make_document(store, "m/busy.pdf", "running")
+    report = get(store, tmp_path, prefix="m/")
+    assert [p.name for p in tmp_path.rglob("*.md")] == ["ok.md"]
+    assert {m.name: m.why for m in report.missing} == {
+        "m/busy.pdf": "not finished yet",
+        "m/text.pdf": "rejected (see `ocrpipe status NAME`)",
+    }
+
+
+def test_named_documents(tmp_path: Path) -> None:
+    store = MemoryStore()
+    batch(store)
+    documents = results.find_documents(store, SETTINGS, names=["batch1/top.pdf", "nope.pdf"])
+    wanted, missing = results.plan(documents, SETTINGS, tmp_path)
+    assert [w.path for w in wanted] == [tmp_path / "batch1/top.md"]
+    assert missing == [results.Missing("nope.pdf", "no such document")]
+
+
+def test_names_that_differ_only_by_extension_keep_it(tmp_path: Path) -> None:
+    store = MemoryStore()
+    make_document(store, "x/q1.pdf", "done")
+    make_document(store, "x/q1.png", "done")
+    get(store, tmp_path, prefix="x/")
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["q1.pdf.md", "q1.png.md"]
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("a/b.pdf", "a/b"),
+        ("archive.tar.gz", "archive.tar"),
+        ("no-extension", "no-extension"),
+        ("a/../b.pdf", None),
+        ("./b.pdf", None),
+        ("/abs.pdf", None),
+        ("a//b.pdf", None),
+    ],
+)
+def test_local_paths_never_leave_the_folder(name: str, stem: str | None) -> None:
+    assert results.local_stem(name) == (PurePosixPath(stem) if stem else None)
+
+
+def test_dash_writes_the_markdown_to_standard_output() -> None:
+    store = MemoryStore()
+    make_document(store, "s/one.pdf", "done", texts=["first", "page"])
+    make_document(store, "s/two.pdf", "done", texts=["second", "doc"])
+    sink = io.BytesIO()
+    documents = results.find_documents(store, SETTINGS, names=["s/one.pdf"])
+    assert results.write_markdown(store, SETTINGS, documents, sink) == []
+    assert sink.getvalue() == b"first\npage"
+    sink = io.BytesIO()
+    results.write_markdown(
+        store, SETTINGS, results.find_documents(store, SETTINGS, prefix="s/"), sink
+    )
+    assert sink.getvalue() == b"first\npagesecond\ndoc"
+
+
+def test_the_object_names_come_from_naming(tmp_path: Path) -> None:
+    store = MemoryStore()
+    doc = make_document(store, "n/ü.pdf", "done")
+    documents = results.find_documents(store, SETTINGS, prefix="n/")
+    wanted, _ = results.plan(documents, SETTINGS, tmp_path)
+    assert [w.info.name for w in wanted] == [naming.document_markdown_name(doc)]
+
+
+OFFLINE_ENV = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["get"],
+        ["get", "a.pdf", "-o", "-", "--pages"],
+        ["get", "--prefix", "p/", "-o", "-", "--json"],
+    ],
+)
+def test_get_usage_errors_exit_2_before_any_call(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from ocrpipe import cli
+
+    result = CliRunner().invoke(cli.app, args, env=OFFLINE_ENV)
+    assert result.exit_code == cli.Exit.USAGE, result.output
