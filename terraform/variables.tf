@@ -20,17 +20,6 @@ variable "bucket_names" {
   description = "Bucket names (globally unique). Unset ones default to <project_id>-ocrpipe-<role>."
 }
 
-variable "work_retention_days" {
-  type        = number
-  default     = 7
-  description = "Rendered page images are deleted from the work bucket after this many days."
-
-  validation {
-    condition     = var.work_retention_days >= 1
-    error_message = "work_retention_days must be at least 1."
-  }
-}
-
 variable "output_soft_delete_days" {
   type        = number
   default     = 7
