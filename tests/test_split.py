@@ -253,8 +253,8 @@ def test_an_attempt_whose_lease_would_expire_stops_before_publishing() -> None:
     with pytest.raises(RetryableError):
         split_document(doc, store, first, SETTINGS, wall_clock=lambda: next(times), batch_size=3)
     assert pages(first) == [1, 2, 3]
-    second = MemoryPublisher()
-    split_document(doc, store, second, SETTINGS, batch_size=3)
+    second = MemoryPublisher()  # on the same clock as the first attempt
+    split_document(doc, store, second, SETTINGS, wall_clock=lambda: 1000.0 + 600, batch_size=3)
     assert pages(second) == [4, 5, 6]
 
 
