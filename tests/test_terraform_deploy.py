@@ -59,3 +59,81 @@ def test_page_images_outlive_every_message_that_can_name_them(tf: dict[str, Any]
     assert rule["condition"][0]["age"] == "${local.topology.page_image_retention_days}"
     age_s = load_topology().page_image_retention_days * DAY_S
     assert age_s >= pages_s + dead_s + DAY_S, (age_s, pages_s, dead_s)
+
+
+# --- the splitter's build --------------------------------------------------------------------
+
+PROJECT_NUMBER, REGION = "123456789012", "europe-west4"
+BUILDER = "${google_service_account.builder.member}"
+READ_ROLES = {"roles/storage.objectViewer", "roles/storage.objectUser", "roles/storage.objectAdmin"}
+
+
+def substitute(text: str) -> str:
+    return text.replace("${data.google_project.this.number}", PROJECT_NUMBER).replace(
+        "${var.region}", REGION
+    )
+
+
+def condition_matches(expression: str, resource_name: str) -> bool:
+    """Evaluate the small CEL subset these grants use: ``||`` of ``resource.name == "X"``
+    and ``resource.name.startsWith("X")``. Anything else fails the test, on purpose."""
+    result = False
+    for term in substitute(expression).split("||"):
+        term = term.strip().strip("()").strip()
+        if match := re.fullmatch(r'resource\.name\s*==\s*"([^"]+)"', term):
+            result |= resource_name == match.group(1)
+        elif match := re.fullmatch(r'resource\.name\.startsWith\("([^"]+)"\)', term):
+            result |= resource_name.startswith(match.group(1))
+        else:
+            raise AssertionError(f"condition term this test cannot evaluate: {term!r}")
+    return result
+
+
+def builder_can(tf: dict[str, Any], action_on: str) -> bool:
+    """Whether some grant lets the build account read ``action_on`` (a GCS resource name,
+    ``projects/_/buckets/B`` or ``projects/_/buckets/B/objects/O``)."""
+    bucket = action_on.split("/")[3]
+    for grant in tf["resource"].get("google_storage_bucket_iam_member", {}).values():
+        mine = grant["member"] == BUILDER and grant["role"] in READ_ROLES
+        if mine and substitute(grant["bucket"]) == bucket and "condition" not in grant:
+            return True
+    for grant in tf["resource"].get("google_project_iam_member", {}).values():
+        if grant["member"] == BUILDER and grant["role"] in READ_ROLES:
+            conditions = grant.get("condition", [])
+            assert conditions, "an unconditioned project-wide storage grant reads every bucket"
+            if condition_matches(conditions[0]["expression"], action_on):
+                return True
+    return False
+
+
+def test_the_build_account_can_read_the_gcf_v2_sources_bucket_and_nothing_else(
+    tf: dict[str, Any],
+) -> None:
+    # Gen2 copies the uploaded source to gcf-v2-sources-PROJECT_NUMBER-REGION and the build
+    # reads it from there ("Access to bucket gcf-v2-sources-... denied" otherwise).
+    sources = f"projects/_/buckets/gcf-v2-sources-{PROJECT_NUMBER}-{REGION}"
+    assert builder_can(tf, sources)  # list is checked on the bucket
+    assert builder_can(tf, f"{sources}/objects/ocrpipe-splitter/function-source.zip")
+    for other in ("gcf-v2-sources-999999999999-europe-west4", "my-project-ocrpipe-output"):
+        assert not builder_can(tf, f"projects/_/buckets/{other}/objects/x"), other
+
+
+def test_the_function_waits_for_its_build_grants_to_propagate(tf: dict[str, Any]) -> None:
+    sleeps = tf["resource"].get("time_sleep", {})
+    function = tf["resource"]["google_cloudfunctions2_function"]["splitter"]
+    waits = [name for name in sleeps if f"time_sleep.{name}" in function["depends_on"]]
+    assert waits, "the function does not wait for IAM propagation"
+    (name,) = waits
+    sleep = sleeps[name]
+    assert int(sleep["create_duration"].rstrip("s")) >= 30
+    grants = {g.split(".")[1] for g in sleep["depends_on"]}
+    builder_grants = {
+        name
+        for rtype in ("google_project_iam_member", "google_storage_bucket_iam_member")
+        for name, grant in tf["resource"].get(rtype, {}).items()
+        if grant["member"] == BUILDER
+    }
+    assert builder_grants and builder_grants <= grants, builder_grants - grants
+    providers = tf["terraform"][0]["required_providers"][0]
+    assert providers["time"]["source"] == "hashicorp/time"
+    assert re.fullmatch(r"~> 0\.\d+", providers["time"]["version"]), providers["time"]
