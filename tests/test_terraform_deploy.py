@@ -68,18 +68,27 @@ BUILDER = "${google_service_account.builder.member}"
 READ_ROLES = {"roles/storage.objectViewer", "roles/storage.objectUser", "roles/storage.objectAdmin"}
 
 
-def substitute(text: str) -> str:
+def substitute(text: str, tf: dict[str, Any]) -> str:
+    """Fill in string locals, the project number and the region."""
+    for name, value in tf["locals"].items():
+        if isinstance(value, str):
+            text = text.replace(f"${{local.{name}}}", value)
     return text.replace("${data.google_project.this.number}", PROJECT_NUMBER).replace(
         "${var.region}", REGION
     )
+
+
+def refs(depends_on: list[str]) -> set[str]:
+    """``["${a.b}", ...]`` -> {"a.b", ...}"""
+    return {d.removeprefix("${").removesuffix("}") for d in depends_on}
 
 
 def condition_matches(expression: str, resource_name: str) -> bool:
     """Evaluate the small CEL subset these grants use: ``||`` of ``resource.name == "X"``
     and ``resource.name.startsWith("X")``. Anything else fails the test, on purpose."""
     result = False
-    for term in substitute(expression).split("||"):
-        term = term.strip().strip("()").strip()
+    for term in expression.split("||"):
+        term = term.strip()
         if match := re.fullmatch(r'resource\.name\s*==\s*"([^"]+)"', term):
             result |= resource_name == match.group(1)
         elif match := re.fullmatch(r'resource\.name\.startsWith\("([^"]+)"\)', term):
@@ -95,13 +104,13 @@ def builder_can(tf: dict[str, Any], action_on: str) -> bool:
     bucket = action_on.split("/")[3]
     for grant in tf["resource"].get("google_storage_bucket_iam_member", {}).values():
         mine = grant["member"] == BUILDER and grant["role"] in READ_ROLES
-        if mine and substitute(grant["bucket"]) == bucket and "condition" not in grant:
+        if mine and substitute(grant["bucket"], tf) == bucket and "condition" not in grant:
             return True
     for grant in tf["resource"].get("google_project_iam_member", {}).values():
         if grant["member"] == BUILDER and grant["role"] in READ_ROLES:
             conditions = grant.get("condition", [])
             assert conditions, "an unconditioned project-wide storage grant reads every bucket"
-            if condition_matches(conditions[0]["expression"], action_on):
+            if condition_matches(substitute(conditions[0]["expression"], tf), action_on):
                 return True
     return False
 
@@ -121,12 +130,12 @@ def test_the_build_account_can_read_the_gcf_v2_sources_bucket_and_nothing_else(
 def test_the_function_waits_for_its_build_grants_to_propagate(tf: dict[str, Any]) -> None:
     sleeps = tf["resource"].get("time_sleep", {})
     function = tf["resource"]["google_cloudfunctions2_function"]["splitter"]
-    waits = [name for name in sleeps if f"time_sleep.{name}" in function["depends_on"]]
+    waits = [name for name in sleeps if f"time_sleep.{name}" in refs(function["depends_on"])]
     assert waits, "the function does not wait for IAM propagation"
     (name,) = waits
     sleep = sleeps[name]
     assert int(sleep["create_duration"].rstrip("s")) >= 30
-    grants = {g.split(".")[1] for g in sleep["depends_on"]}
+    grants = {g.split(".")[1] for g in refs(sleep["depends_on"])}
     builder_grants = {
         name
         for rtype in ("google_project_iam_member", "google_storage_bucket_iam_member")
