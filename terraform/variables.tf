@@ -153,3 +153,25 @@ variable "labels" {
   default     = {}
   description = "Labels added to every labelled resource."
 }
+
+variable "gpu_model" {
+  type        = string
+  default     = "lightonai/LightOnOCR-2-1B"
+  description = "The model baked into gpu_image (its MODEL_ID build argument). The worker asks for it by this name (OCRPIPE_OCR_MODEL) and the GPU service refuses to start if its image holds another model."
+
+  validation {
+    condition     = contains(["lightonai/LightOnOCR-2-1B", "lightonai/LightOnOCR-3-1B"], var.gpu_model)
+    error_message = "gpu_model must be a model gpu_image/check-model.sh knows: lightonai/LightOnOCR-2-1B or lightonai/LightOnOCR-3-1B."
+  }
+}
+
+variable "gpu_compile_mode" {
+  type        = string
+  default     = "compiled"
+  description = "vLLM on a cold GPU instance: \"compiled\" (torch.compile + CUDA graphs at every start, faster decoding) or \"eager\" (--enforce-eager: starts sooner, decodes slower). docs/DEPLOY.md says how to measure the cold start against the startup probe."
+
+  validation {
+    condition     = contains(["compiled", "eager"], var.gpu_compile_mode)
+    error_message = "gpu_compile_mode is compiled or eager."
+  }
+}

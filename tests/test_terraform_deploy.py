@@ -146,3 +146,20 @@ def test_the_function_waits_for_its_build_grants_to_propagate(tf: dict[str, Any]
     providers = tf["terraform"][0]["required_providers"][0]
     assert providers["time"]["source"] == "hashicorp/time"
     assert re.fullmatch(r"~> 0\.\d+", providers["time"]["version"]), providers["time"]
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+def test_the_worker_asks_for_the_model_the_gpu_service_is_told_to_serve(
+    tf: dict[str, Any],
+) -> None:
+    assert tf["locals"]["worker_env"]  # parsed
+    text = (TERRAFORM / "main.tf").read_text(encoding="utf-8")
+    assert re.search(r"OCRPIPE_OCR_MODEL\s*=\s*var\.gpu_model\b", text)
+    gpu = tf["resource"]["google_cloud_run_v2_service"]["gpu"]
+    env = {e["name"]: e["value"] for e in gpu["template"][0]["containers"][0]["env"]}
+    assert env["EXPECTED_MODEL"] == "${var.gpu_model}"
+    assert env["COMPILE_MODE"] == "${var.gpu_compile_mode}"
+    assert tf["variable"]["gpu_model"]["default"] == "lightonai/LightOnOCR-2-1B"
+    assert tf["variable"]["gpu_compile_mode"]["default"] == "compiled"
