@@ -163,3 +163,32 @@ def test_the_worker_asks_for_the_model_the_gpu_service_is_told_to_serve(
     assert env["COMPILE_MODE"] == "${var.gpu_compile_mode}"
     assert tf["variable"]["gpu_model"]["default"] == "lightonai/LightOnOCR-2-1B"
     assert tf["variable"]["gpu_compile_mode"]["default"] == "compiled"
+
+
+# --- the worker's memory ---------------------------------------------------------------------
+
+
+def memory_mib(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Gi|Mi)", text).groups()  # type: ignore[union-attr]
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+def test_the_worker_memory_holds_its_in_flight_limit_of_the_largest_pages(
+    tf: dict[str, Any],
+) -> None:
+    # Measured by bench/worker_memory.py: 32 pushes of the largest page the splitter makes
+    # (1540 x 6160 colour noise, a 27 MiB PNG) peak at ~4.9 GiB in the worker; 1 GiB was
+    # the default. The per-page figure lives in worker.tf and a precondition enforces it.
+    from tests.test_terraform import optional_defaults
+
+    measured_mib_per_page, measured_base_mib = 150, 140
+    local = tf["locals"]
+    assert local["worker_mib_per_in_flight"] >= measured_mib_per_page
+    assert local["worker_base_mib"] >= measured_base_mib
+    resources = optional_defaults(tf["variable"]["worker_resources"]["type"])
+    concurrency = tf["variable"]["worker_concurrency"]["default"]
+    needed = local["worker_base_mib"] + concurrency * local["worker_mib_per_in_flight"]
+    assert memory_mib(resources["memory"]) * local["worker_memory_headroom"] >= needed
+    worker = tf["resource"]["google_cloud_run_v2_service"]["worker"]
+    (check,) = worker["lifecycle"][0]["precondition"]
+    assert "local.worker_memory_needed_mib" in check["condition"]
