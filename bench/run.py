@@ -32,6 +32,7 @@ BENCHMARKS = {
     "saturation": "GPU saturation: pipeline throughput / direct capacity of a batching server",
     "split": "Splitter at scale: time and peak memory against page count",
     "quality": "OCR quality of the local engine: CER and word F1 per page type",
+    "worker_memory": "Worker peak memory with its in-flight limit of the largest pages",
 }
 
 Runner = Callable[[bool], tuple[dict[str, Any], dict[str, Any], str]]

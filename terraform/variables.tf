@@ -89,11 +89,11 @@ variable "worker_concurrency" {
 
 variable "worker_resources" {
   type = object({
-    cpu    = optional(string, "1")
-    memory = optional(string, "1Gi")
+    cpu    = optional(string, "2")
+    memory = optional(string, "8Gi")
   })
   default     = {}
-  description = "CPU and memory of one worker instance (it mostly waits on the GPU)."
+  description = "CPU and memory of one worker instance. It mostly waits on the GPU, but holds every page in flight (worker_concurrency) about 5.5 times over: worker.tf refuses a memory that cannot hold worker_concurrency of the largest pages (docs/PERFORMANCE.md). Over 4Gi needs at least 2 CPUs."
 }
 
 variable "gpu_max_instances" {
