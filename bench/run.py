@@ -34,6 +34,7 @@ BENCHMARKS = {
     "quality": "OCR quality of the local engine: CER and word F1 per page type",
     "loops": "Repetition loops: GPU time per looping page, non-streamed vs streamed + cut",
     "status_scale": "Status of a batch: time, list calls and reads for 2,000 documents",
+    "worker_memory": "Worker peak memory with its in-flight limit of the largest pages",
 }
 
 Runner = Callable[[bool], tuple[dict[str, Any], dict[str, Any], str]]

@@ -10,6 +10,7 @@ event again; a finalize event may also arrive twice. The work bucket says what i
     pages/<doc_id>/published-00001-00100      pages 1..100 are published (created once,
                                               right after the publish was confirmed)
     pages/<doc_id>/lease-0001                 an attempt is splitting until "expires"
+    pages/<doc_id>/first-attempt              when the first attempt started (created once)
 
 An image alone does not mean "published": an image uploaded just before a crash is
 published by the next attempt without being rendered again. Pages inside a ``published``
@@ -23,6 +24,12 @@ a live lease and fails retryably, so Eventarc tries again later. A lease lasts l
 an attempt may run (its time budget, one page timeout and a margin), the holder publishes
 only while its lease will outlive the publish, and releases it when it stops; a crashed
 attempt's lease only delays the retry until it expires (11 minutes by default).
+
+Eventarc retries a failed event for 24 hours and then drops it. A document whose attempts
+keep running out of time (hostile pages each just under the render timeout) would then
+never get a record and show "running" forever. So the first attempt's start is kept, and
+an attempt that starts more than ``split_deadline_s`` (20 h) later, with pages still
+unpublished, ends the document with ``split_timeout`` (:func:`check_split_deadline`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ocrpipe.errors import RetryableError
+from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.naming import PAGE_DIGITS
 from ocrpipe.storage import ObjectMissing, ObjectStore
 
@@ -65,6 +72,10 @@ def parse_render_failure(data: bytes) -> tuple[str, str]:
         return str(raw["reason"]), str(raw["message"])
     except (ValueError, KeyError, TypeError):
         return "unknown", "the render failure record cannot be read"
+
+
+def first_attempt_name(doc_id: str) -> str:
+    return f"{work_prefix(doc_id)}first-attempt"
 
 
 def lease_name(doc_id: str, number: int) -> str:
@@ -131,3 +142,46 @@ def acquire_lease(
             "another attempt took the lease on this document first", reason="split_in_progress"
         )
     return name
+
+
+def first_attempt_started(store: ObjectStore, bucket: str, doc_id: str, *, now: float) -> float:
+    """When the first attempt at splitting this document started: ``now`` for the first
+    attempt (which records it), the recorded time for every later one."""
+    name = first_attempt_name(doc_id)
+    body = json.dumps({"started": now}).encode()
+    if store.create(bucket, name, body, "application/json"):
+        return now
+    try:
+        return float(json.loads(store.read(bucket, name))["started"])
+    except ObjectMissing:
+        return now  # deleted since (the bucket's lifecycle): count from here
+    except (ValueError, KeyError, TypeError):
+        return now  # unreadable: never end a document on a guess
+
+
+def check_split_deadline(
+    store: ObjectStore,
+    bucket: str,
+    doc_id: str,
+    state: WorkState,
+    page_count: int,
+    *,
+    now: float,
+    deadline_s: float,
+) -> None:
+    """Record the first attempt's start, or raise :class:`BadInput` (``split_timeout``)
+    when this attempt starts more than ``deadline_s`` after it with pages still
+    unpublished. A duplicate event for a finished split (every page inside a
+    ``published`` range) passes."""
+    waited = now - first_attempt_started(store, bucket, doc_id, now=now)
+    if waited <= deadline_s:
+        return
+    missing = [p for p in range(1, page_count + 1) if p not in state.published]
+    if not missing:
+        return
+    raise BadInput(
+        f"the document could not be split in {waited / 3600:.1f} h of attempts"
+        f" (limit {deadline_s / 3600:g} h, below Eventarc's 24 h of retries):"
+        f" {len(missing)} of {page_count} pages were never published",
+        reason="split_timeout",
+    )

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         description="Splitter time per event before it stops and lets Eventarc's retry go on"
         " (540 s function timeout minus one page timeout and a margin).",
     )
+    split_deadline_s: float = Field(
+        20 * 3600.0,
+        gt=0,
+        description="An attempt starting this long after a document's first attempt, with"
+        " pages still unpublished, ends it as split_timeout (below Eventarc's 24 h of retries).",
+    )
 
     # Who may call the worker.
     verify_push_auth: bool = Field(

@@ -178,6 +178,10 @@ class _Job:
         )
         ttl = self.settings.split_budget_s + self.settings.render_page_timeout_s + LEASE_MARGIN_S
         now = wall_clock()
+        progress.check_split_deadline(
+            self.store, work, self.doc.doc_id, state, self.page_count,
+            now=now, deadline_s=self.settings.split_deadline_s,
+        )  # fmt: skip
         lease = progress.acquire_lease(self.store, work, self.doc.doc_id, state, now=now, ttl_s=ttl)
         self._fence = partial(_check_lease, wall_clock, now + ttl)
         try:

@@ -17,6 +17,12 @@ Why these numbers (a GPU cold start must never dead-letter a page):
   between them: well over 90 minutes of a GPU service refusing work before a page is
   dead-lettered. Only a service that stays down that long sends pages to the dead-letter
   topic, where ``ocrpipe dlq replay`` puts them back.
+
+Page images in the work bucket must outlive every message that can still name them: a
+message may wait ``message_retention_seconds`` (7 days) on the push subscription, as long
+again on the dead-letter subscription, and then be replayed. The work bucket's lifecycle
+(terraform/storage.tf) deletes images after ``page_image_retention_days`` = 16: the two
+retentions plus two days for the replay (a test checks the sum).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class Topology:
     publish_timeout_seconds: int  # a publish confirmed within this, or it failed
     message_retention_seconds: int
     request_budget_margin_seconds: int
+    page_image_retention_days: int
 
     @property
     def request_budget_seconds(self) -> int:

@@ -60,13 +60,10 @@ resource "google_cloudfunctions2_function" "splitter" {
     }
   }
 
+  # The grants the build and the trigger need, and time for them to propagate (build.tf).
   depends_on = [
     google_project_service.apis,
     google_project_service_identity.eventarc,
-    google_project_iam_member.gcs_agent_publishes_events,
-    google_project_iam_member.trigger_receives_events,
-    google_project_iam_member.builder_writes_logs,
-    google_artifact_registry_repository_iam_member.builder_pushes_images,
-    google_storage_bucket_iam_member.builder_reads_source,
+    time_sleep.function_grants_propagate,
   ]
 }

@@ -1,4 +1,5 @@
-# vLLM serving LightOnOCR-2-1B on one NVIDIA L4 per instance (gpu_image/Dockerfile).
+# vLLM serving var.gpu_model (LightOnOCR-2-1B by default) on one NVIDIA L4 per instance
+# (gpu_image/Dockerfile).
 #
 # * Scales to zero: an idle pipeline costs nothing here; the first page after a pause waits
 #   for a cold start (instance ~5 s + image + model load, 30-90 s observed), which the
@@ -45,6 +46,18 @@ resource "google_cloud_run_v2_service" "gpu" {
         value = tostring(var.gpu_max_num_seqs)
       }
 
+      # The image serves the model it was built with under its id; this makes a service
+      # deployed with an image of another model fail at start, not on every page.
+      env {
+        name  = "EXPECTED_MODEL"
+        value = var.gpu_model
+      }
+
+      env {
+        name  = "COMPILE_MODE"
+        value = var.gpu_compile_mode
+      }
+
       resources {
         limits = {
           cpu              = "8"
@@ -57,7 +70,9 @@ resource "google_cloud_run_v2_service" "gpu" {
 
       # vLLM's /health answers 200 once the engine is up. Cloud Run caps a startup probe at
       # 240 s of period x failures (plus up to 240 s initial delay); the model loads in
-      # 30-90 s from local disk, so 30 s + 24 x 10 s leaves room for CUDA graph capture.
+      # 30-90 s from local disk, so 30 s + 24 x 10 s leaves room for torch.compile and CUDA
+      # graph capture with an empty cache (gpu_compile_mode = "compiled"), unmeasured so
+      # far: docs/DEPLOY.md says how to measure it on the first deployment.
       startup_probe {
         initial_delay_seconds = var.gpu_startup_probe.initial_delay_seconds
         period_seconds        = var.gpu_startup_probe.period_seconds

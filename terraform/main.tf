@@ -45,7 +45,7 @@ locals {
 
   worker_env = merge(local.common_env, {
     OCRPIPE_OCR_URL              = google_cloud_run_v2_service.gpu.uri
-    OCRPIPE_OCR_MODEL            = "lightonai/LightOnOCR-2-1B"
+    OCRPIPE_OCR_MODEL            = var.gpu_model
     OCRPIPE_OCR_AUTH             = "id-token"
     OCRPIPE_OCR_MAX_IN_FLIGHT    = tostring(var.worker_concurrency)
     OCRPIPE_VERIFY_PUSH_AUTH     = "true"

@@ -25,11 +25,13 @@ resource "google_storage_bucket" "work" {
   force_destroy               = var.force_destroy_buckets
   labels                      = local.labels
 
-  # Rendered pages are only needed until their page is OCR'd (or dead-lettered and
-  # replayed): the retention comfortably outlives Pub/Sub's 7-day message retention.
+  # Rendered pages are only needed until their page is OCR'd, or dead-lettered and
+  # replayed: a message can wait its retention on the push subscription, again on the
+  # dead-letter subscription, and then be replayed. The age is in topology.json next to
+  # those retentions (ocrpipe/topology.py says why 16 days).
   lifecycle_rule {
     condition {
-      age = var.work_retention_days
+      age = local.topology.page_image_retention_days
     }
     action {
       type = "Delete"

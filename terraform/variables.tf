@@ -20,17 +20,6 @@ variable "bucket_names" {
   description = "Bucket names (globally unique). Unset ones default to <project_id>-ocrpipe-<role>."
 }
 
-variable "work_retention_days" {
-  type        = number
-  default     = 7
-  description = "Rendered page images are deleted from the work bucket after this many days."
-
-  validation {
-    condition     = var.work_retention_days >= 1
-    error_message = "work_retention_days must be at least 1."
-  }
-}
-
 variable "output_soft_delete_days" {
   type        = number
   default     = 7
@@ -100,11 +89,11 @@ variable "worker_concurrency" {
 
 variable "worker_resources" {
   type = object({
-    cpu    = optional(string, "1")
-    memory = optional(string, "1Gi")
+    cpu    = optional(string, "2")
+    memory = optional(string, "8Gi")
   })
   default     = {}
-  description = "CPU and memory of one worker instance (it mostly waits on the GPU)."
+  description = "CPU and memory of one worker instance. It mostly waits on the GPU, but holds every page in flight (worker_concurrency) about 5.5 times over: worker.tf refuses a memory that cannot hold worker_concurrency of the largest pages (docs/PERFORMANCE.md). Over 4Gi needs at least 2 CPUs."
 }
 
 variable "gpu_max_instances" {
@@ -257,5 +246,27 @@ variable "alert_gpu_at_max" {
   validation {
     condition     = var.alert_gpu_at_max.duration_seconds >= 60 && var.alert_gpu_at_max.duration_seconds % 60 == 0
     error_message = "alert_gpu_at_max: duration_seconds >= 60 and a multiple of 60."
+  }
+}
+
+variable "gpu_model" {
+  type        = string
+  default     = "lightonai/LightOnOCR-2-1B"
+  description = "The model baked into gpu_image (its MODEL_ID build argument). The worker asks for it by this name (OCRPIPE_OCR_MODEL) and the GPU service refuses to start if its image holds another model."
+
+  validation {
+    condition     = contains(["lightonai/LightOnOCR-2-1B", "lightonai/LightOnOCR-3-1B"], var.gpu_model)
+    error_message = "gpu_model must be a model gpu_image/check-model.sh knows: lightonai/LightOnOCR-2-1B or lightonai/LightOnOCR-3-1B."
+  }
+}
+
+variable "gpu_compile_mode" {
+  type        = string
+  default     = "compiled"
+  description = "vLLM on a cold GPU instance: \"compiled\" (torch.compile + CUDA graphs at every start, faster decoding) or \"eager\" (--enforce-eager: starts sooner, decodes slower). docs/DEPLOY.md says how to measure the cold start against the startup probe."
+
+  validation {
+    condition     = contains(["compiled", "eager"], var.gpu_compile_mode)
+    error_message = "gpu_compile_mode is compiled or eager."
   }
 }

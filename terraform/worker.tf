@@ -3,6 +3,27 @@
 # Ingress is internal: Pub/Sub push from this project counts as internal traffic, so the
 # service is unreachable from the internet even before IAM (only the push account may
 # invoke it, iam.tf). Concurrency x max instances bounds the OCR requests in flight.
+#
+# Memory follows from the pages in flight. Each holds its image, the base64 data URL and
+# the JSON request body: measured by bench/worker_memory.py (docs/PERFORMANCE.md, "Worker
+# memory"), ~140 MiB for the process and ~150 MiB per page for the largest page the
+# splitter makes (1540 x 6160 px of colour noise, a 27 MiB PNG; a noisy grey page of that
+# size, 9 MiB, needs ~40). The precondition keeps worker_concurrency of the largest pages
+# under 80 % of the memory, so raising the concurrency means raising the memory with it.
+
+locals {
+  worker_base_mib          = 160
+  worker_mib_per_in_flight = 160
+  worker_memory_headroom   = 0.8
+  worker_memory_mib = (
+    endswith(var.worker_resources.memory, "Gi")
+    ? tonumber(trimsuffix(var.worker_resources.memory, "Gi")) * 1024
+    : tonumber(trimsuffix(var.worker_resources.memory, "Mi"))
+  )
+  worker_memory_needed_mib = ceil(
+    (local.worker_base_mib + var.worker_concurrency * local.worker_mib_per_in_flight) / local.worker_memory_headroom
+  )
+}
 
 resource "google_cloud_run_v2_service" "worker" {
   name                = local.worker_service_name
@@ -46,6 +67,13 @@ resource "google_cloud_run_v2_service" "worker" {
           value = env.value
         }
       }
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = local.worker_memory_mib >= local.worker_memory_needed_mib
+      error_message = "worker_resources.memory cannot hold worker_concurrency pages in flight: give the worker at least ${local.worker_memory_needed_mib}Mi, or lower worker_concurrency."
     }
   }
 

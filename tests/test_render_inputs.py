@@ -203,3 +203,21 @@ def test_a_page_over_the_memory_limit_fails_alone(tmp_path: Path) -> None:
     assert isinstance(pages[1], PageFailure) and pages[1].reason == "page_render_failed"
     assert "memory" in pages[1].message
     assert all(isinstance(p, RenderedPage) for p in (pages[0], pages[2]))
+
+
+def test_a_transparent_png_just_under_the_pixel_limit_renders(tmp_path: Path) -> None:
+    # 9900 x 9900 = 98.0 MP, under the default 100 MP limit: in greyscale it renders in
+    # under a second, and RGBA must render within the same default memory limit.
+    side = 9900
+    image = Image.new("RGBA", (side, side), (255, 0, 0, 0))  # clear (red, but invisible)
+    ink = Image.new("RGBA", (side // 2, side // 10), (0, 0, 0, 255))
+    image.paste(ink, (side // 4, side // 2))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    del image, ink
+    (page,) = render_all(tmp_path, buffer.getvalue(), InputKind.PNG)
+    assert isinstance(page, RenderedPage), page
+    rendered = opened(page).convert("RGB")
+    assert rendered.size == (1540, 1540)
+    assert rendered.getpixel((10, 10)) == (255, 255, 255)  # clear became white, not red
+    assert rendered.getpixel((770, 770 + 60)) == (0, 0, 0)  # the opaque bar is black

@@ -277,6 +277,38 @@ def test_an_attempt_whose_lease_would_expire_stops_before_publishing() -> None:
     with pytest.raises(RetryableError):
         split_document(doc, store, first, SETTINGS, wall_clock=lambda: next(times), batch_size=3)
     assert pages(first) == [1, 2, 3]
-    second = MemoryPublisher()
-    split_document(doc, store, second, SETTINGS, batch_size=3)
+    second = MemoryPublisher()  # on the same clock as the first attempt
+    split_document(doc, store, second, SETTINGS, wall_clock=lambda: 1000.0 + 600, batch_size=3)
     assert pages(second) == [4, 5, 6]
+
+
+def test_a_split_still_unfinished_near_eventarcs_retry_window_ends_as_split_timeout() -> None:
+    # Eventarc retries for 24 h and then drops the event: a document whose every attempt
+    # runs out of time (hostile pages just under the render timeout) must not stay
+    # "running" forever.
+    store = MemoryStore()
+    doc = upload(store, "slow.pdf", text_pdf(9, lines=1)[0])
+    settings = SETTINGS.model_copy(update={"split_budget_s": 4.5})
+    first = MemoryPublisher()
+    with pytest.raises(RetryableError):
+        split_document(doc, store, first, settings, clock=StepClock(), wall_clock=lambda: 1000.0)
+    late = MemoryPublisher()
+    day_later = 1000.0 + 21 * 3600
+    outcome = split_document(
+        doc, store, late, settings, clock=StepClock(), wall_clock=lambda: day_later
+    )
+    assert (outcome.state, outcome.reason) == ("rejected", "split_timeout")
+    assert late.published == [] and error_reason(store, doc) == "split_timeout"
+    status = document_status(store, SETTINGS, "slow.pdf")
+    assert status.state == "failed" and status.error is not None
+    assert status.error.reason == "split_timeout"
+
+
+def test_a_duplicate_event_a_day_after_a_finished_split_is_not_a_timeout() -> None:
+    store, publisher = MemoryStore(), MemoryPublisher()
+    doc = upload(store, "a.pdf", text_pdf(4, lines=1)[0])
+    split_document(doc, store, publisher, SETTINGS, wall_clock=lambda: 1000.0, batch_size=3)
+    again = MemoryPublisher()
+    outcome = split_document(doc, store, again, SETTINGS, wall_clock=lambda: 1000.0 + 86400)
+    assert (outcome.state, outcome.published) == ("published", 0)
+    assert store.stat("out", naming.document_error_name(doc)) is None

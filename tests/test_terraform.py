@@ -254,7 +254,7 @@ def test_buckets_are_private_and_work_pages_expire(tf: dict[str, Any]) -> None:
         assert bucket["public_access_prevention"] == "enforced"
     rule = buckets["work"]["lifecycle_rule"][0]
     assert rule["action"][0]["type"] == "Delete"
-    assert rule["condition"][0]["age"] == "${var.work_retention_days}"
+    assert rule["condition"][0]["age"] == "${local.topology.page_image_retention_days}"
 
 
 def test_no_project_wide_editor_or_owner(tf: dict[str, Any]) -> None:
