@@ -5,7 +5,7 @@ pages, ``text_pdf(pages, seed=index, lines=4)``), rendered as the splitter rende
 (``PdfRenderer``, 1540 px). The real fault server runs in its own process with the chaos
 test's loop settings (``--seed 11 --plength 0.05``; its other faults do not change which
 pages loop) and streams at ``R`` tokens/s per request. Each looping page climbs the
-temperature ladder (:data:`ocrpipe.ocr_client.TEMPERATURE_LADDER`) until an answer is not a
+temperature ladder (``Settings.ocr_temperatures``) until an answer is not a
 loop, three times over the same pages:
 
 * **before**: non-streamed requests, as the worker sends them today: every loop runs to
@@ -45,10 +45,12 @@ from bench.stack import fault_server_command, free_port
 from ocrpipe.completion_stream import stream_completion
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.faults import FaultPlan, page_loops
-from ocrpipe.ocr_client import TEMPERATURE_LADDER
 from ocrpipe.repetition import DEFAULT_RULE, RepetitionDetector
+from ocrpipe.settings import Settings
 from ocrpipe.testing import inputs
 from ocrpipe.testing.pdfs import page_text, text_pdf
+
+TEMPERATURE_LADDER = Settings().ocr_temperatures
 
 CHAOS_SEED = 11  # tests/test_chaos.py's fault server
 CHAOS_PLENGTH = 0.05

@@ -47,15 +47,7 @@ class Services:
 def build_ocr_client(settings: Settings) -> OcrClient:
     from ocrpipe.id_tokens import auth_for
 
-    params = OcrParams(
-        model=settings.ocr_model,
-        max_tokens=settings.ocr_max_tokens,
-        top_p=settings.ocr_top_p,
-        temperatures=(settings.ocr_temperature, 0.3, 0.5, 0.8),
-        request_timeout_s=settings.ocr_request_timeout_s,
-        max_in_flight=settings.ocr_max_in_flight,
-        malformed_attempts=settings.ocr_malformed_attempts,
-    )
+    params = OcrParams.from_settings(settings)
     return OcrClient.create(settings.ocr_url, params, auth=auth_for(settings))
 
 

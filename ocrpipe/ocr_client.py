@@ -18,8 +18,14 @@ Two kinds of retry, after olmOCR's split:
   (``ocr_malformed_reply``): a server that answers garbage would otherwise burn GPU time
   until the budget ends, on every delivery.
 * A reply cut off with ``finish_reason == "length"`` is a repetition loop, not a result:
-  :meth:`OcrClient.ocr_page` asks again one step up :data:`TEMPERATURE_LADDER`; after the
-  last step the page is rejected for good (:class:`OcrRejected`).
+  :meth:`OcrClient.ocr_page` asks again one step up the temperature ladder
+  (``Settings.ocr_temperatures``); after the last step the page is rejected for good
+  (:class:`OcrRejected`). Replies are streamed (:mod:`ocrpipe.completion_stream`), so a
+  loop is cut as soon as it repeats itself (``finish_reason == "repetition"``) instead of
+  after ``max_tokens``: the GPU stops generating it at once.
+
+Every page's :class:`OcrUsage` (tokens, seconds, attempts, the temperature that worked) is
+what the bill and the page's provenance are made of.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
-import json
 import logging
 import re
 import time
@@ -40,11 +45,18 @@ import anyio
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
+from ocrpipe.completion_stream import (
+    CompletionRefused,
+    MalformedStream,
+    StreamedCompletion,
+    stream_completion,
+)
 from ocrpipe.errors import OcrRejected, OcrUnavailable
+from ocrpipe.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TEMPERATURE_LADDER = (0.2, 0.3, 0.5, 0.8)
+LOOP_REASONS = frozenset({"length", "repetition"})  # a loop: cut by vLLM, or by us
 MIN_ATTEMPT_SECONDS = 1.0  # no attempt starts with less time than this left
 MAX_BACKOFF_SECONDS = 30.0
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -64,19 +76,56 @@ class AuthHeaders(Protocol):
 @dataclass(frozen=True)
 class OcrParams:
     model: str
-    max_tokens: int = 4096
-    top_p: float = 0.9
-    temperatures: tuple[float, ...] = TEMPERATURE_LADDER
-    request_timeout_s: float = 300.0
-    max_in_flight: int = 32
-    malformed_attempts: int = 3  # unparseable 200 replies per page before it fails for good
+    max_tokens: int
+    top_p: float
+    temperatures: tuple[float, ...]
+    request_timeout_s: float
+    max_in_flight: int
+    malformed_attempts: int  # unparseable 200 replies per page before it fails for good
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> OcrParams:
+        """The OCR parameters ``settings`` give, with ``overrides`` (tests, benchmarks)."""
+        values: dict[str, Any] = {
+            "model": settings.ocr_model,
+            "max_tokens": settings.ocr_max_tokens,
+            "top_p": settings.ocr_top_p,
+            "temperatures": settings.ocr_temperatures,
+            "request_timeout_s": settings.ocr_request_timeout_s,
+            "max_in_flight": settings.ocr_max_in_flight,
+            "malformed_attempts": settings.ocr_malformed_attempts,
+        }
+        return cls(**{**values, **overrides})
+
+
+@dataclass(frozen=True)
+class OcrUsage:
+    """What OCR of one page cost in one delivery: the bill and the page's provenance."""
+
+    model: str
+    temperature: float  # the one whose reply was kept
+    finish_reason: str  # of the reply that was kept
+    attempts: int  # requests sent, failed and looping ones included
+    prompt_tokens: int  # summed over every reply read
+    completion_tokens: int  # summed over every reply read, loops included
+    ocr_seconds: float  # time in requests that returned a reply
+
+    def as_dict(self) -> dict[str, str | int | float]:
+        return {
+            "model": self.model,
+            "temperature": self.temperature,
+            "finish_reason": self.finish_reason,
+            "attempts": self.attempts,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ocr_seconds": round(self.ocr_seconds, 3),
+        }
 
 
 @dataclass(frozen=True)
 class OcrResult:
     markdown: str
-    temperature: float
-    requests: int
+    usage: OcrUsage
 
 
 @dataclass
@@ -85,13 +134,16 @@ class RetryStats:
 
     requests: int = 0
     by_cause: dict[str, int] = field(default_factory=dict)
+    loop_tokens: int = 0  # completion tokens spent on replies that looped
 
     def count(self, cause: str) -> None:
         self.by_cause[cause] = self.by_cause.get(cause, 0) + 1
 
 
-class Retryable(OcrUnavailable):
-    """One failed attempt that may succeed later, with the server's ``Retry-After``."""
+class AttemptFailed(OcrUnavailable):
+    """One failed attempt that may succeed later, with the server's ``Retry-After``. (Not
+    :class:`~ocrpipe.errors.RetryableError` itself: tenacity retries these inside the
+    request; what reaches the worker is :class:`OcrUnavailable`.)"""
 
     def __init__(self, message: str, *, cause: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -103,17 +155,19 @@ class MalformedReply(Exception):
     """A 200 answer that is not a chat completion."""
 
 
-@dataclass(frozen=True)
-class _Reply:
-    content: str
-    finish_reason: str
-
-
 @dataclass
 class _PageAttempts:
     """What one :meth:`OcrClient.ocr_page` call has seen so far."""
 
     malformed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, reply: StreamedCompletion) -> None:
+        self.prompt_tokens += reply.prompt_tokens or 0
+        self.completion_tokens += reply.completion_tokens
+        self.seconds += reply.seconds
 
 
 class OcrClient:
@@ -157,17 +211,29 @@ class OcrClient:
         for temperature in self._params.temperatures:
             payload = self._payload(data_url, temperature)
             reply = await self._send_with_backoff(payload, deadline, page)
-            if reply.finish_reason != "length":
-                return OcrResult(reply.content, temperature, self.stats.requests - requests_before)
-            self.stats.count("length")
+            page.add(reply)
+            if reply.finish_reason not in LOOP_REASONS:
+                usage = OcrUsage(
+                    model=self._params.model,
+                    temperature=temperature,
+                    finish_reason=reply.finish_reason,
+                    attempts=self.stats.requests - requests_before,
+                    prompt_tokens=page.prompt_tokens,
+                    completion_tokens=page.completion_tokens,
+                    ocr_seconds=page.seconds,
+                )
+                return OcrResult(reply.text, usage)
+            self.stats.count(reply.finish_reason)
+            self.stats.loop_tokens += reply.completion_tokens
             logger.warning(
-                "repetition loop at temperature %.1f, raising it",
+                "repetition loop at temperature %.1f (%s after %d tokens), raising it",
                 temperature,
-                extra={"reason": "length"},
+                "cut" if reply.cut else "finish_reason=length",
+                reply.completion_tokens,
+                extra={"reason": reply.finish_reason},
             )
         raise OcrRejected(
-            f"the model looped (finish_reason=length) at every temperature"
-            f" {list(self._params.temperatures)}",
+            f"the model looped at every temperature {list(self._params.temperatures)}",
             reason="ocr_repetition_loop",
         )
 
@@ -184,9 +250,9 @@ class OcrClient:
 
     async def _send_with_backoff(
         self, payload: dict[str, Any], deadline: float, page: _PageAttempts
-    ) -> _Reply:
+    ) -> StreamedCompletion:
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(Retryable),
+            retry=retry_if_exception_type(AttemptFailed),
             wait=lambda state: self._wait(state, deadline),
             stop=lambda state: self._past_deadline(state, deadline),
             sleep=self._sleep,
@@ -196,7 +262,7 @@ class OcrClient:
             async for attempt in retrying:
                 with attempt:
                     return await self._attempt(payload, deadline, page)
-        except Retryable as exc:
+        except AttemptFailed as exc:
             raise OcrUnavailable(
                 f"OCR server still unavailable when the request budget ran out: {exc}",
                 reason=f"ocr_unavailable:{exc.cause}",
@@ -205,7 +271,7 @@ class OcrClient:
 
     async def _attempt(
         self, payload: dict[str, Any], deadline: float, page: _PageAttempts
-    ) -> _Reply:
+    ) -> StreamedCompletion:
         """One request; a malformed reply is retryable only a few times per page."""
         try:
             return await self._send(payload, deadline)
@@ -218,13 +284,13 @@ class OcrClient:
                     f" a chat completion: {exc}",
                     reason="ocr_malformed_reply",
                 ) from exc
-            raise Retryable(f"malformed reply: {exc}", cause="malformed") from exc
+            raise AttemptFailed(f"malformed reply: {exc}", cause="malformed") from exc
 
     _jitter = staticmethod(wait_random_exponential(multiplier=0.5, max=MAX_BACKOFF_SECONDS))
 
     def _wait(self, state: RetryCallState, deadline: float) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, Retryable) and exc.retry_after is not None:
+        if isinstance(exc, AttemptFailed) and exc.retry_after is not None:
             # Never more than the budget has left: the stop rule then gives up at once.
             left = max(0.0, deadline - self._clock())
             return min(exc.retry_after, MAX_BACKOFF_SECONDS * 4, left)
@@ -233,13 +299,13 @@ class OcrClient:
     def _past_deadline(self, state: RetryCallState, deadline: float) -> bool:
         return self._clock() + state.upcoming_sleep + MIN_ATTEMPT_SECONDS >= deadline
 
-    async def _send(self, payload: dict[str, Any], deadline: float) -> _Reply:
+    async def _send(self, payload: dict[str, Any], deadline: float) -> StreamedCompletion:
         """One attempt under one wall-clock limit: waiting for an in-flight slot, connect,
         send and the whole reply. A read timeout alone is not enough: a server that sends a
         byte now and then would reset it forever."""
         remaining = deadline - self._clock()
         if remaining < MIN_ATTEMPT_SECONDS:
-            raise Retryable("no time left for another attempt", cause="budget")
+            raise AttemptFailed("no time left for another attempt", cause="budget")
         timeout = min(self._params.request_timeout_s, remaining)
         phase = "id_token"  # what the attempt was waiting for when the limit struck
         try:
@@ -249,40 +315,42 @@ class OcrClient:
                 async with self._in_flight:
                     phase = "timeout"
                     self.stats.requests += 1
-                    response = await self._post(payload, headers, timeout)
+                    return await stream_completion(
+                        self._http,
+                        "/v1/chat/completions",
+                        payload,
+                        headers=headers,
+                        timeout=timeout,
+                    )
+        except CompletionRefused as exc:
+            raise self._refusal(exc.response) from None
+        except MalformedStream as exc:
+            raise MalformedReply(str(exc)) from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
             cause = phase
             self.stats.count(cause)
-            raise Retryable(f"no complete answer within {timeout:.1f} s", cause=cause) from exc
+            raise AttemptFailed(f"no complete answer within {timeout:.1f} s", cause=cause) from exc
         except httpx.TransportError as exc:
             self.stats.count("connection")
-            raise Retryable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
-        return self._classify(response)
+            raise AttemptFailed(f"{type(exc).__name__}: {exc}", cause="connection") from exc
 
     async def _auth_headers(self) -> dict[str, str]:
         if self._auth is None:
             return {}
         try:
             return await self._auth.headers()
-        except Retryable:
+        except AttemptFailed:
             raise
         except OcrUnavailable as exc:
             self.stats.count("id_token")
-            raise Retryable(str(exc), cause="id_token") from exc
+            raise AttemptFailed(str(exc), cause="id_token") from exc
 
-    async def _post(
-        self, payload: dict[str, Any], headers: dict[str, str], timeout: float
-    ) -> httpx.Response:
-        """One POST, whole body read. The caller's wall-clock limit bounds it."""
-        return await self._http.post(
-            "/v1/chat/completions", json=payload, headers=headers, timeout=timeout
-        )
-
-    def _classify(self, response: httpx.Response) -> _Reply:
+    def _refusal(self, response: httpx.Response) -> Exception:
+        """What a non-2xx answer means: retry (overload, configuration) or fail the page."""
         status = response.status_code
         if status in RETRYABLE_STATUS:
             self.stats.count(str(status))
-            raise Retryable(
+            return AttemptFailed(
                 f"HTTP {status}: {_snippet(response)}",
                 cause=str(status),
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
@@ -297,27 +365,11 @@ class OcrClient:
                 _snippet(response),
                 extra={"reason": f"ocr_http_{status}"},
             )
-            raise Retryable(f"HTTP {status}: {_snippet(response)}", cause=str(status))
-        if status != 200:
-            raise OcrRejected(
-                f"OCR server refused the page: HTTP {status}: {_snippet(response)}",
-                reason=f"ocr_http_{status}",
-            )
-        return parse_completion(response.content)
-
-
-def parse_completion(body: bytes) -> _Reply:
-    """The first choice of a chat completion, or :class:`MalformedReply`."""
-    try:
-        choice = json.loads(body.decode("utf-8"))["choices"][0]
-        content = choice["message"]["content"]
-        finish_reason = choice["finish_reason"]
-    except (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as exc:
-        snippet = body[:200].decode("utf-8", "replace").replace("\n", " ")
-        raise MalformedReply(f"{type(exc).__name__}: {snippet!r}") from exc
-    if not isinstance(content, str | None) or not isinstance(finish_reason, str):
-        raise MalformedReply(f"unexpected field types: {body[:200]!r}")
-    return _Reply(content or "", finish_reason)
+            return AttemptFailed(f"HTTP {status}: {_snippet(response)}", cause=str(status))
+        return OcrRejected(
+            f"OCR server refused the page: HTTP {status}: {_snippet(response)}",
+            reason=f"ocr_http_{status}",
+        )
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -45,7 +45,13 @@ class Settings(BaseSettings):
     ocr_url: str = Field("http://127.0.0.1:8000", description="Base URL, without /v1.")
     ocr_model: str = "lightonai/LightOnOCR-2-1B"
     ocr_max_tokens: int = Field(4096, gt=0)
-    ocr_temperature: float = Field(0.2, ge=0)
+    ocr_temperatures: tuple[float, ...] = Field(
+        (0.2, 0.3, 0.5, 0.8),
+        min_length=1,
+        description="The temperature of the first request, then one step up per repetition"
+        ' loop (JSON list, e.g. OCRPIPE_OCR_TEMPERATURES="[0.2, 0.3, 0.5, 0.8]"). After the'
+        " last, the page fails as ocr_repetition_loop.",
+    )
     ocr_top_p: float = Field(0.9, gt=0, le=1)
     ocr_request_timeout_s: float = Field(
         300.0, gt=0, description="One HTTP request to the OCR server, queueing included."

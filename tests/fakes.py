@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from ocrpipe.ocr_client import OcrClient, OcrParams
+from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore, ObjectInfo
 
 
@@ -72,7 +73,7 @@ class ScriptedOcrServer:
         kwargs = {"clock": clock, "sleep": clock.sleep} if clock else {}
         return OcrClient(
             http,
-            OcrParams(model="lightonai/LightOnOCR-2-1B", **params),  # type: ignore[arg-type]
+            OcrParams.from_settings(Settings(), model="lightonai/LightOnOCR-2-1B", **params),  # type: ignore[arg-type]
             **kwargs,
         )  # type: ignore[arg-type]
 

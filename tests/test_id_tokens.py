@@ -76,7 +76,7 @@ async def test_the_ocr_client_sends_the_token_and_fetches_it_once() -> None:
     server = ScriptedOcrServer([completion("text")])
     http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url=GPU_URL)
     auth = IdTokenAuth(GPU_URL, fetch=metadata, clock=clock)
-    client = OcrClient(http, OcrParams(model="m"), auth=auth)
+    client = OcrClient(http, OcrParams.from_settings(Settings(), model="m"), auth=auth)
     image = base64.b64decode("iVBORw0KGgo=")
     for _ in range(3):
         await client.ocr_page(image, "image/png", deadline=float("inf"))
@@ -134,7 +134,9 @@ class LoopLag:
 def gpu_client(auth: IdTokenAuth, **kwargs: object) -> tuple[OcrClient, ScriptedOcrServer]:
     server = ScriptedOcrServer([completion("text")])
     http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url=GPU_URL)
-    return OcrClient(http, OcrParams(model="m"), auth=auth, **kwargs), server  # type: ignore[arg-type]
+    return OcrClient(
+        http, OcrParams.from_settings(Settings(), model="m"), auth=auth, **kwargs
+    ), server  # type: ignore[arg-type]
 
 
 @pytest.mark.timeout(30)

@@ -14,6 +14,7 @@ import pytest
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
 from ocrpipe.ocr_client import MAX_BACKOFF_SECONDS, OcrClient, OcrParams, parse_retry_after
+from ocrpipe.settings import Settings
 from tests.fakes import FakeClock, ScriptedOcrServer, completion
 
 IMAGE = b"\x89PNG fake image bytes"
@@ -52,7 +53,7 @@ async def test_transient_trouble_is_retried_with_backoff(failure: object) -> Non
     clock = FakeClock()
     client = server.client(clock)
     result = await client.ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
-    assert result.markdown == "ok" and result.requests == 3
+    assert result.markdown == "ok" and result.usage.attempts == 3
     assert len(clock.sleeps) == 2 and all(0 <= s <= MAX_BACKOFF_SECONDS for s in clock.sleeps)
     assert sum(client.stats.by_cause.values()) == 2
 
@@ -99,7 +100,10 @@ async def test_request_timeout_is_capped_by_the_remaining_budget() -> None:
     from ocrpipe.ocr_client import OcrClient, OcrParams
 
     client = OcrClient(
-        http, OcrParams(model="m", request_timeout_s=300), clock=clock, sleep=clock.sleep
+        http,
+        OcrParams.from_settings(Settings(), model="m", request_timeout_s=300),
+        clock=clock,
+        sleep=clock.sleep,
     )
     await client.ocr_page(IMAGE, "image/png", deadline=clock.now + 42)
     assert seen == [42]
@@ -116,7 +120,7 @@ async def test_a_repetition_loop_climbs_the_temperature_ladder() -> None:
     )
     clock = FakeClock()
     result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
-    assert result.markdown == "fine" and result.temperature == 0.5
+    assert result.markdown == "fine" and result.usage.temperature == 0.5
     assert [r["temperature"] for r in server.requests] == [0.2, 0.3, 0.5]
 
 
@@ -148,7 +152,7 @@ async def test_auth_headers_are_sent() -> None:
     http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url="http://ocr")
     from ocrpipe.ocr_client import OcrClient, OcrParams
 
-    await OcrClient(http, OcrParams(model="m"), auth=Auth()).ocr_page(
+    await OcrClient(http, OcrParams.from_settings(Settings(), model="m"), auth=Auth()).ocr_page(
         IMAGE, "image/png", deadline=float("inf")
     )
     assert server.headers[0]["authorization"] == "Bearer t0ken"
@@ -186,7 +190,7 @@ async def test_auth_and_routing_errors_are_retried_and_logged_as_configuration_t
     clock = FakeClock()
     with caplog.at_level(logging.ERROR, logger="ocrpipe.ocr_client"):
         result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
-    assert result.markdown == "ok" and result.requests == 3
+    assert result.markdown == "ok" and result.usage.attempts == 3
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 2
     assert all("configuration" in r.getMessage() and "\n" not in r.getMessage() for r in errors)
@@ -247,7 +251,7 @@ async def test_one_malformed_reply_then_a_good_one_is_a_result() -> None:
     server = ScriptedOcrServer([malformed(b"{"), completion("ok")])
     clock = FakeClock()
     result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
-    assert result.markdown == "ok" and result.requests == 2
+    assert result.markdown == "ok" and result.usage.attempts == 2
 
 
 @pytest.mark.parametrize("value", [b"\xb2", "\u0661\u0662".encode(), b"later"])
@@ -322,7 +326,9 @@ class TricklingServer:
 async def test_the_budget_is_a_wall_clock_limit_even_for_a_server_that_trickles() -> None:
     """A server sending one byte every 0.5 s kept a 3 s budget busy for 10 s."""
     server = TricklingServer()
-    client = OcrClient.create(server.url, OcrParams(model="m", request_timeout_s=300))
+    client = OcrClient.create(
+        server.url, OcrParams.from_settings(Settings(), model="m", request_timeout_s=300)
+    )
     started = time.monotonic()
     try:
         with pytest.raises(OcrUnavailable) as info:
@@ -347,7 +353,7 @@ async def test_waiting_for_an_in_flight_slot_counts_against_the_budget() -> None
         return completion("ok")
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://ocr")
-    client = OcrClient(http, OcrParams(model="m", max_in_flight=1))
+    client = OcrClient(http, OcrParams.from_settings(Settings(), model="m", max_in_flight=1))
     first = asyncio.create_task(client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 60))
     await asyncio.sleep(0.05)
     started = time.monotonic()
@@ -360,3 +366,30 @@ async def test_waiting_for_an_in_flight_slot_counts_against_the_budget() -> None
         await http.aclose()
     assert elapsed < 2.5, f"a 2 s budget took {elapsed:.1f} s"
     assert calls == 1  # the page that never got a slot sent nothing
+
+
+async def test_a_looping_page_is_cut_while_streaming_then_answered_one_step_up() -> None:
+    """Against the real fault server: the loop at temperature 0.2 is cut long before
+    max_tokens, the next temperature answers, and the usage counts every token read."""
+    from ocrpipe.local.faults import FaultPlan, create_app, serve_in_background
+    from tests.test_faults import page
+
+    plan = FaultPlan(seed=1, plength=1.0, tokens_per_s=20000)
+    image = page("loops", "The real text of the page.")
+    with serve_in_background(create_app(plan)) as url:
+        client = OcrClient.create(url, OcrParams.from_settings(Settings()))
+        try:
+            result = await client.ocr_page(image, "image/png", deadline=time.monotonic() + 20)
+        finally:
+            await client.aclose()
+        async with httpx.AsyncClient(base_url=url) as http:
+            served = (await http.get("/stats")).json()
+    assert result.markdown.endswith("The real text of the page.")
+    assert "page-sha256" in result.markdown  # the fault server's own answer, not a loop
+    assert result.usage.temperature == 0.3 and result.usage.finish_reason == "stop"
+    assert result.usage.attempts == 2
+    assert client.stats.by_cause == {"repetition": 1}
+    # The loop was cut: far fewer tokens than the 4096 a non-streamed loop would cost.
+    assert 0 < client.stats.loop_tokens < 1000
+    assert result.usage.completion_tokens > client.stats.loop_tokens
+    assert served["streamed"] == 2 and served["completion_tokens"] < 1100
