@@ -15,3 +15,14 @@ def test_known_variables_and_other_prefixes_are_accepted(monkeypatch: pytest.Mon
     monkeypatch.setenv("OCRPIPE_OCR_BUDGET_S", "3")
     monkeypatch.setenv("OCRPIPEX_UNRELATED", "1")
     assert Settings().ocr_budget_s == 3
+
+
+def test_the_local_stack_environment_reproduces_every_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ocrpipe.local.stack import settings_env
+
+    original = Settings(ocr_temperatures=(0.1, 0.4), project="p")
+    for key, value in settings_env(original).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == original
