@@ -10,6 +10,7 @@ topics and subscriptions with the production topology. It stops what it started,
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -325,7 +326,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is None:
             continue
         key = name.upper() if name.endswith("emulator_host") else f"OCRPIPE_{name.upper()}"
-        env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            env[key] = str(value).lower()
+        elif isinstance(value, tuple | list):
+            env[key] = json.dumps(list(value))  # pydantic-settings reads complex values as JSON
+        else:
+            env[key] = str(value)
     return env
 
 
