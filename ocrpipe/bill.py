@@ -73,6 +73,10 @@ class PageUsage:
     end: float | None = None  # when its result object was written (seconds since the epoch)
 
 
+NO_SUCH_DOCUMENT = "no such document"
+NOT_FINISHED = "not finished"
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A document left out of the bill, and why."""
@@ -132,7 +136,7 @@ def document_pages(
     listing (usage unknown)."""
     doc = document.latest_finished(settings)
     if doc is None:
-        why = "no such document" if document.generation is None else "not finished"
+        why = NO_SUCH_DOCUMENT if document.generation is None else NOT_FINISHED
         return Skipped(document.name, why)
     objects = document.generations[doc.generation]
     prefix = naming.pages_prefix(doc)

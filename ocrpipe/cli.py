@@ -10,8 +10,8 @@ Exit codes of every command:
 * 0: success.
 * 1: a document failed (for `wait`: or ended partial, unless `--allow-partial`) or is
   unknown, nothing is under `--prefix`, `get` found a document without Markdown, `report`
-  found no finished document, a retry was refused, a replay could not publish, or Google
-  Cloud answered with an error.
+  found no finished document (or an unknown name), a retry was refused, a replay could not
+  publish, or Google Cloud answered with an error.
 * 2: usage or configuration error (bad arguments or settings, no credentials).
 * 3: `wait` or `submit --wait` timed out before every document finished.
 """
@@ -747,7 +747,8 @@ def report(
     (done, failed), the tokens, OCR seconds, attempts and retries the worker recorded in
     document.json, and two estimates of GPU time and cost (total and per 1,000 pages) at
     OCRPIPE_GPU_PRICE_PER_HOUR, with the assumption each makes. Pages without recorded
-    usage are counted as unknown. Exit 1 if no finished document is found."""
+    usage are counted as unknown. Exit 1 if no finished document is found, or a NAME is
+    unknown."""
     settings = load_settings(local)
     if not names and prefix is None:
         err.print("Name at least one document, or give --prefix.", style="red")
@@ -775,7 +776,8 @@ def _report(
         where = f"under {prefix!r}" if prefix is not None else "among the names given"
         err.print(Text(f"no finished document {where}", style="red"))
         return Exit.FAILED
-    return Exit.OK
+    unknown = {s.name for s in total.skipped if s.why == bill.NO_SUCH_DOCUMENT}
+    return Exit.FAILED if unknown & set(names) else Exit.OK
 
 
 def _read_records(store: ObjectStore, bucket: str, wanted: Mapping[str, str]) -> dict[str, bytes]:
@@ -794,6 +796,8 @@ def _read_records(store: ObjectStore, bucket: str, wanted: Mapping[str, str]) ->
 
 
 def _print_bill(total: bill.Bill, prefix: str | None) -> None:
+    if not total.documents:
+        return
     where = f" under {prefix!r}" if prefix is not None else ""
     out.print(
         Text(
@@ -806,6 +810,14 @@ def _print_bill(total: bill.Bill, prefix: str | None) -> None:
         f" {total.pages_unknown} (no provenance in document.json)",
         markup=False,
     )
+    if total.span_seconds is not None:
+        busy = f"; some page at the GPU for {views.duration(total.busy_seconds)}"
+        out.print(
+            f"pages from {views.timestamp(total.first_start)} to"
+            f" {views.timestamp(total.last_end)} ({views.duration(total.span_seconds)})"
+            + (busy if total.pages_with_usage else ""),
+            markup=False,
+        )
     if not total.pages_with_usage:
         out.print("no GPU estimate: no page has recorded usage", markup=False)
         return
@@ -816,13 +828,6 @@ def _print_bill(total: bill.Bill, prefix: str | None) -> None:
         " temperature (repetition loop)",
         markup=False,
     )
-    if total.span_seconds is not None:
-        out.print(
-            f"first page sent {views.timestamp(total.first_start)}, last result"
-            f" {views.timestamp(total.last_end)} ({views.duration(total.span_seconds)});"
-            f" some page at the GPU for {views.duration(total.busy_seconds)}",
-            markup=False,
-        )
     table = Table("estimate", "GPU time", "cost", "per 1,000 pages")
     for estimate in total.estimates:
         per_1000 = estimate.cost_per_1000_pages

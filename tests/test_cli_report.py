@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 
 import pytest
@@ -40,6 +41,57 @@ def batch() -> MemoryStore:
     store.put("in", "batch/c.pdf", b"%PDF-")
     finished(store, clock, "other/x.pdf", [page(1, provenance(prompt=10**6))])
     return store
+
+
+L4_PAGE_S = 32 / 0.6  # published: 0.6 pages/s on one L4 with 32 in flight
+
+
+def l4_batch(documents: int = 20, pages: int = 50) -> MemoryStore:
+    """A fixture batch shaped like the published L4 figures (not a measurement): pages sent
+    32 at a time, each at the GPU for 32 / 0.6 s; every 33rd page loops once (a cut reply,
+    then 0.3), two loop through the whole ladder and fail, one fails to render (no
+    provenance). Result objects are written when each page ends."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    slots = [clock.now] * 32
+    number = 0
+    for d in range(documents):
+        entries, ends = [], []
+        for p in range(1, pages + 1):
+            number += 1
+            if number in (500, 900):
+                prov = provenance(seconds=L4_PAGE_S + 30, attempts=4, temperature=0.8)
+                prov["completion_tokens"] = 4 * 400
+                entries.append(page(p, prov, state="failed"))
+            elif number == 700:
+                entries.append(page(p, None, state="failed"))
+                ends.append(clock.now)
+                continue
+            elif number % 33 == 0:
+                prov = provenance(seconds=L4_PAGE_S + 8, attempts=2, temperature=0.3)
+                entries.append(page(p, prov | {"completion_tokens": 400 + 640}))
+            else:
+                entries.append(page(p, provenance(prompt=1520, completion=640, seconds=L4_PAGE_S)))
+            start = heapq.heappop(slots)
+            end = start + entries[-1]["provenance"]["ocr_seconds"]
+            heapq.heappush(slots, end)
+            ends.append(end)
+        finished(store, clock, f"l4/doc{d:02d}.pdf", entries, ends=ends)
+    return store
+
+
+def test_with_the_gpu_batch_full_both_estimates_agree_near_the_published_cost(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = cli._report(l4_batch(), SETTINGS, [], "l4/", as_json=True)
+    data = json.loads(capsys.readouterr().out)
+    assert code == cli.Exit.OK
+    assert data["pages"]["total"] == 1000 and data["pages"]["usage_unknown"] == 1
+    assert data["usage"]["loop_retries"] == 2 + 30
+    by_concurrency = data["estimates"]["concurrency"]["cost_per_1000_pages"]
+    by_clock = data["estimates"]["wall_clock"]["cost_per_1000_pages"]
+    assert by_concurrency == pytest.approx(by_clock, rel=0.05)
+    assert 0.657 <= by_concurrency < 0.70  # $0.66 plus what the loops cost
 
 
 def test_json_sums_the_prefix_and_gives_both_estimates(capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,6 +154,16 @@ def test_names_select_documents_and_their_latest_finished_generation(
     data = json.loads(capsys.readouterr().out)
     assert code == cli.Exit.OK
     assert data["names"] == ["other/x.pdf"] and data["usage"]["prompt_tokens"] == 10**6
+
+
+def test_an_unknown_name_exits_1_after_billing_the_others(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = cli._report(batch(), SETTINGS, ["other/x.pdf", "nope.pdf"], None, as_json=True)
+    captured = capsys.readouterr()
+    assert code == cli.Exit.FAILED
+    assert json.loads(captured.out)["documents"] == 1
+    assert "nope.pdf: not counted: no such document" in captured.err
 
 
 def test_usage_unknown_everywhere_says_so_and_gives_no_estimate(
