@@ -200,3 +200,20 @@ def test_a_negative_price_is_a_usage_error() -> None:
     result = runner.invoke(cli.app, ["report", "--prefix", "x/"], env=env)
     assert result.exit_code == cli.Exit.USAGE
     assert "gpu_price_per_hour" in result.output
+
+
+def test_a_bill_costs_two_listings_and_one_read_per_finished_document(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.fakes import RecordingStore
+
+    clock = Clock()
+    store = RecordingStore()
+    for n in range(5):
+        finished(store, clock, f"batch/{n}.pdf", [page(1, provenance()), page(2, provenance())])
+    store.put("in", "batch/running.pdf", b"%PDF-")
+    store.listings.clear()
+    assert cli._report(store, SETTINGS, [], "batch/", as_json=True) == cli.Exit.OK
+    assert len(store.listings) == 2
+    assert sorted(name.rsplit("/", 1)[1] for _, name in store.reads) == ["document.json"] * 5
+    assert json.loads(capsys.readouterr().out)["pages"]["total"] == 10
