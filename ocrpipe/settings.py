@@ -133,6 +133,23 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("STORAGE_EMULATOR_HOST", "storage_emulator_host")
     )
 
+    # What a GPU instance costs, for `ocrpipe report`'s estimates (ocrpipe/bill.py).
+    gpu_price_per_hour: float = Field(
+        1.42,
+        ge=0,
+        description="US dollars per hour of one GPU instance, GPU plus its CPU and memory"
+        " (Cloud Run L4 ~$0.67 + 8 vCPU x ~$0.0648 + 32 GiB x ~$0.0072, published prices).",
+    )
+    gpu_instances: int = Field(
+        1, ge=1, description="GPU instances that served the batch being reported on."
+    )
+    gpu_concurrent_requests: int | None = Field(
+        None,
+        gt=0,
+        description="Requests one GPU instance serves at once, if measured; unset:"
+        " ocr_max_in_flight.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_variables(cls, data: Any) -> Any:

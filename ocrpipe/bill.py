@@ -1,0 +1,354 @@
+"""What a batch cost: each page's usage from ``document.json``, summed, and the GPU time and
+money it stands for (pure: parse, sum, estimate; ``ocrpipe report`` does the I/O).
+
+Only the latest finished generation of each document counts (the one ``ocrpipe get``
+fetches, :meth:`DocumentObjects.latest_finished`). Its ``document.json`` gives every page's
+state and, where the worker recorded it, its ``provenance``: tokens, OCR seconds, attempts
+and the temperature kept. A page without provenance (an older record, a page that failed to
+render, no ``document.json`` at all) counts as *usage unknown*; it is in the page counts,
+not in the sums nor the estimates.
+
+GPU time cannot be read off the pages: each page's ``ocr_seconds`` is the time its requests
+were open, and a GPU serves many at once (vLLM batches up to ``--max-num-seqs``, 32 here), so
+the seconds overlap. Two estimators, both over the pages with usage:
+
+* **concurrency**: ``sum(ocr_seconds) / (requests per GPU x GPU instances)``. Right when
+  the GPU batch was full the whole time; too low when it was not (a small batch, a slow
+  feeder).
+* **wall clock**: the time at least one page was at the GPU (the union of the pages'
+  intervals ``[end - ocr_seconds, end]``, ``end`` being when its result object was written)
+  x GPU instances. Right when every instance was busy with this batch, and only with it;
+  idle gaps between pages are left out.
+
+Neither counts a cold start (~1-2 min of billed GPU time before the first page) nor the idle
+minutes before Cloud Run removes an instance. Cost = GPU hours x the price of a GPU instance
+hour; per 1,000 pages divides by the pages with usage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ocrpipe import naming
+from ocrpipe.batch_status import DocumentObjects
+from ocrpipe.settings import Settings
+
+
+class _Provenance(BaseModel):
+    """A page's ``provenance`` as the worker writes it (read from a bucket: checked)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str = ""
+    temperature: float = Field(ge=0)
+    finish_reason: str = ""
+    attempts: int = Field(ge=1)
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    ocr_seconds: float = Field(ge=0)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What OCR of one page used, as recorded."""
+
+    model: str
+    temperature: float
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    ocr_seconds: float
+
+
+@dataclass(frozen=True)
+class PageUsage:
+    page: int
+    state: str  # "done" or "failed"
+    usage: Usage | None  # None: unknown
+    end: float | None = None  # when its result object was written (seconds since the epoch)
+
+
+NO_SUCH_DOCUMENT = "no such document"
+NOT_FINISHED = "not finished"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A document left out of the bill, and why."""
+
+    name: str
+    why: str
+
+
+def parse_pages(data: bytes) -> list[PageUsage]:
+    """The pages of a ``document.json``; a page whose provenance is missing, null or not in
+    the worker's format has usage None. Raises ValueError if the record itself is unreadable."""
+    try:
+        raw = json.loads(data)
+        entries = raw["pages"]
+        if not isinstance(entries, list):
+            raise TypeError("pages is not a list")
+        return [_page(entry) for entry in entries]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a document.json: {exc}") from exc
+
+
+def _page(entry: Any) -> PageUsage:
+    page, state = int(entry["page"]), str(entry["state"])
+    try:
+        found = _Provenance.model_validate(entry.get("provenance"))
+    except ValidationError:
+        return PageUsage(page, state, None)
+    usage = Usage(
+        found.model,
+        found.temperature,
+        found.attempts,
+        found.prompt_tokens,
+        found.completion_tokens,
+        found.ocr_seconds,
+    )
+    return PageUsage(page, state, usage)
+
+
+def records_to_read(documents: Iterable[DocumentObjects], settings: Settings) -> dict[str, str]:
+    """Input name -> the ``document.json`` to read: that of each document's latest finished
+    generation, where the listing has one."""
+    wanted: dict[str, str] = {}
+    for document in documents:
+        doc = document.latest_finished(settings)
+        if doc is not None:
+            name = naming.document_index_name(doc)
+            if name in document.generations[doc.generation]:
+                wanted[document.name] = name
+    return wanted
+
+
+def document_pages(
+    document: DocumentObjects, settings: Settings, record: bytes | None
+) -> list[PageUsage] | Skipped:
+    """The pages of ``document``'s latest finished generation, each with when its result
+    was written; from ``record`` (its ``document.json``) when there is one, else from the
+    listing (usage unknown)."""
+    doc = document.latest_finished(settings)
+    if doc is None:
+        why = NO_SUCH_DOCUMENT if document.generation is None else NOT_FINISHED
+        return Skipped(document.name, why)
+    objects = document.generations[doc.generation]
+    prefix = naming.pages_prefix(doc)
+    pages: list[PageUsage] = []
+    if record is not None:
+        try:
+            pages = parse_pages(record)
+        except ValueError:
+            pages = []
+    if not pages:
+        listing = naming.parse_page_listing(list(objects), prefix)
+        pages = [PageUsage(n, "done", None) for n in listing.done]
+        pages += [PageUsage(n, "failed", None) for n in listing.failed]
+    results = naming.page_results(
+        ((name, info.generation) for name, info in objects.items()), prefix, len(pages)
+    )
+    timed = []
+    for page in sorted(pages, key=lambda p: p.page):
+        result = results.get(page.page)
+        end = objects[result.name].updated if result is not None else None
+        timed.append(PageUsage(page.page, page.state, page.usage, end or None))
+    return timed
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """GPU time by one estimator, and what it costs."""
+
+    method: str  # "concurrency" or "wall_clock"
+    gpu_seconds: float
+    cost: float
+    cost_per_1000_pages: float | None  # None: no page with usage
+    assumption: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gpu_seconds": round(self.gpu_seconds, 3),
+            "cost": round(self.cost, 6),
+            "cost_per_1000_pages": (
+                None if self.cost_per_1000_pages is None else round(self.cost_per_1000_pages, 4)
+            ),
+            "assumption": self.assumption,
+        }
+
+
+@dataclass(frozen=True)
+class Bill:
+    documents: int
+    skipped: tuple[Skipped, ...]
+    pages_done: int
+    pages_failed: int
+    pages_with_usage: int
+    prompt_tokens: int
+    completion_tokens: int
+    ocr_seconds: float
+    attempts: int
+    loop_retries: int  # pages kept at a temperature above the first of the ladder
+    first_start: float | None  # the first page's request opened (epoch seconds)
+    last_end: float | None  # the last page's result written
+    busy_seconds: float  # time at least one page was at the GPU
+    price_per_hour: float
+    gpu_instances: int
+    concurrency: int  # requests at the GPUs at once, for the concurrency estimate
+    estimates: tuple[Estimate, ...]
+
+    @property
+    def pages(self) -> int:
+        return self.pages_done + self.pages_failed
+
+    @property
+    def pages_unknown(self) -> int:
+        return self.pages - self.pages_with_usage
+
+    @property
+    def retries(self) -> int:
+        """Requests beyond the first, over the pages with usage."""
+        return self.attempts - self.pages_with_usage
+
+    @property
+    def span_seconds(self) -> float | None:
+        if self.first_start is None or self.last_end is None:
+            return None
+        return max(0.0, self.last_end - self.first_start)
+
+    def estimate(self, method: str) -> Estimate:
+        return next(e for e in self.estimates if e.method == method)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "documents": self.documents,
+            "not_counted": [{"name": s.name, "why": s.why} for s in self.skipped],
+            "pages": {
+                "total": self.pages,
+                "done": self.pages_done,
+                "failed": self.pages_failed,
+                "usage_known": self.pages_with_usage,
+                "usage_unknown": self.pages_unknown,
+            },
+            "usage": {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "ocr_seconds": round(self.ocr_seconds, 3),
+                "attempts": self.attempts,
+                "retries": self.retries,
+                "loop_retries": self.loop_retries,
+            },
+            "time": {
+                "first_start": self.first_start,
+                "last_end": self.last_end,
+                "span_s": None if self.span_seconds is None else round(self.span_seconds, 3),
+                "busy_s": round(self.busy_seconds, 3),
+            },
+            "gpu": {
+                "price_per_hour": self.price_per_hour,
+                "instances": self.gpu_instances,
+                "concurrency": self.concurrency,
+            },
+            "estimates": {e.method: e.as_dict() for e in self.estimates},
+        }
+
+
+def bill(
+    documents: Sequence[DocumentObjects], records: Mapping[str, bytes], settings: Settings
+) -> Bill:
+    """Sum the pages of every document (``records``: input name -> its ``document.json``)
+    and estimate GPU time and cost with the settings' price, instances and concurrency."""
+    pages: list[PageUsage] = []
+    skipped: list[Skipped] = []
+    counted = 0
+    for document in documents:
+        found = document_pages(document, settings, records.get(document.name))
+        if isinstance(found, Skipped):
+            skipped.append(found)
+        else:
+            counted += 1
+            pages += found
+    return summarise(pages, settings, documents=counted, skipped=skipped)
+
+
+def summarise(
+    pages: Sequence[PageUsage],
+    settings: Settings,
+    *,
+    documents: int,
+    skipped: Sequence[Skipped] = (),
+) -> Bill:
+    known = [(p, p.usage) for p in pages if p.usage is not None]
+    first_temperature = settings.ocr_temperatures[0]
+    intervals = [(p.end - u.ocr_seconds, p.end) for p, u in known if p.end is not None]
+    starts = [start for start, _ in intervals] + [p.end for p in pages if p.end is not None]
+    ends = [p.end for p in pages if p.end is not None]
+    ocr_seconds = sum(u.ocr_seconds for _, u in known)
+    busy = union_length(intervals)
+    instances = settings.gpu_instances
+    concurrency = (settings.gpu_concurrent_requests or settings.ocr_max_in_flight) * instances
+    price = settings.gpu_price_per_hour
+    estimates = (
+        _estimate(
+            "concurrency",
+            ocr_seconds / concurrency,
+            price,
+            len(known),
+            f"the GPUs served {concurrency} requests at once the whole time"
+            f" ({concurrency // instances} per GPU x {instances} GPU instance(s))",
+        ),
+        _estimate(
+            "wall_clock",
+            busy * instances,
+            price,
+            len(known),
+            f"{instances} GPU instance(s) up while any page was at the GPU, and busy only"
+            " with this batch",
+        ),
+    )
+    return Bill(
+        documents=documents,
+        skipped=tuple(skipped),
+        pages_done=sum(1 for p in pages if p.state == "done"),
+        pages_failed=sum(1 for p in pages if p.state != "done"),
+        pages_with_usage=len(known),
+        prompt_tokens=sum(u.prompt_tokens for _, u in known),
+        completion_tokens=sum(u.completion_tokens for _, u in known),
+        ocr_seconds=ocr_seconds,
+        attempts=sum(u.attempts for _, u in known),
+        loop_retries=sum(1 for _, u in known if u.temperature > first_temperature),
+        first_start=min(starts) if starts else None,
+        last_end=max(ends) if ends else None,
+        busy_seconds=busy,
+        price_per_hour=price,
+        gpu_instances=instances,
+        concurrency=concurrency,
+        estimates=estimates,
+    )
+
+
+def _estimate(method: str, gpu_seconds: float, price: float, pages: int, why: str) -> Estimate:
+    cost = gpu_seconds / 3600 * price
+    per_1000 = cost / pages * 1000 if pages else None
+    return Estimate(method, gpu_seconds, cost, per_1000, why)
+
+
+def union_length(intervals: Iterable[tuple[float, float]]) -> float:
+    """Total length covered by the intervals ``(start, end)``, overlaps counted once."""
+    total = 0.0
+    current: tuple[float, float] | None = None
+    for start, end in sorted(intervals):
+        if current is None or start > current[1]:
+            if current is not None:
+                total += current[1] - current[0]
+            current = (start, end)
+        else:
+            current = (current[0], max(current[1], end))
+    if current is not None:
+        total += current[1] - current[0]
+    return total

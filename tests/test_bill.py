@@ -1,0 +1,259 @@
+"""The bill of a batch (ocrpipe/bill.py): usage summed from document.json records as the
+worker writes them, GPU time estimated two ways, and the cost per 1,000 pages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ocrpipe import bill, naming
+from ocrpipe.batch_status import scan_prefix
+from ocrpipe.settings import Settings
+from ocrpipe.storage import MemoryStore
+
+SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
+
+
+@dataclass
+class Clock:
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def provenance(
+    *, prompt: int = 1500, completion: int = 600, seconds: float = 8.0, attempts: int = 1,
+    temperature: float = 0.2,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "model": "lightonai/LightOnOCR-2-1B",
+        "temperature": temperature,
+        "finish_reason": "stop",
+        "attempts": attempts,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "ocr_seconds": seconds,
+    }
+
+
+def page(number: int, prov: dict[str, Any] | None, state: str = "done") -> dict[str, Any]:
+    entry: dict[str, Any] = {"page": number, "state": state, "start": 0, "end": 1}
+    if state == "failed":
+        entry["reason"] = "ocr_repetition_loop"
+    if prov is not None:
+        entry["provenance"] = prov
+    return entry
+
+
+def finished(
+    store: MemoryStore,
+    clock: Clock,
+    name: str,
+    pages: list[dict[str, Any]],
+    *,
+    ends: list[float] | None = None,
+    record: bool = True,
+    generation: int | None = None,
+) -> naming.DocumentRef:
+    """A document as the worker leaves it: page results written at ``ends`` (clock times),
+    document.md, and document.json holding ``pages``."""
+    if generation is None:
+        generation = store.put("in", name, b"%PDF-")
+    doc = naming.DocumentRef("in", name, generation)
+    for entry, end in zip(pages, ends or [0.0] * len(pages), strict=True):
+        clock.now = end or clock.now
+        number = entry["page"]
+        if entry["state"] == "done":
+            store.put("out", naming.page_markdown_name(doc, number), b"text")
+        else:
+            store.put("out", naming.page_error_name(doc, number), b"{}")
+    store.put("out", naming.document_markdown_name(doc), b"all")
+    if record:
+        data = {
+            "schema_version": 1,
+            "doc_id": doc.doc_id,
+            "source": {"bucket": "in", "name": name, "generation": generation},
+            "document": {"name": naming.document_markdown_name(doc), "generation": 5},
+            "page_count": len(pages),
+            "pages": pages,
+        }
+        store.put("out", naming.document_index_name(doc), json.dumps(data).encode())
+    return doc
+
+
+def run(store: MemoryStore, prefix: str = "", settings: Settings = SETTINGS) -> bill.Bill:
+    documents = scan_prefix(store, settings, prefix)
+    wanted = bill.records_to_read(documents, settings)
+    records = {name: store.read("out", obj) for name, obj in wanted.items()}
+    return bill.bill(documents, records, settings)
+
+
+def test_tokens_seconds_attempts_and_retries_are_summed_over_documents() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    finished(store, clock, "b/one.pdf", [page(1, provenance()), page(2, provenance(seconds=12))])
+    finished(
+        store,
+        clock,
+        "b/two.pdf",
+        [
+            page(1, provenance(attempts=3, temperature=0.5, completion=4096 + 4096 + 700)),
+            page(2, provenance(attempts=4, temperature=0.8, completion=9000), state="failed"),
+        ],
+    )
+    total = run(store, "b/")
+    assert (total.documents, total.pages, total.pages_done, total.pages_failed) == (2, 4, 3, 1)
+    assert total.prompt_tokens == 4 * 1500
+    assert total.completion_tokens == 600 + 600 + 8892 + 9000
+    assert total.ocr_seconds == pytest.approx(8 + 12 + 8 + 8)
+    assert (total.attempts, total.retries) == (9, 5)
+    assert total.loop_retries == 2  # both pages kept above the ladder's first 0.2
+    assert total.pages_unknown == 0
+
+
+def test_pages_without_provenance_are_counted_as_unknown_and_left_out_of_the_sums() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    missing = page(2, None)
+    null = page(3, None, state="failed") | {"provenance": None}
+    garbled = page(4, {"prompt_tokens": "many", "attempts": 0})
+    finished(store, clock, "one.pdf", [page(1, provenance()), missing, null, garbled])
+    total = run(store)
+    assert (total.pages, total.pages_with_usage, total.pages_unknown) == (4, 1, 3)
+    assert (total.prompt_tokens, total.attempts, total.retries) == (1500, 1, 0)
+    assert total.as_dict()["pages"] == {
+        "total": 4,
+        "done": 3,
+        "failed": 1,
+        "usage_known": 1,
+        "usage_unknown": 3,
+    }
+
+
+def test_a_document_without_document_json_counts_its_pages_from_the_listing() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    finished(store, clock, "old.pdf", [page(1, None), page(2, None, "failed")], record=False)
+    total = run(store)
+    assert (total.documents, total.pages_done, total.pages_failed, total.pages_unknown) == (
+        1,
+        1,
+        1,
+        2,
+    )
+    assert total.estimate("concurrency").cost_per_1000_pages is None  # nothing to estimate
+
+
+def test_only_the_latest_finished_generation_counts() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    finished(store, clock, "re.pdf", [page(1, provenance(prompt=111))])
+    finished(store, clock, "re.pdf", [page(1, provenance(prompt=222)), page(2, provenance())])
+    # A third upload still being processed: no document.md yet, so the second one counts.
+    store.put("in", "re.pdf", b"%PDF- v3")
+    total = run(store)
+    assert (total.documents, total.pages) == (1, 2)
+    assert total.prompt_tokens == 222 + 1500
+
+
+def test_documents_not_finished_are_named_and_not_counted() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    finished(store, clock, "a.pdf", [page(1, provenance())])
+    store.put("in", "b.pdf", b"%PDF-")  # uploaded, nothing written yet
+    total = run(store)
+    assert total.documents == 1
+    assert total.skipped == (bill.Skipped("b.pdf", "not finished"),)
+
+
+def test_concurrency_estimate_divides_request_seconds_by_the_requests_at_the_gpus() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    finished(store, clock, "a.pdf", [page(n, provenance(seconds=48.0)) for n in range(1, 5)])
+    one = run(store).estimate("concurrency")
+    assert one.gpu_seconds == pytest.approx(4 * 48 / 32)  # ocr_max_in_flight 32 x 1 GPU
+    measured = Settings(
+        input_bucket="in", output_bucket="out", gpu_instances=2, gpu_concurrent_requests=16
+    )
+    two = run(store, settings=measured)
+    assert two.concurrency == 32
+    assert "16 per GPU x 2 GPU instance(s)" in two.estimate("concurrency").assumption
+
+
+def test_wall_clock_estimate_is_the_time_some_page_was_at_the_gpu_times_instances() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    t0 = clock.now
+    # Pages 1-3 overlap in [t0, t0 + 60]; page 4 runs alone 100 s later, after a pause.
+    finished(
+        store,
+        clock,
+        "a.pdf",
+        [page(1, provenance(seconds=50)), page(2, provenance(seconds=40))]
+        + [page(3, provenance(seconds=30)), page(4, provenance(seconds=20))],
+        ends=[t0 + 50, t0 + 55, t0 + 60, t0 + 180],
+    )
+    total = run(store)
+    assert total.first_start == pytest.approx(t0)
+    assert total.last_end == pytest.approx(t0 + 180)
+    assert total.span_seconds == pytest.approx(180)
+    assert total.busy_seconds == pytest.approx(60 + 20)  # the pause is not GPU time
+    settings = Settings(input_bucket="in", output_bucket="out", gpu_instances=2)
+    two_gpus = run(store, settings=settings)
+    assert two_gpus.estimate("wall_clock").gpu_seconds == pytest.approx(160)
+
+
+def test_cost_is_gpu_hours_times_the_price_and_per_1000_pages_divides_by_known_pages() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    t0 = clock.now
+    pages = [page(1, provenance(seconds=3600)), page(2, provenance(seconds=3600)), page(3, None)]
+    finished(store, clock, "a.pdf", pages, ends=[t0 + 3600, t0 + 3600, t0 + 3600])
+    settings = Settings(input_bucket="in", output_bucket="out", gpu_price_per_hour=2.0)
+    wall = run(store, settings=settings).estimate("wall_clock")
+    assert wall.gpu_seconds == pytest.approx(3600)
+    assert wall.cost == pytest.approx(2.0)
+    assert wall.cost_per_1000_pages == pytest.approx(1000.0)  # $2 over the 2 pages with usage
+
+
+def test_the_published_l4_figures_give_about_66_cents_per_1000_pages() -> None:
+    """docs/PERFORMANCE.md's formula: 0.6 pages/s with 32 in flight is 53.3 s per page at
+    the GPU; at $1.42 an hour that is $0.66 per 1,000 pages, and 1,000 pages is 46 minutes."""
+    pages = [
+        bill.PageUsage(n, "done", bill.Usage("m", 0.2, 1, 1500, 600, 32 / 0.6))
+        for n in range(1, 1001)
+    ]
+    total = bill.summarise(pages, SETTINGS, documents=1)
+    estimate = total.estimate("concurrency")
+    assert estimate.gpu_seconds == pytest.approx(1000 / 0.6)
+    assert estimate.cost_per_1000_pages == pytest.approx(0.657, abs=0.001)
+
+
+def test_an_unreadable_document_json_falls_back_to_the_listing() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    doc = finished(store, clock, "a.pdf", [page(1, provenance())], record=False)
+    store.put("out", naming.document_index_name(doc), b"<html>not json</html>")
+    total = run(store)
+    assert (total.pages, total.pages_unknown) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("intervals", "length"),
+    [
+        ([], 0.0),
+        ([(0, 10)], 10.0),
+        ([(0, 10), (5, 12)], 12.0),
+        ([(0, 10), (2, 3)], 10.0),
+        ([(20, 30), (0, 10)], 20.0),
+        ([(0, 10), (10, 15)], 15.0),
+    ],
+)
+def test_union_length_counts_overlaps_once(
+    intervals: list[tuple[float, float]], length: float
+) -> None:
+    assert bill.union_length(intervals) == pytest.approx(length)
