@@ -75,6 +75,7 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
 
     from ocr_worker.app import create_app
     from ocrpipe import naming
+    from ocrpipe.pubsub import MemoryPublisher
     from ocrpipe.settings import Settings
     from ocrpipe.storage import MemoryStore
 
@@ -102,7 +103,12 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
     )
     sys.stdout.write(f"{doc.doc_id} {generation} {len(png)}\n")
     sys.stdout.flush()
-    uvicorn.run(create_app(settings, store=store), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(
+        create_app(settings, store=store, publisher=MemoryPublisher()),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+    )
 
 
 # --- the driver -----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The OCR worker: a Cloud Run service that receives Pub/Sub push deliveries of page
 messages. Run it as ``uvicorn --factory ocr_worker.app:create_app``.
 
-This module only parses the request, builds the real clients once per process, and calls
-:func:`ocrpipe.pages.process_page`. The push status comes from one place,
+This module only parses the request, builds the real clients once per process (the store,
+the OCR client, the publisher of the documents topic), and calls
+:func:`ocrpipe.page_work.process_page`. The push status comes from one place,
 :func:`ocrpipe.errors.push_status_for`.
 """
 
@@ -27,7 +28,8 @@ from ocrpipe.errors import BadMessage, PermanentError, RetryableError, push_stat
 from ocrpipe.logs import configure_logging, log_context, trace_from_headers
 from ocrpipe.messages import PageMessage, PushEnvelope
 from ocrpipe.ocr_client import OcrClient, OcrParams
-from ocrpipe.pages import ManifestCache, process_page
+from ocrpipe.page_work import ManifestCache, process_page
+from ocrpipe.pubsub import Publisher, PubSubPublisher
 from ocrpipe.push_auth import PushVerifier, build_verifier
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectStore
@@ -40,6 +42,7 @@ class Services:
     settings: Settings
     store: ObjectStore
     ocr: OcrClient
+    publisher: Publisher
     verifier: PushVerifier | None
     manifests: ManifestCache
 
@@ -56,18 +59,23 @@ def create_app(
     *,
     store: ObjectStore | None = None,
     ocr: OcrClient | None = None,
+    publisher: Publisher | None = None,
 ) -> Starlette:
-    """Build the app. Tests pass fakes for ``store`` and ``ocr``; production builds real ones."""
+    """Build the app. Tests pass fakes for ``store``, ``ocr`` and ``publisher``; production
+    builds real ones."""
     settings = settings or Settings()
     configure_logging(settings.log_level, service="ocr_worker")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        verifier = build_verifier(settings)  # first: a misconfigured worker never starts
         services = Services(
             settings=settings,
             store=store or GcsStore.connect(settings.project, settings.storage_emulator_host),
             ocr=ocr or build_ocr_client(settings),
-            verifier=build_verifier(settings),
+            publisher=publisher
+            or PubSubPublisher.connect(settings.project, settings.pubsub_emulator_host),
+            verifier=verifier,
             manifests=ManifestCache(),
         )
         app.state.services = services
@@ -138,6 +146,7 @@ async def push(request: Request) -> Response:
                     services.store,
                     services.ocr,
                     settings,
+                    services.publisher,
                     deadline=deadline,
                     manifests=services.manifests,
                 )

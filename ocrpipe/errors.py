@@ -22,7 +22,10 @@ response is :func:`push_status_for`.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from ocrpipe.ocr_client import OcrUsage
 
 
 class OcrpipeError(Exception):
@@ -76,7 +79,15 @@ class RefusedMessage(BadMessage):
 
 
 class OcrRejected(PermanentError):
+    """``usage``: what the attempts that led to the rejection cost (the bill counts it)."""
+
     reason = "ocr_rejected"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, usage: OcrUsage | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.usage = usage
 
 
 def push_status_for(exc: BaseException | None) -> int:

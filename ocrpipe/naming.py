@@ -13,10 +13,14 @@ Output bucket, per document (``<key>`` is the input name made safe, see :func:`n
                                              when a page result lands that it lacks
     <key>/@<generation>/document.json        where each page's text is in document.md
     <key>/@<generation>/error.json           the whole input was rejected (bad input)
+    <key>/@latest.json                       the newest finished generation of the input:
+                                             a name that never changes, to poll
     _invalid-messages/<yyyymmdd>/<ns>.json   a delivery the worker refused or could not read
 
-The splitter writes only ``manifest.json`` and ``error.json`` there; everything else is the
-worker's.
+The splitter writes only ``manifest.json``, ``error.json`` and, for a rejected input,
+``@latest.json`` there; everything else is the worker's. A segment starting with ``@`` is
+reserved: :func:`name_key` escapes it in user names, so ``@latest.json`` and ``@<gen>``
+never collide with an input's own name.
 
 Work bucket: ``pages/<doc_id>/00001.png`` (rendered page images, see
 :mod:`ocrpipe.progress` for the splitter's own records next to them).
@@ -132,6 +136,11 @@ def document_prefix(name: str) -> str:
 
 def output_prefix(doc: DocumentRef) -> str:
     return f"{document_prefix(doc.name)}{doc.generation}/"
+
+
+def latest_name(name: str) -> str:
+    """``<key>/@latest.json``: the newest finished generation of input ``name``."""
+    return f"{name_key(name)}/@latest.json"
 
 
 def manifest_name(doc: DocumentRef) -> str:

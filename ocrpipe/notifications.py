@@ -1,6 +1,6 @@
 """The message on the documents topic: one per document each time it reaches a terminal
 state (done, partial, failed), so downstream systems index results as they land instead of
-polling the output bucket. Pure: build and encode only.
+polling the output bucket. Pure: build and encode only (:mod:`ocrpipe.announce` publishes).
 
 Delivery is at least once, and a document reassembled after a retry notifies again with its
 new state: subscribers drop duplicates by the ``doc_id`` attribute plus ``state`` (and keep
@@ -59,12 +59,17 @@ class DocumentNotification(BaseModel):
         return self.model_dump_json().encode()
 
 
+def terminal_state(page_count: int, failed: int) -> TerminalState:
+    """The state of an assembled document with ``failed`` of ``page_count`` pages failed."""
+    return "done" if not failed else "failed" if failed >= page_count else "partial"
+
+
 def assembled(
     doc: DocumentRef, output_bucket: str, *, page_count: int, failed_reasons: dict[int, str]
 ) -> DocumentNotification:
     """The notification for a document whose every page has a result."""
     failed = len(failed_reasons)
-    state: TerminalState = "done" if not failed else "failed" if failed == page_count else "partial"
+    state = terminal_state(page_count, failed)
     return DocumentNotification(
         **_source(doc),
         state=state,

@@ -208,21 +208,30 @@ class OcrClient:
         data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
         requests_before = self.stats.requests
         page = _PageAttempts()
+        temperature, finish_reason = self._params.temperatures[0], ""
+
+        def usage() -> OcrUsage:
+            return OcrUsage(
+                model=self._params.model,
+                temperature=temperature,
+                finish_reason=finish_reason,
+                attempts=self.stats.requests - requests_before,
+                prompt_tokens=page.prompt_tokens,
+                completion_tokens=page.completion_tokens,
+                ocr_seconds=page.seconds,
+            )
+
         for temperature in self._params.temperatures:
             payload = self._payload(data_url, temperature)
-            reply = await self._send_with_backoff(payload, deadline, page)
+            try:
+                reply = await self._send_with_backoff(payload, deadline, page)
+            except OcrRejected as exc:  # refused for good: what it cost so far is billed
+                exc.usage = exc.usage or usage()
+                raise
             page.add(reply)
+            finish_reason = reply.finish_reason
             if reply.finish_reason not in LOOP_REASONS:
-                usage = OcrUsage(
-                    model=self._params.model,
-                    temperature=temperature,
-                    finish_reason=reply.finish_reason,
-                    attempts=self.stats.requests - requests_before,
-                    prompt_tokens=page.prompt_tokens,
-                    completion_tokens=page.completion_tokens,
-                    ocr_seconds=page.seconds,
-                )
-                return OcrResult(reply.text, usage)
+                return OcrResult(reply.text, usage())
             self.stats.count(reply.finish_reason)
             self.stats.loop_tokens += reply.completion_tokens
             logger.warning(
@@ -235,6 +244,7 @@ class OcrClient:
         raise OcrRejected(
             f"the model looped at every temperature {list(self._params.temperatures)}",
             reason="ocr_repetition_loop",
+            usage=usage(),
         )
 
     def _payload(self, data_url: str, temperature: float) -> dict[str, Any]:

@@ -3,14 +3,17 @@
 An input is a PDF or an image (PNG, JPEG, TIFF, WebP), recognised by its content
 (:mod:`ocrpipe.inputs`). Input that cannot be processed gets ``error.json`` next to where
 its output would be (:func:`ocrpipe.naming.document_error_name`) with a stable reason code,
-and the event is acknowledged: it is never retried.
+is announced as failed on the documents topic, and the event is acknowledged: it is never
+retried (unless the announcement could not be published).
 
-In the output bucket the splitter writes ``manifest.json`` and ``error.json`` and nothing
-else, and never lists it: page results and the document are the worker's. A page that
-cannot be rendered is remembered in the work bucket (``pages/<doc_id>/00002.failed.json``,
-so a retried split does not render it again) and published like any page, with
-``render_failure`` instead of an image: the worker writes its error record and checks
-completion, so a document whose last pages failed to render is still assembled.
+In the output bucket the splitter writes ``manifest.json`` and ``error.json`` (and, for a
+rejected input, ``@latest.json``, after announcing it on the documents topic:
+:mod:`ocrpipe.announce`) and nothing else, and never lists it: page results and the
+document are the worker's. A page that cannot be rendered is remembered in the work bucket
+(``pages/<doc_id>/00002.failed.json``, so a retried split does not render it again) and
+published like any page, with ``render_failure`` instead of an image: the worker writes its
+error record and checks completion, so a document whose last pages failed to render is
+still assembled.
 
 At-least-once: Eventarc may deliver the same finalize event twice, or retry after this
 function died halfway. The manifest, page images and error records are created only if
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ocrpipe import inputs, naming, progress, records
+from ocrpipe import announce, inputs, naming, notifications, progress, records
 from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.logs import log_context
 from ocrpipe.messages import PageMessage, RenderFailure
@@ -112,14 +115,30 @@ def split_document(
                 job = _Job(doc, page_count, renderer, store, publisher, settings)
                 return job.run(wall_clock, clock=clock, deadline=deadline, batch=batch_size)
     except BadInput as exc:
-        store.create(
-            settings.output_bucket,
-            naming.document_error_name(doc),
-            records.error_record(doc, exc.reason, exc.message),
-            "application/json",
-        )
-        logger.warning("input rejected: %s", exc.message, extra={"reason": exc.reason})
+        reject(doc, exc, store, publisher, settings)
         return SplitOutcome(doc, "rejected", reason=exc.reason)
+
+
+def reject(
+    doc: naming.DocumentRef,
+    exc: BadInput,
+    store: ObjectStore,
+    publisher: Publisher,
+    settings: Settings,
+) -> None:
+    """Write the input's ``error.json`` (once), then announce it as failed unless
+    ``@latest.json`` already records it: a failed publish raises (the event is retried and
+    announces it then)."""
+    store.create(
+        settings.output_bucket,
+        naming.document_error_name(doc),
+        records.error_record(doc, exc.reason, exc.message),
+        "application/json",
+    )
+    logger.warning("input rejected: %s", exc.message, extra={"reason": exc.reason})
+    if not announce.is_announced(doc, "failed", None, store, settings):
+        note = notifications.rejected(doc, settings.output_bucket, reason=exc.reason)
+        announce.announce(note, None, store, settings, publisher)
 
 
 def _check_size(size: int, settings: Settings) -> None:

@@ -75,11 +75,11 @@ def test_state_from_what_is_in_the_buckets(facts: dict[str, object], state: str)
 def test_document_json_slices_document_md_back_into_each_page_byte_exactly() -> None:
     """Programs split document.md with document.json's byte ranges, never on the markers: a
     page whose own text contains a marker, or spaces at its ends, comes back unchanged."""
-    import asyncio
     import json
 
     from ocrpipe import naming, records
-    from ocrpipe.pages import complete_document
+    from ocrpipe.page_work import complete_document
+    from ocrpipe.pubsub import MemoryPublisher
     from ocrpipe.settings import Settings
     from ocrpipe.storage import MemoryStore
 
@@ -95,7 +95,7 @@ def test_document_json_slices_document_md_back_into_each_page_byte_exactly() -> 
         store.put("out", naming.page_markdown_name(doc, page), text.encode())
     record = records.error_record(doc, "ocr_repetition_loop", "looped", page=3)
     store.put("out", naming.page_error_name(doc, 3), record)
-    assert asyncio.run(complete_document(doc, 4, store, settings))
+    assert complete_document(doc, 4, store, settings, MemoryPublisher())
 
     markdown = store.read("out", naming.document_markdown_name(doc))
     index = json.loads(store.read("out", naming.document_index_name(doc)))

@@ -6,7 +6,9 @@ nothing."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -15,6 +17,8 @@ from typer.testing import CliRunner
 from ocrpipe import cli, naming
 from ocrpipe.local.stack import LocalStack, settings_env
 from ocrpipe.naming import DocumentRef
+from ocrpipe.pubsub import subscriber_client
+from ocrpipe.pull import PubSubPullSubscription
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 
@@ -39,7 +43,34 @@ def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_a_folder_in_a_folder_out(stack: LocalStack, gcs: GcsStore, tmp_path: Path) -> None:
+@pytest.fixture
+def documents(stack: LocalStack) -> Iterator[PubSubPullSubscription]:
+    """A pull subscription on the documents topic, made before anything is submitted (as a
+    user's own would be), with the emulator's admin client."""
+    settings = stack.settings
+    admin = subscriber_client(settings.pubsub_emulator_host)
+    name = f"documents-{uuid.uuid4().hex[:8]}"
+    admin.create_subscription(
+        request={
+            "name": admin.subscription_path(settings.project, name),
+            "topic": f"projects/{settings.project}/topics/{settings.documents_topic}",
+            "ack_deadline_seconds": 60,
+        }
+    )
+    subscription = PubSubPullSubscription.connect(
+        settings.project, name, settings.pubsub_emulator_host
+    )
+    yield subscription
+    subscription.close()
+    admin.delete_subscription(
+        request={"subscription": admin.subscription_path(settings.project, name)}
+    )
+    admin.close()
+
+
+def test_a_folder_in_a_folder_out(
+    stack: LocalStack, gcs: GcsStore, tmp_path: Path, documents: PubSubPullSubscription
+) -> None:
     settings = stack.settings
     env = settings_env(settings)
     prefix = f"tests/folder-{uuid.uuid4().hex[:8]}/"
@@ -91,6 +122,52 @@ def test_a_folder_in_a_folder_out(stack: LocalStack, gcs: GcsStore, tmp_path: Pa
 
     code, stdout, _ = run(env, "get", "--prefix", prefix, "-o", str(out), "--pages")
     assert f"0 file(s) downloaded, {downloaded} unchanged" in stdout
+
+    # Told when done: one terminal notification per document once duplicates are dropped
+    # by doc_id, the rejected one included; each latest.json points at its generation.
+    states = _notifications(documents, prefix, expected=len(generations))
+    for name, generation in generations.items():
+        doc = DocumentRef(settings.input_bucket, name, generation)
+        assert states[doc.doc_id] == {"failed" if name == prefix + REJECTED else "done"}, name
+        latest = json.loads(gcs.read(settings.output_bucket, naming.latest_name(name)))
+        assert latest["source"]["generation"] == generation
+        if name == prefix + REJECTED:
+            assert (
+                latest["error"]
+                == f"gs://{settings.output_bucket}/{naming.document_error_name(doc)}"
+            )
+        else:
+            markdown = naming.document_markdown_name(doc)
+            assert latest["document_md"] == f"gs://{settings.output_bucket}/{markdown}"
+            # Each page's provenance came back through fake-gcs-server's listing metadata.
+            index = json.loads(gcs.read(settings.output_bucket, naming.document_index_name(doc)))
+            models = {p["provenance"]["model"] for p in index["pages"]}
+            assert models == {settings.ocr_model}, index["pages"]
+    assert len(states) == len(generations)
+
+
+def _notifications(
+    subscription: PubSubPullSubscription, prefix: str, *, expected: int, timeout: float = 60
+) -> dict[str, set[str]]:
+    """doc_id -> the states announced for it, for documents under ``prefix`` (others may
+    share the session's stack). Pulls until ``expected`` documents were heard of, then a
+    little longer to catch late duplicates of another state."""
+    states: dict[str, set[str]] = {}
+    deadline = time.monotonic() + timeout
+    quiet_until: float | None = None
+    while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
+        received = subscription.pull(100)
+        for message in received:
+            body = json.loads(message.data)
+            if body["source_name"].startswith(prefix):
+                assert message.attributes["doc_id"] == body["doc_id"]
+                assert message.attributes["state"] == body["state"]
+                states.setdefault(body["doc_id"], set()).add(body["state"])
+        if received:
+            subscription.ack([m.ack_id for m in received])
+        if len(states) >= expected and quiet_until is None:
+            quiet_until = time.monotonic() + 3
+    return states
 
 
 def _generations(gcs: GcsStore, bucket: str, prefix: str) -> dict[str, int]:

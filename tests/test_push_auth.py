@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 from ocr_worker.app import create_app
 from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
+from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.push_auth import CertCache, PushVerifier, build_verifier
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore
@@ -107,7 +108,9 @@ def ocr() -> ScriptedOcrServer:
 
 @pytest.fixture
 def client(certs: CertServer, store: MemoryStore, ocr: ScriptedOcrServer) -> Iterator[TestClient]:
-    app = create_app(settings_for(certs), store=store, ocr=ocr.client())
+    app = create_app(
+        settings_for(certs), store=store, ocr=ocr.client(), publisher=MemoryPublisher()
+    )
     with TestClient(app) as test_client:
         yield test_client
 
@@ -204,7 +207,9 @@ def test_refused_requests_are_answered_before_the_body_is_read(
         headers["Authorization"] = (
             f"Bearer {tokens[authorization]()}" if authorization in tokens else authorization
         )
-    app = create_app(settings_for(certs), store=store, ocr=ocr.client())
+    app = create_app(
+        settings_for(certs), store=store, ocr=ocr.client(), publisher=MemoryPublisher()
+    )
     with TestClient(app) as test_client:
         # A body that, once read, would leave a trace in _invalid-messages/.
         reply = test_client.post("/", content=b"not json", headers=headers)
@@ -235,11 +240,18 @@ def test_the_worker_refuses_to_start_unverified_unless_it_talks_to_emulators(
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     settings = Settings(verify_push_auth=False)
     with pytest.raises(ValueError, match="OCRPIPE_VERIFY_PUSH_AUTH"):  # noqa: SIM117
-        with TestClient(create_app(settings, store=store, ocr=ocr.client())):
+        with TestClient(
+            create_app(settings, store=store, ocr=ocr.client(), publisher=MemoryPublisher())
+        ):
             pass
     monkeypatch.setenv(emulator, "127.0.0.1:8085")
     with TestClient(
-        create_app(Settings(verify_push_auth=False), store=store, ocr=ocr.client())
+        create_app(
+            Settings(verify_push_auth=False),
+            store=store,
+            ocr=ocr.client(),
+            publisher=MemoryPublisher(),
+        )
     ) as local:
         assert local.get("/stats").status_code == 200  # the local stack: no tokens at all
 
@@ -269,7 +281,9 @@ def test_the_worker_refuses_to_start_verifying_without_audience_or_account(
         push_service_account=PUSH_ACCOUNT,
     ).model_copy(update=missing)
     with pytest.raises(ValueError, match="OCRPIPE_PUSH_AUDIENCE"):  # noqa: SIM117
-        with TestClient(create_app(settings, store=store, ocr=ocr.client())):
+        with TestClient(
+            create_app(settings, store=store, ocr=ocr.client(), publisher=MemoryPublisher())
+        ):
             pass
 
 
@@ -426,7 +440,9 @@ def test_the_worker_answers_503_to_a_valid_push_when_no_keys_can_be_had(
     certs: CertServer, store: MemoryStore, ocr: ScriptedOcrServer
 ) -> None:
     certs.failing = True
-    app = create_app(settings_for(certs), store=store, ocr=ocr.client())
+    app = create_app(
+        settings_for(certs), store=store, ocr=ocr.client(), publisher=MemoryPublisher()
+    )
     with TestClient(app) as test_client:
         reply = test_client.post(
             "/", json=page_envelope(store), headers={"Authorization": f"Bearer {token()}"}

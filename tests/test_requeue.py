@@ -10,7 +10,7 @@ import pytest
 from ocrpipe import naming, records
 from ocrpipe.assemble import assemble_document
 from ocrpipe.messages import PageMessage
-from ocrpipe.pages import complete_document, process_page
+from ocrpipe.page_work import complete_document, process_page
 from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.requeue import RetryRefused, plan_unfinished_pages, reprocess, requeue
 from ocrpipe.settings import Settings
@@ -142,7 +142,7 @@ def test_reprocessing_a_missing_input_or_a_changed_one_is_refused() -> None:
 def land(store: MemoryStore, doc: naming.DocumentRef, page: int, text: str, pages: int) -> None:
     """What the worker does when a page's Markdown lands: write it, check completion."""
     store.put("out", naming.page_markdown_name(doc, page), text.encode())
-    asyncio.run(complete_document(doc, pages, store, SETTINGS, page=page))
+    complete_document(doc, pages, store, SETTINGS, MemoryPublisher(), page=page)
 
 
 def current_assembly(store: MemoryStore, doc: naming.DocumentRef, pages: int) -> str:
@@ -192,7 +192,12 @@ def test_a_stale_assembly_shows_in_status_and_retry_failed_only_heals_it() -> No
     for _, message in publisher.published:
         outcome = asyncio.run(
             process_page(
-                PageMessage.decode(message.data), store, ocr.client(), SETTINGS, deadline=1e12
+                PageMessage.decode(message.data),
+                store,
+                ocr.client(),
+                SETTINGS,
+                MemoryPublisher(),
+                deadline=1e12,
             )
         )
         assert outcome.state == "already_done"

@@ -14,7 +14,7 @@ import pytest
 from ocrpipe import naming, progress
 from ocrpipe.errors import RetryableError, StorageUnavailable
 from ocrpipe.messages import PageMessage
-from ocrpipe.pages import process_page
+from ocrpipe.page_work import process_page
 from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
 from ocrpipe.settings import Settings
 from ocrpipe.split import split_document
@@ -32,7 +32,11 @@ def upload(store: MemoryStore, name: str, data: bytes) -> naming.DocumentRef:
 
 
 def pages(publisher: MemoryPublisher) -> list[int]:
-    return [PageMessage.decode(m.data).page for _, m in publisher.published]
+    return [
+        PageMessage.decode(m.data).page
+        for topic, m in publisher.published
+        if topic == SETTINGS.pages_topic
+    ]
 
 
 def error_reason(store: MemoryStore, doc: naming.DocumentRef) -> str:
@@ -65,13 +69,16 @@ class InstantWorker:
 
     store: MemoryStore
     published: list[int] = field(default_factory=list)
+    notes: MemoryPublisher = field(default_factory=MemoryPublisher)  # the worker's
 
     def publish_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
         ocr = ScriptedOcrServer([completion("text of a page")])
         for message in messages:
             page = PageMessage.decode(message.data)
             self.published.append(page.page)
-            asyncio.run(process_page(page, self.store, ocr.client(), SETTINGS, deadline=1e12))
+            asyncio.run(
+                process_page(page, self.store, ocr.client(), SETTINGS, self.notes, deadline=1e12)
+            )
         return [str(n) for n in range(len(messages))]
 
 
@@ -128,7 +135,15 @@ def test_bad_input_gets_an_error_record_and_publishes_nothing(
     record = json.loads(store.read("out", naming.document_error_name(doc)))
     assert record["reason"] == reason and record["message"]
     assert record["source"] == {"bucket": "in", "name": name, "generation": doc.generation}
-    assert publisher.published == []
+    assert pages(publisher) == []
+    [(topic, note)] = publisher.published  # announced: failed, with the reason
+    body = json.loads(note.data)
+    assert topic == settings.documents_topic and note.attributes["doc_id"] == doc.doc_id
+    assert (body["state"], body["reason"], body["page_count"]) == ("failed", reason, 0)
+    assert body["outputs"]["error"] == f"gs://out/{naming.document_error_name(doc)}"
+    latest = json.loads(store.read("out", naming.latest_name(name)))
+    assert (latest["source"]["generation"], latest["state"]) == (doc.generation, "failed")
+    assert latest["error"] == body["outputs"]["error"] and latest["pages_digest"] is None
     assert list(store.names("work")) == []
     assert store.stat("out", naming.manifest_name(doc)) is None
     assert document_status(store, settings, name).state == "failed"
@@ -298,7 +313,9 @@ def test_a_split_still_unfinished_near_eventarcs_retry_window_ends_as_split_time
         doc, store, late, settings, clock=StepClock(), wall_clock=lambda: day_later
     )
     assert (outcome.state, outcome.reason) == ("rejected", "split_timeout")
-    assert late.published == [] and error_reason(store, doc) == "split_timeout"
+    assert pages(late) == [] and error_reason(store, doc) == "split_timeout"
+    [(topic, note)] = late.published  # the document is announced as failed
+    assert topic == settings.documents_topic and note.attributes["state"] == "failed"
     status = document_status(store, SETTINGS, "slow.pdf")
     assert status.state == "failed" and status.error is not None
     assert status.error.reason == "split_timeout"

@@ -113,7 +113,9 @@ def test_a_file_that_is_not_a_pdf_gets_an_error_record(
     )
     assert record["reason"] == "not_a_pdf"
     assert record["source"] == {"bucket": "in", "name": "fake.pdf", "generation": generation}
-    assert publisher.published == []
+    [(topic, note)] = publisher.published  # no page; the rejection is announced
+    assert topic == SETTINGS.documents_topic
+    assert (note.attributes["state"], json.loads(note.data)["reason"]) == ("failed", "not_a_pdf")
 
 
 def test_objects_in_other_buckets_are_ignored(
@@ -125,10 +127,11 @@ def test_objects_in_other_buckets_are_ignored(
 
 
 def test_a_split_writes_only_the_manifest_in_the_output_bucket_and_never_lists_it() -> None:
-    """The splitter may write ``manifest.json`` and ``error.json`` in the output bucket and
-    nothing else, and never lists it: pages and documents are the worker's (and production
-    IAM grants the splitter exactly that). Page 2 fails to render, the path that used to
-    write a page error record and assemble the document from the splitter."""
+    """The splitter may write ``manifest.json``, ``error.json`` and (for a rejected input)
+    ``@latest.json`` in the output bucket and nothing else, and never lists it: pages and
+    documents are the worker's (and production IAM grants the splitter exactly that). Page
+    2 fails to render, the path that used to write a page error record and assemble the
+    document from the splitter."""
     store, publisher = RecordingStore(), MemoryPublisher()
     SPLITTER_SERVICES.append((SETTINGS, store, publisher))
     try:
@@ -142,10 +145,13 @@ def test_a_split_writes_only_the_manifest_in_the_output_bucket_and_never_lists_i
     finally:
         SPLITTER_SERVICES.clear()
     written = {name.rsplit("/", 1)[1] for bucket, name in store.writes if bucket == "out"}
-    assert written == {"manifest.json", "error.json"}
+    assert written == {"manifest.json", "error.json", "@latest.json"}
+    latest = [n for b, n in store.writes if b == "out" and n.endswith("/@latest.json")]
+    assert latest == [naming.latest_name("bad.pdf")]
     assert [prefix for bucket, prefix in store.listings if bucket == "out"] == []
     # Every page still reaches the worker, the ones that failed to render included.
-    pages = sorted((m.source_name, m.page) for m in map(decode, publisher.published))
+    to_pages = [p for p in publisher.published if p[0] == SETTINGS.pages_topic]
+    pages = sorted((m.source_name, m.page) for m in map(decode, to_pages))
     assert pages == [("only.pdf", 1), ("two.pdf", 1), ("two.pdf", 2)]
 
 

@@ -32,6 +32,7 @@ from ocrpipe import naming, records
 from ocrpipe.logs import JsonFormatter
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
+from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore
 from ocrpipe.topology import TOPOLOGY_FILE
@@ -255,7 +256,9 @@ def worker_entries(
     """Push the given pages (1-based, repeats are duplicate deliveries) through the worker."""
     store = MemoryStore()
     lines = Lines()
-    with TestClient(create_app(SETTINGS, store=store, ocr=server.client())) as client:
+    with TestClient(
+        create_app(SETTINGS, store=store, ocr=server.client(), publisher=MemoryPublisher())
+    ) as client:
         root = logging.getLogger()
         root.addHandler(lines)
         try:

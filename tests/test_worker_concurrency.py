@@ -19,6 +19,7 @@ from ocrpipe.local.faults import FaultPlan, serve_in_background
 from ocrpipe.local.faults import create_app as create_fault_app
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
+from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore
 
@@ -62,7 +63,9 @@ async def test_the_worker_keeps_its_in_flight_limit_full_and_never_exceeds_it() 
             ocr_budget_s=60,
             storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
         )
-        app = create_app(settings, store=store, ocr=build_ocr_client(settings))
+        app = create_app(
+            settings, store=store, ocr=build_ocr_client(settings), publisher=MemoryPublisher()
+        )
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:

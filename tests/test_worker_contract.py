@@ -15,6 +15,7 @@ from ocr_worker.app import create_app
 from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
+from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
 from ocrpipe.status import invalid_messages
 from ocrpipe.storage import MemoryStore, ObjectInfo
@@ -81,8 +82,17 @@ def server() -> ScriptedOcrServer:
 
 
 @pytest.fixture
-def client(store: MemoryStore, server: ScriptedOcrServer) -> Iterator[TestClient]:
-    with TestClient(create_app(SETTINGS, store=store, ocr=server.client())) as test_client:
+def publisher() -> MemoryPublisher:
+    return MemoryPublisher()
+
+
+@pytest.fixture
+def client(
+    store: MemoryStore, server: ScriptedOcrServer, publisher: MemoryPublisher
+) -> Iterator[TestClient]:
+    with TestClient(
+        create_app(SETTINGS, store=store, ocr=server.client(), publisher=publisher)
+    ) as test_client:
         yield test_client
 
 
@@ -98,7 +108,7 @@ def test_pages_then_document(client: TestClient, store: MemoryStore) -> None:
 
 
 def test_a_duplicate_delivery_writes_nothing_twice(
-    client: TestClient, store: MemoryStore, server: ScriptedOcrServer
+    client: TestClient, store: MemoryStore, server: ScriptedOcrServer, publisher: MemoryPublisher
 ) -> None:
     doc, messages = prepare(store, pages=1)
     for _ in range(3):
@@ -111,14 +121,18 @@ def test_a_duplicate_delivery_writes_nothing_twice(
             naming.page_markdown_name(doc, 1),
             naming.document_markdown_name(doc),
             naming.document_index_name(doc),
+            naming.latest_name(doc.name),
         ]
     )
+    assert [topic for topic, _ in publisher.published] == [SETTINGS.documents_topic]
 
 
 def test_ocr_unavailable_nacks_with_503(store: MemoryStore) -> None:
     down = ScriptedOcrServer([httpx.Response(503)])
     settings = SETTINGS.model_copy(update={"ocr_budget_s": 1.5})
-    with TestClient(create_app(settings, store=store, ocr=down.client())) as test_client:
+    with TestClient(
+        create_app(settings, store=store, ocr=down.client(), publisher=MemoryPublisher())
+    ) as test_client:
         _, messages = prepare(store, pages=1)
         assert test_client.post("/", json=envelope(messages[0])).status_code == 503
     assert not [n for b, n in store.writes if b == "out" and not n.endswith("manifest.json")]
@@ -126,7 +140,9 @@ def test_ocr_unavailable_nacks_with_503(store: MemoryStore) -> None:
 
 def test_a_page_that_loops_forever_gets_an_error_record_and_an_ack(store: MemoryStore) -> None:
     looping = ScriptedOcrServer([completion("la " * 50, "length")])
-    with TestClient(create_app(SETTINGS, store=store, ocr=looping.client())) as test_client:
+    with TestClient(
+        create_app(SETTINGS, store=store, ocr=looping.client(), publisher=MemoryPublisher())
+    ) as test_client:
         doc, messages = prepare(store, pages=1)
         assert test_client.post("/", json=envelope(messages[0])).status_code == 204
     record = json.loads(store.read("out", naming.page_error_name(doc, 1)))
@@ -157,16 +173,20 @@ def test_health(client: TestClient) -> None:
     assert client.get("/health").status_code == 200
 
 
-async def test_two_instances_finishing_the_last_pages_at_once_assemble_exactly_once() -> None:
-    import asyncio
+def test_two_instances_finishing_the_last_pages_at_once_assemble_exactly_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
 
-    from ocrpipe.pages import complete_document
+    from ocrpipe.page_work import complete_document
 
     store = MemoryStore()
     doc, _ = prepare(store, pages=2)
     store.put("out", naming.page_markdown_name(doc, 1), b"one")
     store.put("out", naming.page_markdown_name(doc, 2), b"two")
-    results = await asyncio.gather(*(complete_document(doc, 2, store, SETTINGS) for _ in range(8)))
+    publisher = MemoryPublisher()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda _: complete_document(doc, 2, store, SETTINGS, publisher), range(8))
+        )
     assert sorted(results) == [False] * 7 + [True]
     final = naming.document_markdown_name(doc)
     assert [name for _, name in store.writes].count(final) == 1
@@ -185,22 +205,21 @@ class CountingStore(MemoryStore):
         return found
 
 
-async def test_a_long_document_is_assembled_once_at_its_last_page_without_quadratic_listing() -> (
-    None
-):
+def test_a_long_document_is_assembled_once_at_its_last_page_without_quadratic_listing() -> None:
     import random
 
-    from ocrpipe.pages import complete_document
+    from ocrpipe.page_work import complete_document
 
     pages = 1000
     store = CountingStore()
     doc = DocumentRef("in", "long.pdf", store.put("in", "long.pdf", b"%PDF-1.7"))
     order = list(range(1, pages + 1))
     random.Random(5).shuffle(order)
+    publisher = MemoryPublisher()
     results = []
     for page in order:
         store.put("out", naming.page_markdown_name(doc, page), f"page {page}".encode())
-        results.append(await complete_document(doc, pages, store, SETTINGS, page=page))
+        results.append(complete_document(doc, pages, store, SETTINGS, publisher, page=page))
     assert results == [False] * (pages - 1) + [True]
     text = store.read("out", naming.document_markdown_name(doc)).decode()
     assert text.count("<!-- page ") == pages and "page 1000" in text
@@ -258,7 +277,9 @@ def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read
         store.put("work", image, b"x" * (SETTINGS.page_image_limit + 1), "image/png")
         bad = first
     reads_before = len(store.reads)
-    with TestClient(create_app(SETTINGS, store=store, ocr=server.client())) as test_client:
+    with TestClient(
+        create_app(SETTINGS, store=store, ocr=server.client(), publisher=MemoryPublisher())
+    ) as test_client:
         assert test_client.post("/", json=envelope(bad)).status_code == 204
     assert server.requests == []
     read_since = store.reads[reads_before:]

@@ -1,5 +1,11 @@
 """The worker's core: one page message in, the page's Markdown (and, once every page is
-accounted for, the document's) out.
+accounted for, the document's) out, and the document announced on the documents topic.
+
+The storage logic is plain synchronous functions, shared with the splitter where it writes
+the same things (:func:`ocrpipe.announce.announce`). The async worker crosses to a thread
+once per phase (:func:`process_page`): :func:`prepare_page` before OCR (checks, manifest,
+image), then :func:`finish_page` or :func:`fail_page` after it (write the page, assemble
+and announce the document).
 
 A message is checked against what the splitter writes before anything is read for it
 (:func:`check_message`): its document must be of the input bucket, its image must be the
@@ -12,13 +18,18 @@ Idempotent under at-least-once delivery:
 
 * a page whose Markdown or error record exists is not OCR'd again;
 * page objects are created with ``if_generation_match=0``, so a duplicate or a concurrent
-  delivery can never write a second copy of a page;
+  delivery can never write a second copy of a page; the OCR client's usage travels with
+  the page as its custom metadata (``ocrpipe-usage``), written in the same request;
 * every page result that lands checks whether the document is complete and, if so,
   assembles it (:func:`complete_document`). ``document.md`` carries the digest of the page
   results it was built from and is rebuilt, with a generation precondition, whenever a
   result lands that it was not built from (a ``retry --failed-only`` that raced an
   in-flight page, a duplicate delivery between the retry's deletes). So it always ends
   equal to the assembly of its current pages;
+* a complete, current document is announced (:mod:`ocrpipe.announce`) unless
+  ``<key>/@latest.json`` already records its generation, digest and state: the publish
+  comes before the delivery is acked, and a failed publish nacks it, so the redelivery
+  announces it;
 * a page of a superseded generation (the input was overwritten or deleted) is dropped.
 
 One function writes permanent page error records (:func:`fail_page`): for a page the OCR
@@ -31,13 +42,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from anyio import to_thread
 
-from ocrpipe import naming, progress, records
+from ocrpipe import announce, naming, notifications, progress, records
 from ocrpipe.assemble import (
     DIGEST_KEY,
     DOCUMENT_GENERATION_KEY,
@@ -47,7 +58,8 @@ from ocrpipe.assemble import (
 )
 from ocrpipe.errors import OcrRejected, RefusedMessage, RetryableError
 from ocrpipe.messages import PageMessage
-from ocrpipe.ocr_client import OcrClient
+from ocrpipe.ocr_client import OcrClient, OcrResult, OcrUsage
+from ocrpipe.pubsub import Publisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectMissing, ObjectStore
 
@@ -61,6 +73,17 @@ ASSEMBLY_ROUNDS = 6  # rebuilds lost to concurrent writers before giving up (and
 class PageOutcome:
     state: str  # "written", "failed", "already_done", "stale"
     document_written: bool = False
+
+
+@dataclass(frozen=True)
+class PageToOcr:
+    """A page that passed every check and still needs OCR: its image, read."""
+
+    doc: naming.DocumentRef
+    page: int
+    page_count: int
+    image: bytes
+    mime: str
 
 
 class ManifestCache:
@@ -82,10 +105,6 @@ class ManifestCache:
         self._counts.move_to_end(doc_id)
         while len(self._counts) > self._size:
             self._counts.popitem(last=False)
-
-
-async def _io(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    return await to_thread.run_sync(partial(fn, *args, **kwargs))
 
 
 def check_message(message: PageMessage, settings: Settings) -> None:
@@ -114,17 +133,58 @@ async def process_page(
     store: ObjectStore,
     ocr: OcrClient,
     settings: Settings,
+    publisher: Publisher,
     *,
     deadline: float,
     manifests: ManifestCache | None = None,
 ) -> PageOutcome:
-    """Raises :class:`RefusedMessage` for a message the splitter did not write."""
+    """The async front door: one thread crossing before OCR, one after it.
+
+    Raises :class:`RefusedMessage` for a message the splitter did not write."""
+    prepared = await to_thread.run_sync(
+        partial(prepare_page, message, store, settings, publisher, manifests=manifests)
+    )
+    if isinstance(prepared, PageOutcome):
+        return prepared
+    started = time.monotonic()
+    try:
+        result = await ocr.ocr_page(prepared.image, prepared.mime, deadline=deadline)
+    except OcrRejected as exc:
+        failed = partial(
+            fail_page,
+            prepared.doc,
+            prepared.page,
+            prepared.page_count,
+            exc.reason,
+            exc.message,
+            store,
+            settings,
+            publisher,
+            usage=exc.usage,
+        )
+        return await to_thread.run_sync(failed)
+    ocr_ms = round((time.monotonic() - started) * 1000)
+    return await to_thread.run_sync(
+        partial(finish_page, prepared, result, store, settings, publisher, ocr_ms=ocr_ms)
+    )
+
+
+def prepare_page(
+    message: PageMessage,
+    store: ObjectStore,
+    settings: Settings,
+    publisher: Publisher,
+    *,
+    manifests: ManifestCache | None = None,
+) -> PageToOcr | PageOutcome:
+    """Everything before OCR: the checks, the manifest, whether the page is done already,
+    and its image. A :class:`PageOutcome` when no OCR is needed (done, stale, failed)."""
     doc = message.document
     page = message.page
     check_message(message, settings)
-    page_count = await _manifest_page_count(doc, store, settings, manifests)
+    page_count = manifest_page_count(doc, store, settings, manifests)
     if page_count is None:
-        if await _is_stale(doc, store):
+        if is_stale(doc, store):
             return PageOutcome("stale")
         raise RefusedMessage(
             "no manifest for this document: the splitter never planned it", reason="no_manifest"
@@ -135,27 +195,26 @@ async def process_page(
             reason="page_count_mismatch",
         )
 
-    out = settings.output_bucket
     md_name = naming.page_markdown_name(doc, page)
     err_name = naming.page_error_name(doc, page)
     # One listing answers both "has Markdown" and "has an error record" (…/00007.).
-    existing = {o.name for o in await _io(store.list, out, md_name.removesuffix("md"))}
+    existing = {o.name for o in store.list(settings.output_bucket, md_name.removesuffix("md"))}
     if md_name in existing or err_name in existing:
-        written = await complete_document(doc, page_count, store, settings, page=page)
+        written = complete_document(doc, page_count, store, settings, publisher, page=page)
         return PageOutcome("already_done", written)
 
-    if await _is_stale(doc, store):
+    if is_stale(doc, store):
         logger.info("input superseded or deleted; dropping page", extra={"reason": "stale"})
         return PageOutcome("stale")
 
     if message.render_failure is not None:
-        return await _render_failed(message, store, settings)
+        return _render_failed(message, store, settings, publisher)
 
-    image = await _read_image(message, store, settings)
+    image = read_image(message, store, settings)
     if image is None:
-        if await _is_stale(doc, store):
+        if is_stale(doc, store):
             return PageOutcome("stale")
-        return await fail_page(
+        return fail_page(
             doc,
             page,
             page_count,
@@ -164,24 +223,40 @@ async def process_page(
             " delivery; retry the whole document (`ocrpipe retry`)",
             store,
             settings,
+            publisher,
         )
+    return PageToOcr(doc, page, page_count, image, str(message.image_mime))
 
-    started = time.monotonic()
-    try:
-        result = await ocr.ocr_page(image, str(message.image_mime), deadline=deadline)
-    except OcrRejected as exc:
-        return await fail_page(doc, page, page_count, exc.reason, exc.message, store, settings)
 
-    created = await _io(store.create, out, md_name, result.markdown.encode(), "text/markdown")
+def finish_page(
+    prepared: PageToOcr,
+    result: OcrResult,
+    store: ObjectStore,
+    settings: Settings,
+    publisher: Publisher,
+    *,
+    ocr_ms: int | None = None,
+) -> PageOutcome:
+    """Write the page's Markdown (once, with its usage), then finish the document."""
+    doc, page = prepared.doc, prepared.page
+    generation = store.write(
+        settings.output_bucket,
+        naming.page_markdown_name(doc, page),
+        result.markdown.encode(),
+        "text/markdown",
+        if_generation_match=0,
+        metadata=records.usage_metadata(result.usage.as_dict()),
+    )
+    created = generation is not None
     logger.info(
         "page written" if created else "page already written by another delivery",
-        extra={"duration_ms": round((time.monotonic() - started) * 1000)},
+        extra={"duration_ms": ocr_ms},
     )
-    written = await complete_document(doc, page_count, store, settings, page=page)
+    written = complete_document(doc, prepared.page_count, store, settings, publisher, page=page)
     return PageOutcome("written" if created else "already_done", written)
 
 
-async def fail_page(
+def fail_page(
     doc: naming.DocumentRef,
     page: int,
     page_count: int,
@@ -189,25 +264,35 @@ async def fail_page(
     message: str,
     store: ObjectStore,
     settings: Settings,
+    publisher: Publisher,
+    *,
+    usage: OcrUsage | None = None,
 ) -> PageOutcome:
-    """Write page ``page``'s permanent error record (once), then check completion."""
+    """Write page ``page``'s permanent error record (once, with the usage of the OCR
+    attempts that led to it, if any), then check completion."""
     record = records.error_record(doc, reason, message, page=page)
-    err_name = naming.page_error_name(doc, page)
-    await _io(store.create, settings.output_bucket, err_name, record, "application/json")
+    store.write(
+        settings.output_bucket,
+        naming.page_error_name(doc, page),
+        record,
+        "application/json",
+        if_generation_match=0,
+        metadata=records.usage_metadata(usage.as_dict()) if usage is not None else None,
+    )
     logger.warning("page failed for good: %s", message, extra={"reason": reason})
-    written = await complete_document(doc, page_count, store, settings, page=page)
+    written = complete_document(doc, page_count, store, settings, publisher, page=page)
     return PageOutcome("failed", written)
 
 
-async def _render_failed(
-    message: PageMessage, store: ObjectStore, settings: Settings
+def _render_failed(
+    message: PageMessage, store: ObjectStore, settings: Settings, publisher: Publisher
 ) -> PageOutcome:
     """A page the splitter could not render: its reason comes from the splitter's own
     record in the work bucket, which also proves the splitter sent the message."""
     doc = message.document
     name = progress.render_failure_name(doc.doc_id, message.page)
     try:
-        raw = await _io(store.read, settings.work_bucket, name)
+        raw = store.read(settings.work_bucket, name)
     except ObjectMissing:
         raise RefusedMessage(
             f"the message says page {message.page} failed to render, but the splitter"
@@ -215,14 +300,16 @@ async def _render_failed(
             reason="foreign_render_failure",
         ) from None
     reason, text = progress.parse_render_failure(raw)
-    return await fail_page(doc, message.page, message.page_count, reason, text, store, settings)
+    return fail_page(
+        doc, message.page, message.page_count, reason, text, store, settings, publisher
+    )
 
 
-async def _read_image(message: PageMessage, store: ObjectStore, settings: Settings) -> bytes | None:
+def read_image(message: PageMessage, store: ObjectStore, settings: Settings) -> bytes | None:
     """The page image, or None if it is gone. Its size is checked before it is read."""
     assert message.image_uri is not None
     bucket, name = naming.split_uri(message.image_uri)
-    info = await _io(store.stat, bucket, name)
+    info = store.stat(bucket, name)
     if info is None:
         return None
     limit = settings.page_image_limit
@@ -232,23 +319,23 @@ async def _read_image(message: PageMessage, store: ObjectStore, settings: Settin
             reason="page_image_too_large",
         )
     try:
-        data: bytes = await _io(store.read, bucket, name)
+        return store.read(bucket, name)
     except ObjectMissing:
         return None
-    return data
 
 
-async def _manifest_page_count(
+def manifest_page_count(
     doc: naming.DocumentRef,
     store: ObjectStore,
     settings: Settings,
-    manifests: ManifestCache | None,
+    manifests: ManifestCache | None = None,
 ) -> int | None:
+    """The page count of ``doc``'s manifest, or None if the splitter wrote none."""
     cached = manifests.get(doc.doc_id) if manifests else None
     if cached is not None:
         return cached
     try:
-        raw = await _io(store.read, settings.output_bucket, naming.manifest_name(doc))
+        raw = store.read(settings.output_bucket, naming.manifest_name(doc))
     except ObjectMissing:
         return None
     count = records.parse_manifest(raw).page_count
@@ -257,16 +344,18 @@ async def _manifest_page_count(
     return count
 
 
-async def complete_document(
+def complete_document(
     doc: naming.DocumentRef,
     page_count: int,
     store: ObjectStore,
     settings: Settings,
+    publisher: Publisher,
     *,
     page: int | None = None,
 ) -> bool:
     """Assemble the document if every page is accounted for and ``document.md`` is not
-    already built from exactly these page results. True if this call wrote it.
+    already built from exactly these page results, then announce it if latest.json does not
+    record it yet. True if this call wrote ``document.md``.
 
     Listing every page after every page would cost O(pages) per page. With ``page`` given,
     a long document first lists only that page's group of 100 (``pages/000xx``,
@@ -283,7 +372,7 @@ async def complete_document(
     if page is not None and page_count > GROUP_SIZE:
         group = page // GROUP_SIZE
         group_prefix = f"{prefix}{group:0{naming.PAGE_DIGITS - 2}d}"
-        names = [o.name for o in await _io(store.list, out, group_prefix)]
+        names = [o.name for o in store.list(out, group_prefix)]
         in_group = naming.parse_page_listing(names, prefix)
         expected = min(page_count, GROUP_SIZE * group + GROUP_SIZE - 1) - max(1, GROUP_SIZE * group)
         if len(in_group.done | in_group.failed) < expected + 1:
@@ -292,33 +381,32 @@ async def complete_document(
     index_name = naming.document_index_name(doc)
     wrote = False
     for _ in range(ASSEMBLY_ROUNDS):
-        listed = await _io(store.list, out, prefix)
+        listed = store.list(out, prefix)
         results = naming.page_results([(o.name, o.generation) for o in listed], prefix, page_count)
         if len(results) < page_count:
             return wrote
+        metadata = {o.name: o.metadata for o in listed}
         digest = results_digest(results)
-        current = await _io(store.stat, out, final_name)
-        index = await _io(store.stat, out, index_name)
+        current = store.stat(out, final_name)
+        index = store.stat(out, index_name)
         index_generation = index.generation if index is not None else 0
         if current is not None and current.metadata.get(DIGEST_KEY) == digest:
             if index is not None and index.metadata.get(DOCUMENT_GENERATION_KEY) == str(
                 current.generation
             ):
+                _announce_current(doc, page_count, results, digest, store, settings, publisher)
                 return wrote
-            built = await _build(doc, page_count, results, store, out)
+            built = _build(page_count, results, metadata, store, out)
             if built is not None:
-                await _write_index(
-                    doc, built, current.generation, digest, index_generation, store, out
-                )
+                _write_index(doc, built, current.generation, digest, index_generation, store, out)
             continue  # look again: document.md may have moved on meanwhile
-        built = await _build(doc, page_count, results, store, out)
+        built = _build(page_count, results, metadata, store, out)
         if built is None:
             continue  # a page result changed while it was read
-        generation = await _io(
-            store.write,
+        generation = store.write(
             out,
             final_name,
-            built.markdown,
+            built.assembly.markdown,
             "text/markdown",
             if_generation_match=current.generation if current is not None else 0,
             metadata={DIGEST_KEY: digest},
@@ -327,39 +415,79 @@ async def complete_document(
             continue  # another writer got there first; see what it built from
         wrote = True
         logger.info("document %s from %d pages", "rebuilt" if current else "assembled", page_count)
-        await _write_index(doc, built, generation, digest, index_generation, store, out)
+        _write_index(doc, built, generation, digest, index_generation, store, out)
     raise RetryableError(
         "document.md kept changing under concurrent writers; the retry assembles it",
         reason="assembly_contended",
     )
 
 
-async def _build(
+def _announce_current(
     doc: naming.DocumentRef,
     page_count: int,
+    results: Mapping[int, naming.PageResult],
+    digest: str,
+    store: ObjectStore,
+    settings: Settings,
+    publisher: Publisher,
+) -> None:
+    """Announce a complete, current document unless latest.json already records it. The
+    reasons of failed pages come from document.json (read only when some page failed)."""
+    failed = sum(1 for r in results.values() if r.state == "failed")
+    state = notifications.terminal_state(page_count, failed)
+    if announce.is_announced(doc, state, digest, store, settings):
+        return
+    reasons: dict[int, str] = {}
+    if failed:
+        try:
+            index = store.read(settings.output_bucket, naming.document_index_name(doc))
+        except ObjectMissing:
+            raise RetryableError(
+                "document.json vanished while the document was announced; the retry does it",
+                reason="assembly_contended",
+            ) from None
+        reasons = records.parse_index_reasons(index)
+    note = notifications.assembled(
+        doc, settings.output_bucket, page_count=page_count, failed_reasons=reasons
+    )
+    announce.announce(note, digest, store, settings, publisher)
+
+
+@dataclass(frozen=True)
+class _Built:
+    assembly: Assembly
+    provenance: dict[int, records.Usage | None]
+
+
+def _build(
+    page_count: int,
     results: dict[int, naming.PageResult],
+    metadata: Mapping[str, Mapping[str, str]],
     store: ObjectStore,
     out: str,
-) -> Assembly | None:
-    """The assembly of ``results``, or None if one of them was deleted meanwhile (a retry
-    removing an error record)."""
+) -> _Built | None:
+    """The assembly of ``results`` and each page's provenance (from its result's custom
+    metadata), or None if one of them was deleted meanwhile (a retry removing an error
+    record)."""
     pages: dict[int, str] = {}
     failed: dict[int, str] = {}
+    provenance: dict[int, records.Usage | None] = {}
     for number, result in sorted(results.items()):
         try:
-            raw = await _io(store.read, out, result.name)
+            raw = store.read(out, result.name)
         except ObjectMissing:
             return None
         if result.state == "done":
             pages[number] = raw.decode()
         else:
             failed[number] = records.parse_error_reason(raw)
-    return assemble(page_count, pages, failed)
+        provenance[number] = records.parse_usage(metadata.get(result.name, {}))
+    return _Built(assemble(page_count, pages, failed), provenance)
 
 
-async def _write_index(
+def _write_index(
     doc: naming.DocumentRef,
-    built: Assembly,
+    built: _Built,
     generation: int,
     digest: str,
     index_generation: int,
@@ -367,9 +495,10 @@ async def _write_index(
     out: str,
 ) -> None:
     markdown_name = naming.document_markdown_name(doc)
-    record = records.document_index_record(doc, markdown_name, generation, digest, built.spans)
-    await _io(
-        store.write,
+    record = records.document_index_record(
+        doc, markdown_name, generation, digest, built.assembly.spans, built.provenance
+    )
+    store.write(
         out,
         naming.document_index_name(doc),
         record,
@@ -379,6 +508,7 @@ async def _write_index(
     )
 
 
-async def _is_stale(doc: naming.DocumentRef, store: ObjectStore) -> bool:
-    info = await _io(store.stat, doc.bucket, doc.name)
+def is_stale(doc: naming.DocumentRef, store: ObjectStore) -> bool:
+    """Whether ``doc``'s input was overwritten or deleted."""
+    info = store.stat(doc.bucket, doc.name)
     return info is None or info.generation != doc.generation
