@@ -179,3 +179,81 @@ def test_usage_report_separates_used_unused_and_refused(authz: Authorizer) -> No
     assert f"storage.objects.list on {WORK}" in report["granted_never_used"]
     assert f"storage.objects.get on {WORK}/objects/*" not in report["granted_never_used"]
     assert report["refused"] == [f"storage.objects.create on {IN}/objects/x"]
+
+
+# What each identity does in the decided split of responsibilities (issue 10): every call
+# it makes must be allowed, and the calls that belong to someone else must be refused.
+# (identity, permission, resource, list prefix)
+MUST_ALLOW = [
+    ("splitter", "storage.objects.get", obj(IN, "report.pdf"), None),
+    ("splitter", "storage.objects.list", IN, "report.pdf"),
+    ("splitter", "storage.objects.create", obj(WORK, "pages/d1/00001.png"), None),
+    ("splitter", "storage.objects.list", WORK, "pages/d1/"),
+    ("splitter", "storage.objects.delete", obj(WORK, "pages/d1/lease-1.json"), None),
+    ("splitter", "storage.objects.create", obj(OUT, f"{DOC}/manifest.json"), None),
+    ("splitter", "storage.objects.create", obj(OUT, f"{DOC}/error.json"), None),
+    ("splitter", "pubsub.topics.publish", PAGES_TOPIC, None),
+    ("worker", "storage.objects.get", obj(IN, "report.pdf"), None),
+    ("worker", "storage.objects.get", obj(WORK, "pages/d1/00001.png"), None),
+    ("worker", "storage.objects.list", OUT, f"{DOC}/pages/"),
+    ("worker", "storage.objects.create", obj(OUT, f"{DOC}/pages/00001.md"), None),
+    ("worker", "storage.objects.create", obj(OUT, f"{DOC}/pages/00002.error.json"), None),
+    ("worker", "storage.objects.create", obj(OUT, f"{DOC}/document.md"), None),
+    ("worker", "storage.objects.delete", obj(OUT, f"{DOC}/document.md"), None),  # overwrite
+    ("worker", "storage.objects.create", obj(OUT, "_invalid-messages/m1.json"), None),
+    ("operator", "storage.objects.create", obj(IN, "report.pdf"), None),  # submit
+    ("operator", "storage.objects.delete", obj(IN, "report.pdf"), None),  # retry rewrite
+    ("operator", "storage.objects.get", obj(IN, "report.pdf"), None),
+    ("operator", "storage.objects.list", IN, ""),  # status of every input
+    ("operator", "storage.objects.list", OUT, "report.pdf/@"),
+    ("operator", "storage.objects.get", obj(OUT, f"{DOC}/document.md"), None),
+    ("operator", "storage.objects.delete", obj(OUT, f"{DOC}/pages/00002.error.json"), None),
+    ("operator", "storage.objects.list", WORK, "pages/d1/"),
+    ("operator", "pubsub.topics.publish", PAGES_TOPIC, None),
+    ("operator", "pubsub.subscriptions.consume", DLQ_SUB, None),
+    ("gcs-agent", "pubsub.topics.publish", "projects/p1/topics/ocrpipe-gcs-notifications", None),
+]
+MUST_REFUSE = [
+    ("splitter", "storage.objects.list", OUT, f"{DOC}/pages/"),
+    ("splitter", "storage.objects.create", obj(OUT, f"{DOC}/pages/00001.md"), None),
+    ("splitter", "storage.objects.create", obj(OUT, f"{DOC}/pages/00001.error.json"), None),
+    ("splitter", "storage.objects.create", obj(OUT, f"{DOC}/document.md"), None),
+    ("splitter", "storage.objects.delete", obj(IN, "report.pdf"), None),
+    ("worker", "storage.objects.create", obj(IN, "report.pdf"), None),
+    ("worker", "storage.objects.create", obj(WORK, "pages/d1/00001.png"), None),
+    ("worker", "storage.objects.delete", obj(WORK, "pages/d1/00001.png"), None),
+    ("worker", "pubsub.topics.publish", PAGES_TOPIC, None),
+    ("operator", "storage.objects.create", obj(WORK, "pages/d1/00001.png"), None),
+    (
+        "operator",
+        "pubsub.subscriptions.consume",
+        f"projects/p1/subscriptions/{SETTINGS.pages_subscription}",
+        None,
+    ),
+    ("eventarc", "storage.objects.get", obj(IN, "report.pdf"), None),
+    ("eventarc", "pubsub.topics.publish", PAGES_TOPIC, None),
+    ("gcs-agent", "pubsub.topics.publish", PAGES_TOPIC, None),
+    ("gcs-agent", "storage.objects.get", obj(IN, "report.pdf"), None),
+]
+
+
+@pytest.mark.parametrize(("identity", "permission", "resource", "prefix"), MUST_ALLOW)
+def test_each_identity_may_do_its_part(
+    authz: Authorizer, identity: str, permission: str, resource: str, prefix: str | None
+) -> None:
+    assert authz.check(identity, permission, resource, list_prefix=prefix).allowed
+
+
+@pytest.mark.parametrize(("identity", "permission", "resource", "prefix"), MUST_REFUSE)
+def test_no_identity_may_do_anothers_part(
+    authz: Authorizer, identity: str, permission: str, resource: str, prefix: str | None
+) -> None:
+    assert not authz.check(identity, permission, resource, list_prefix=prefix).allowed
+
+
+def test_eventarc_holds_no_grants_and_nobody_holds_bucket_admin(authz: Authorizer) -> None:
+    assert authz.granted("eventarc") == set()
+    for identity in authz.identities:
+        assert not {p for p, _ in authz.granted(identity)} & {
+            "storage.buckets.delete", "storage.buckets.setIamPolicy", "storage.objects.setIamPolicy"
+        }  # fmt: skip
