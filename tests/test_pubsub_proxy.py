@@ -148,14 +148,8 @@ def test_a_publish_without_grant_is_refused_as_pubsub_refuses_it(
     assert cause.message == DENIED_MESSAGE == "User not authorized to perform this action."
 
     topic = f"projects/{settings.project}/topics/{settings.pages_topic}"
-    refusals = [json.loads(r.getMessage()) for r in caplog.records if r.levelname == "WARNING"]
-    assert {
-        "event": "permission denied",
-        "service": "pubsub",
-        "identity": "worker",
-        "permission": "pubsub.topics.publish",
-        "resource": topic,
-    } in refusals
+    refusals = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"refused: worker lacks pubsub.topics.publish on {topic}" in refusals
     # The refused call was never forwarded.
     assert not any(u["identity"] == "worker" and u["allowed"] for u in proxied.usage()), (
         proxied.usage()
