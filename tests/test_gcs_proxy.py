@@ -259,6 +259,15 @@ def test_calls_the_proxy_cannot_map_are_refused(proxy: Proxied) -> None:
         ("POST", f"/storage/v1/b/{out}/o"),
     ]:
         assert httpx.request(method, proxy.url("operator") + path).status_code == 403, path
+    # An upload whose query names an allowed object and whose metadata names another.
+    smuggled = httpx.post(
+        f"{proxy.url('splitter')}/upload/storage/v1/b/{out}/o",
+        params={"uploadType": "multipart", "name": f"{DOC}/manifest.json"},
+        headers={"content-type": 'multipart/related; boundary="b"'},
+        content=b'--b\r\ncontent-type: application/json\r\n\r\n{"name": "x/@1/document.md"}'
+        b"\r\n--b\r\ncontent-type: text/plain\r\n\r\nhi\r\n--b--\r\n",
+    )
+    assert smuggled.status_code == 403
     with pytest.raises(Forbidden):  # object roles do not include storage.buckets.get
         proxy.store("operator").client.get_bucket(out)
 

@@ -183,9 +183,10 @@ def required(
         if method == "PUT" and query.get("upload_id"):
             return Plan((), resumable_session=query["upload_id"])
         if method == "POST":
-            name = query.get("name") or (body or {}).get("name")
-            if not name:
-                raise Unmapped("an upload without an object name")
+            names = {n for n in (query.get("name"), (body or {}).get("name")) if n}
+            if len(names) != 1:
+                raise Unmapped("an upload must name exactly one object (query or metadata)")
+            name = names.pop()
             write = Write(bucket, str(name), _generation(query))
             return Plan((Check(CREATE, bucket_resource(bucket, write.name)),), write)
     if tail == ["o"] and method == "GET" and not upload and not download:
@@ -231,11 +232,12 @@ def forbidden_body(email: str, permission: str, resource: str) -> bytes:
     return _error_body(message)
 
 
-def _error_body(message: str) -> bytes:
+def _error_body(message: str, code: int = 403) -> bytes:
+    reason = "forbidden" if code == 403 else "backendError"
     error = {
-        "code": 403,
+        "code": code,
         "message": message,
-        "errors": [{"message": message, "domain": "global", "reason": "forbidden"}],
+        "errors": [{"message": message, "domain": "global", "reason": reason}],
     }
     return json.dumps({"error": error}).encode()
 
@@ -422,9 +424,16 @@ class GcsProxy:
             headers=headers,
             content=body.stream() if has_body else None,
         )
-        response = await self.client.send(request, stream=True)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TransportError as exc:  # the emulator is down: a 503, as GCS would
+            logger.warning("upstream %s unreachable: %s", self.upstream, exc)
+            await _answer(send, 503, _error_body(f"upstream unavailable: {exc}", 503))
+            return
         try:
             status = response.status_code
+            if target.query.get("upload_id") and status in (200, 201):
+                self.sessions.pop(target.query["upload_id"], None)  # the upload is complete
             if write and delete and write.if_generation_match == 0 and status == 412:
                 self.usage.record(delete)  # it exists: replacing it needs delete
                 if not delete.allowed:
