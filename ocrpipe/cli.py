@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +60,7 @@ from ocrpipe.storage import GcsStore, ObjectMissing, ObjectStore
 
 LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
 BATCH_POLL_S = 2.0  # a batch status costs two listings per 1000 documents
+LOCAL_USAGE_FILE = Path(".ocrpipe/iam-usage.txt")  # where the running stack records decisions
 
 
 class Exit(IntEnum):
@@ -148,17 +149,35 @@ def up(
     worker_port: int = 8080,
     splitter_port: int = 8081,
     eventarc_port: int = 8082,
+    proxies_port: Annotated[
+        int, typer.Option(help="First of 10 consecutive ports for the IAM proxies.")
+    ] = 8090,
     ocr_url: Annotated[
         str | None, typer.Option(help="Use this vLLM server instead of the local engine.")
     ] = None,
+    iam: Annotated[
+        bool,
+        typer.Option(
+            help="Enforce the grants of ocrpipe/iam.json, each service as its own identity."
+        ),
+    ] = True,
 ) -> None:
-    """Run the whole pipeline on this machine until Ctrl-C."""
+    """Run the whole pipeline on this machine until Ctrl-C.
+
+    With IAM enforced (the default) every service, and this CLI with --local (the
+    `operator`), reaches the emulators through authorizing proxies; on Ctrl-C the
+    permissions each identity used, and those granted but never used, are printed
+    (`ocrpipe iam-report --local` shows them while the stack runs)."""
     from ocrpipe.local.stack import LocalStack, Ports, StackError, settings_env
 
     stack = LocalStack(
-        ports=Ports(pubsub_port, gcs_port, ocr_port, worker_port, splitter_port, eventarc_port),
+        ports=Ports(
+            pubsub_port, gcs_port, ocr_port, worker_port, splitter_port, eventarc_port,
+            proxies_port,
+        ),
         ocr_url=ocr_url,
-    )
+        iam=iam,
+    )  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         with out.status("starting the local stack") as status:
@@ -167,6 +186,8 @@ def up(
         LOCAL_ENV_FILE.write_text(
             "".join(f"{k}={v}\n" for k, v in settings_env(stack.settings).items())
         )
+        if iam:
+            LOCAL_USAGE_FILE.write_text("".join(f"{path}\n" for path in stack.usage_files))
         out.print(f"[green]Local stack is up.[/] Logs: {stack.log_dir}")
         out.print(
             f"In another shell, in this folder: [bold]ocrpipe submit --local FILE --wait[/]"
@@ -185,6 +206,49 @@ def up(
     finally:
         stack.stop()
         LOCAL_ENV_FILE.unlink(missing_ok=True)
+        LOCAL_USAGE_FILE.unlink(missing_ok=True)
+        if iam and stack.log_dir is not None:
+            with suppress(Exception):  # a report is a courtesy; never mask why we stopped
+                _print_iam_report(stack.iam_usage())
+
+
+@app.command("iam-report")
+def iam_report(as_json: JsonOpt = False, local: LocalOpt = False) -> None:
+    """Per identity of the running local stack: the permissions its calls used, those it
+    is granted but never used (candidates for removal), and the calls that were refused.
+    Exit 1 if a call was refused."""
+    from ocrpipe.local.iam_policy import Authorizer, usage_report
+    from ocrpipe.local.stack import read_decisions
+
+    if not local:
+        err.print("Only the local stack records what is used: give --local.", style="red")
+        raise typer.Exit(Exit.USAGE)
+    settings = load_settings(local)
+    if not LOCAL_USAGE_FILE.exists():
+        err.print("The running local stack does not enforce IAM (`ocrpipe up --no-iam`).")
+        raise typer.Exit(Exit.USAGE)
+    paths = [Path(line) for line in LOCAL_USAGE_FILE.read_text().splitlines() if line]
+    report = usage_report(read_decisions(paths), Authorizer.from_grants(settings))
+    if as_json:
+        views.print_json(out, report)
+    else:
+        _print_iam_report(report)
+    raise typer.Exit(Exit.FAILED if any(r["refused"] for r in report.values()) else Exit.OK)
+
+
+def _print_iam_report(report: dict[str, dict[str, list[str]]]) -> None:
+    out.rule("IAM: what each identity used of its grants")
+    for identity, parts in report.items():
+        out.print(Text(identity, style="bold"))
+        for title, key, style in (
+            ("used", "used", ""),
+            ("granted, never used", "granted_never_used", "yellow"),
+            ("refused", "refused", "red"),
+        ):
+            for line in parts.get(key, []):
+                out.print(Text(f"  {title}: {line}", style=style))
+        if not any(parts.values()):
+            out.print("  (no grants, no calls)")
 
 
 @app.command()
@@ -512,6 +576,10 @@ def demo(
             out.rule()
         if code:
             err.print(f"service logs: {stack.log_dir}")
+        if stack.iam:
+            for identity, parts in stack.iam_usage().items():
+                for refused in parts["refused"]:
+                    err.print(Text(f"IAM refused {identity}: {refused}", style="red"))
     except StackError as exc:
         err.print(str(exc), style="red", markup=False)
         code = Exit.FAILED

@@ -6,8 +6,12 @@
     ├── RetryableError           transient: 503 (nack) once the in-request budget is spent
     │   ├── OcrUnavailable       GPU cold, refused connection, 429, 5xx, timeout
     │   ├── StorageUnavailable   GCS or Pub/Sub hiccup
-    │   └── NewerSchema          a page message of a schema this worker does not know yet:
-    │                            retried, then dead-lettered and replayable, never dropped
+    │   ├── NewerSchema          a page message of a schema this worker does not know yet:
+    │   │                        retried, then dead-lettered and replayable, never dropped
+    │   └── AccessDenied         GCS answered 403 (a missing grant, or one still
+    │                            propagating right after a deploy): names the permission
+    ├── StorageRejected          GCS answered 400 or another client error: a bug in the
+    │                            request, not the input (500, retried, then dead-lettered)
     └── PermanentError           an error record is written, then 204 (ack); never retried
         ├── BadInput             the uploaded file cannot be processed (reason code)
         ├── BadMessage           a push envelope or page message that does not parse
@@ -59,6 +63,23 @@ class StorageUnavailable(RetryableError):
 
 class NewerSchema(RetryableError):
     reason = "newer_schema_version"
+
+
+class AccessDenied(RetryableError):
+    """GCS refused a call (403). Retryable: IAM changes take minutes to propagate, so right
+    after a deploy a grant may not be visible yet; a grant that is really missing ends in
+    the dead-letter topic with this message in the worker's log."""
+
+    reason = "access_denied"
+
+    def __init__(self, message: str, *, permission: str = "", resource: str = "") -> None:
+        super().__init__(message)
+        self.permission = permission
+        self.resource = resource
+
+
+class StorageRejected(OcrpipeError):
+    reason = "storage_rejected"
 
 
 class PermanentError(OcrpipeError):

@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     eventarc_target: str = Field(
         "http://127.0.0.1:8081/", description="Local stack only: where the Eventarc stand-in posts."
     )
+    iam_overrides_file: str = Field(
+        "",
+        description="Local stack only: a JSON file that adds or revokes grants of"
+        " ocrpipe/iam.json for the authorizing proxies (tests); see ocrpipe.local.iam_policy.",
+    )
 
     pubsub_emulator_host: str | None = Field(
         None, validation_alias=AliasChoices("PUBSUB_EMULATOR_HOST", "pubsub_emulator_host")

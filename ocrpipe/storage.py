@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from ocrpipe.errors import StorageUnavailable
+from ocrpipe.errors import AccessDenied, StorageRejected, StorageUnavailable
 
 REWRITTEN_AT_KEY = "ocrpipe-rewritten-at"  # custom metadata of an input rewritten in place
 # Objects per list request. GCS's default and maximum; said explicitly because
 # fake-gcs-server otherwise answers a listing in one page, hiding what listing costs.
 LIST_PAGE_SIZE = 1000
+_DENIED_PERMISSION = re.compile(r"Permission '([\w.]+)' denied")
 
 
 class ObjectMissing(Exception):
@@ -270,7 +272,9 @@ def _info(blob: Any) -> ObjectInfo:
 def _translated(bucket: str, name: str) -> Iterator[None]:
     """Wrap google-cloud-storage's exceptions into ours (``raise ... from``).
 
-    ``PreconditionFailed`` passes through: the caller decides what a lost race means.
+    ``PreconditionFailed`` passes through: the caller decides what a lost race means. A 403
+    becomes :class:`AccessDenied` naming the permission GCS refused and the object (or
+    prefix) asked for; any other 4xx becomes :class:`StorageRejected`.
     """
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc
@@ -292,6 +296,18 @@ def _translated(bucket: str, name: str) -> Iterator[None]:
         raise ObjectMissing(where) from exc
     except transient as exc:
         raise StorageUnavailable(f"storage trouble at {where}: {exc}") from exc
+    except gexc.Forbidden as exc:
+        match = _DENIED_PERMISSION.search(str(exc.message))
+        permission = match.group(1) if match else "unknown"
+        raise AccessDenied(
+            f"access denied: {permission} on {where}: {exc.message}",
+            permission=permission,
+            resource=where,
+        ) from exc
+    except gexc.PreconditionFailed:
+        raise
+    except gexc.ClientError as exc:
+        raise StorageRejected(f"GCS refused the request for {where}: {exc}") from exc
 
 
 class MemoryStore:

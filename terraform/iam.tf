@@ -1,12 +1,19 @@
 # One service account per service, and only resource-level grants where the API has them.
 #
-#   splitter  reads input, writes work, creates manifest.json / error.json in output,
-#             publishes to the pages topic
+# The pipeline's bucket, topic and subscription grants are not written here: they come from
+# ocrpipe/iam.json, the file the local stack's authorizing proxies enforce, so what runs
+# locally and what is deployed are the same grants (tests/test_terraform.py checks the
+# wiring). In short (docs/DEPLOY.md, "Who may do what", has the table):
+#
+#   splitter  reads input, owns its work in work, creates manifest.json / error.json in
+#             output (nothing else there, no list), publishes to the pages topic
 #   worker    reads input (is this generation still current?) and work, owns output,
 #             invokes the GPU service
+#   trigger   Eventarc's identity ("eventarc" in iam.json): no data access; the only
+#             invoker of the splitter
+#   operators var.operators: submit, status, retry, dlq list/replay (the CLI's grants)
 #   gpu       nothing: the model is in the image
 #   push      the identity Pub/Sub's OIDC token names; the only invoker of the worker
-#   trigger   Eventarc's identity; the only invoker of the splitter
 #   builder   Cloud Build identity for the splitter's source build
 #
 # Project-level grants, each because no narrower scope exists: Eventarc's event receiver
@@ -15,16 +22,68 @@
 
 locals {
   pubsub_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  # The one source of truth for the pipeline's grants (ocrpipe.local.iam_policy reads it too).
+  iam = jsondecode(file("${path.module}/../ocrpipe/iam.json"))
+
+  # Who each identity of iam.json is in this project.
+  iam_members = {
+    splitter    = [google_service_account.splitter.member]
+    worker      = [google_service_account.worker.member]
+    eventarc    = [google_service_account.trigger.member]
+    "gcs-agent" = ["serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"]
+    operator    = var.operators
+  }
+
+  # What iam.json's logical names are here.
+  iam_buckets = {
+    input  = google_storage_bucket.input.name
+    work   = google_storage_bucket.work.name
+    output = google_storage_bucket.output.name
+  }
+  iam_topics = {
+    pages_topic       = google_pubsub_topic.pages.name
+    dead_letter_topic = google_pubsub_topic.dead_letter.name
+    documents_topic   = google_pubsub_topic.documents.name
+  }
+  iam_subscriptions = {
+    pages_push_subscription  = google_pubsub_subscription.pages_push.name
+    dead_letter_subscription = google_pubsub_subscription.dead_letter_pull.name
+  }
+
+  # One entry per grant and member, keyed "<identity>/<kind>/<name>/<role>/<member index>"
+  # (keys known at plan time). Grants marked local_only (the local notifications topic)
+  # have no counterpart here: in production GCS publishes as its service agent through the
+  # project-level gcs_agent_publishes_events below.
+  iam_grants = merge(flatten([
+    for identity, spec in local.iam.identities : [
+      for grant in spec.grants : {
+        for index, member in local.iam_members[identity] :
+        "${identity}/${try("bucket/${grant.bucket}", "topic/${grant.topic}", "subscription/${grant.subscription}")}/${grant.role}/${index}" => {
+          member       = member
+          role         = grant.role
+          bucket       = try(grant.bucket, null)
+          topic        = try(grant.topic, null)
+          subscription = try(grant.subscription, null)
+          condition    = try(grant.condition, null)
+        }
+      } if !try(grant.local_only, false)
+    ]
+  ])...)
+
+  iam_bucket_grants       = { for key, grant in local.iam_grants : key => grant if grant.bucket != null }
+  iam_topic_grants        = { for key, grant in local.iam_grants : key => grant if grant.topic != null }
+  iam_subscription_grants = { for key, grant in local.iam_grants : key => grant if grant.subscription != null }
 }
 
 resource "google_service_account" "splitter" {
-  account_id   = "ocrpipe-splitter"
-  display_name = "ocrpipe splitter function"
+  account_id   = local.iam.identities.splitter.service_account
+  display_name = local.iam.identities.splitter.display_name
 }
 
 resource "google_service_account" "worker" {
-  account_id   = "ocrpipe-worker"
-  display_name = "ocrpipe OCR worker"
+  account_id   = local.iam.identities.worker.service_account
+  display_name = local.iam.identities.worker.display_name
 }
 
 resource "google_service_account" "gpu" {
@@ -38,8 +97,8 @@ resource "google_service_account" "push" {
 }
 
 resource "google_service_account" "trigger" {
-  account_id   = "ocrpipe-trigger"
-  display_name = "ocrpipe Eventarc trigger identity"
+  account_id   = local.iam.identities.eventarc.service_account
+  display_name = local.iam.identities.eventarc.display_name
 }
 
 resource "google_service_account" "builder" {
@@ -47,54 +106,80 @@ resource "google_service_account" "builder" {
   display_name = "ocrpipe splitter build"
 }
 
-# --- buckets -----------------------------------------------------------------------------
+# --- the pipeline's grants, from ocrpipe/iam.json -----------------------------------------
 
-resource "google_storage_bucket_iam_member" "splitter_reads_input" {
-  bucket = google_storage_bucket.input.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.splitter.member
-}
+resource "google_storage_bucket_iam_member" "grants" {
+  for_each = local.iam_bucket_grants
 
-resource "google_storage_bucket_iam_member" "splitter_writes_work" {
-  bucket = google_storage_bucket.work.name
-  role   = "roles/storage.objectUser"
-  member = google_service_account.splitter.member
-}
+  bucket = local.iam_buckets[each.value.bucket]
+  role   = each.value.role
+  member = each.value.member
 
-# The splitter writes exactly two kinds of output objects (ocrpipe/naming.py): the page plan
-# <key>/@<generation>/manifest.json and, for a rejected input, <key>/@<generation>/error.json.
-# objectUser rather than objectCreator so a repeated create-only write gets 412 (already
-# there) instead of 403; the condition keeps it away from every other name, so it can never
-# write or delete page Markdown, document.md or page error records.
-resource "google_storage_bucket_iam_member" "splitter_creates_manifests" {
-  bucket = google_storage_bucket.output.name
-  role   = "roles/storage.objectUser"
-  member = google_service_account.splitter.member
-
-  condition {
-    title       = "splitter-records-only"
-    description = "Only <key>/@<generation>/manifest.json and .../error.json"
-    expression  = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.output.name}/objects/\") && (resource.name.endsWith(\"/manifest.json\") || resource.name.endsWith(\"/error.json\"))"
+  # IAM checks storage.objects.list on the bucket, so a condition on object names (the
+  # splitter's) never grants a list.
+  dynamic "condition" {
+    for_each = each.value.condition == null ? [] : [each.value.condition]
+    content {
+      title       = condition.value.title
+      description = condition.value.description
+      expression  = replace(condition.value.expression, "$${bucket}", local.iam_buckets[each.value.bucket])
+    }
   }
 }
 
-resource "google_storage_bucket_iam_member" "worker_reads_input" {
-  bucket = google_storage_bucket.input.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.worker.member
+resource "google_pubsub_topic_iam_member" "grants" {
+  for_each = local.iam_topic_grants
+
+  topic  = local.iam_topics[each.value.topic]
+  role   = each.value.role
+  member = each.value.member
 }
 
-resource "google_storage_bucket_iam_member" "worker_reads_work" {
-  bucket = google_storage_bucket.work.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.worker.member
+resource "google_pubsub_subscription_iam_member" "grants" {
+  for_each = local.iam_subscription_grants
+
+  subscription = local.iam_subscriptions[each.value.subscription]
+  role         = each.value.role
+  member       = each.value.member
 }
 
-resource "google_storage_bucket_iam_member" "worker_writes_output" {
-  bucket = google_storage_bucket.output.name
-  role   = "roles/storage.objectUser"
-  member = google_service_account.worker.member
+# The grants that were written out here before iam.json: same grants, new addresses.
+moved {
+  from = google_storage_bucket_iam_member.splitter_reads_input
+  to   = google_storage_bucket_iam_member.grants["splitter/bucket/input/roles/storage.objectViewer/0"]
 }
+
+moved {
+  from = google_storage_bucket_iam_member.splitter_writes_work
+  to   = google_storage_bucket_iam_member.grants["splitter/bucket/work/roles/storage.objectUser/0"]
+}
+
+moved {
+  from = google_storage_bucket_iam_member.splitter_creates_manifests
+  to   = google_storage_bucket_iam_member.grants["splitter/bucket/output/roles/storage.objectUser/0"]
+}
+
+moved {
+  from = google_storage_bucket_iam_member.worker_reads_input
+  to   = google_storage_bucket_iam_member.grants["worker/bucket/input/roles/storage.objectViewer/0"]
+}
+
+moved {
+  from = google_storage_bucket_iam_member.worker_reads_work
+  to   = google_storage_bucket_iam_member.grants["worker/bucket/work/roles/storage.objectViewer/0"]
+}
+
+moved {
+  from = google_storage_bucket_iam_member.worker_writes_output
+  to   = google_storage_bucket_iam_member.grants["worker/bucket/output/roles/storage.objectUser/0"]
+}
+
+moved {
+  from = google_pubsub_topic_iam_member.splitter_publishes_pages
+  to   = google_pubsub_topic_iam_member.grants["splitter/topic/pages_topic/roles/pubsub.publisher/0"]
+}
+
+# --- outside the pipeline's data path -----------------------------------------------------
 
 resource "google_storage_bucket_iam_member" "builder_reads_source" {
   bucket = google_storage_bucket.source.name
@@ -102,16 +187,9 @@ resource "google_storage_bucket_iam_member" "builder_reads_source" {
   member = google_service_account.builder.member
 }
 
-# --- Pub/Sub -----------------------------------------------------------------------------
-
-resource "google_pubsub_topic_iam_member" "splitter_publishes_pages" {
-  topic  = google_pubsub_topic.pages.name
-  role   = "roles/pubsub.publisher"
-  member = google_service_account.splitter.member
-}
-
 # Dead-lettering: the Pub/Sub service agent forwards to the DLQ topic and must be able to
-# acknowledge on the source subscription.
+# acknowledge on the source subscription. (Modelled only on the local stack: the emulator
+# dead-letters internally.)
 resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
   topic  = google_pubsub_topic.dead_letter.name
   role   = "roles/pubsub.publisher"

@@ -270,3 +270,14 @@ variable "gpu_compile_mode" {
     error_message = "gpu_compile_mode is compiled or eager."
   }
 }
+
+variable "operators" {
+  type        = list(string)
+  default     = []
+  description = "Members (user:, group: or serviceAccount:) who run the ocrpipe CLI against this deployment: submit, status, wait, get, retry, dlq list/replay. Each gets exactly the \"operator\" grants of ocrpipe/iam.json (docs/DEPLOY.md, \"Who may do what\")."
+
+  validation {
+    condition     = alltrue([for m in var.operators : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):", m))])
+    error_message = "Each operator is an IAM member such as user:ana@example.com or group:ocr-ops@example.com."
+  }
+}

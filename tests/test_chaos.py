@@ -84,11 +84,19 @@ def documents(stack: LocalStack, store: GcsStore, generations: dict[str, int]) -
 
 
 def resend_finalize(stack: LocalStack, store: GcsStore, name: str) -> None:
-    """Publish a duplicate of the GCS notification, as a redelivered event would be."""
-    settings = stack.settings
+    """Publish a duplicate of the GCS notification, as a redelivered event would be (as GCS
+    publishes it: the gcs-agent identity)."""
+    settings = stack.settings_for("gcs-agent")
     blob = store.client.bucket(settings.input_bucket).get_blob(name)
-    data = json.dumps({"kind": "storage#object", "bucket": settings.input_bucket, "name": name,
-                       "generation": str(blob.generation), "size": str(blob.size)}).encode()
+    data = json.dumps(
+        {
+            "kind": "storage#object",
+            "bucket": settings.input_bucket,
+            "name": name,
+            "generation": str(blob.generation),
+            "size": str(blob.size),
+        }
+    ).encode()
     attributes = {"eventType": "OBJECT_FINALIZE", "bucketId": settings.input_bucket,
                   "objectId": name, "objectGeneration": str(blob.generation),
                   "payloadFormat": "JSON_API_V1"}  # fmt: skip
@@ -107,8 +115,9 @@ def resend_page(stack: LocalStack, store: GcsStore, name: str, generation: int, 
         image_uri=f"gs://{settings.work_bucket}/{image}", image_mime="image/png",
     )  # fmt: skip
     publisher = PubSubPublisher.connect(stack.project, settings.pubsub_emulator_host)
-    publisher.publish_all(settings.pages_topic,
-                          [OutgoingMessage(message.encode(), message.attributes())])
+    publisher.publish_all(
+        settings.pages_topic, [OutgoingMessage(message.encode(), message.attributes())]
+    )
 
 
 def dead_letters(stack: LocalStack) -> int:

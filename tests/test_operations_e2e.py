@@ -78,7 +78,7 @@ def redeliver_quickly(stack: LocalStack) -> None:
     a nack. Everything else (dead-letter policy, ack deadline) is left as created."""
     from google.protobuf import field_mask_pb2
 
-    settings = stack.settings
+    settings = stack.admin_settings  # the topology is terraform's, past the proxies
     subscriber = subscriber_client(settings.pubsub_emulator_host)
     path = subscriber.subscription_path(stack.project, settings.pages_subscription)
     subscriber.update_subscription(
@@ -197,7 +197,7 @@ class DiesAfterFirstPublish:
 
 
 def test_the_dead_letter_topic_has_a_pull_subscription(ops_stack: LocalStack) -> None:
-    settings = ops_stack.settings
+    settings = ops_stack.admin_settings  # the topology as created, past the proxies
     publisher = publisher_client(settings.pubsub_emulator_host)
     topic = publisher.topic_path(ops_stack.project, settings.dead_letter_topic)
     subscriptions = list(publisher.list_topic_subscriptions(request={"topic": topic}))

@@ -106,11 +106,18 @@ class CrashAfter:
 
 
 @pytest.fixture(scope="module")
+def gcs(stack: LocalStack) -> GcsStore:
+    """This file runs the splitter in this process, on buckets and a topic of its own that no
+    grant names: it talks to the raw emulators, as the stack's own setup does."""
+    return GcsStore.connect(stack.project, stack.admin_settings.storage_emulator_host)
+
+
+@pytest.fixture(scope="module")
 def scale(stack: LocalStack, gcs: GcsStore) -> Iterator[tuple[Settings, PubSubPublisher, str]]:
     """Settings with an input bucket the splitter service does not watch and a pages topic
     no worker listens to, plus a pull subscription on it."""
     suffix = uuid.uuid4().hex[:6]
-    settings = stack.settings.model_copy(
+    settings = stack.admin_settings.model_copy(
         update={"input_bucket": f"scale-in-{suffix}", "pages_topic": f"scale-pages-{suffix}"}
     )
     gcs.client.create_bucket(settings.input_bucket)
@@ -131,7 +138,7 @@ def scale(stack: LocalStack, gcs: GcsStore) -> Iterator[tuple[Settings, PubSubPu
 def pull_all(stack: LocalStack, subscription: str, expected: int) -> list[PageMessage]:
     """Every message on the subscription: pulls until ``expected`` arrived, then once more
     to catch any extra (a page published twice)."""
-    subscriber = subscriber_client(stack.settings.pubsub_emulator_host)
+    subscriber = subscriber_client(stack.admin_settings.pubsub_emulator_host)
     found: list[PageMessage] = []
     deadline = time.monotonic() + 60
     extra_pull = False

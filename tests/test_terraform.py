@@ -20,6 +20,7 @@ from typing import Any
 import hcl2
 import pytest
 
+from ocrpipe.local.iam_policy import GRANTS_FILE, ROLE_PERMISSIONS, Authorizer
 from ocrpipe.settings import Settings
 from ocrpipe.topology import TOPOLOGY_FILE
 
@@ -272,32 +273,114 @@ def test_nothing_is_granted_to_the_public() -> None:
         assert "allUsers" not in text and "allAuthenticatedUsers" not in text, path.name
 
 
-def bucket_grants(tf: dict[str, Any], account: str, bucket: str) -> list[dict[str, Any]]:
-    return [
-        body
-        for body in all_resources(tf, "google_storage_bucket_iam_member")
-        if body["member"] == f"${{google_service_account.{account}.member}}"
-        and body["bucket"] == f"${{google_storage_bucket.{bucket}.name}}"
+def iam_json() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(GRANTS_FILE.read_text(encoding="utf-8"))
+    return data
+
+
+def test_grants_local_reads_the_python_grants_file(tf: dict[str, Any]) -> None:
+    expr = tf["locals"]["iam"]
+    match = re.fullmatch(r'\$\{jsondecode\(file\("\$\{path\.module\}/(.+)"\)\)\}', expr)
+    assert match, expr
+    assert (TERRAFORM / match.group(1)).resolve() == GRANTS_FILE.resolve()
+
+
+def test_terraform_grants_are_exactly_the_grants_file(tf: dict[str, Any]) -> None:
+    """Equal by construction: every bucket, topic and subscription grant of a pipeline
+    identity is one for_each entry over ocrpipe/iam.json with each field copied through, and
+    nothing else grants on those resources but the modelled-only service agents."""
+    locals_ = tf["locals"]
+    grants = iam_json()["identities"]
+    # Every identity of the file has members here, and nothing else does.
+    assert set(locals_["iam_members"]) == set(grants)
+    assert locals_["iam_members"]["operator"] == "${var.operators}"
+    for identity, account in (("splitter", "splitter"), ("worker", "worker"),
+                              ("eventarc", "trigger")):  # fmt: skip
+        assert locals_["iam_members"][identity] == [f"${{google_service_account.{account}.member}}"]
+        sa = res(tf, "google_service_account", account)
+        assert sa["account_id"] == f"${{local.iam.identities.{identity}.service_account}}"
+    # Every logical name a deployed grant uses is mapped to a terraform resource.
+    for spec in grants.values():
+        for grant in spec["grants"]:
+            if grant.get("local_only"):
+                continue
+            kind = next(k for k in ("bucket", "topic", "subscription") if k in grant)
+            table = {"bucket": "iam_buckets", "topic": "iam_topics",
+                     "subscription": "iam_subscriptions"}[kind]  # fmt: skip
+            assert grant[kind] in locals_[table], grant
+    # The flattening copies role, member, resource and condition; local_only is skipped.
+    flat = locals_["iam_grants"]
+    for piece in ("for identity, spec in local.iam.identities", "for grant in spec.grants",
+                  "for index, member in local.iam_members[identity]", "role = grant.role",
+                  "member = member", "condition = try(grant.condition, null)",
+                  "if !try(grant.local_only, false)"):  # fmt: skip
+        assert piece in flat, piece
+    for rtype, attr, table, kind in (
+        ("google_storage_bucket_iam_member", "bucket", "iam_buckets", "bucket"),
+        ("google_pubsub_topic_iam_member", "topic", "iam_topics", "topic"),
+        ("google_pubsub_subscription_iam_member", "subscription", "iam_subscriptions",
+         "subscription"),
+    ):  # fmt: skip
+        body = res(tf, rtype, "grants")
+        assert body["for_each"] == f"${{local.iam_{kind}_grants}}"
+        assert body[attr] == f"${{local.{table}[each.value.{kind}]}}"
+        assert (body["role"], body["member"]) == ("${each.value.role}", "${each.value.member}")
+        assert locals_[f"iam_{kind}_grants"] == (
+            f"${{{{for key, grant in local.iam_grants : key => grant if grant.{kind} != null}}}}"
+        )
+        others = {n for n in tf["resource"][rtype] if n != "grants"}
+        assert others <= {"builder_reads_source", "dead_letter_publisher",
+                          "dead_letter_source_subscriber"}, others  # fmt: skip
+    condition = res(tf, "google_storage_bucket_iam_member", "grants")["dynamic"][0]["condition"]
+    content = condition["content"][0]
+    assert content["title"] == "${condition.value.title}"
+    assert content["expression"] == (
+        '${replace(condition.value.expression, "$${bucket}", local.iam_buckets[each.value.bucket])}'
+    )
+
+
+def test_the_splitter_never_lists_or_writes_results_in_output() -> None:
+    authz = Authorizer.from_grants(Settings(output_bucket="out"))
+    out = "projects/_/buckets/out"
+    for prefix in ("", "a.pdf/@1/", "a.pdf/@1/pages/"):
+        assert not authz.check("splitter", "storage.objects.list", out, list_prefix=prefix).allowed
+    for name in ("pages/00001.md", "pages/00001.error.json", "document.md", "document.json"):
+        assert not authz.check(
+            "splitter", "storage.objects.create", f"{out}/objects/a.pdf/@1/{name}"
+        ).allowed
+    for name in ("manifest.json", "error.json"):
+        assert authz.check(
+            "splitter", "storage.objects.create", f"{out}/objects/a.pdf/@1/{name}"
+        ).allowed
+    # A rejected input is the latest finished generation: the splitter advances the pointer.
+    latest = authz.check("splitter", "storage.objects.create", f"{out}/objects/a.pdf/@latest.json")
+    assert latest.allowed
+    other = authz.check("splitter", "storage.objects.create", f"{out}/objects/a.pdf/latest.json")
+    assert not other.allowed
+    output = [
+        g for g in iam_json()["identities"]["splitter"]["grants"] if g.get("bucket") == "output"
     ]
+    assert [g["role"] for g in output] == ["roles/storage.objectUser"]  # 412, not 403, on a repeat
+    assert output[0]["condition"]["expression"].count("endsWith") == 3
 
 
-def test_splitter_cannot_write_results(tf: dict[str, Any]) -> None:
-    # It must create manifest.json and error.json (ocrpipe/split.py), nothing else there.
-    grants = bucket_grants(tf, "splitter", "output")
-    assert grants
-    for grant in grants:
-        expression = grant["condition"][0]["expression"]
-        assert 'endsWith("/manifest.json")' in expression
-        assert 'endsWith("/error.json")' in expression
-        assert "||" in expression and expression.count("endsWith") == 2
-    input_roles = {g["role"] for g in bucket_grants(tf, "splitter", "input")}
-    assert input_roles == {"roles/storage.objectViewer"}
+def test_worker_cannot_write_the_input_or_work_bucket() -> None:
+    for grant in iam_json()["identities"]["worker"]["grants"]:
+        if grant.get("bucket") in ("input", "work"):
+            assert grant["role"] not in WRITE_ROLES, grant
 
 
-def test_worker_cannot_write_the_input_bucket(tf: dict[str, Any]) -> None:
-    grants = bucket_grants(tf, "worker", "input")
-    assert grants and all(g["role"] not in WRITE_ROLES for g in grants)
-    assert all(g["role"] not in WRITE_ROLES for g in bucket_grants(tf, "worker", "work"))
+def test_operators_are_a_typed_described_variable(tf: dict[str, Any]) -> None:
+    operators = tf["variable"]["operators"]
+    assert operators["type"] == "${list(string)}"
+    assert operators["default"] == []
+    assert "iam.json" in operators["description"]
+
+
+def test_terraform_grants_only_roles_the_local_policy_knows() -> None:
+    for spec in iam_json()["identities"].values():
+        for grant in spec["grants"]:
+            assert grant["role"] in ROLE_PERMISSIONS, grant
 
 
 @pytest.mark.parametrize(

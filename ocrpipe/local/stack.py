@@ -5,6 +5,17 @@ finalize notifications, the OCR engine (unless an OCR URL is given), the worker,
 splitter under functions-framework and the Eventarc stand-in; then it creates the buckets,
 topics and subscriptions with the production topology. It stops what it started, by PID
 (each child leads its own process group), in reverse order.
+
+IAM (``iam=True``, the default): the emulators enforce none, so each emulator gets an
+authorizing proxy (``pubsub_proxy``, ``gcs_proxy``) with one port per identity
+(:data:`IDENTITIES`), checking every call against the grants in ``ocrpipe/iam.json``. Each
+service sees only its own identity's ports, through the usual ``PUBSUB_EMULATOR_HOST`` and
+``STORAGE_EMULATOR_HOST``; production code knows nothing of this. fake-gcs-server publishes
+its notifications as ``gcs-agent``; :attr:`LocalStack.settings` (the CLI's, a test's) are
+the ``operator``'s. The stack's own setup (buckets, topics, subscriptions) goes to the
+emulators directly (:attr:`LocalStack.admin_settings`), as terraform does in production.
+Every decision lands in a usage file; :meth:`LocalStack.iam_usage` compares it with the
+grants. ``iam=False`` gives every service the raw emulators.
 """
 
 from __future__ import annotations
@@ -19,10 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
@@ -31,12 +42,18 @@ from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore
 from ocrpipe.topology import load_topology
 
+if TYPE_CHECKING:
+    from ocrpipe.local.iam_policy import Authorizer, Decision
+
 PUBSUB_EMULATOR_CANDIDATES = (
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
     "/usr/share/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
 )
 NOTIFICATIONS_TOPIC = "ocrpipe-gcs-notifications"
 NOTIFICATIONS_SUBSCRIPTION = "ocrpipe-gcs-notifications-eventarc"
+# Who calls the emulators: the services, fake-gcs-server publishing its notifications (the
+# Cloud Storage service agent in production) and the operator (the CLI, tests).
+IDENTITIES = ("splitter", "worker", "eventarc", "gcs-agent", "operator")
 
 
 class StackError(RuntimeError):
@@ -51,6 +68,24 @@ class Ports:
     worker: int = 8080
     splitter: int = 8081
     eventarc: int = 8082
+    # The authorizing proxies: 2 * len(IDENTITIES) consecutive ports from here, first each
+    # identity's Pub/Sub port, then each identity's GCS port.
+    proxies: int = 8090
+
+    def pubsub_proxy(self, identity: str) -> int:
+        return self.proxies + IDENTITIES.index(identity)
+
+    def gcs_proxy(self, identity: str) -> int:
+        return self.proxies + len(IDENTITIES) + IDENTITIES.index(identity)
+
+    def all(self) -> dict[str, int]:
+        """Every port the stack listens on, by what listens there."""
+        ports = {name: getattr(self, name) for name in ("pubsub", "gcs", "ocr", "worker",
+                                                        "splitter", "eventarc")}  # fmt: skip
+        for identity in IDENTITIES:
+            ports[f"pubsub proxy ({identity})"] = self.pubsub_proxy(identity)
+            ports[f"gcs proxy ({identity})"] = self.gcs_proxy(identity)
+        return ports
 
 
 @dataclass
@@ -70,6 +105,10 @@ class LocalStack:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     bucket_suffix: str = ""
     gcs_log_level: str = "warn"  # "info" logs every request (tests count writes with it)
+    iam: bool = True  # False: every service talks to the raw emulators
+    # Grants added or taken away, per identity (see ocrpipe.local.iam_policy), e.g.
+    # {"worker": {"revoke": [{"bucket": "output", "permission": "storage.objects.list"}]}}
+    iam_overrides: Mapping[str, Any] | None = None
     children: list[Child] = field(default_factory=list)
     _worker_socket: socket.socket | None = None
 
@@ -77,6 +116,19 @@ class LocalStack:
 
     @property
     def settings(self) -> Settings:
+        """The operator's settings: what the CLI and a test's own calls use."""
+        return self.settings_for("operator")
+
+    @property
+    def admin_settings(self) -> Settings:
+        """The raw emulators, past every proxy: terraform's view, for setting things up."""
+        return self.settings_for(None)
+
+    def settings_for(self, identity: str | None) -> Settings:
+        """The settings one identity's process gets (``None``: the raw emulators)."""
+        pubsub, gcs = self.ports.pubsub, self.ports.gcs
+        if identity is not None and self.iam:
+            pubsub, gcs = self.ports.pubsub_proxy(identity), self.ports.gcs_proxy(identity)
         return Settings(
             project=self.project,
             input_bucket="ocrpipe-input" + self.bucket_suffix,
@@ -85,13 +137,43 @@ class LocalStack:
             ocr_url=self.ocr_url or f"http://127.0.0.1:{self.ports.ocr}",
             verify_push_auth=False,
             eventarc_target=f"http://127.0.0.1:{self.ports.splitter}/",
-            pubsub_emulator_host=f"127.0.0.1:{self.ports.pubsub}",
-            storage_emulator_host=f"http://127.0.0.1:{self.ports.gcs}",
+            pubsub_emulator_host=f"127.0.0.1:{pubsub}",
+            storage_emulator_host=f"http://127.0.0.1:{gcs}",
+            iam_overrides_file=str(self._overrides_file() or ""),
         )
 
-    def env(self) -> dict[str, str]:
-        """The environment the services get: exactly the settings' variables."""
-        return {**settings_env(self.settings), **self.extra_env}
+    def env(self, identity: str | None = None) -> dict[str, str]:
+        """The environment a service gets: exactly the settings' variables."""
+        return {**settings_env(self.settings_for(identity)), **self.extra_env}
+
+    # --- IAM ----------------------------------------------------------------------------
+
+    def _overrides_file(self) -> Path | None:
+        if self.iam_overrides is None or self.log_dir is None:
+            return None
+        return self.log_dir / "iam-overrides.json"
+
+    @property
+    def usage_files(self) -> tuple[Path, Path]:
+        """Where the Pub/Sub and GCS proxies record every decision."""
+        assert self.log_dir is not None
+        return self.log_dir / "pubsub-usage.jsonl", self.log_dir / "gcs-usage.jsonl"
+
+    def authorizer(self) -> Authorizer:
+        """The grants the proxies enforce (``ocrpipe/iam.json`` plus the overrides)."""
+        from ocrpipe.local.iam_policy import Authorizer
+
+        return Authorizer.from_grants(self.admin_settings, overrides=self.iam_overrides)
+
+    def iam_decisions(self) -> list[Decision]:
+        """Every decision the proxies made so far, in order per proxy."""
+        return read_decisions(self.usage_files)
+
+    def iam_usage(self) -> dict[str, dict[str, list[str]]]:
+        """Per identity, the permissions used and those granted but never used."""
+        from ocrpipe.local.iam_policy import usage_report
+
+        return usage_report(self.iam_decisions(), self.authorizer())
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -110,10 +192,12 @@ class LocalStack:
         self.log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="ocrpipe-stack-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._check_ports()
+        if overrides := self._overrides_file():
+            overrides.write_text(json.dumps(self.iam_overrides))
         emulator = find_pubsub_emulator()
-        settings = self.settings
-        pubsub_host = settings.pubsub_emulator_host
-        gcs_url = settings.storage_emulator_host
+        admin = self.admin_settings
+        pubsub_host = admin.pubsub_emulator_host
+        gcs_url = admin.storage_emulator_host
         assert pubsub_host and gcs_url
 
         progress("Pub/Sub emulator")
@@ -124,6 +208,10 @@ class LocalStack:
         )
         _wait_tcp(self.ports.pubsub, 30, self._died("pubsub"))
         ensure_topic(self.project, NOTIFICATIONS_TOPIC, pubsub_host)
+        if self.iam:
+            progress("Pub/Sub authorizing proxy")
+            self._start_proxy("pubsub-proxy", "ocrpipe.local.pubsub_proxy", pubsub_host,
+                              self.ports.pubsub_proxy, self.usage_files[0])  # fmt: skip
 
         progress("fake-gcs-server")
         self._spawn(
@@ -147,17 +235,22 @@ class LocalStack:
                 "-event.list",
                 "finalize",
                 "-event.bucket",
-                settings.input_bucket,
+                admin.input_bucket,
                 "-log-level",
                 self.gcs_log_level,
             ],
-            {"PUBSUB_EMULATOR_HOST": pubsub_host},
+            {},
+            identity="gcs-agent",
         )
         _wait_http(f"{gcs_url}/storage/v1/b", 30, self._died("gcs"))
         store = GcsStore.connect(self.project, gcs_url)
-        for bucket in (settings.input_bucket, settings.work_bucket, settings.output_bucket):
+        for bucket in (admin.input_bucket, admin.work_bucket, admin.output_bucket):
             if store.client.lookup_bucket(bucket) is None:
                 store.client.create_bucket(bucket)
+        if self.iam:
+            progress("GCS authorizing proxy")
+            self._start_proxy("gcs-proxy", "ocrpipe.local.gcs_proxy", gcs_url,
+                              self.ports.gcs_proxy, self.usage_files[1])  # fmt: skip
 
         if self.ocr_url is None:
             progress("OCR engine")
@@ -185,12 +278,16 @@ class LocalStack:
                 str(self.ports.splitter),
             ],
             {},
+            identity="splitter",
         )
         _wait_tcp(self.ports.splitter, 60, self._died("splitter"))
 
         progress("Eventarc stand-in")
         self._spawn(
-            "eventarc", _uvicorn("ocrpipe.local.eventarc:create_app", self.ports.eventarc), {}
+            "eventarc",
+            _uvicorn("ocrpipe.local.eventarc:create_app", self.ports.eventarc),
+            {},
+            identity="eventarc",
         )
         _wait_tcp(self.ports.eventarc, 30, self._died("eventarc"))
 
@@ -209,6 +306,24 @@ class LocalStack:
             pubsub_host,
         )
 
+    def _start_proxy(
+        self,
+        name: str,
+        module: str,
+        upstream: str,
+        port_of: Callable[[str], int],
+        usage_file: Path,
+    ) -> None:
+        """One authorizing proxy process, one port per identity."""
+        assert self.log_dir is not None
+        command = [sys.executable, "-m", module, "--upstream", upstream,
+                   "--usage-file", str(usage_file)]  # fmt: skip
+        for identity in IDENTITIES:
+            command += ["--listen", f"{identity}={port_of(identity)}"]
+        self._spawn(name, command, {})
+        for identity in IDENTITIES:
+            _wait_tcp(port_of(identity), 30, self._died(name))
+
     def start_ocr(self, command: list[str] | None = None, *, wait_healthy: bool = True) -> None:
         """Start the OCR server on ``ports.ocr``: the local engine, or ``command``.
 
@@ -218,7 +333,7 @@ class LocalStack:
             sys.executable, "-m", "ocrpipe.local.engine", "--host", "127.0.0.1",
             "--port", str(self.ports.ocr), "--model-name", self.settings.ocr_model,
         ]  # fmt: skip
-        self._spawn("ocr", command, {})
+        self._spawn("ocr", command, {}, identity=None)
         if wait_healthy:
             _wait_http(f"http://127.0.0.1:{self.ports.ocr}/health", 120, self._died("ocr"))
         else:
@@ -238,7 +353,7 @@ class LocalStack:
         fd = self._worker_socket.fileno()
         command = _uvicorn("ocr_worker.app:create_app", self.ports.worker)
         command[command.index("--host") : command.index("--port") + 2] = ["--fd", str(fd)]
-        self._spawn("worker", command, {}, pass_fds=(fd,))
+        self._spawn("worker", command, {}, pass_fds=(fd,), identity="worker")
         _wait_http(f"http://127.0.0.1:{self.ports.worker}/health", 60, self._died("worker"))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -277,7 +392,10 @@ class LocalStack:
         command: list[str],
         env: Mapping[str, str],
         pass_fds: tuple[int, ...] = (),
+        *,
+        identity: str | None = None,
     ) -> None:
+        """Start a child whose emulator hosts are ``identity``'s (``None``: the raw ones)."""
         assert self.log_dir is not None
         log = self.log_dir / f"{name}.log"
         handle: IO[bytes] = log.open("ab")
@@ -286,7 +404,7 @@ class LocalStack:
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**_base_env(), **self.env(), **env},
+            env={**_base_env(), **self.env(identity), **env},
             start_new_session=True,
             pass_fds=pass_fds,
         )
@@ -304,7 +422,7 @@ class LocalStack:
 
     def _check_ports(self) -> None:
         taken = []
-        for name, port in vars(self.ports).items():
+        for name, port in (self.ports.all() if self.iam else vars(self.ports)).items():
             with socket.socket() as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
@@ -317,6 +435,19 @@ class LocalStack:
                 " `ocrpipe up` running?) or choose other ports, e.g. `ocrpipe up"
                 " --pubsub-port 9085 --gcs-port 5443`."
             )
+
+
+def read_decisions(paths: Iterable[Path]) -> list[Decision]:
+    """The decisions recorded in the proxies' usage files (missing files: none)."""
+    from ocrpipe.local.iam_policy import Decision
+
+    decisions = []
+    for path in paths:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    decisions.append(Decision(**json.loads(line)))
+    return decisions
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -425,4 +556,12 @@ def _wait_http(url: str, timeout: float, died: Callable[[], str | None]) -> None
     raise StackError(f"{url} did not answer within {timeout:.0f} s")
 
 
-__all__ = ["LocalStack", "Ports", "StackError", "replace", "settings_env"]
+__all__ = [
+    "IDENTITIES",
+    "LocalStack",
+    "Ports",
+    "StackError",
+    "read_decisions",
+    "replace",
+    "settings_env",
+]
