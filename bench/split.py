@@ -50,7 +50,7 @@ class DiscardingStore:
         shutil.copyfile(self._path, dest)
 
     def read(self, bucket: str, name: str) -> bytes:
-        from ocrpipe.storage import ObjectMissing
+        from ocrpipe.errors import ObjectMissing
 
         raise ObjectMissing(f"gs://{bucket}/{name}")
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 
 from ocrpipe import naming, records
-from ocrpipe.errors import RetryableError
+from ocrpipe.errors import ObjectMissing, RetryableError
 from ocrpipe.naming import DocumentRef
 from ocrpipe.notifications import DocumentNotification
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import ObjectMissing, ObjectStore
+from ocrpipe.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 

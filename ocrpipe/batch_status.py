@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ocrpipe import naming, records
+from ocrpipe.errors import ObjectMissing
 from ocrpipe.settings import Settings
 from ocrpipe.status import PageError, derive_state, parse_error
-from ocrpipe.storage import ObjectInfo, ObjectMissing, ObjectStore
+from ocrpipe.storage import ObjectInfo, ObjectStore
 
 RATE_WINDOW_S = 300.0
 READ_THREADS = 16

@@ -45,10 +45,10 @@ from ocrpipe.batch_status import (
     wait_for_batch,
 )
 from ocrpipe.dlq import list_dead_letters, replay
-from ocrpipe.errors import OcrpipeError
+from ocrpipe.errors import ObjectMissing, OcrpipeError, RetryRefused
 from ocrpipe.pubsub import PubSubPublisher
-from ocrpipe.pull import PubSubPullSubscription, SubscriptionMissing
-from ocrpipe.requeue import RetryRefused, plan_unfinished_pages, reprocess, requeue
+from ocrpipe.pull import PubSubPullSubscription
+from ocrpipe.requeue import plan_unfinished_pages, reprocess, requeue
 from ocrpipe.settings import Settings
 from ocrpipe.status import (
     DocumentStatus,
@@ -56,7 +56,7 @@ from ocrpipe.status import (
     invalid_messages,
     recent_documents,
 )
-from ocrpipe.storage import GcsStore, ObjectMissing, ObjectStore
+from ocrpipe.storage import GcsStore, ObjectStore
 
 LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
 BATCH_POLL_S = 2.0  # a batch status costs two listings per 1000 documents
@@ -111,8 +111,9 @@ def load_settings(local: bool) -> Settings:
 
 @contextmanager
 def cloud_errors() -> Iterator[None]:
-    """Google Cloud trouble becomes a one-line message and an exit code, not a traceback."""
-    from google.api_core.exceptions import GoogleAPICallError
+    """Trouble becomes a one-line message and an exit code, not a traceback. The adapters
+    turn every Google Cloud error into one of ours (ocrpipe/errors.py), so only missing
+    credentials, raised before any call, are caught here by their own type."""
     from google.auth.exceptions import DefaultCredentialsError
 
     try:
@@ -121,8 +122,7 @@ def cloud_errors() -> Iterator[None]:
         err.print(f"No Google credentials: {exc}", style="red", markup=False)
         err.print("Run `gcloud auth application-default login`, or use --local.", markup=False)
         raise typer.Exit(Exit.USAGE) from None
-    except (OcrpipeError, SubscriptionMissing, ObjectMissing, GoogleAPICallError) as exc:
-        # GoogleAPICallError: what the adapters pass through, such as 403 Forbidden.
+    except OcrpipeError as exc:
         err.print(str(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(Exit.FAILED) from None
 

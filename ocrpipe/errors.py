@@ -10,8 +10,14 @@
     │   │                        retried, then dead-lettered and replayable, never dropped
     │   └── AccessDenied         GCS answered 403 (a missing grant, or one still
     │                            propagating right after a deploy): names the permission
-    ├── StorageRejected          GCS answered 400 or another client error: a bug in the
-    │                            request, not the input (500, retried, then dead-lettered)
+    ├── StorageRejected          GCS or Pub/Sub answered 400 or another client error: a
+    │                            bug in the request, not the input (500, retried, then
+    │                            dead-lettered)
+    ├── ObjectMissing            a GCS object does not exist: a normal answer the caller
+    │                            handles; unexpected (500) only if it escapes
+    ├── SubscriptionMissing      a Pub/Sub subscription does not exist (the CLI's dlq)
+    ├── RetryRefused             ``ocrpipe retry`` cannot retry a document that way; the
+    │                            message says why and what to do instead
     └── PermanentError           an error record is written, then 204 (ack); never retried
         ├── BadInput             the uploaded file cannot be processed (reason code)
         ├── BadMessage           a push envelope or page message that does not parse
@@ -80,6 +86,34 @@ class AccessDenied(RetryableError):
 
 class StorageRejected(OcrpipeError):
     reason = "storage_rejected"
+
+
+class ObjectMissing(OcrpipeError):
+    """The object does not exist (a normal answer, not a failure)."""
+
+    reason = "object_missing"
+
+
+class SubscriptionMissing(OcrpipeError):
+    reason = "subscription_missing"
+
+
+class RetryRefused(OcrpipeError):
+    """This document cannot be retried this way; the message says why and what to do."""
+
+    reason = "retry_refused"
+
+
+def translate_google_error(exc: Exception, where: str) -> OcrpipeError:
+    """One of ours for a google-api-core error of Pub/Sub (GCS has its own, with the
+    permission parsed from the answer, in :mod:`ocrpipe.storage`)."""
+    from google.api_core import exceptions as gexc
+
+    if isinstance(exc, gexc.PermissionDenied | gexc.Forbidden | gexc.Unauthenticated):
+        return AccessDenied(f"Pub/Sub refused access to {where}: {exc}", resource=where)
+    if isinstance(exc, gexc.ClientError) and not isinstance(exc, gexc.TooManyRequests):
+        return StorageRejected(f"Pub/Sub rejected the request for {where}: {exc}")
+    return StorageUnavailable(f"Pub/Sub trouble at {where}: {exc}")
 
 
 class PermanentError(OcrpipeError):

@@ -56,12 +56,12 @@ from ocrpipe.assemble import (
     assemble,
     results_digest,
 )
-from ocrpipe.errors import OcrRejected, RefusedMessage, RetryableError
+from ocrpipe.errors import ObjectMissing, OcrRejected, RefusedMessage, RetryableError
 from ocrpipe.messages import PageMessage
 from ocrpipe.ocr_client import OcrClient, OcrResult, OcrUsage
 from ocrpipe.pubsub import Publisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import ObjectMissing, ObjectStore
+from ocrpipe.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 

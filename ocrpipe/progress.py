@@ -39,9 +39,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ocrpipe.errors import BadInput, RetryableError
+from ocrpipe.errors import BadInput, ObjectMissing, RetryableError
 from ocrpipe.naming import PAGE_DIGITS
-from ocrpipe.storage import ObjectMissing, ObjectStore
+from ocrpipe.storage import ObjectStore
 
 _IMAGE = re.compile(r"^(\d+)\.(png|jpg)$")
 _FAILED = re.compile(r"^(\d+)\.failed\.json$")

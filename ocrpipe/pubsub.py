@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ocrpipe.errors import StorageUnavailable
+from ocrpipe.errors import StorageUnavailable, translate_google_error
 from ocrpipe.topology import Topology, load_topology
 
 
@@ -46,8 +46,10 @@ class PubSubPublisher:
         try:
             timeout = load_topology().publish_timeout_seconds
             return [str(f.result(timeout=timeout)) for f in futures]
-        except (gexc.GoogleAPICallError, TimeoutError) as exc:
-            raise StorageUnavailable(f"publishing to {path} failed: {exc}") from exc
+        except gexc.GoogleAPICallError as exc:
+            raise translate_google_error(exc, path) from exc
+        except TimeoutError as exc:
+            raise StorageUnavailable(f"publishing to {path} timed out: {exc}") from exc
 
 
 @dataclass

@@ -19,15 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from ocrpipe.errors import StorageUnavailable
+from ocrpipe.errors import StorageUnavailable, SubscriptionMissing, translate_google_error
 from ocrpipe.pubsub import subscriber_client
 
 ACK_ID_CHUNK = 1000  # acknowledge / modifyAckDeadline take at most a few thousand ids
 DEFAULT_WAIT_SECONDS = 3.0
-
-
-class SubscriptionMissing(LookupError):
-    """The subscription does not exist (a configuration problem, not a transient one)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +137,9 @@ def _translated(path: str) -> Iterator[None]:
             f"{path} does not exist. The dead-letter topic needs a pull subscription:"
             " create it with terraform (or start the local stack)."
         ) from exc
-    except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+    except gexc.GoogleAPICallError as exc:
+        raise translate_google_error(exc, path) from exc
+    except gexc.RetryError as exc:
         raise StorageUnavailable(f"Pub/Sub trouble at {path}: {exc}") from exc
 
 

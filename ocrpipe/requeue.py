@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ocrpipe import naming, records
+from ocrpipe.errors import ObjectMissing, RetryRefused
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
 from ocrpipe.status import assembly_stale
-from ocrpipe.storage import ObjectMissing, ObjectStore
+from ocrpipe.storage import ObjectStore
 
 PUBLISH_BATCH = 100
 ImageMime = Literal["image/png", "image/jpeg"]
@@ -44,10 +45,6 @@ _MIME_BY_EXTENSION: dict[str, ImageMime] = {
     "jpg": "image/jpeg",
     "jpeg": "image/jpeg",
 }
-
-
-class RetryRefused(Exception):
-    """This document cannot be retried this way; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ from typing import Any
 
 from ocrpipe import naming, records
 from ocrpipe.assemble import DIGEST_KEY, results_digest
+from ocrpipe.errors import ObjectMissing
 from ocrpipe.settings import Settings
-from ocrpipe.storage import ObjectInfo, ObjectMissing, ObjectStore
+from ocrpipe.storage import ObjectInfo, ObjectStore
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from ocrpipe.errors import AccessDenied, StorageRejected, StorageUnavailable
+from ocrpipe.errors import AccessDenied, ObjectMissing, StorageRejected, StorageUnavailable
 
 REWRITTEN_AT_KEY = "ocrpipe-rewritten-at"  # custom metadata of an input rewritten in place
 # Objects per list request. GCS's default and maximum; said explicitly because
 # fake-gcs-server otherwise answers a listing in one page, hiding what listing costs.
 LIST_PAGE_SIZE = 1000
 _DENIED_PERMISSION = re.compile(r"Permission '([\w.]+)' denied")
-
-
-class ObjectMissing(Exception):
-    """The object does not exist (a normal answer, not a failure)."""
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ import pytest
 
 from ocrpipe import naming, records
 from ocrpipe.assemble import assemble_document
+from ocrpipe.errors import RetryRefused
 from ocrpipe.messages import PageMessage
 from ocrpipe.page_work import complete_document, process_page
 from ocrpipe.pubsub import MemoryPublisher
-from ocrpipe.requeue import RetryRefused, plan_unfinished_pages, reprocess, requeue
+from ocrpipe.requeue import plan_unfinished_pages, reprocess, requeue
 from ocrpipe.settings import Settings
 from ocrpipe.status import document_status
 from ocrpipe.storage import MemoryStore
