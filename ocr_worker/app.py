@@ -194,10 +194,9 @@ async def _record_bad_message(
         services.store.create, services.settings.output_bucket, name, record, "application/json"
     )
     logger.error(
-        "%s push delivery kept at gs://%s/%s: %s",
+        "%s push delivery kept at %s: %s",
         "refused" if message is not None else "undecodable",
-        services.settings.output_bucket,
-        name,
+        naming.object_uri(services.settings.output_bucket, name),
         exc.message,
         extra={"reason": exc.reason},
     )

@@ -124,6 +124,7 @@ def advance_latest(
         if written is not None:
             return True
     raise RetryableError(
-        f"gs://{bucket}/{name} kept changing under concurrent writers; the retry records it",
+        f"{naming.object_uri(bucket, name)} kept changing under concurrent writers; the retry"
+        " records it",
         reason="latest_contended",
     )

@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from ocrpipe import batch_views, bill, results, uploads, views
+from ocrpipe import batch_views, bill, naming, results, uploads, views
 from ocrpipe.batch_status import (
     BatchStatus,
     DocumentObjects,
@@ -79,7 +79,7 @@ dlq_app = typer.Typer(
     rich_markup_mode="markdown",
 )
 app.add_typer(dlq_app, name="dlq")
-out = Console(soft_wrap=True)  # never break a gs:// URI across lines in scripts
+out = Console(soft_wrap=True)  # never break a URI across lines in scripts
 err = Console(stderr=True, soft_wrap=True)
 
 LocalOpt = Annotated[
@@ -566,7 +566,7 @@ def demo(
         store = _store(settings)
         with file.open("rb") as handle:
             store.upload(settings.input_bucket, file.name, handle, _content_type(file))
-        out.print(f"submitted {file} -> gs://{settings.input_bucket}/{file.name}")
+        out.print(f"submitted {file} -> {naming.object_uri(settings.input_bucket, file.name)}")
         code = _wait_for(store, settings, [file.name], timeout)
         final = document_status(store, settings, file.name)
         if final.markdown_uri:
@@ -729,7 +729,7 @@ def _upload(
 
         report = uploads.submit(store, bucket, files, force=force, dry_run=dry_run, on_file=advance)
     for item in report.files:
-        uri = f"gs://{bucket}/{item.file.name}"
+        uri = naming.object_uri(bucket, item.file.name)
         if item.unchanged:
             continue
         if dry_run:

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ocrpipe import naming
 from ocrpipe.errors import BadMessage, NewerSchema
 from ocrpipe.naming import DocumentRef
 
@@ -45,7 +46,7 @@ class PageMessage(BaseModel):
     source_generation: int = Field(ge=0)
     page: int = Field(ge=1, description="1-based page number.")
     page_count: int = Field(ge=1)
-    image_uri: str | None = Field(None, pattern=r"^gs://[^/]+/.+")
+    image_uri: str | None = Field(None, pattern=naming.GS_URI_PATTERN)
     image_mime: Literal["image/png", "image/jpeg"] | None = None
     render_failure: RenderFailure | None = None
 
@@ -66,9 +67,31 @@ class PageMessage(BaseModel):
         return self
 
     @classmethod
-    def failed_render(cls, **fields: object) -> PageMessage:
-        """A message for a page that could not be rendered (``render_failure`` given)."""
-        return cls.model_validate({**fields, "schema_version": RENDER_FAILURE_VERSION})
+    def for_image(
+        cls, doc: DocumentRef, page: int, page_count: int, work_bucket: str, image_name: str
+    ) -> PageMessage:
+        """The message for a rendered page whose image is ``image_name`` in the work bucket:
+        the one constructor the splitter and ``ocrpipe retry`` share."""
+        return cls(
+            **_source(doc),
+            page=page,
+            page_count=page_count,
+            image_uri=naming.object_uri(work_bucket, image_name),
+            image_mime=naming.image_mime(image_name),
+        )
+
+    @classmethod
+    def failed_render(
+        cls, doc: DocumentRef, page: int, page_count: int, reason: str, message: str
+    ) -> PageMessage:
+        """The message for a page the splitter could not render."""
+        return cls(
+            **_source(doc),
+            schema_version=RENDER_FAILURE_VERSION,
+            page=page,
+            page_count=page_count,
+            render_failure=RenderFailure(reason=reason, message=message[:2000]),
+        )
 
     @property
     def document(self) -> DocumentRef:
@@ -163,3 +186,12 @@ def _summary(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
     )
+
+
+def _source(doc: DocumentRef) -> dict[str, str | int]:
+    return {
+        "doc_id": doc.doc_id,
+        "source_bucket": doc.bucket,
+        "source_name": doc.name,
+        "source_generation": doc.generation,
+    }

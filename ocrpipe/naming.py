@@ -23,7 +23,7 @@ reserved: :func:`name_key` escapes it in user names, so ``@latest.json`` and ``@
 never collide with an input's own name.
 
 Work bucket: ``pages/<doc_id>/00001.png`` (rendered page images, see
-:mod:`ocrpipe.progress` for the splitter's own records next to them).
+:mod:`ocrpipe.split_lease` for the splitter's own records next to them).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 PAGE_DIGITS = 5
 MAX_KEY_BYTES = 800
@@ -41,6 +42,10 @@ _KEY_HEAD_BYTES = 700
 # the hash of its full name.
 _EMPTY_SEGMENT = "%"
 _SHORTENED = "%~"
+_IMAGE = re.compile(r"^(\d+)\.(png|jpg)$")
+_FAILED = re.compile(r"^(\d+)\.failed\.json$")
+_PUBLISHED = re.compile(r"^published-(\d+)-(\d+)$")
+_LEASE = re.compile(r"^lease-(\d+)$")
 _PAGE_MD = re.compile(r"^(\d+)\.md$")
 _PAGE_ERR = re.compile(r"^(\d+)\.error\.json$")
 _ESCAPES = re.compile(r"(?:%[0-9A-F]{2})+")
@@ -56,12 +61,12 @@ class DocumentRef:
 
     @property
     def doc_id(self) -> str:
-        digest = hashlib.sha256(f"gs://{self.bucket}/{self.name}#{self.generation}".encode())
+        digest = hashlib.sha256(self.uri.encode())
         return "d" + digest.hexdigest()[:23]
 
     @property
     def uri(self) -> str:
-        return f"gs://{self.bucket}/{self.name}#{self.generation}"
+        return object_uri(self.bucket, self.name, self.generation)
 
 
 def name_key(name: str) -> str:
@@ -164,6 +169,12 @@ def pages_prefix(doc: DocumentRef) -> str:
     return output_prefix(doc) + "pages/"
 
 
+def page_group_prefix(doc: DocumentRef, group: int) -> str:
+    """The prefix of pages ``100 * group`` to ``100 * group + 99``: their 5-digit numbers
+    share the first 3 digits."""
+    return f"{pages_prefix(doc)}{group:0{PAGE_DIGITS - 2}d}"
+
+
 def page_markdown_name(doc: DocumentRef, page: int) -> str:
     return f"{pages_prefix(doc)}{page:0{PAGE_DIGITS}d}.md"
 
@@ -172,17 +183,83 @@ def page_error_name(doc: DocumentRef, page: int) -> str:
     return f"{pages_prefix(doc)}{page:0{PAGE_DIGITS}d}.error.json"
 
 
+def work_prefix(doc_id: str) -> str:
+    """Everything the splitter keeps for one document in the work bucket."""
+    return f"pages/{doc_id}/"
+
+
 def page_image_name(doc_id: str, page: int, extension: str) -> str:
-    return f"pages/{doc_id}/{page:0{PAGE_DIGITS}d}.{extension}"
+    return f"{work_prefix(doc_id)}{page:0{PAGE_DIGITS}d}.{extension}"
 
 
-IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}  # what the splitter writes
+def render_failure_name(doc_id: str, page: int) -> str:
+    """A page the splitter could not render (work bucket)."""
+    return f"{work_prefix(doc_id)}{page:0{PAGE_DIGITS}d}.failed.json"
+
+
+def published_marker_name(doc_id: str, first: int, last: int) -> str:
+    """Pages ``first..last`` were published (work bucket; created once)."""
+    return f"{work_prefix(doc_id)}published-{first:0{PAGE_DIGITS}d}-{last:0{PAGE_DIGITS}d}"
+
+
+def first_attempt_name(doc_id: str) -> str:
+    return f"{work_prefix(doc_id)}first-attempt"
+
+
+def lease_name(doc_id: str, number: int) -> str:
+    return f"{work_prefix(doc_id)}lease-{number:04d}"
+
+
+@dataclass(frozen=True)
+class WorkState:
+    """What the work bucket holds for one document (see :mod:`ocrpipe.split_lease`)."""
+
+    images: dict[int, str]  # page -> object name of its image
+    published: frozenset[int]
+    leases: tuple[int, ...]  # lease numbers, ascending
+    failed: dict[int, str] = field(default_factory=dict)  # page -> its render failure record
+
+
+def parse_work_listing(names: Iterable[str], doc_id: str) -> WorkState:
+    """Sort the object names under :func:`work_prefix` into images, render failures,
+    published ranges and leases."""
+    prefix = work_prefix(doc_id)
+    images: dict[int, str] = {}
+    published: set[int] = set()
+    leases: list[int] = []
+    failed: dict[int, str] = {}
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        base = name[len(prefix) :]
+        if match := _IMAGE.match(base):
+            images[int(match.group(1))] = name
+        elif match := _FAILED.match(base):
+            failed[int(match.group(1))] = name
+        elif match := _PUBLISHED.match(base):
+            published.update(range(int(match.group(1)), int(match.group(2)) + 1))
+        elif match := _LEASE.match(base):
+            leases.append(int(match.group(1)))
+    return WorkState(images, frozenset(published), tuple(sorted(leases)), failed)
+
+
+def image_mime(name: str) -> ImageMime:
+    """The MIME type of a page image the splitter wrote, from its extension."""
+    return _MIME_BY_EXTENSION[name.rsplit(".", 1)[-1].lower()]
+
+
+ImageMime = Literal["image/png", "image/jpeg"]
+IMAGE_EXTENSIONS: dict[str, str] = {"image/png": "png", "image/jpeg": "jpg"}  # the splitter's
+_MIME_BY_EXTENSION: dict[str, ImageMime] = {"png": "image/png", "jpg": "image/jpeg"}
 
 
 def page_image_uri(work_bucket: str, doc_id: str, page: int, mime: str) -> str:
     """The only image a page message may name: the splitter's, for that document and page,
     with the extension of its MIME type."""
     return f"gs://{work_bucket}/{page_image_name(doc_id, page, IMAGE_EXTENSIONS[mime])}"
+
+
+GS_URI_PATTERN = r"^gs://[^/]+/.+"  # what a page message's image_uri must look like
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -222,9 +299,10 @@ def parse_page_listing(names: list[str], prefix: str) -> PageListing:
     return PageListing(frozenset(done), frozenset(failed - done))
 
 
-def object_uri(bucket: str, name: str) -> str:
-    """``gs://bucket/name``: the one place a ``gs://`` URI is built."""
-    return f"gs://{bucket}/{name}"
+def object_uri(bucket: str, name: str, generation: int | None = None) -> str:
+    """``gs://bucket/name`` (``#generation``): the one place a ``gs://`` URI is built."""
+    uri = f"gs://{bucket}/{name}"
+    return uri if generation is None else f"{uri}#{generation}"
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from functools import partial
 
 from anyio import to_thread
 
-from ocrpipe import announce, naming, notifications, progress, records
+from ocrpipe import announce, naming, notifications, records
 from ocrpipe.assemble import (
     DIGEST_KEY,
     DOCUMENT_GENERATION_KEY,
@@ -290,16 +290,16 @@ def _render_failed(
     """A page the splitter could not render: its reason comes from the splitter's own
     record in the work bucket, which also proves the splitter sent the message."""
     doc = message.document
-    name = progress.render_failure_name(doc.doc_id, message.page)
+    name = naming.render_failure_name(doc.doc_id, message.page)
     try:
         raw = store.read(settings.work_bucket, name)
     except ObjectMissing:
         raise RefusedMessage(
             f"the message says page {message.page} failed to render, but the splitter"
-            f" recorded no such failure at gs://{settings.work_bucket}/{name}",
+            f" recorded no such failure at {naming.object_uri(settings.work_bucket, name)}",
             reason="foreign_render_failure",
         ) from None
-    reason, text = progress.parse_render_failure(raw)
+    reason, text = records.parse_render_failure(raw)
     return fail_page(
         doc, message.page, message.page_count, reason, text, store, settings, publisher
     )
@@ -371,7 +371,7 @@ def complete_document(
     prefix = naming.pages_prefix(doc)
     if page is not None and page_count > GROUP_SIZE:
         group = page // GROUP_SIZE
-        group_prefix = f"{prefix}{group:0{naming.PAGE_DIGITS - 2}d}"
+        group_prefix = naming.page_group_prefix(doc, group)
         names = [o.name for o in store.list(out, group_prefix)]
         in_group = naming.parse_page_listing(names, prefix)
         expected = min(page_count, GROUP_SIZE * group + GROUP_SIZE - 1) - max(1, GROUP_SIZE * group)

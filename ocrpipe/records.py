@@ -189,8 +189,9 @@ def latest_record(
     now: float | None = None,
 ) -> bytes:
     """``<key>/@latest.json``: where the newest finished generation of an input is.
-    ``folder``, ``document_md``, ``document_json`` and ``error`` are ``gs://`` URIs
-    (``error`` for a rejected input, the other two for an assembled one; null otherwise)."""
+    ``folder``, ``document_md``, ``document_json`` and ``error`` are object URIs
+    (:func:`ocrpipe.naming.object_uri`; ``error`` for a rejected input, the other two for an
+    assembled one; null otherwise)."""
     return _dump(
         {
             "schema_version": RECORD_VERSION,
@@ -218,3 +219,16 @@ def parse_latest(data: bytes) -> Latest | None:
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def render_failure_record(reason: str, message: str) -> bytes:
+    return json.dumps({"reason": reason, "message": message}, ensure_ascii=False).encode()
+
+
+def parse_render_failure(data: bytes) -> tuple[str, str]:
+    """(reason, message) of a render failure record; ``unknown`` where it cannot be read."""
+    try:
+        raw = json.loads(data)
+        return str(raw["reason"]), str(raw["message"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown", "the render failure record cannot be read"

@@ -28,7 +28,6 @@ Two ways, both safe to run twice and to interrupt (run them again):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing, RetryRefused
@@ -39,12 +38,6 @@ from ocrpipe.status import assembly_stale
 from ocrpipe.storage import ObjectStore
 
 PUBLISH_BATCH = 100
-ImageMime = Literal["image/png", "image/jpeg"]
-_MIME_BY_EXTENSION: dict[str, ImageMime] = {
-    "png": "image/png",
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-}
 
 
 @dataclass(frozen=True)
@@ -67,8 +60,8 @@ def plan_unfinished_pages(store: ObjectStore, settings: Settings, name: str) -> 
     source = store.stat(settings.input_bucket, name)
     if source is None:
         raise RetryRefused(
-            f"gs://{settings.input_bucket}/{name} does not exist: its pages would be dropped as"
-            " stale. Upload the file again."
+            f"{naming.object_uri(settings.input_bucket, name)} does not exist: its pages would"
+            " be dropped as stale. Upload the file again."
         )
     doc = naming.DocumentRef(settings.input_bucket, name, source.generation)
     out = settings.output_bucket
@@ -98,22 +91,14 @@ def plan_unfinished_pages(store: ObjectStore, settings: Settings, name: str) -> 
     missing = [n for n in todo if n not in images]
     if missing:
         raise RetryRefused(
-            f"the page images of {name} are gone from gs://{settings.work_bucket}/pages/"
-            f"{doc.doc_id}/ (pages {_ranges(missing)}): retry the whole document instead."
+            f"the page images of {name} are gone from"
+            f" {naming.object_uri(settings.work_bucket, naming.work_prefix(doc.doc_id))}"
+            f" (pages {_ranges(missing)}): retry the whole document instead."
         )
     failed = tuple(n for n in todo if n in listing.failed)
     remove = [naming.page_error_name(doc, n) for n in failed]
     messages = tuple(
-        PageMessage(
-            doc_id=doc.doc_id,
-            source_bucket=doc.bucket,
-            source_name=doc.name,
-            source_generation=doc.generation,
-            page=n,
-            page_count=manifest.page_count,
-            image_uri=f"gs://{settings.work_bucket}/{images[n][0]}",
-            image_mime=images[n][1],
-        )
+        PageMessage.for_image(doc, n, manifest.page_count, settings.work_bucket, images[n])
         for n in todo
     )
     pending = () if rebuild else tuple(n for n in todo if n not in listing.failed)
@@ -138,28 +123,21 @@ def reprocess(store: ObjectStore, settings: Settings, name: str) -> int:
     Returns the new generation."""
     source = store.stat(settings.input_bucket, name)
     if source is None:
-        raise RetryRefused(f"gs://{settings.input_bucket}/{name} does not exist: upload it again.")
+        where = naming.object_uri(settings.input_bucket, name)
+        raise RetryRefused(f"{where} does not exist: upload it again.")
     generation = store.rewrite_in_place(settings.input_bucket, name, source.generation)
     if generation is None:
         raise RetryRefused(
-            f"gs://{settings.input_bucket}/{name} changed while it was being rewritten: a new"
-            " generation is already on its way (see `ocrpipe status`)."
+            f"{naming.object_uri(settings.input_bucket, name)} changed while it was being"
+            " rewritten: a new generation is already on its way (see `ocrpipe status`)."
         )
     return generation
 
 
-def _page_images(
-    store: ObjectStore, settings: Settings, doc_id: str
-) -> dict[int, tuple[str, ImageMime]]:
-    """Page number -> (image object name, MIME type), from the work bucket."""
-    prefix = naming.page_image_name(doc_id, 1, "x").rsplit("/", 1)[0] + "/"
-    found: dict[int, tuple[str, ImageMime]] = {}
-    for info in store.list(settings.work_bucket, prefix):
-        stem, _, extension = info.name[len(prefix) :].partition(".")
-        mime = _MIME_BY_EXTENSION.get(extension.lower())
-        if stem.isdigit() and mime is not None:
-            found[int(stem)] = (info.name, mime)
-    return found
+def _page_images(store: ObjectStore, settings: Settings, doc_id: str) -> dict[int, str]:
+    """Page number -> its image's object name, from the work bucket."""
+    listed = store.list(settings.work_bucket, naming.work_prefix(doc_id))
+    return naming.parse_work_listing((info.name for info in listed), doc_id).images
 
 
 def _ranges(pages: list[int]) -> str:

@@ -18,7 +18,7 @@ still assembled.
 At-least-once: Eventarc may deliver the same finalize event twice, or retry after this
 function died halfway. The manifest, page images and error records are created only if
 absent, and what was published is recorded per batch in the work bucket
-(:mod:`ocrpipe.progress`), so a retry continues where the last attempt stopped.
+(:mod:`ocrpipe.split_lease`), so a retry continues where the last attempt stopped.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ocrpipe import announce, inputs, naming, notifications, progress, records
+from ocrpipe import announce, inputs, naming, notifications, records, split_lease
 from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.logs import log_context
-from ocrpipe.messages import PageMessage, RenderFailure
+from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.render import PageFailure, Renderer, RenderLimits
 from ocrpipe.settings import Settings
@@ -191,17 +191,19 @@ class _Job:
     ) -> SplitOutcome:
         started = clock()
         work = self.settings.work_bucket
-        state = progress.parse_work_listing(
-            [o.name for o in self.store.list(work, progress.work_prefix(self.doc.doc_id))],
+        state = naming.parse_work_listing(
+            [o.name for o in self.store.list(work, naming.work_prefix(self.doc.doc_id))],
             self.doc.doc_id,
         )
         ttl = self.settings.split_budget_s + self.settings.render_page_timeout_s + LEASE_MARGIN_S
         now = wall_clock()
-        progress.check_split_deadline(
+        split_lease.check_split_deadline(
             self.store, work, self.doc.doc_id, state, self.page_count,
             now=now, deadline_s=self.settings.split_deadline_s,
         )  # fmt: skip
-        lease = progress.acquire_lease(self.store, work, self.doc.doc_id, state, now=now, ttl_s=ttl)
+        lease = split_lease.acquire_lease(
+            self.store, work, self.doc.doc_id, state, now=now, ttl_s=ttl
+        )
         self._fence = partial(_check_lease, wall_clock, now + ttl)
         try:
             failed = self._publish_missing(state, clock, deadline, batch)
@@ -220,7 +222,7 @@ class _Job:
 
     def _publish_missing(
         self,
-        state: progress.WorkState,
+        state: naming.WorkState,
         clock: Callable[[], float],
         deadline: float,
         batch_size: int,
@@ -238,7 +240,7 @@ class _Job:
                     messages.append(self._message(page, state.images[page]))
                 elif page in state.failed:
                     raw = self.store.read(self.settings.work_bucket, state.failed[page])
-                    reason, text = progress.parse_render_failure(raw)
+                    reason, text = records.parse_render_failure(raw)
                     messages.append(self._failure_message(PageFailure(page, reason, text)))
                 else:
                     result = next(rendered)
@@ -268,26 +270,13 @@ class _Job:
 
     def _failure_message(self, failure: PageFailure) -> OutgoingMessage:
         message = PageMessage.failed_render(
-            doc_id=self.doc.doc_id,
-            source_bucket=self.doc.bucket,
-            source_name=self.doc.name,
-            source_generation=self.doc.generation,
-            page=failure.page,
-            page_count=self.page_count,
-            render_failure=RenderFailure(reason=failure.reason, message=failure.message[:2000]),
+            self.doc, failure.page, self.page_count, failure.reason, failure.message
         )
         return OutgoingMessage(message.encode(), message.attributes())
 
     def _message(self, page: int, image_name: str) -> OutgoingMessage:
-        message = PageMessage(
-            doc_id=self.doc.doc_id,
-            source_bucket=self.doc.bucket,
-            source_name=self.doc.name,
-            source_generation=self.doc.generation,
-            page=page,
-            page_count=self.page_count,
-            image_uri=f"gs://{self.settings.work_bucket}/{image_name}",
-            image_mime=progress.image_mime(image_name),
+        message = PageMessage.for_image(
+            self.doc, page, self.page_count, self.settings.work_bucket, image_name
         )
         return OutgoingMessage(message.encode(), message.attributes())
 
@@ -296,7 +285,7 @@ class _Job:
         if messages:
             self.publisher.publish_all(self.settings.pages_topic, messages)
             self.published += len(messages)
-        marker = progress.published_marker_name(self.doc.doc_id, batch[0], batch[-1])
+        marker = naming.published_marker_name(self.doc.doc_id, batch[0], batch[-1])
         self.store.create(self.settings.work_bucket, marker, b"", "text/plain")
 
     def _record_failure(self, failure: PageFailure) -> None:
@@ -304,8 +293,8 @@ class _Job:
         the page again, and the worker trusts only what the splitter wrote there."""
         self.store.create(
             self.settings.work_bucket,
-            progress.render_failure_name(self.doc.doc_id, failure.page),
-            progress.render_failure_record(failure.reason, failure.message),
+            naming.render_failure_name(self.doc.doc_id, failure.page),
+            records.render_failure_record(failure.reason, failure.message),
             "application/json",
         )
         with log_context(page=failure.page):

@@ -184,7 +184,9 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
         error=error,
         page_errors=page_errors,
         markdown_uri=(
-            f"gs://{settings.output_bucket}/{document.name}" if document is not None else None
+            naming.object_uri(settings.output_bucket, document.name)
+            if document is not None
+            else None
         ),
         started=source.updated if source is not None else (min(times) if times else None),
         finished=(max(times) if state in ("done", "partial", "failed") and times else None),
@@ -252,7 +254,7 @@ def invalid_messages(store: ObjectStore, settings: Settings, limit: int = 20) ->
         page = raw.get("page")
         kept.append(
             InvalidMessage(
-                uri=f"gs://{bucket}/{info.name}",
+                uri=naming.object_uri(bucket, info.name),
                 reason=str(raw.get("reason", "unknown")),
                 message=str(raw.get("message", "")),
                 doc_id=str(raw.get("doc_id", "")),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ocrpipe import naming
 from ocrpipe.errors import AccessDenied, ObjectMissing, StorageRejected, StorageUnavailable
 
 REWRITTEN_AT_KEY = "ocrpipe-rewritten-at"  # custom metadata of an input rewritten in place
@@ -141,6 +142,10 @@ class GcsStore:
             )
         else:
             client = storage.Client(project=project)
+        # The client fetches each bucket's metadata (storage.buckets.get) in a background
+        # thread, only to label OpenTelemetry spans we never export. Object roles do not
+        # include that permission, so every pipeline identity got one 403 per bucket.
+        client._bucket_metadata_cache = None
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
         for scheme in ("http://", "https://"):
             client._http.mount(scheme, adapter)
@@ -285,7 +290,7 @@ def _translated(bucket: str, name: str) -> Iterator[None]:
         ConnectionError,
         TimeoutError,
     )
-    where = f"gs://{bucket}/{name}"
+    where = naming.object_uri(bucket, name)
     try:
         yield
     except gexc.NotFound as exc:
@@ -348,7 +353,7 @@ class MemoryStore:
         try:
             return self._objects[(bucket, name)][0]
         except KeyError:
-            raise ObjectMissing(f"gs://{bucket}/{name}") from None
+            raise ObjectMissing(naming.object_uri(bucket, name)) from None
 
     def download(
         self, bucket: str, name: str, dest: Path, *, generation: int | None = None
@@ -356,7 +361,7 @@ class MemoryStore:
         data = self.read(bucket, name)
         current = self._objects[(bucket, name)][1].generation
         if generation is not None and generation != current:
-            raise ObjectMissing(f"gs://{bucket}/{name}#{generation}")
+            raise ObjectMissing(naming.object_uri(bucket, name, generation))
         dest.write_bytes(data)
 
     def stat(self, bucket: str, name: str) -> ObjectInfo | None:

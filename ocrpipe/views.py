@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ocrpipe import naming
 from ocrpipe.dlq import DeadLetter, ReplayReport
 from ocrpipe.status import DocumentStatus, InvalidMessages
 
@@ -114,7 +115,8 @@ def print_status_detail(console: Console, s: DocumentStatus, now: float | None =
 
 def invalid_message_note(count: int, bucket: str) -> Text:
     return Text(
-        f"{count} deliveries refused or unreadable, kept under gs://{bucket}/_invalid-messages/:"
+        f"{count} deliveries refused or unreadable, kept under"
+        f" {naming.object_uri(bucket, naming.INVALID_MESSAGES_PREFIX)}:"
         " see `ocrpipe status --invalid` and docs/OPERATIONS.md",
         style="yellow",
     )

@@ -16,9 +16,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import announce, naming, notifications, progress, records
+from ocrpipe import announce, naming, notifications, records
 from ocrpipe.errors import StorageUnavailable
-from ocrpipe.messages import PageMessage, RenderFailure
+from ocrpipe.messages import PageMessage
 from ocrpipe.ocr_client import OcrClient, OcrParams, OcrResult
 from ocrpipe.page_work import complete_document, process_page
 from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
@@ -173,13 +173,9 @@ def test_a_document_rebuilt_after_a_retry_is_announced_again_with_its_new_state(
 def test_a_page_that_failed_to_render_finishes_and_announces_without_provenance() -> None:
     store, publisher = MemoryStore(), MemoryPublisher()
     doc, _ = prepare(store, pages=1)
-    store.put("work", progress.render_failure_name(doc.doc_id, 1),
-              progress.render_failure_record("page_render_failed", "boom"))  # fmt: skip
-    message = PageMessage.failed_render(
-        doc_id=doc.doc_id, source_bucket="in", source_name=doc.name,
-        source_generation=doc.generation, page=1, page_count=1,
-        render_failure=RenderFailure(reason="page_render_failed", message="boom"),
-    )  # fmt: skip
+    store.put("work", naming.render_failure_name(doc.doc_id, 1),
+              records.render_failure_record("page_render_failed", "boom"))  # fmt: skip
+    message = PageMessage.failed_render(doc, 1, 1, "page_render_failed", "boom")
     never = ScriptedOcrServer([completion("never asked")])
     asyncio.run(process_page(message, store, never.client(), SETTINGS, publisher, deadline=1e12))
     [note] = notes(publisher)

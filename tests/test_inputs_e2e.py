@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image
 
-from ocrpipe import naming, progress
+from ocrpipe import naming
 from ocrpipe.local.stack import LocalStack
 from ocrpipe.naming import DocumentRef
 from ocrpipe.status import document_status
@@ -134,7 +134,7 @@ def test_a_page_that_renders_forever_gets_a_timeout_record(
     assert record["reason"] == "page_render_timeout" and record["page"] == 1
     # No image: the splitter remembered the failure in the work bucket, the worker wrote it.
     work = {o.name for o in limited_gcs.list(settings.work_bucket, f"pages/{doc.doc_id}/0")}
-    assert work == {progress.render_failure_name(doc.doc_id, 1)}
+    assert work == {naming.render_failure_name(doc.doc_id, 1)}
     assert splitter_runs(limited_stack, doc) == 1
 
 
@@ -148,7 +148,7 @@ def test_a_page_that_fails_to_render_fails_alone(stack: LocalStack, gcs: GcsStor
     assert (record["reason"], record["page"]) == ("page_render_failed", 2)
     work = {o.name for o in gcs.list(settings.work_bucket, f"pages/{doc.doc_id}/0")}
     assert work == {naming.page_image_name(doc.doc_id, n, "png") for n in (1, 3)} | {
-        progress.render_failure_name(doc.doc_id, 2)
+        naming.render_failure_name(doc.doc_id, 2)
     }
     document = gcs.read(settings.output_bucket, naming.document_markdown_name(doc)).decode()
     assert "one of three" in document and "three of three" in document

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ocrpipe import naming, progress
+from ocrpipe import naming, records
 from ocrpipe.errors import RetryableError, StorageUnavailable
 from ocrpipe.messages import PageMessage
 from ocrpipe.page_work import process_page
@@ -159,7 +159,7 @@ def test_a_page_that_fails_to_render_is_remembered_and_published_without_an_imag
     failure = messages[1].render_failure
     assert failure is not None and failure.reason == "page_render_failed"
     assert messages[1].image_uri is None
-    record = json.loads(store.read("work", progress.render_failure_name(doc.doc_id, 2)))
+    record = json.loads(store.read("work", naming.render_failure_name(doc.doc_id, 2)))
     assert record["reason"] == "page_render_failed" and record["message"]
     assert store.stat("out", naming.page_error_name(doc, 2)) is None  # the worker's to write
     assert document_status(store, SETTINGS, "a.pdf").state == "running"  # pages to OCR
@@ -170,8 +170,8 @@ def test_a_retried_split_does_not_render_a_failed_page_again() -> None:
     doc = upload(store, "a.pdf", make.missing_page_pdf(["one", "two", "three"], missing=2))
     with pytest.raises(StorageUnavailable):
         split_document(doc, store, CrashingPublisher(ok_batches=0), SETTINGS)
-    store.put("work", progress.render_failure_name(doc.doc_id, 2),
-              progress.render_failure_record("page_render_timeout", "remembered"))  # fmt: skip
+    store.put("work", naming.render_failure_name(doc.doc_id, 2),
+              records.render_failure_record("page_render_timeout", "remembered"))  # fmt: skip
     publisher = MemoryPublisher()
     split_document(doc, store, publisher, SETTINGS)
     failure = PageMessage.decode(publisher.published[1][1].data).render_failure
@@ -249,7 +249,7 @@ def test_a_duplicate_event_after_the_split_publishes_nothing() -> None:
 def test_a_live_lease_makes_another_attempt_wait_and_an_expired_one_does_not() -> None:
     store, publisher = MemoryStore(), MemoryPublisher()
     doc = upload(store, "a.pdf", text_pdf(2, lines=1)[0])
-    lease = progress.lease_name(doc.doc_id, 1)
+    lease = naming.lease_name(doc.doc_id, 1)
     store.put("work", lease, json.dumps({"expires": 1000.0 + 600}).encode())  # a hard crash
     with pytest.raises(RetryableError) as caught:
         split_document(doc, store, publisher, SETTINGS, wall_clock=lambda: 1000.0)

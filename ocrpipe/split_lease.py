@@ -35,84 +35,10 @@ unpublished, ends the document with ``split_timeout`` (:func:`check_split_deadli
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
-from typing import Literal
 
 from ocrpipe.errors import BadInput, ObjectMissing, RetryableError
-from ocrpipe.naming import PAGE_DIGITS
+from ocrpipe.naming import WorkState, first_attempt_name, lease_name
 from ocrpipe.storage import ObjectStore
-
-_IMAGE = re.compile(r"^(\d+)\.(png|jpg)$")
-_FAILED = re.compile(r"^(\d+)\.failed\.json$")
-_PUBLISHED = re.compile(r"^published-(\d+)-(\d+)$")
-_LEASE = re.compile(r"^lease-(\d+)$")
-
-
-def work_prefix(doc_id: str) -> str:
-    return f"pages/{doc_id}/"
-
-
-def published_marker_name(doc_id: str, first: int, last: int) -> str:
-    return f"{work_prefix(doc_id)}published-{first:0{PAGE_DIGITS}d}-{last:0{PAGE_DIGITS}d}"
-
-
-def render_failure_name(doc_id: str, page: int) -> str:
-    return f"{work_prefix(doc_id)}{page:0{PAGE_DIGITS}d}.failed.json"
-
-
-def render_failure_record(reason: str, message: str) -> bytes:
-    return json.dumps({"reason": reason, "message": message}, ensure_ascii=False).encode()
-
-
-def parse_render_failure(data: bytes) -> tuple[str, str]:
-    """(reason, message) of a render failure record; ``unknown`` where it cannot be read."""
-    try:
-        raw = json.loads(data)
-        return str(raw["reason"]), str(raw["message"])
-    except (ValueError, KeyError, TypeError):
-        return "unknown", "the render failure record cannot be read"
-
-
-def first_attempt_name(doc_id: str) -> str:
-    return f"{work_prefix(doc_id)}first-attempt"
-
-
-def lease_name(doc_id: str, number: int) -> str:
-    return f"{work_prefix(doc_id)}lease-{number:04d}"
-
-
-@dataclass(frozen=True)
-class WorkState:
-    images: dict[int, str]  # page -> object name of its image
-    published: frozenset[int]
-    leases: tuple[int, ...]  # lease numbers, ascending
-    failed: dict[int, str] = field(default_factory=dict)  # page -> its render failure record
-
-
-def parse_work_listing(names: list[str], doc_id: str) -> WorkState:
-    prefix = work_prefix(doc_id)
-    images: dict[int, str] = {}
-    published: set[int] = set()
-    leases: list[int] = []
-    failed: dict[int, str] = {}
-    for name in names:
-        if not name.startswith(prefix):
-            continue
-        base = name[len(prefix) :]
-        if match := _IMAGE.match(base):
-            images[int(match.group(1))] = name
-        elif match := _FAILED.match(base):
-            failed[int(match.group(1))] = name
-        elif match := _PUBLISHED.match(base):
-            published.update(range(int(match.group(1)), int(match.group(2)) + 1))
-        elif match := _LEASE.match(base):
-            leases.append(int(match.group(1)))
-    return WorkState(images, frozenset(published), tuple(sorted(leases)), failed)
-
-
-def image_mime(name: str) -> Literal["image/png", "image/jpeg"]:
-    return "image/png" if name.endswith(".png") else "image/jpeg"
 
 
 def acquire_lease(
