@@ -47,7 +47,7 @@ def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 def documents(stack: LocalStack) -> Iterator[PubSubPullSubscription]:
     """A pull subscription on the documents topic, made before anything is submitted (as a
     user's own would be), with the emulator's admin client."""
-    settings = stack.settings
+    settings = stack.admin_settings  # the test's own subscriber, set up as terraform would
     admin = subscriber_client(settings.pubsub_emulator_host)
     name = f"documents-{uuid.uuid4().hex[:8]}"
     admin.create_subscription(

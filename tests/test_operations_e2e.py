@@ -323,7 +323,11 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
         expected = {naming.page_markdown_name(doc, n) for n in range(1, pages + 1)}
         assert {n for n in objects if "/pages/" in n} == expected
         written.update({n: g for n, g in objects.items() if not n.endswith("manifest.json")})
-    assert output_uploads(stack, log_offset)["200"] == len(written) == 4 + 3
+        latest = store.stat(stack.settings.output_bucket, naming.latest_name(doc.name))
+        assert latest is not None
+        written[latest.name] = latest.generation
+    # Per document: its pages, document.md, document.json and @latest.json, each once.
+    assert output_uploads(stack, log_offset)["200"] == len(written) == 4 + 3 * 3
     assert dead_letters(stack, names) == []
 
     # 6. A second replay changes nothing.
