@@ -21,9 +21,10 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated
@@ -46,15 +47,17 @@ from ocrpipe.batch_status import (
 )
 from ocrpipe.dlq import list_dead_letters, replay
 from ocrpipe.errors import ObjectMissing, OcrpipeError, RetryRefused
-from ocrpipe.pubsub import PubSubPublisher
-from ocrpipe.pull import PubSubPullSubscription
+from ocrpipe.pubsub import Publisher, PubSubPublisher
+from ocrpipe.pull import PubSubPullSubscription, PullSubscription
 from ocrpipe.requeue import plan_unfinished_pages, reprocess, requeue
 from ocrpipe.settings import Settings
 from ocrpipe.status import (
     DocumentStatus,
     document_status,
+    documents_verdict,
     invalid_messages,
     recent_documents,
+    wait_for_documents,
 )
 from ocrpipe.storage import GcsStore, ObjectStore
 
@@ -127,18 +130,41 @@ def cloud_errors() -> Iterator[None]:
         raise typer.Exit(Exit.FAILED) from None
 
 
-def _store(settings: Settings) -> GcsStore:
+@dataclass(frozen=True)
+class Clients:
+    """Where every command gets its clients from: the real adapters, or, in tests, fakes
+    with the same protocols (``MemoryStore``, ...), given to typer's runner as ``obj``."""
+
+    store: Callable[[Settings], ObjectStore]
+    publisher: Callable[[Settings], Publisher]
+    dead_letters: Callable[[Settings], PullSubscription]
+
+
+def _gcs(settings: Settings) -> ObjectStore:
     return GcsStore.connect(settings.project, settings.storage_emulator_host)
 
 
-def _publisher(settings: Settings) -> PubSubPublisher:
+def _pubsub(settings: Settings) -> Publisher:
     return PubSubPublisher.connect(settings.project, settings.pubsub_emulator_host)
 
 
-def _dead_letters(settings: Settings) -> PubSubPullSubscription:
+def _dead_letter_subscription(settings: Settings) -> PullSubscription:
     return PubSubPullSubscription.connect(
         settings.project, settings.dead_letter_subscription, settings.pubsub_emulator_host
     )
+
+
+CLOUD = Clients(store=_gcs, publisher=_pubsub, dead_letters=_dead_letter_subscription)
+
+
+def clients(ctx: typer.Context) -> Clients:
+    """The command's clients: ``ctx.obj`` when a test gave some, else the real ones."""
+    return ctx.obj if isinstance(ctx.obj, Clients) else CLOUD
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM stops ``ocrpipe up`` the way Ctrl-C does: the stack shuts down in order."""
+    raise KeyboardInterrupt
 
 
 @app.command()
@@ -178,7 +204,7 @@ def up(
         ocr_url=ocr_url,
         iam=iam,
     )  # fmt: skip
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         with out.status("starting the local stack") as status:
             stack.start(progress=lambda part: status.update(f"starting {part}"))
@@ -253,6 +279,7 @@ def _print_iam_report(report: dict[str, dict[str, list[str]]]) -> None:
 
 @app.command()
 def submit(
+    ctx: typer.Context,
     files: Annotated[
         list[Path],
         typer.Argument(
@@ -288,7 +315,7 @@ def submit(
         err.print("No files to submit (hidden files are skipped).", style="red")
         raise typer.Exit(Exit.USAGE)
     with cloud_errors():
-        store = _store(settings)
+        store = clients(ctx).store(settings)
         report = _upload(store, settings, local_files, force=force, dry_run=dry_run)
         names = report.names
         if wait_ and not dry_run:
@@ -302,6 +329,7 @@ def submit(
 
 @app.command()
 def status(
+    ctx: typer.Context,
     name: Annotated[
         str | None, typer.Argument(help="Input name; omit to list recent documents.")
     ] = None,
@@ -325,10 +353,10 @@ def status(
     if NAME is unknown or nothing is under the prefix."""
     settings = load_settings(local)
     if prefix is not None:
-        raise typer.Exit(_status_batch(settings, prefix, name, as_json))
+        raise typer.Exit(_status_batch(clients(ctx), settings, prefix, name, as_json))
     if invalid:
         with cloud_errors():
-            found = invalid_messages(_store(settings), settings, limit)
+            found = invalid_messages(clients(ctx).store(settings), settings, limit)
         if as_json:
             views.print_json(
                 out, {"count": found.count, "newest": [m.as_dict() for m in found.newest]}
@@ -337,7 +365,7 @@ def status(
             out.print(views.invalid_message_table(found))
         return
     with cloud_errors():
-        store = _store(settings)
+        store = clients(ctx).store(settings)
         names = [name] if name else recent_documents(store, settings, limit)
         statuses = [document_status(store, settings, n) for n in names]
         refused = None if name or as_json else invalid_messages(store, settings, 0)
@@ -357,6 +385,7 @@ def status(
 
 @app.command()
 def wait(
+    ctx: typer.Context,
     names: Annotated[list[str] | None, typer.Argument(help="Input names.")] = None,
     prefix: Annotated[
         str | None, typer.Option(help="Every document under this prefix (a folder), one bar.")
@@ -381,7 +410,7 @@ def wait(
         err.print("Name at least one document, or give --prefix.", style="red")
         raise typer.Exit(Exit.USAGE)
     with cloud_errors():
-        store = _store(settings)
+        store = clients(ctx).store(settings)
         if prefix is not None:
             code = _wait_batch(store, settings, prefix, names, timeout, allow_partial, as_json)
             raise typer.Exit(code)
@@ -390,6 +419,7 @@ def wait(
 
 @app.command()
 def retry(
+    ctx: typer.Context,
     names: Annotated[list[str] | None, typer.Argument(help="Input names.")] = None,
     prefix: Annotated[
         str | None, typer.Option(help="Also every input whose name starts with this (a folder).")
@@ -425,14 +455,14 @@ def retry(
     """
     settings = load_settings(local)
     with cloud_errors():
-        store = _store(settings)
+        store = clients(ctx).store(settings)
         targets = list(names or [])
         if prefix is not None:
             targets += [i.name for i in store.list(settings.input_bucket, prefix)]
         if not targets:
             err.print("Name at least one document, or give --prefix.", style="red")
             raise typer.Exit(Exit.USAGE)
-        publisher = _publisher(settings) if failed_only and not dry_run else None
+        publisher = clients(ctx).publisher(settings) if failed_only and not dry_run else None
         code = Exit.OK
         for name in dict.fromkeys(targets):
             try:
@@ -451,7 +481,7 @@ def retry(
 
 def _retry_pages(
     store: ObjectStore,
-    publisher: PubSubPublisher | None,
+    publisher: Publisher | None,
     settings: Settings,
     name: str,
     dry_run: bool,
@@ -482,6 +512,7 @@ def _page_list(pages: tuple[int, ...]) -> str:
 
 @dlq_app.command("list")
 def dlq_list(
+    ctx: typer.Context,
     doc: DocOpt = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Show at most this many.")] = None,
     as_json: JsonOpt = False,
@@ -491,7 +522,7 @@ def dlq_list(
     released again (a nack, never an ack) when the listing ends."""
     settings = load_settings(local)
     with cloud_errors():
-        subscription = _dead_letters(settings)
+        subscription = clients(ctx).dead_letters(settings)
         letters = views.sort_letters(list_dead_letters(subscription, selector=doc, limit=limit))
     if as_json:
         views.print_json(out, [letter.as_dict() for letter in letters])
@@ -510,6 +541,7 @@ def dlq_list(
 
 @dlq_app.command("replay")
 def dlq_replay(
+    ctx: typer.Context,
     doc: DocOpt = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Replay at most this many.")] = None,
     dry_run: Annotated[
@@ -530,8 +562,8 @@ def dlq_replay(
     settings = load_settings(local)
     with cloud_errors():
         report = replay(
-            _dead_letters(settings),
-            _publisher(settings),
+            clients(ctx).dead_letters(settings),
+            clients(ctx).publisher(settings),
             settings.pages_topic,
             selector=doc,
             limit=limit,
@@ -563,14 +595,14 @@ def demo(
         with out.status("starting the local stack") as spinner:
             stack.start(progress=lambda part: spinner.update(f"starting {part}"))
         settings = stack.settings
-        store = _store(settings)
+        store = CLOUD.store(settings)
         with file.open("rb") as handle:
             store.upload(settings.input_bucket, file.name, handle, _content_type(file))
         out.print(f"submitted {file} -> {naming.object_uri(settings.input_bucket, file.name)}")
         code = _wait_for(store, settings, [file.name], timeout)
         final = document_status(store, settings, file.name)
         if final.markdown_uri:
-            markdown = store.read(settings.output_bucket, final.markdown_uri.split("/", 3)[3])
+            markdown = store.read(*naming.split_uri(final.markdown_uri))
             out.rule(f"{final.markdown_uri}")
             out.print(markdown.decode(), markup=False, highlight=False)
             out.rule()
@@ -595,8 +627,8 @@ def _wait_for(
     timeout: float,
     allow_partial: bool = False,
 ) -> Exit:
-    deadline = time.monotonic() + timeout
-    finals: dict[str, DocumentStatus] = {}
+    """One progress bar per document while :func:`wait_for_documents` polls, then one line
+    per document and the exit code of :func:`documents_verdict`."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -606,30 +638,27 @@ def _wait_for(
     )
     with Progress(*columns, console=err, transient=False) as progress:
         tasks = {n: progress.add_task(n, total=None, state="waiting") for n in names}
-        while len(finals) < len(names) and time.monotonic() < deadline:
-            for name in names:
-                if name in finals:
-                    continue
-                current = document_status(store, settings, name)
-                progress.update(
-                    tasks[name],
-                    total=current.page_count,
-                    completed=current.done + current.failed,
-                    state=current.state,
-                )
-                if current.finished_state:
-                    finals[name] = current
-            if len(finals) < len(names):
-                time.sleep(0.5)
-    failed = timed_out = False
+
+        def show(current: DocumentStatus) -> None:
+            progress.update(
+                tasks[current.name],
+                total=current.page_count,
+                completed=current.done + current.failed,
+                state=current.state,
+            )
+
+        finals = wait_for_documents(
+            lambda name: document_status(store, settings, name),
+            names,
+            timeout=timeout,
+            on_update=show,
+        )
     for name in names:
         final = finals.get(name)
         if final is None:
             err.print(Text(f"{name}: not finished after {timeout:.0f} s", style="yellow"))
-            timed_out = True
             continue
         ok = final.state == "done" or (final.state == "partial" and allow_partial)
-        failed = failed or not ok
         line = Text.assemble(f"{name}: ", views.state_text(final.state))
         line.append(f" in {views.duration(final.elapsed())}")
         if final.markdown_uri:
@@ -639,13 +668,13 @@ def _wait_for(
             err.print(Text(f"  rejected: {final.error.reason}: {final.error.message}"))
         for number, error in sorted(final.page_errors.items()):
             err.print(Text(f"  page {number}: {error.reason}: {error.message}"))
-    if failed:
-        return Exit.FAILED
-    return Exit.TIMEOUT if timed_out else Exit.OK
+    outcome = documents_verdict(names, finals, allow_partial=allow_partial)
+    return {"ok": Exit.OK, "failed": Exit.FAILED, "timeout": Exit.TIMEOUT}[outcome]
 
 
 @app.command()
 def get(
+    ctx: typer.Context,
     names: Annotated[list[str] | None, typer.Argument(help="Input names.")] = None,
     prefix: Annotated[
         str | None, typer.Option(help="Every document under this prefix (a folder).")
@@ -673,7 +702,7 @@ def get(
         err.print("--pages and --json write files: give a folder with -o.", style="red")
         raise typer.Exit(Exit.USAGE)
     with cloud_errors():
-        store = _store(settings)
+        store = clients(ctx).store(settings)
         documents = results.find_documents(store, settings, names=names or (), prefix=prefix)
         if output == "-":
             missing = results.write_markdown(store, settings, documents, sys.stdout.buffer)
@@ -745,12 +774,14 @@ def _upload(
     return report
 
 
-def _status_batch(settings: Settings, prefix: str, name: str | None, as_json: bool) -> Exit:
+def _status_batch(
+    source: Clients, settings: Settings, prefix: str, name: str | None, as_json: bool
+) -> Exit:
     if name is not None:
         err.print("Give a NAME or --prefix, not both.", style="red")
         return Exit.USAGE
     with cloud_errors():
-        current = batch_status(_store(settings), settings, prefix)
+        current = batch_status(source.store(settings), settings, prefix)
     if as_json:
         views.print_json(out, current.as_dict())
     else:
@@ -804,6 +835,7 @@ def _wait_batch(
 
 @app.command()
 def report(
+    ctx: typer.Context,
     names: Annotated[list[str] | None, typer.Argument(help="Input names.")] = None,
     prefix: Annotated[
         str | None, typer.Option(help="Every document under this prefix (a folder).")
@@ -822,7 +854,7 @@ def report(
         err.print("Name at least one document, or give --prefix.", style="red")
         raise typer.Exit(Exit.USAGE)
     with cloud_errors():
-        code = _report(_store(settings), settings, names or [], prefix, as_json)
+        code = _report(clients(ctx).store(settings), settings, names or [], prefix, as_json)
     raise typer.Exit(code)
 
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ocrpipe import naming, records
 from ocrpipe.assemble import DIGEST_KEY, results_digest
@@ -281,3 +281,41 @@ def _read(store: ObjectStore, settings: Settings, name: str) -> bytes:
         return store.read(settings.output_bucket, name)
     except ObjectMissing:
         return b"{}"
+
+
+def wait_for_documents(
+    poll: Callable[[str], DocumentStatus],
+    names: Sequence[str],
+    *,
+    timeout: float,
+    interval: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    on_update: Callable[[DocumentStatus], None] = lambda _: None,
+) -> dict[str, DocumentStatus]:
+    """Poll each of ``names`` until it is finished or ``timeout`` seconds passed. Returns
+    the final status of those that finished; the others timed out."""
+    deadline = clock() + timeout
+    finals: dict[str, DocumentStatus] = {}
+    while True:
+        for name in names:
+            if name not in finals:
+                current = poll(name)
+                on_update(current)
+                if current.finished_state:
+                    finals[name] = current
+        left = deadline - clock()
+        if len(finals) == len(names) or left <= 0:
+            return finals
+        sleep(min(interval, left))
+
+
+def documents_verdict(
+    names: Sequence[str], finals: Mapping[str, DocumentStatus], *, allow_partial: bool = False
+) -> Literal["ok", "failed", "timeout"]:
+    """``failed`` if a document failed (or ended partial, unless ``allow_partial``), else
+    ``timeout`` if one did not finish, else ``ok``: a failure outranks a timeout."""
+    bad = {"failed"} if allow_partial else {"failed", "partial"}
+    if any(final.state in bad for final in finals.values()):
+        return "failed"
+    return "ok" if all(name in finals for name in names) else "timeout"

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from ocrpipe import cli, naming, records, views
 from ocrpipe.settings import Settings
-from ocrpipe.status import DocumentStatus, PageError, document_status
+from ocrpipe.status import (
+    DocumentStatus,
+    PageError,
+    document_status,
+    documents_verdict,
+    wait_for_documents,
+)
 from ocrpipe.storage import MemoryStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
@@ -56,7 +63,51 @@ def test_wait_exit_codes(
     names = [f"doc-{i}.pdf" for i in range(len(states))]
     for name, state in zip(names, states, strict=True):
         document(store, name, state)
-    assert cli._wait_for(store, SETTINGS, names, timeout, allow_partial) == code
+    memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
+    args = ["wait", *names, "--timeout", str(timeout)] + (
+        ["--allow-partial"] if allow_partial else []
+    )
+    result = CliRunner().invoke(cli.app, args, obj=memory, env=SETTINGS_ENV)
+    assert result.exit_code == code, result.output
+
+
+def _no_client(settings: Settings) -> Any:
+    raise AssertionError("this command needs no Pub/Sub client")
+
+
+SETTINGS_ENV = {"OCRPIPE_INPUT_BUCKET": "in", "OCRPIPE_WORK_BUCKET": "work",
+                "OCRPIPE_OUTPUT_BUCKET": "out"}  # fmt: skip
+
+
+def test_waiting_polls_until_finished_or_the_timeout_on_its_own_clock() -> None:
+    store = MemoryStore()
+    document(store, "slow.pdf", "running")
+    now = [0.0]
+    polls: list[float] = []
+
+    def poll(name: str) -> DocumentStatus:
+        polls.append(now[0])
+        if now[0] >= 3:  # the last page lands after 3 s
+            store.put("out", naming.page_markdown_name(doc, 1), b"one")
+            store.put("out", naming.page_markdown_name(doc, 2), b"two")
+            store.put("out", naming.document_markdown_name(doc), b"one two")
+        return document_status(store, SETTINGS, name)
+
+    doc = naming.DocumentRef("in", "slow.pdf", store.stat("in", "slow.pdf").generation)  # type: ignore[union-attr]
+    finals = wait_for_documents(
+        poll, ["slow.pdf"], timeout=10, interval=1, clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    )  # fmt: skip
+    assert polls == [0, 1, 2, 3] and finals["slow.pdf"].state == "done"
+    assert documents_verdict(["slow.pdf"], finals) == "ok"
+    document(store, "stuck.pdf", "running")
+    now[0] = 0.0
+    assert wait_for_documents(
+        lambda n: document_status(store, SETTINGS, n), ["stuck.pdf"], timeout=2.5, interval=1,
+        clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s),
+    ) == {}  # fmt: skip
+    assert now[0] == 2.5
+    assert documents_verdict(["stuck.pdf"], {}) == "timeout"
 
 
 def test_status_json_has_page_errors_with_reasons_and_elapsed_time() -> None:
