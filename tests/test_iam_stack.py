@@ -113,6 +113,7 @@ def expected_usage(stack: LocalStack) -> dict[str, list[str]]:
     inp, work, out = (f"projects/_/buckets/{b}" for b in (s.input_bucket, s.work_bucket,
                                                           s.output_bucket))  # fmt: skip
     pages = f"projects/{stack.project}/topics/{s.pages_topic}"
+    documents = f"projects/{stack.project}/topics/{s.documents_topic}"
     notifications = f"projects/{stack.project}/topics/ocrpipe-gcs-notifications"
     return {
         "splitter": sorted([
@@ -129,6 +130,7 @@ def expected_usage(stack: LocalStack) -> dict[str, list[str]]:
             f"storage.objects.create on {out}/objects/*",
             f"storage.objects.get on {out}/objects/*",
             f"storage.objects.list on {out}",
+            f"pubsub.topics.publish on {documents}",  # the document's notification
         ]),
         "eventarc": [],
         "gcs-agent": [f"pubsub.topics.publish on {notifications}"],
