@@ -65,7 +65,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = Services(
             settings=settings,
-            store=store or GcsStore.connect(settings.project, settings.storage_emulator_host),
+            store=store
+            or GcsStore.connect(settings.project, settings.storage_emulator_host, trust_env=False),
             ocr=ocr or build_ocr_client(settings),
             verifier=build_verifier(settings),
             manifests=ManifestCache(),
