@@ -122,6 +122,6 @@ def test_a_service_store_ignores_proxy_variables_the_cli_honours(
         cli = GcsStore.connect("p", gcs_url)
         with pytest.raises(Exception, match="403"):
             cli.read(bucket, "proxy/a.md")
-        assert proxy.requests and b"/o/proxy%2Fa.md?alt=media" in proxy.requests[0]
+        assert any(b"/o/proxy%2Fa.md?alt=media" in line for line in proxy.requests)
     finally:
         proxy.close()
