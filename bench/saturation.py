@@ -59,9 +59,15 @@ from bench.stack import (
 )
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.stack import LocalStack
+from ocrpipe.settings import Settings
 from ocrpipe.testing.pdfs import text_pdf
 
 TARGET_RATIO = 0.95
+# Worker CPU per page with 64 pages in flight (K=32: 64 pushes open, 64 OCR requests), in the
+# pipeline phase's accounting (issue 13, item 4). "before": this benchmark on commit 19f72ec
+# (before the GCS-call and sniffio changes), three runs on this machine (PERFORMANCE.md).
+TARGET_WORKER_CPU_MS = 15.0
+WORKER_CPU_MS_BEFORE = {"median": 33.7, "runs": [33.7, 28.1, 33.9], "commit": "19f72ec"}
 PAGES_PER_DOCUMENT = 32
 
 
@@ -177,7 +183,11 @@ def _split_paused(stack: LocalStack, pdfs: list[tuple[bytes, int]]) -> list[Uplo
 def measure(batch: int, service: float, pages: int, emulator_pages: int) -> dict[str, Any]:
     capacity = batch / service
     fault_args = ["--batch-size", str(batch), "--service-time", str(service)]
-    env = {"OCRPIPE_OCR_MAX_IN_FLIGHT": str(2 * batch)}
+    env = {
+        "OCRPIPE_OCR_MAX_IN_FLIGHT": str(2 * batch),
+        # settings_env writes a tuple as "(0.2, ...)", which Settings cannot read back.
+        "OCRPIPE_OCR_TEMPERATURES": json.dumps(Settings.model_fields["ocr_temperatures"].default),
+    }
     per_doc = PAGES_PER_DOCUMENT
     documents = max(1, round(pages / per_doc))
     pages = documents * per_doc
@@ -299,6 +309,12 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         key = f"k{batch}_s{service:g}"
         figures[key] = result = measure(batch, service, pages=10 * batch, emulator_pages=8)
         targets[f"{key}_ratio"] = target(result["ratio"], TARGET_RATIO, unit="pipeline/direct")
+        if 2 * batch == 64:
+            worker_ms = result["pipeline"]["cpu_ms_per_page"]["worker"]
+            targets["worker_cpu_ms_per_page_64_in_flight"] = {
+                **target(worker_ms, TARGET_WORKER_CPU_MS, higher_is_better=False, unit="ms"),
+                "before": WORKER_CPU_MS_BEFORE,
+            }
     method = (
         "fault server --batch-size K --service-time S; direct: bare asyncio HTTP/1.1 client,"
         " 2K in flight, N = 10K requests; pipeline: N pages as 32-page text PDFs, split with"

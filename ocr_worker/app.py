@@ -71,7 +71,8 @@ def create_app(
         verifier = build_verifier(settings)  # first: a misconfigured worker never starts
         services = Services(
             settings=settings,
-            store=store or GcsStore.connect(settings.project, settings.storage_emulator_host),
+            store=store
+            or GcsStore.connect(settings.project, settings.storage_emulator_host, trust_env=False),
             ocr=ocr or build_ocr_client(settings),
             publisher=publisher
             or PubSubPublisher.connect(settings.project, settings.pubsub_emulator_host),

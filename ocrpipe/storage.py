@@ -125,11 +125,22 @@ class GcsStore:
 
     @classmethod
     def connect(
-        cls, project: str, emulator_host: str | None = None, *, pool_size: int = 64
+        cls,
+        project: str,
+        emulator_host: str | None = None,
+        *,
+        pool_size: int = 64,
+        trust_env: bool = True,
     ) -> GcsStore:
         """A client with ``pool_size`` keep-alive connections: the worker calls GCS from many
         threads at once, and requests' default pool of 10 would open and drop connections on
-        every page (measured: about two per page under load)."""
+        every page (measured: about two per page under load).
+
+        ``trust_env=False`` stops requests from looking at the environment on every call
+        (proxy variables, ``~/.netrc``, CA-bundle variables: ~0.15 ms of CPU per call here,
+        ~18% of a small call). The worker sets it: Cloud Run gives it none of these. The CLI
+        keeps the default, so that a user's proxy settings still apply.
+        """
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
         from requests.adapters import HTTPAdapter
@@ -149,6 +160,7 @@ class GcsStore:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
         for scheme in ("http://", "https://"):
             client._http.mount(scheme, adapter)
+        client._http.trust_env = trust_env
         return cls(client)
 
     @property
@@ -156,8 +168,12 @@ class GcsStore:
         return self._client
 
     def read(self, bucket: str, name: str) -> bytes:
+        # No client-side checksum: TLS already guards the bytes in transit, and hashing every
+        # page image and page result again cost ~5-10% of a read's CPU (the worker's hottest
+        # call). ``download`` (whole input files) keeps the check.
         with _translated(bucket, name):
-            data: bytes = self._client.bucket(bucket).blob(name).download_as_bytes()
+            blob = self._client.bucket(bucket).blob(name)
+            data: bytes = blob.download_as_bytes(checksum=None)
             return data
 
     def download(
@@ -256,7 +272,8 @@ class GcsStore:
 
 
 def _info(blob: Any) -> ObjectInfo:
-    updated = blob.updated.timestamp() if blob.updated is not None else 0.0
+    when = blob.updated  # parsed from RFC 3339 on every access (strptime): once per object
+    updated = when.timestamp() if when is not None else 0.0
     return ObjectInfo(
         name=blob.name,
         generation=int(blob.generation or 0),
