@@ -40,9 +40,11 @@ before a late replay.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -84,6 +86,36 @@ class PageToOcr:
     page_count: int
     image: bytes
     mime: str
+
+
+class KeyedLocks:
+    """One lock per key, kept only while someone holds it or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+_ASSEMBLING = KeyedLocks()
 
 
 class ManifestCache:
@@ -377,6 +409,23 @@ def complete_document(
         expected = min(page_count, GROUP_SIZE * group + GROUP_SIZE - 1) - max(1, GROUP_SIZE * group)
         if len(in_group.done | in_group.failed) < expected + 1:
             return False
+    # One assembly per document at a time in this process: when a document's last pages
+    # land together, the others then find it built instead of each reading every page
+    # (measured: ~12 of the ~20 GCS calls per page at 64 in flight). Other instances still
+    # race, which the generation preconditions below settle.
+    with _ASSEMBLING.hold(doc.doc_id):
+        return _assemble(doc, page_count, store, settings, publisher)
+
+
+def _assemble(
+    doc: naming.DocumentRef,
+    page_count: int,
+    store: ObjectStore,
+    settings: Settings,
+    publisher: Publisher,
+) -> bool:
+    out = settings.output_bucket
+    prefix = naming.pages_prefix(doc)
     final_name = naming.document_markdown_name(doc)
     index_name = naming.document_index_name(doc)
     wrote = False

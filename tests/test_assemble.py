@@ -112,3 +112,31 @@ def test_document_json_slices_document_md_back_into_each_page_byte_exactly() -> 
     assert b"Page 3 failed" in markdown[failed["start"] : failed["end"]]
     # The markers are still there, for people.
     assert markdown.decode().startswith("<!-- page 1 -->\n\n  indented first line\n")
+
+
+def test_one_assembly_per_document_at_a_time_and_no_lock_left_behind() -> None:
+    import threading
+    import time as clock
+
+    from ocrpipe.page_work import KeyedLocks
+
+    locks = KeyedLocks()
+    inside: list[str] = []
+    overlaps: list[tuple[str, str]] = []
+
+    def work(key: str) -> None:
+        with locks.hold(key):
+            overlaps.extend((key, other) for other in inside if other == key)
+            inside.append(key)
+            clock.sleep(0.02)
+            inside.remove(key)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in ["a"] * 5 + ["b"] * 5]
+    started = clock.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == []  # never two holders of one document's lock
+    assert clock.monotonic() - started < 5 * 0.02 * 2 + 1  # documents "a" and "b" overlapped
+    assert len(locks) == 0
