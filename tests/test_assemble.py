@@ -132,11 +132,9 @@ def test_one_assembly_per_document_at_a_time_and_no_lock_left_behind() -> None:
             inside.remove(key)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in ["a"] * 5 + ["b"] * 5]
-    started = clock.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert overlaps == []  # never two holders of one document's lock
-    assert clock.monotonic() - started < 5 * 0.02 * 2 + 1  # documents "a" and "b" overlapped
     assert len(locks) == 0
