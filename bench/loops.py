@@ -240,7 +240,7 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         process.wait(timeout=10)
 
     def per_page(arm: dict[str, Any]) -> float:
-        return float(arm["server_tokens"]) / rate / arm["pages"]
+        return float(arm["server_tokens"]) / rate / float(arm["pages"])
 
     before, after = per_page(arms["plain"]), per_page(arms["detector"])
     figures: dict[str, Any] = {
