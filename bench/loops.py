@@ -62,14 +62,16 @@ CHAT = "/v1/chat/completions"
 
 def chaos_pages(documents: int) -> list[bytes]:
     """The chaos test's page images, rendered as the splitter renders them."""
-    from ocrpipe.render import PdfRenderer, RenderedPage
+    from ocrpipe.inputs import InputKind
+    from ocrpipe.render import Renderer
+    from ocrpipe.sources import RenderedPage
 
     images: list[bytes] = []
     with TemporaryDirectory() as tmp:
         for index, pages in enumerate(CHAOS_PAGES[:documents]):
             path = Path(tmp) / f"doc-{index:02d}.pdf"
             path.write_bytes(text_pdf(pages, seed=index, lines=4)[0])
-            with PdfRenderer(path, processes=2, longest_side=1540) as renderer:
+            with Renderer(path, InputKind.PDF, processes=2, longest_side=1540) as renderer:
                 for page in renderer.render(range(1, pages + 1)):
                     if not isinstance(page, RenderedPage):
                         raise RuntimeError(f"a page failed to render: {page}")
@@ -238,7 +240,7 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         process.wait(timeout=10)
 
     def per_page(arm: dict[str, Any]) -> float:
-        return float(arm["server_tokens"]) / rate / arm["pages"]
+        return float(arm["server_tokens"]) / rate / float(arm["pages"])
 
     before, after = per_page(arms["plain"]), per_page(arms["detector"])
     figures: dict[str, Any] = {

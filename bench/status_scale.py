@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -101,6 +101,25 @@ class Counting:
 
     def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
         return self.inner.create(bucket, name, data, content_type)
+
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        *,
+        if_generation_match: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int | None:
+        return self.inner.write(
+            bucket,
+            name,
+            data,
+            content_type,
+            if_generation_match=if_generation_match,
+            metadata=metadata,
+        )
 
     def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
         return self.inner.upload(bucket, name, source, content_type)

@@ -42,7 +42,9 @@ def free_port_block(count: int) -> int:
 
 
 def free_ports() -> Ports:
-    return Ports(*(free_port() for _ in range(6)), proxies=free_port_block(2 * len(IDENTITIES)))
+    pubsub, gcs, ocr, worker, splitter, eventarc = (free_port() for _ in range(6))
+    proxies = free_port_block(2 * len(IDENTITIES))
+    return Ports(pubsub, gcs, ocr, worker, splitter, eventarc, proxies=proxies)
 
 
 @pytest.fixture(scope="session")

@@ -70,12 +70,12 @@ class ScriptedOcrServer:
 
     def client(self, clock: FakeClock | None = None, **params: object) -> OcrClient:
         http = httpx.AsyncClient(transport=httpx.MockTransport(self), base_url="http://ocr")
-        kwargs = {"clock": clock, "sleep": clock.sleep} if clock else {}
-        return OcrClient(
-            http,
-            OcrParams.from_settings(Settings(), model="lightonai/LightOnOCR-2-1B", **params),  # type: ignore[arg-type]
-            **kwargs,
-        )  # type: ignore[arg-type]
+        ocr_params = OcrParams.from_settings(
+            Settings(), model="lightonai/LightOnOCR-2-1B", **params
+        )
+        if clock is None:
+            return OcrClient(http, ocr_params)
+        return OcrClient(http, ocr_params, clock=clock, sleep=clock.sleep)
 
 
 # The splitter's contract test puts its fakes here; tests/splitter_source.py reads them.

@@ -4,6 +4,7 @@ ETA on a fake clock, the wait loop, and what a status costs in list calls and re
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -96,6 +97,25 @@ class CountingStore:
 
     def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
         return self.inner.create(bucket, name, data, content_type)
+
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        *,
+        if_generation_match: int,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int | None:
+        return self.inner.write(
+            bucket,
+            name,
+            data,
+            content_type,
+            if_generation_match=if_generation_match,
+            metadata=metadata,
+        )
 
     def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
         return self.inner.upload(bucket, name, source, content_type)

@@ -106,9 +106,9 @@ def test_quick_benchmarks_run_and_write_sane_results(tmp_path: Path) -> None:
         for where, number in numbers(record["figures"]):
             assert math.isfinite(number) and number >= 0, f"{name}.{where} = {number}"
 
-    for name, path in POSITIVE:
-        value = lookup(records[name], path)
-        assert isinstance(value, int | float) and value > 0, f"{name}.{path} = {value!r}"
+    for name, dotted in POSITIVE:
+        value = lookup(records[name], dotted)
+        assert isinstance(value, int | float) and value > 0, f"{name}.{dotted} = {value!r}"
     for kind in ("born_digital", "scanned"):
         quality = lookup(records["quality"], kind)
         assert 0 <= quality["cer"] <= 1 and 0 <= quality["word_f1"] <= 1, quality

@@ -14,10 +14,10 @@ from ocrpipe.cli import Exit, cloud_errors
 @pytest.mark.parametrize(
     ("google", "ours", "push_status"),
     [
-        (gexc.PermissionDenied("no"), errors.AccessDenied, 503),
-        (gexc.InvalidArgument("bad"), errors.StorageRejected, 500),
-        (gexc.ServiceUnavailable("later"), errors.StorageUnavailable, 503),
-        (gexc.TooManyRequests("slow down"), errors.StorageUnavailable, 503),
+        (gexc.PermissionDenied("no"), errors.AccessDenied, 503),  # type: ignore[no-untyped-call]
+        (gexc.InvalidArgument("bad"), errors.StorageRejected, 500),  # type: ignore[no-untyped-call]
+        (gexc.ServiceUnavailable("later"), errors.StorageUnavailable, 503),  # type: ignore[no-untyped-call]
+        (gexc.TooManyRequests("slow down"), errors.StorageUnavailable, 503),  # type: ignore[no-untyped-call]
     ],
 )
 def test_pubsub_errors_become_ours(

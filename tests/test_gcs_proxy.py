@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ def free_port() -> int:
 def wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"{process.args} exited with {process.returncode}"
+        assert process.poll() is None, f"{process.args!r} exited with {process.returncode}"
         try:
             httpx.get(url, timeout=1)
             return
@@ -81,7 +81,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Gc
 
 
 def start_proxy(
-    upstream: str, tmp: Path, buckets: dict[str, str], overrides: dict[str, object]
+    upstream: str, tmp: Path, buckets: dict[str, str], overrides: Mapping[str, object]
 ) -> tuple[subprocess.Popen[bytes], Proxied]:
     ports = {identity: free_port() for identity in IDENTITIES}
     usage = tmp / "usage.jsonl"

@@ -4,6 +4,7 @@ ocrpipe/iam.json: what each identity may do, evaluated the way IAM evaluates it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def authz() -> Authorizer:
     return Authorizer.from_grants(SETTINGS)
 
 
-def write_grants(tmp_path: Path, grants: list[dict[str, object]]) -> Path:
+def write_grants(tmp_path: Path, grants: Sequence[Mapping[str, object]]) -> Path:
     path = tmp_path / "iam.json"
     path.write_text(json.dumps({"identities": {"who": {"grants": grants}}}), encoding="utf-8")
     return path

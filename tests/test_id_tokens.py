@@ -7,6 +7,7 @@ import asyncio
 import base64
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -48,7 +49,7 @@ class Metadata:
         time.sleep(self.delay)
         if self.failures:
             self.failures -= 1
-            raise TransportError("metadata server unreachable")
+            raise TransportError("metadata server unreachable")  # type: ignore[no-untyped-call]
         now = int(self.clock.now)
         return KEY.token(aud=audience, iat=now, exp=now + 3600, n=len(self.audiences))
 
@@ -97,7 +98,7 @@ async def test_the_ocr_client_sends_the_token_and_fetches_it_once() -> None:
     ],
 )
 def test_auth_for(url: str, mode: str, expected_audience: str | None) -> None:
-    auth = auth_for(Settings(ocr_url=url, ocr_auth=mode))  # type: ignore[arg-type]
+    auth = auth_for(Settings(ocr_url=url, ocr_auth=mode))
     if expected_audience is None:
         assert auth is None
     else:
@@ -131,12 +132,16 @@ class LoopLag:
         self._task.cancel()
 
 
-def gpu_client(auth: IdTokenAuth, **kwargs: object) -> tuple[OcrClient, ScriptedOcrServer]:
+def gpu_client(
+    auth: IdTokenAuth,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> tuple[OcrClient, ScriptedOcrServer]:
     server = ScriptedOcrServer([completion("text")])
     http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url=GPU_URL)
-    return OcrClient(
-        http, OcrParams.from_settings(Settings(), model="m"), auth=auth, **kwargs
-    ), server  # type: ignore[arg-type]
+    params = OcrParams.from_settings(Settings(), model="m")
+    return OcrClient(http, params, auth=auth, clock=clock, sleep=sleep), server
 
 
 @pytest.mark.timeout(30)

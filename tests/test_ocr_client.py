@@ -28,7 +28,9 @@ async def test_sends_the_image_alone_the_way_lightonocr_expects() -> None:
     (body,) = server.requests
     assert body["model"] == "lightonai/LightOnOCR-2-1B"
     assert body["temperature"] == 0.2 and body["top_p"] == 0.9 and body["max_tokens"] == 4096
-    (message,) = body["messages"]  # type: ignore[misc]
+    messages = body["messages"]
+    assert isinstance(messages, list)
+    (message,) = messages
     assert message["role"] == "user"
     (part,) = message["content"]
     assert part["type"] == "image_url"

@@ -15,13 +15,14 @@ from pathlib import Path
 import grpc
 import pytest
 from google.api_core import exceptions as gexc
+from google.cloud.pubsub_v1.subscriber.message import Message
 
 from ocrpipe.errors import StorageUnavailable
 from ocrpipe.local.iam_policy import Authorizer
 from ocrpipe.local.pubsub_proxy import DENIED_MESSAGE, PubSubProxy
 from ocrpipe.local.stack import find_pubsub_emulator
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, publisher_client, subscriber_client
-from ocrpipe.pull import PubSubPullSubscription
+from ocrpipe.pull import PubSubPullSubscription, Received
 from ocrpipe.settings import Settings
 from tests.conftest import free_port
 
@@ -115,7 +116,7 @@ def test_granted_calls_go_through_to_the_emulator(proxied: Proxied) -> None:
     dead = PubSubPullSubscription.connect(
         settings.project, settings.dead_letter_subscription, proxied.host("operator")
     )
-    received = []
+    received: list[Received] = []
     deadline = time.monotonic() + 20
     while not received and time.monotonic() < deadline:
         received = dead.pull(10)
@@ -207,8 +208,13 @@ def test_streaming_pull_is_checked_on_its_first_request_then_relayed(proxied: Pr
         refused.result(timeout=20)
 
     got: list[bytes] = []
+
+    def take(message: Message) -> None:
+        got.append(message.data)
+        message.ack()
+
     operator = subscriber_client(proxied.host("operator"))
-    future = operator.subscribe(path, lambda m: (got.append(m.data), m.ack()))
+    future = operator.subscribe(path, take)
     deadline = time.monotonic() + 20
     while len(got) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)

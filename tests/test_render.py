@@ -9,7 +9,7 @@ from PIL import Image
 from ocrpipe.errors import BadInput
 from ocrpipe.inputs import InputKind
 from ocrpipe.render import Renderer
-from ocrpipe.sources import MIN_SHORT_SIDE, page_scale
+from ocrpipe.sources import MIN_SHORT_SIDE, RenderedPage, page_scale
 from ocrpipe.testing.pdfs import text_pdf
 
 
@@ -28,6 +28,7 @@ def test_longest_side_is_1540_and_aspect_ratio_is_kept(
         pages = list(renderer.render(range(1, 4)))
     assert [p.page for p in pages] == [1, 2, 3]
     for page in pages:
+        assert isinstance(page, RenderedPage), page
         image = Image.open(io.BytesIO(page.data))
         assert image.format == "PNG" and page.mime == "image/png"
         assert abs(image.width - expected[0]) <= 1 and abs(image.height - expected[1]) <= 1

@@ -53,6 +53,7 @@ def test_an_image_is_a_page_scaled_to_1540(
     data = make.image_bytes([make.text_image("Invoice 42", (3000, 1000))], fmt, **options)
     (page,) = render_all(tmp_path, data, InputKind(fmt.lower()))
     image = opened(page)
+    assert isinstance(page, RenderedPage), page
     assert page.mime == mime and image.format == mime.split("/")[1].upper()
     assert image.size == (1540, 513)
     assert image.mode in ("RGB", "L")
@@ -81,6 +82,7 @@ def test_transparency_becomes_white_and_16_bit_grey_stays_visible(tmp_path: Path
     grey = Image.new("I;16", (200, 100), 30000)
     (page,) = render_all(tmp_path, make.image_bytes([grey], "PNG"), InputKind.PNG)
     low, high = opened(page).convert("L").getextrema()
+    assert isinstance(low, int | float) and isinstance(high, int | float)  # one band
     assert 100 <= low <= high <= 130  # 30000 / 256, not clipped to white
 
 

@@ -84,7 +84,8 @@ def test_jpeg_page_images_keep_their_type() -> None:
     store = MemoryStore()
     make_document(store, pages=1, failed=(1,), assembled=True, extension="jpg")
     [message] = plan_unfinished_pages(store, SETTINGS, NAME).messages
-    assert message.image_mime == "image/jpeg" and message.image_uri.endswith("00001.jpg")
+    assert message.image_mime == "image/jpeg" and message.image_uri is not None
+    assert message.image_uri.endswith("00001.jpg")
 
 
 def test_a_done_document_has_nothing_to_retry_and_nothing_is_deleted() -> None:

@@ -99,6 +99,7 @@ def test_a_pdf_and_a_tiff_become_one_message_per_page() -> None:
         ("scan.tif", 1, "image/jpeg"),
         ("scan.tif", 2, "image/jpeg"),
     ]
+    assert messages[3].image_uri is not None
     assert store.read("work", messages[3].image_uri.split("/", 3)[3]).startswith(b"\xff\xd8")
 
 

@@ -58,7 +58,7 @@ def fakes() -> Iterator[tuple[MemoryStore, MemoryPublisher]]:
 
 @pytest.fixture
 def client() -> Any:
-    app = create_app(target="on_finalize", source=str(SOURCE), signature_type="cloudevent")
+    app = create_app(target="on_finalize", source=str(SOURCE), signature_type="cloudevent")  # type: ignore[no-untyped-call]
     return app.test_client()
 
 
@@ -85,6 +85,7 @@ def test_a_pdf_becomes_page_images_and_one_message_per_page(
     attributes = [m.attributes for _, m in publisher.published]
     assert attributes[0]["doc_id"] == doc.doc_id and attributes[2]["page"] == "3"
     for message in messages:
+        assert message.image_uri is not None
         bucket, _, name = message.image_uri.removeprefix("gs://").partition("/")
         assert store.read(bucket, name).startswith(b"\x89PNG")
     manifest = json.loads(store.read("out", naming.manifest_name(doc)))
@@ -135,7 +136,7 @@ def test_a_split_writes_only_the_manifest_in_the_output_bucket_and_never_lists_i
     store, publisher = RecordingStore(), MemoryPublisher()
     SPLITTER_SERVICES.append((SETTINGS, store, publisher))
     try:
-        app = create_app(target="on_finalize", source=str(SOURCE), signature_type="cloudevent")
+        app = create_app(target="on_finalize", source=str(SOURCE), signature_type="cloudevent")  # type: ignore[no-untyped-call]
         client = app.test_client()
         one = make.missing_page_pdf(["one", "two"], missing=2)
         only = make.missing_page_pdf(["only"], missing=1)

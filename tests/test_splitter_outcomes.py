@@ -31,7 +31,7 @@ class PubSubDown:
 
 @pytest.fixture
 def client() -> Iterator[Any]:
-    app = create_app(target="on_finalize", source=str(SOURCE), signature_type="cloudevent")
+    app = create_app(target="on_finalize", source=str(SOURCE), signature_type="cloudevent")  # type: ignore[no-untyped-call]
     yield app.test_client()
     SPLITTER_SERVICES.clear()
 

@@ -235,7 +235,7 @@ def refused(store: MemoryStore) -> list[dict[str, object]]:
 
 def forged(message: PageMessage, **changes: object) -> PageMessage:
     fields = {**message.model_dump(), **changes}
-    return PageMessage(**fields)  # type: ignore[arg-type]
+    return PageMessage(**fields)
 
 
 @pytest.mark.parametrize(
@@ -273,6 +273,7 @@ def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read
     elif tamper == "page_count_not_the_manifest":
         bad = forged(first, page_count=1)
     else:
+        assert first.image_uri is not None
         image = first.image_uri.split("/", 3)[3]
         store.put("work", image, b"x" * (SETTINGS.page_image_limit + 1), "image/png")
         bad = first
@@ -288,7 +289,9 @@ def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read
     [record] = refused(store)
     assert record["reason"] == reason and record["message"]
     assert record["doc_id"] == bad.doc_id and record["page"] == bad.page
-    assert json.loads(base64.b64decode(record["body_base64"]))["message"]["messageId"] == "1"
+    body = record["body_base64"]
+    assert isinstance(body, str)
+    assert json.loads(base64.b64decode(body))["message"]["messageId"] == "1"
     # ...and an operator sees it in `ocrpipe status`.
     shown = invalid_messages(store, SETTINGS)
     assert shown.count == 1 and shown.newest[0].reason == reason
@@ -311,6 +314,7 @@ def test_a_replay_whose_page_image_expired_ends_with_a_page_error_record(
     client: TestClient, store: MemoryStore, server: ScriptedOcrServer
 ) -> None:
     doc, messages = prepare(store, pages=1)
+    assert messages[0].image_uri is not None
     store.delete("work", messages[0].image_uri.split("/", 3)[3])  # the lifecycle rule ran
     assert client.post("/", json=envelope(messages[0])).status_code == 204
     assert server.requests == []

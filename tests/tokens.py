@@ -61,8 +61,9 @@ class SigningKey:
         }
         claims.update(overrides)
         claims = {k: v for k, v in claims.items() if v is not None}
-        signer = crypt.RSASigner.from_string(self.private_pem, key_id=self.kid)
-        return jwt.encode(signer, claims).decode()  # type: ignore[no-untyped-call]
+        signer = crypt.RSASigner.from_string(self.private_pem, key_id=self.kid)  # type: ignore[no-untyped-call]
+        token: bytes = jwt.encode(signer, claims)  # type: ignore[no-untyped-call]
+        return token.decode()
 
 
 @dataclass
