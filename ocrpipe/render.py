@@ -34,6 +34,7 @@ from typing import Any
 from ocrpipe.errors import BadInput, OcrpipeError
 from ocrpipe.inputs import InputKind
 from ocrpipe.render_child import COUNT_SEQ, serve
+from ocrpipe.settings import Settings
 from ocrpipe.sources import RenderedPage
 
 _QUEUED_PER_PROCESS = 2
@@ -50,9 +51,19 @@ class PageFailure:
 
 @dataclass(frozen=True)
 class RenderLimits:
-    page_timeout_s: float = 60.0
-    memory_bytes: int = 1024 * 2**20  # RLIMIT_AS per render process; 0: none
-    max_image_pixels: int = 100_000_000
+    page_timeout_s: float
+    memory_bytes: int  # RLIMIT_AS per render process; 0: none
+    max_image_pixels: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> RenderLimits:
+        """The limits ``settings`` give, with ``overrides`` (tests)."""
+        values: dict[str, Any] = {
+            "page_timeout_s": settings.render_page_timeout_s,
+            "memory_bytes": settings.render_memory_mb * 2**20,
+            "max_image_pixels": settings.max_image_pixels,
+        }
+        return cls(**{**values, **overrides})
 
 
 @dataclass(frozen=True)
@@ -122,9 +133,10 @@ class Renderer:
         longest_side: int,
         limits: RenderLimits | None = None,
     ) -> None:
+        """``limits``: :meth:`RenderLimits.from_settings` of the default settings if None."""
         self._args = (str(path), kind.value, longest_side)
         self._kind = kind
-        self._limits = limits or RenderLimits()
+        self._limits = limits or RenderLimits.from_settings(Settings())
         self._context = multiprocessing.get_context("forkserver")
         self._children: list[_Child] = []
         self.restarts = 0

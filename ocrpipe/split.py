@@ -98,11 +98,7 @@ def split_document(
                 kind,
                 processes=settings.render_processes,
                 longest_side=settings.render_longest_side,
-                limits=RenderLimits(
-                    page_timeout_s=settings.render_page_timeout_s,
-                    memory_bytes=settings.render_memory_mb * 2**20,
-                    max_image_pixels=settings.max_image_pixels,
-                ),
+                limits=RenderLimits.from_settings(settings),
             ) as renderer:
                 page_count = renderer.page_count()
                 _check_pages(page_count, kind, settings)

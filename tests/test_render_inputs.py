@@ -16,6 +16,7 @@ from PIL import Image
 from ocrpipe.errors import BadInput
 from ocrpipe.inputs import InputKind
 from ocrpipe.render import PageFailure, Renderer, RenderLimits
+from ocrpipe.settings import Settings
 from ocrpipe.sources import MAX_IMAGE_UPSCALE, RenderedPage, image_scale
 from ocrpipe.testing import inputs as make
 
@@ -97,7 +98,7 @@ def test_a_sideways_phone_photo_is_turned_upright(tmp_path: Path) -> None:
 
 def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     data = make.image_bytes([Image.new("L", (2000, 2000), 255)], "PNG")
-    limits = RenderLimits(max_image_pixels=1_000_000)
+    limits = RenderLimits.from_settings(Settings(), max_image_pixels=1_000_000)
     path = tmp_path / "bomb.png"
     path.write_bytes(data)
     with (
@@ -112,7 +113,7 @@ def test_one_oversized_tiff_frame_rejects_the_file(tmp_path: Path) -> None:
     frames = [Image.new("L", (500, 500), 255), Image.new("L", (2000, 2000), 255)]
     path = tmp_path / "frames.tiff"
     path.write_bytes(make.image_bytes(frames, "TIFF"))
-    limits = RenderLimits(max_image_pixels=1_000_000)
+    limits = RenderLimits.from_settings(Settings(), max_image_pixels=1_000_000)
     with (
         Renderer(path, InputKind.TIFF, processes=1, longest_side=1540, limits=limits) as renderer,
         pytest.raises(BadInput) as caught,
@@ -167,7 +168,7 @@ def test_a_page_that_cannot_load_fails_alone(tmp_path: Path) -> None:
 def test_a_page_that_renders_forever_times_out_and_the_rest_goes_on(tmp_path: Path) -> None:
     path = tmp_path / "slow.pdf"
     path.write_bytes(make.slow_page_pdf(["one", "two", "three", "four"], slow=2))
-    limits = RenderLimits(page_timeout_s=0.5)
+    limits = RenderLimits.from_settings(Settings(), page_timeout_s=0.5)
     with Renderer(path, InputKind.PDF, processes=1, longest_side=1540, limits=limits) as renderer:
         pages = list(renderer.render([1, 2, 3, 4]))
         assert renderer.restarts == 1
@@ -200,7 +201,7 @@ def test_a_page_over_the_memory_limit_fails_alone(tmp_path: Path) -> None:
         make.text_image("small three"),
     ]
     data = make.image_bytes(frames, "TIFF", compression="tiff_deflate")
-    limits = RenderLimits(memory_bytes=200 * 2**20)
+    limits = RenderLimits.from_settings(Settings(), memory_bytes=200 * 2**20)
     pages = render_all(tmp_path, data, InputKind.TIFF, limits)
     assert isinstance(pages[1], PageFailure) and pages[1].reason == "page_render_failed"
     assert "memory" in pages[1].message
