@@ -62,9 +62,9 @@ CHAT = "/v1/chat/completions"
 
 def chaos_pages(documents: int) -> list[bytes]:
     """The chaos test's page images, rendered as the splitter renders them."""
-    from ocrpipe.inputs import InputKind
-    from ocrpipe.render import Renderer
-    from ocrpipe.sources import RenderedPage
+    from ocrpipe.rendering.inputs import InputKind
+    from ocrpipe.rendering.page_decoders import RenderedPage
+    from ocrpipe.rendering.renderer import Renderer
 
     images: list[bytes] = []
     with TemporaryDirectory() as tmp:

@@ -32,9 +32,9 @@ TARGET_SPEEDUP = 5.0
 
 
 def _render_pdfium(path: Path, processes: int) -> dict[str, Any]:
-    from ocrpipe.inputs import InputKind
-    from ocrpipe.render import Renderer
-    from ocrpipe.sources import RenderedPage
+    from ocrpipe.rendering.inputs import InputKind
+    from ocrpipe.rendering.page_decoders import RenderedPage
+    from ocrpipe.rendering.renderer import Renderer
 
     started = time.perf_counter()
     total = 0
@@ -92,7 +92,7 @@ def _stages(path: Path, pages: int = 8) -> dict[str, Any]:
     import numpy as np
     import pypdfium2 as pdfium
 
-    from ocrpipe.sources import page_scale
+    from ocrpipe.rendering.page_decoders import page_scale
 
     def png(image: Any) -> int:
         buffer = io.BytesIO()

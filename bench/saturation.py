@@ -77,7 +77,7 @@ def page_request() -> bytes:
 
     import pypdfium2 as pdfium
 
-    from ocrpipe.sources import page_scale
+    from ocrpipe.rendering.page_decoders import page_scale
 
     document = pdfium.PdfDocument(text_pdf(1, seed=5)[0])
     try:

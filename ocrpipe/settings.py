@@ -184,9 +184,9 @@ class Settings(BaseSettings):
         """Bytes of the largest page image the splitter can write, or the explicit limit.
 
         The largest page is a sliver rendered at 4 x ``render_longest_side`` and padded to
-        1:8 (:mod:`ocrpipe.sources`): 2 x side^2 pixels. As 3-channel PNG at worst (noise
-        that does not compress) that is 3 bytes a pixel plus a filter byte a row and zlib's
-        framing; a tenth more and 64 KiB cover both. About 15.6 MB at 1540 px.
+        1:8 (:mod:`ocrpipe.rendering.page_decoders`): 2 x side^2 pixels. As 3-channel PNG at
+        worst (noise that does not compress) that is 3 bytes a pixel plus a filter byte a row
+        and zlib's framing; a tenth more and 64 KiB cover both. About 15.6 MB at 1540 px.
         """
         if self.max_page_image_bytes is not None:
             return self.max_page_image_bytes

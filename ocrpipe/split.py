@@ -1,7 +1,7 @@
 """The splitter's core: one finalized input object in, page images and page messages out.
 
 An input is a PDF or an image (PNG, JPEG, TIFF, WebP), recognised by its content
-(:mod:`ocrpipe.inputs`). Input that cannot be processed gets ``error.json`` next to where
+(:mod:`ocrpipe.rendering.inputs`). Input that cannot be processed gets ``error.json`` next to where
 its output would be (:func:`ocrpipe.naming.document_error_name`) with a stable reason code,
 is announced as failed on the documents topic, and the event is acknowledged: it is never
 retried (unless the announcement could not be published).
@@ -33,14 +33,15 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ocrpipe import announce, inputs, naming, notifications, records, split_lease
+from ocrpipe import announce, naming, notifications, records, split_lease
 from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.logs import log_context
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import OutgoingMessage, Publisher
-from ocrpipe.render import PageFailure, Renderer, RenderLimits
+from ocrpipe.rendering import inputs
+from ocrpipe.rendering.page_decoders import RenderedPage
+from ocrpipe.rendering.renderer import PageFailure, Renderer, RenderLimits
 from ocrpipe.settings import Settings
-from ocrpipe.sources import RenderedPage
 from ocrpipe.storage import ObjectStore
 from ocrpipe.topology import load_topology
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from ocrpipe.errors import BadInput
-from ocrpipe.inputs import InputKind
-from ocrpipe.render import Renderer
-from ocrpipe.sources import MIN_SHORT_SIDE, RenderedPage, page_scale
+from ocrpipe.rendering.inputs import InputKind
+from ocrpipe.rendering.page_decoders import MIN_SHORT_SIDE, RenderedPage, page_scale
+from ocrpipe.rendering.renderer import Renderer
 from ocrpipe.testing.pdfs import text_pdf
 
 

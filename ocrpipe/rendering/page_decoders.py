@@ -1,6 +1,6 @@
 """Documents as sequences of page images: a PDF (pypdfium2) or an image file (Pillow).
 
-These classes run inside a render process (see :mod:`ocrpipe.render`), never in the
+These classes run inside a render process (see :mod:`ocrpipe.rendering.renderer`), never in the
 splitter's own process: pypdfium2 is not thread-safe, and a hostile file must not be able
 to take the splitter down with it.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ocrpipe.errors import BadInput
-from ocrpipe.inputs import HEAD_BYTES, InputKind, webp_is_lossy
+from ocrpipe.rendering.inputs import HEAD_BYTES, InputKind, webp_is_lossy
 
 MIN_SHORT_SIDE = 16
 MAX_IMAGE_UPSCALE = 4.0

@@ -1,6 +1,6 @@
 """The render process: opens one document and turns page numbers into page images.
 
-Started by :class:`ocrpipe.render.Renderer` (``forkserver``: nothing of the splitter's
+Started by :class:`ocrpipe.rendering.renderer.Renderer` (``forkserver``: nothing of the splitter's
 threads or clients is inherited). It speaks a small protocol over a pipe::
 
     parent -> child   ("count",)                 | ("render", seq, page)  | None (exit)
@@ -21,8 +21,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ocrpipe.errors import BadInput
-from ocrpipe.inputs import InputKind
-from ocrpipe.sources import PageSource, open_source
+from ocrpipe.rendering.inputs import InputKind
+from ocrpipe.rendering.page_decoders import PageSource, open_source
 
 COUNT_SEQ = -1
 
