@@ -73,7 +73,7 @@ class PageMessage(BaseModel):
         """The message for a rendered page whose image is ``image_name`` in the work bucket:
         the one constructor the splitter and ``ocrpipe retry`` share."""
         return cls(
-            **_source(doc),
+            **doc.source_fields(),
             page=page,
             page_count=page_count,
             image_uri=naming.object_uri(work_bucket, image_name),
@@ -86,7 +86,7 @@ class PageMessage(BaseModel):
     ) -> PageMessage:
         """The message for a page the splitter could not render."""
         return cls(
-            **_source(doc),
+            **doc.source_fields(),
             schema_version=RENDER_FAILURE_VERSION,
             page=page,
             page_count=page_count,
@@ -186,12 +186,3 @@ def _summary(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
     )
-
-
-def _source(doc: DocumentRef) -> dict[str, str | int]:
-    return {
-        "doc_id": doc.doc_id,
-        "source_bucket": doc.bucket,
-        "source_name": doc.name,
-        "source_generation": doc.generation,
-    }

@@ -64,6 +64,15 @@ class DocumentRef:
         digest = hashlib.sha256(self.uri.encode())
         return "d" + digest.hexdigest()[:23]
 
+    def source_fields(self) -> dict[str, str | int]:
+        """The fields that name this document in the messages (page and documents topic)."""
+        return {
+            "doc_id": self.doc_id,
+            "source_bucket": self.bucket,
+            "source_name": self.name,
+            "source_generation": self.generation,
+        }
+
     @property
     def uri(self) -> str:
         return object_uri(self.bucket, self.name, self.generation)

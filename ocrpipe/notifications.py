@@ -71,7 +71,7 @@ def assembled(
     failed = len(failed_reasons)
     state = terminal_state(page_count, failed)
     return DocumentNotification(
-        **_source(doc),
+        **doc.source_fields(),
         state=state,
         page_count=page_count,
         pages_done=page_count - failed,
@@ -88,7 +88,7 @@ def assembled(
 def rejected(doc: DocumentRef, output_bucket: str, *, reason: str) -> DocumentNotification:
     """The notification for an input that was rejected as a whole (bad input)."""
     return DocumentNotification(
-        **_source(doc),
+        **doc.source_fields(),
         state="failed",
         page_count=0,
         pages_done=0,
@@ -99,12 +99,3 @@ def rejected(doc: DocumentRef, output_bucket: str, *, reason: str) -> DocumentNo
         ),
         reason=reason,
     )
-
-
-def _source(doc: DocumentRef) -> dict[str, str | int]:
-    return {
-        "doc_id": doc.doc_id,
-        "source_bucket": doc.bucket,
-        "source_name": doc.name,
-        "source_generation": doc.generation,
-    }
