@@ -91,6 +91,20 @@ def test_bad_input_is_rejected_once_with_its_reason(
     assert_rejected_once(stack, gcs, rejected[reason], reason)
 
 
+def test_every_bad_input_is_handled_under_the_production_grants_without_a_refusal(
+    stack: LocalStack, rejected: dict[str, DocumentRef]
+) -> None:
+    """IAM is enforced on this stack: rejecting a bad file (error.json, @latest.json, the
+    documents notification) needs nothing the splitter is not granted."""
+    for reason, doc in rejected.items():
+        assert splitter_runs(stack, doc) == 1, reason
+    refused = {i: r["refused"] for i, r in stack.iam_usage().items() if r["refused"]}
+    assert refused == {}
+    used = stack.iam_usage()["splitter"]["used"]
+    documents = f"projects/{stack.project}/topics/{stack.settings.documents_topic}"
+    assert f"pubsub.topics.publish on {documents}" in used  # rejections are announced
+
+
 @pytest.fixture(scope="module")
 def limited_stack() -> Iterator[LocalStack]:
     """A second stack whose splitter has small limits, as an operator would set them
