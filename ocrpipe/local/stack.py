@@ -3,7 +3,9 @@
 ``LocalStack`` starts, in order: Google's Pub/Sub emulator, fake-gcs-server publishing
 finalize notifications, the OCR engine (unless an OCR URL is given), the worker, the
 splitter under functions-framework and the Eventarc stand-in; then it creates the buckets,
-topics and subscriptions with the production topology. It stops what it started, by PID
+topics and subscriptions with the production topology and starts the push relay, which
+delivers pages to the worker with production push's concurrency (:mod:`ocrpipe.local.relay`:
+locally the pages subscription is a pull subscription). It stops what it started, by PID
 (each child leads its own process group), in reverse order.
 
 IAM (``iam=True``, the default): the emulators enforce none, so each emulator gets an
@@ -37,7 +39,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
-from ocrpipe.pubsub import ensure_push_subscription, ensure_topic, ensure_topology
+from ocrpipe.local.pubsub_admin import ensure_push_subscription, ensure_topic, ensure_topology
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore
 from ocrpipe.topology import load_topology
@@ -292,12 +294,7 @@ class LocalStack:
         _wait_tcp(self.ports.eventarc, 30, self._died("eventarc"))
 
         progress("topics and subscriptions")
-        ensure_topology(
-            self.project,
-            load_topology(),
-            f"http://127.0.0.1:{self.ports.worker}/",
-            emulator_host=pubsub_host,
-        )
+        ensure_topology(self.project, load_topology(), emulator_host=pubsub_host)
         ensure_push_subscription(
             self.project,
             NOTIFICATIONS_TOPIC,
@@ -305,6 +302,9 @@ class LocalStack:
             f"http://127.0.0.1:{self.ports.eventarc}/",
             pubsub_host,
         )
+
+        progress("push relay")
+        self.start_relay()
 
     def _start_proxy(
         self,
@@ -355,6 +355,16 @@ class LocalStack:
         command[command.index("--host") : command.index("--port") + 2] = ["--fd", str(fd)]
         self._spawn("worker", command, {}, pass_fds=(fd,), identity="worker")
         _wait_http(f"http://127.0.0.1:{self.ports.worker}/health", 60, self._died("worker"))
+
+    def start_relay(self) -> None:
+        """Start the push relay: the pages subscription (pull, locally) -> the worker, with
+        production push's concurrency (:mod:`ocrpipe.local.relay`). It is Pub/Sub, so it
+        gets the raw emulator."""
+        endpoint = f"http://127.0.0.1:{self.ports.worker}/"
+        command = [sys.executable, "-m", "ocrpipe.local.relay", "--endpoint", endpoint]
+        self._spawn("relay", command, {}, identity=None)
+        _wait_log(self.log_dir / "relay.log" if self.log_dir else None, "relaying ", 30,
+                  self._died("relay"))  # fmt: skip
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         for child in [c for c in self.children if c.name == name]:
@@ -540,6 +550,19 @@ def _wait_tcp(port: int, timeout: float, died: Callable[[], str | None]) -> None
                 return
         time.sleep(0.1)
     raise StackError(f"nothing answered on port {port} within {timeout:.0f} s")
+
+
+def _wait_log(path: Path | None, text: str, timeout: float, died: Callable[[], str | None]) -> None:
+    """Until ``text`` appears in the log at ``path`` (a child that has no port to wait on)."""
+    assert path is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if reason := died():
+            raise StackError(reason)
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise StackError(f"{path.stem} did not start within {timeout:.0f} s")
 
 
 def _wait_http(url: str, timeout: float, died: Callable[[], str | None]) -> None:
