@@ -356,15 +356,26 @@ class LocalStack:
         self._spawn("worker", command, {}, pass_fds=(fd,), identity="worker")
         _wait_http(f"http://127.0.0.1:{self.ports.worker}/health", 60, self._died("worker"))
 
-    def start_relay(self) -> None:
+    def start_relay(self, max_in_flight: int | None = None) -> None:
         """Start the push relay: the pages subscription (pull, locally) -> the worker, with
-        production push's concurrency (:mod:`ocrpipe.local.relay`). It is Pub/Sub, so it
-        gets the raw emulator."""
+        production push's concurrency (:mod:`ocrpipe.local.relay`), or ``max_in_flight``
+        deliveries open (benchmarks). It is Pub/Sub, so it gets the raw emulator."""
         endpoint = f"http://127.0.0.1:{self.ports.worker}/"
         command = [sys.executable, "-m", "ocrpipe.local.relay", "--endpoint", endpoint]
-        self._spawn("relay", command, {}, identity=None)
-        _wait_log(self.log_dir / "relay.log" if self.log_dir else None, "relaying ", 30,
-                  self._died("relay"))  # fmt: skip
+        env = (
+            {}
+            if max_in_flight is None
+            else {"OCRPIPE_LOCAL_DELIVERY_MAX_IN_FLIGHT": str(max_in_flight)}
+        )
+        assert self.log_dir is not None
+        log = self.log_dir / "relay.log"
+        since = log.stat().st_size if log.exists() else 0
+        self._spawn("relay", command, env, identity=None)
+        _wait_log(log, since, "relaying ", 30, self._died("relay"))
+
+    def pause_delivery(self) -> None:
+        """Stop the push relay: pages wait in the subscription until :meth:`start_relay`."""
+        self.kill("relay", signal.SIGTERM)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         for child in [c for c in self.children if c.name == name]:
@@ -552,14 +563,16 @@ def _wait_tcp(port: int, timeout: float, died: Callable[[], str | None]) -> None
     raise StackError(f"nothing answered on port {port} within {timeout:.0f} s")
 
 
-def _wait_log(path: Path | None, text: str, timeout: float, died: Callable[[], str | None]) -> None:
-    """Until ``text`` appears in the log at ``path`` (a child that has no port to wait on)."""
-    assert path is not None
+def _wait_log(
+    path: Path, since: int, text: str, timeout: float, died: Callable[[], str | None]
+) -> None:
+    """Until ``text`` appears in the log at ``path`` after byte ``since`` (for a child
+    that has no port to wait on)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if reason := died():
             raise StackError(reason)
-        if path.exists() and text in path.read_text(errors="replace"):
+        if path.exists() and text.encode() in path.read_bytes()[since:]:
             return
         time.sleep(0.1)
     raise StackError(f"{path.stem} did not start within {timeout:.0f} s")
