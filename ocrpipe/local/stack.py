@@ -46,6 +46,7 @@ from ocrpipe.topology import load_topology
 
 if TYPE_CHECKING:
     from ocrpipe.local.iam_policy import Authorizer, Decision
+    from ocrpipe.local.recovery import RecoveryReport
 
 PUBSUB_EMULATOR_CANDIDATES = (
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
@@ -107,11 +108,16 @@ class LocalStack:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     bucket_suffix: str = ""
     gcs_log_level: str = "warn"  # "info" logs every request (tests count writes with it)
+    # Keep the buckets here (fake-gcs-server's filesystem backend), so results survive a
+    # restart; on start, what the emulator forgot is re-queued (ocrpipe.local.recovery).
+    # None: in memory.
+    data_dir: Path | None = None
     iam: bool = True  # False: every service talks to the raw emulators
     # Grants added or taken away, per identity (see ocrpipe.local.iam_policy), e.g.
     # {"worker": {"revoke": [{"bucket": "output", "permission": "storage.objects.list"}]}}
     iam_overrides: Mapping[str, Any] | None = None
     children: list[Child] = field(default_factory=list)
+    recovery: RecoveryReport | None = None  # what the last start re-queued (data_dir only)
     _worker_socket: socket.socket | None = None
 
     # --- what clients need ------------------------------------------------------------
@@ -226,8 +232,7 @@ class LocalStack:
                 "127.0.0.1",
                 "-port",
                 str(self.ports.gcs),
-                "-backend",
-                "memory",
+                *self._gcs_backend(),
                 "-external-url",
                 gcs_url,
                 "-event.pubsub-project-id",
@@ -305,6 +310,32 @@ class LocalStack:
 
         progress("push relay")
         self.start_relay()
+
+        if self.data_dir is not None:
+            progress("re-queuing unfinished documents")
+            self.recovery = self.recover()
+
+    def _gcs_backend(self) -> list[str]:
+        if self.data_dir is None:
+            return ["-backend", "memory"]
+        root = self.data_dir / "gcs"
+        root.mkdir(parents=True, exist_ok=True)
+        return ["-backend", "filesystem", "-filesystem-root", str(root)]
+
+    def recover(self) -> RecoveryReport:
+        """Re-queue what the buckets say is unfinished (after a restart with ``data_dir``):
+        finalize events of inputs not split, page messages of pages without a result."""
+        from ocrpipe.local.recovery import notification_sender, recover_unfinished
+        from ocrpipe.pubsub import PubSubPublisher
+
+        admin = self.admin_settings
+        assert admin.storage_emulator_host is not None
+        store = GcsStore.connect(self.project, admin.storage_emulator_host)
+        publisher = PubSubPublisher.connect(self.project, admin.pubsub_emulator_host)
+        resend = notification_sender(
+            publisher, admin.storage_emulator_host, admin.input_bucket, NOTIFICATIONS_TOPIC
+        )
+        return recover_unfinished(store, publisher, admin, resend)
 
     def _start_proxy(
         self,
