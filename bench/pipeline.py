@@ -3,10 +3,10 @@
 The whole local stack (Pub/Sub emulator, fake-gcs-server, Eventarc stand-in, splitter,
 worker) with the fault server, no faults, as OCR. After a warm-up document, D documents of
 P pages are uploaded at once; the run ends when the last ``document.md`` is written. This
-runs twice on the same stack: through the emulator's own push (the target figure), then
-with the pages subscription served by :class:`bench.pusher.ConcurrentPusher` (32 pushes
-open, as production Pub/Sub would open against a Cloud Run worker), because the emulator
-never has more than two pushes in flight.
+runs twice on the same stack: through the stack's own delivery (its push relay,
+:mod:`ocrpipe.local.relay`, keeps up to ``ocr_max_in_flight`` = 32 deliveries open, as
+production Pub/Sub would against a Cloud Run worker; the target figure), then with the
+relay limited to 2 deliveries open, what the Pub/Sub emulator's own push allows.
 
 * throughput: all pages / (last ``document.md`` updated - first upload started);
 * steady rate: :func:`bench.common.steady_rate` over page finishes (a page finishes when
@@ -25,7 +25,6 @@ import statistics
 from typing import Any
 
 from bench.common import percentile, say, steady_rate, target
-from bench.pusher import ConcurrentPusher, set_push_endpoint
 from bench.stack import (
     cpu_by_service,
     cpu_per_page_ms,
@@ -42,7 +41,7 @@ from ocrpipe.local.stack import LocalStack
 from ocrpipe.testing.pdfs import text_pdf
 
 TARGET_PAGES_PER_S = 25.0
-PUSH_CONCURRENCY = 32  # = OCRPIPE_OCR_MAX_IN_FLIGHT's default
+DELIVERY_MAX_IN_FLIGHT = 32  # = OCRPIPE_OCR_MAX_IN_FLIGHT's default, the relay's
 
 
 def _batch(stack: LocalStack, pdfs: list[tuple[bytes, int]]) -> dict[str, Any]:
@@ -116,40 +115,36 @@ def _report(label: str, f: dict[str, Any]) -> None:
 
 def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     documents, pages = (3, 10) if quick else (10, 30)
-    emulator_pdfs = [(text_pdf(pages, seed=100 + i)[0], pages) for i in range(documents)]
-    pusher_pdfs = [(text_pdf(pages, seed=150 + i)[0], pages) for i in range(documents)]
+    delivered_pdfs = [(text_pdf(pages, seed=100 + i)[0], pages) for i in range(documents)]
+    two_pdfs = [(text_pdf(pages, seed=150 + i)[0], pages) for i in range(documents)]
     with fault_stack([], {}) as stack:
         settings = stack.settings
         warm = upload_all(store_for(stack), settings, [(text_pdf(2, seed=99)[0], 2)])
         wait_all(store_for(stack), settings, warm, timeout=120)
-        emulator = _batch(stack, emulator_pdfs)
+        delivered = _batch(stack, delivered_pdfs)
+        delivered["delivery_max_in_flight"] = DELIVERY_MAX_IN_FLIGHT
 
-        host = settings.pubsub_emulator_host
-        assert host is not None
-        subscription = f"projects/{stack.project}/subscriptions/{settings.pages_subscription}"
-        worker = f"http://127.0.0.1:{stack.ports.worker}/"
-        set_push_endpoint(host, subscription, "")
-        pusher = ConcurrentPusher(host, subscription, worker, concurrency=PUSH_CONCURRENCY)
-        with pusher.running():
-            concurrent = _batch(stack, pusher_pdfs)
-        concurrent["push_concurrency"] = PUSH_CONCURRENCY
-        concurrent["push_max_in_flight"] = pusher.max_in_flight
+        stack.pause_delivery()
+        stack.start_relay(max_in_flight=2)
+        two = _batch(stack, two_pdfs)
+        two["delivery_max_in_flight"] = 2
 
-    _report("emulator push (2 loops)", emulator)
-    _report(f"{PUSH_CONCURRENCY} pushes open       ", concurrent)
-    throughput = emulator["pages_per_s"]
+    _report(f"{DELIVERY_MAX_IN_FLIGHT} deliveries open", delivered)
+    _report("2 deliveries open ", two)
+    throughput = delivered["pages_per_s"]
     figures: dict[str, Any] = {
         "documents": documents,
         "pages_per_document": pages,
-        **emulator,
-        "concurrent_push": concurrent,
+        **delivered,
+        "two_in_flight": two,
     }
     targets = {"pages_per_s": target(throughput, TARGET_PAGES_PER_S, unit="pages/s")}
     method = (
         "local stack + fault server (no faults, no service time); after a warm-up document,"
-        f" {documents} x {pages}-page text PDFs uploaded at once, through the emulator's push"
-        f" (target figure), then {documents} more through {PUSH_CONCURRENCY} concurrent pushes"
-        " (bench.pusher); throughput = pages / (last document.md updated - first upload);"
+        f" {documents} x {pages}-page text PDFs uploaded at once, through the stack's push relay"
+        f" with {DELIVERY_MAX_IN_FLIGHT} deliveries open (target figure), then {documents} more"
+        " with 2 open (the emulator's own push); throughput = pages / (last document.md"
+        " updated - first upload);"
         " latency = page .md updated - the splitter's 'split N pages' log time (its pages"
         " were just published)"
     )

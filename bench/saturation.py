@@ -6,17 +6,17 @@ pages per second. For each (K, S), in the same run and against the same server p
 
 1. direct: a bare asyncio HTTP client keeps 2K requests in flight (each one the worker's
    request for a real rendered page) until N = 10K pages are answered: the capacity;
-2. pipeline, emulator push: 8 pages through the local stack as it is. The Pub/Sub
-   emulator never has more than two pushes in flight (:mod:`bench.pusher`), so this shows
-   what the emulator allows, not what the pipeline can do;
-3. pipeline: the same N pages as 32-page text PDFs, through the local stack with the pages
-   subscription served by :class:`bench.pusher.ConcurrentPusher` (2K pushes open, as
-   production Pub/Sub opens against a worker that accepts them) and
-   ``OCRPIPE_OCR_MAX_IN_FLIGHT`` = 2K on the worker. This is the target figure.
+2. pipeline, 2 in flight: 8 pages through the local stack with its push relay limited
+   to 2 deliveries open, what the Pub/Sub emulator's own push allows (two push loops per
+   subscription): what local delivery gave before the relay;
+3. pipeline: the same N pages as 32-page text PDFs, through the local stack as it is: its
+   push relay (:mod:`ocrpipe.local.relay`) keeps up to ``ocr_max_in_flight`` deliveries
+   open, as production Pub/Sub opens against a worker that accepts them, with
+   ``OCRPIPE_OCR_MAX_IN_FLIGHT`` = 2K. This is the target figure.
 
-For 2 and 3 the documents are uploaded and split first, with the subscription paused
-(turned into a pull subscription nobody pulls), and then released: what is measured is
-push -> worker -> OCR server -> output, the part that has to keep the GPU busy. Splitting
+For 2 and 3 the documents are uploaded and split first, with delivery paused (the relay
+stopped, the pages waiting in their subscription), and then released: what is measured is
+delivery -> worker -> OCR server -> output, the part that has to keep the GPU busy. Splitting
 runs on other machines in production (Cloud Functions) and has its own benchmarks.
 
 Rates are steady-state rates (:func:`bench.common.steady_rate`: the slope of pages done
@@ -42,7 +42,6 @@ import httpx
 
 from bench import profiling
 from bench.common import OPTIONS, say, steady_rate, target
-from bench.pusher import ConcurrentPusher, set_push_endpoint
 from bench.stack import (
     StatsSampler,
     Upload,
@@ -174,7 +173,8 @@ def _phase(
 
 
 def _split_paused(stack: LocalStack, pdfs: list[tuple[bytes, int]]) -> list[Upload]:
-    """Upload with the pages subscription paused (pull, nobody pulling) until all are split."""
+    """Upload with delivery paused (the relay stopped) until all are split."""
+    stack.pause_delivery()
     uploads = upload_all(store_for(stack), stack.settings, pdfs)
     wait_split(stack, uploads, timeout=600)
     return uploads
@@ -198,10 +198,6 @@ def measure(batch: int, service: float, pages: int, emulator_pages: int) -> dict
         settings = stack.settings
         ocr_url = settings.ocr_url
         store = store_for(stack)
-        host = settings.pubsub_emulator_host
-        assert host is not None
-        subscription = f"projects/{stack.project}/subscriptions/{settings.pages_subscription}"
-        worker = f"http://127.0.0.1:{stack.ports.worker}/"
 
         cpu_before = cpu_by_service(stack)
         direct_started = time.time()
@@ -214,33 +210,29 @@ def measure(batch: int, service: float, pages: int, emulator_pages: int) -> dict
         warm = upload_all(store, settings, [(text_pdf(2, seed=199)[0], 2)])
         wait_all(store, settings, warm, timeout=120)
 
-        # The emulator's own push (two loops per subscription).
-        set_push_endpoint(host, subscription, "")
+        # Two deliveries in flight: what the emulator's own push allows.
         uploads = _split_paused(stack, emulator_pdfs)
         reset_stats(ocr_url)
         cpu_before = cpu_by_service(stack)
         with StatsSampler(ocr_url) as sampler:
             released = time.time()
-            set_push_endpoint(host, subscription, worker)
+            stack.start_relay(max_in_flight=2)
             wait_all(store, settings, uploads, timeout=900)
         cpu = (cpu_before, cpu_by_service(stack))
         emulator = _phase(stack, uploads, released, sampler, batch, cpu)
 
-        # Production-like push: up to 2K deliveries in flight.
-        set_push_endpoint(host, subscription, "")
+        # The stack's own delivery: up to ocr_max_in_flight = 2K deliveries in flight.
         uploads = _split_paused(stack, pdfs)
         reset_stats(ocr_url)
-        pusher = ConcurrentPusher(host, subscription, worker, concurrency=2 * batch)
         cpu_before = cpu_by_service(stack)
-        with StatsSampler(ocr_url) as sampler, pusher.running():
+        with StatsSampler(ocr_url) as sampler:
             released = time.time()
+            stack.start_relay()
             spy = _profile_worker(stack, f"k{batch}_s{service:g}", seconds=0.6 * pages / capacity)
             wait_all(store, settings, uploads, timeout=900)
         cpu = (cpu_before, cpu_by_service(stack))
         concurrent = _phase(stack, uploads, released, sampler, batch, cpu)
-        concurrent["push_concurrency"] = pusher.concurrency
-        concurrent["push_max_in_flight"] = pusher.max_in_flight
-        concurrent["push_failed"] = pusher.failed
+        concurrent["delivery_max_in_flight"] = 2 * batch  # = OCRPIPE_OCR_MAX_IN_FLIGHT
         if spy is not None and (raw := spy.wait()) is not None:
             concurrent["worker_profile"] = {"raw": str(raw), "top": profiling.summarize(raw)}
 
@@ -258,21 +250,21 @@ def measure(batch: int, service: float, pages: int, emulator_pages: int) -> dict
             "server_max_in_flight": direct_stats["max_in_flight"],
             "cpu_ms_per_page": {k: v for k, v in direct_cpu.items() if k in ("ocr", "bench")},
         },
-        "pipeline_emulator_push": emulator,
+        "pipeline_2_in_flight": emulator,
         "pipeline": concurrent,
         "ratio": round(ratio, 3),
-        "ratio_emulator_push": round(emulator["steady_pages_per_s"] / direct_rate, 3),
+        "ratio_2_in_flight": round(emulator["steady_pages_per_s"] / direct_rate, 3),
     }
     say(
         f"  K={batch:3} S={service:g}s  direct {direct_rate:6.1f} pages/s (nominal {capacity:g},"
         f" max in service {direct_stats['max_in_flight']})"
     )
     say(
-        f"    pipeline, emulator push:  {emulator['steady_pages_per_s']:6.1f} pages/s, max in"
-        f" service {emulator['server_max_in_flight']}, ratio {result['ratio_emulator_push']:.3f}"
+        f"    pipeline, 2 in flight:    {emulator['steady_pages_per_s']:6.1f} pages/s, max in"
+        f" service {emulator['server_max_in_flight']}, ratio {result['ratio_2_in_flight']:.3f}"
     )
     say(
-        f"    pipeline, {2 * batch:3} pushes open: {concurrent['steady_pages_per_s']:6.1f} pages/s,"
+        f"    pipeline, {2 * batch:3} in flight:  {concurrent['steady_pages_per_s']:6.1f} pages/s,"
         f" max in service {concurrent['server_max_in_flight']}, mean occupancy"
         f" {concurrent['mean_batch_occupancy']:.0%}, ratio {ratio:.3f} (target {TARGET_RATIO})"
     )
@@ -318,8 +310,9 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     method = (
         "fault server --batch-size K --service-time S; direct: bare asyncio HTTP/1.1 client,"
         " 2K in flight, N = 10K requests; pipeline: N pages as 32-page text PDFs, split with"
-        " the pages subscription paused, then pushed by bench.pusher with 2K pushes open and"
-        " OCRPIPE_OCR_MAX_IN_FLIGHT = 2K; rates = least-squares slope of pages done vs time"
+        " delivery paused, then delivered by the stack's push relay (ocrpipe.local.relay) with"
+        " OCRPIPE_OCR_MAX_IN_FLIGHT = 2K deliveries open (2 for the 2-in-flight phase);"
+        " rates = least-squares slope of pages done vs time"
         " over the middle 80% of each run"
     )
     return figures, targets, method

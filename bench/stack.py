@@ -84,7 +84,7 @@ def fault_stack(fault_args: list[str], env: Mapping[str, str]) -> Iterator[Local
 
 def cpu_by_service(stack: LocalStack) -> dict[str, float]:
     """CPU seconds used so far by each service of the stack, and by this process ("bench":
-    the load generator, the pusher, the samplers)."""
+    the load generator and the samplers; the push relay is a child, "relay")."""
     used = {child.name: cpu_seconds(child.process.pid) for child in stack.children}
     times = os.times()
     used["bench"] = times.user + times.system

@@ -187,13 +187,26 @@ def up(
             help="Enforce the grants of ocrpipe/iam.json, each service as its own identity."
         ),
     ] = True,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False,
+            help="Keep the buckets in this folder, so results survive a restart; unfinished"
+            " documents are re-queued on start. Default: in memory.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole pipeline on this machine until Ctrl-C.
 
     With IAM enforced (the default) every service, and this CLI with --local (the
     `operator`), reaches the emulators through authorizing proxies; on Ctrl-C the
     permissions each identity used, and those granted but never used, are printed
-    (`ocrpipe iam-report --local` shows them while the stack runs)."""
+    (`ocrpipe iam-report --local` shows them while the stack runs).
+
+    Pages reach the worker with the concurrency production push reaches (up to
+    `OCRPIPE_LOCAL_DELIVERY_MAX_IN_FLIGHT`, default `OCRPIPE_OCR_MAX_IN_FLIGHT`), so
+    `--ocr-url` can point at a real GPU. With `--data-dir` the buckets are kept on disk;
+    Pub/Sub messages are not, so on start whatever is unfinished is queued again."""
     from ocrpipe.local.stack import LocalStack, Ports, StackError, settings_env
 
     stack = LocalStack(
@@ -203,6 +216,7 @@ def up(
         ),
         ocr_url=ocr_url,
         iam=iam,
+        data_dir=data_dir.resolve() if data_dir else None,
     )  # fmt: skip
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
@@ -215,6 +229,12 @@ def up(
         if iam:
             LOCAL_USAGE_FILE.write_text("".join(f"{path}\n" for path in stack.usage_files))
         out.print(f"[green]Local stack is up.[/] Logs: {stack.log_dir}")
+        if stack.recovery is not None:
+            out.print(
+                f"Buckets in {data_dir}: re-queued {stack.recovery.requeued_pages} pages and"
+                f" {len(stack.recovery.refinalized)} unsplit inputs.",
+                markup=False,
+            )
         out.print(
             f"In another shell, in this folder: [bold]ocrpipe submit --local FILE --wait[/]"
             f"  (settings in {LOCAL_ENV_FILE}). Ctrl-C stops everything."

@@ -1,17 +1,16 @@
 """Pub/Sub: the :class:`Publisher` protocol, the real adapter, a fake for tests, and the
-admin calls that create the topology (used by the local stack; terraform does it in
-production)."""
+client factories (emulator-aware). The local stack's admin calls are in
+:mod:`ocrpipe.local.pubsub_admin`; terraform does them in production."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ocrpipe.errors import StorageUnavailable, translate_google_error
-from ocrpipe.topology import Topology, load_topology
+from ocrpipe.topology import load_topology
 
 
 @dataclass(frozen=True)
@@ -89,88 +88,3 @@ def subscriber_client(emulator_host: str | None = None) -> Any:
 
     channel = grpc.insecure_channel(emulator_host)
     return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
-
-
-def ensure_topology(
-    project: str,
-    topology: Topology,
-    push_endpoint: str,
-    *,
-    emulator_host: str | None = None,
-    pages_topic: str | None = None,
-) -> None:
-    """Create the pages topic, its push subscription (ack deadline, retry and dead-letter
-    policy from ``topology``), the dead-letter topic and its pull subscription, and the
-    documents topic (users add their own subscriptions). Idempotent."""
-    from google.api_core import exceptions as gexc
-    from google.protobuf import duration_pb2
-
-    publisher = publisher_client(emulator_host)
-    subscriber = subscriber_client(emulator_host)
-    pages = publisher.topic_path(project, pages_topic or topology.pages_topic)
-    dead = publisher.topic_path(project, topology.dead_letter_topic)
-    documents = publisher.topic_path(project, topology.documents_topic)
-    for topic in (pages, dead, documents):
-        with contextlib.suppress(gexc.AlreadyExists):
-            publisher.create_topic(name=topic)
-    subscriptions = [
-        {
-            "name": subscriber.subscription_path(project, topology.dead_letter_subscription),
-            "topic": dead,
-            "ack_deadline_seconds": topology.dead_letter_ack_deadline_seconds,
-            "message_retention_duration": duration_pb2.Duration(
-                seconds=topology.message_retention_seconds
-            ),
-        },
-        {
-            "name": subscriber.subscription_path(project, topology.pages_push_subscription),
-            "topic": pages,
-            "ack_deadline_seconds": topology.ack_deadline_seconds,
-            "push_config": {"push_endpoint": push_endpoint},
-            "retry_policy": {
-                "minimum_backoff": duration_pb2.Duration(
-                    seconds=topology.retry_minimum_backoff_seconds
-                ),
-                "maximum_backoff": duration_pb2.Duration(
-                    seconds=topology.retry_maximum_backoff_seconds
-                ),
-            },
-            "dead_letter_policy": {
-                "dead_letter_topic": dead,
-                "max_delivery_attempts": topology.max_delivery_attempts,
-            },
-        },
-    ]
-    for request in subscriptions:
-        with contextlib.suppress(gexc.AlreadyExists):
-            subscriber.create_subscription(request=request)
-    publisher.transport.close()
-    subscriber.close()
-
-
-def ensure_push_subscription(
-    project: str, topic: str, subscription: str, endpoint: str, emulator_host: str | None
-) -> None:
-    """A plain push subscription (the local Eventarc stand-in's)."""
-    from google.api_core import exceptions as gexc
-
-    subscriber = subscriber_client(emulator_host)
-    with contextlib.suppress(gexc.AlreadyExists):
-        subscriber.create_subscription(
-            request={
-                "name": subscriber.subscription_path(project, subscription),
-                "topic": f"projects/{project}/topics/{topic}",
-                "ack_deadline_seconds": 600,
-                "push_config": {"push_endpoint": endpoint},
-            }
-        )
-    subscriber.close()
-
-
-def ensure_topic(project: str, topic: str, emulator_host: str | None = None) -> None:
-    from google.api_core import exceptions as gexc
-
-    publisher = publisher_client(emulator_host)
-    with contextlib.suppress(gexc.AlreadyExists):
-        publisher.create_topic(name=publisher.topic_path(project, topic))
-    publisher.transport.close()

@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     eventarc_target: str = Field(
         "http://127.0.0.1:8081/", description="Local stack only: where the Eventarc stand-in posts."
     )
+    local_delivery_max_in_flight: int | None = Field(
+        None,
+        gt=0,
+        description="Local stack only: page deliveries its push relay keeps open to the worker"
+        " (production push grows to what the worker accepts); unset: ocr_max_in_flight, which"
+        " matches the GPU's batch.",
+    )
     iam_overrides_file: str = Field(
         "",
         description="Local stack only: a JSON file that adds or revokes grants of"
@@ -192,6 +199,11 @@ class Settings(BaseSettings):
             return self.max_page_image_bytes
         pixels = 2 * self.render_longest_side**2
         return int(pixels * 3 * 1.1) + 64 * 1024
+
+    @property
+    def delivery_max_in_flight(self) -> int:
+        """Deliveries the local stack's push relay keeps open (see ocrpipe.local.relay)."""
+        return self.local_delivery_max_in_flight or self.ocr_max_in_flight
 
     @property
     def ocr_is_local(self) -> bool:

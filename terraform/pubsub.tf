@@ -1,6 +1,6 @@
 # The pages topic, its push subscription to the worker, and the dead-letter topic with a
 # pull subscription. Names and every number come from ocrpipe/topology.json (main.tf), the
-# file the local stack's ocrpipe.pubsub.ensure_topology reads too.
+# file the local stack's ocrpipe.local.pubsub_admin.ensure_topology reads too.
 
 resource "google_pubsub_topic" "pages" {
   name   = local.topology.pages_topic

@@ -5,10 +5,11 @@ retried.
 
 This module runs its own stack, changed in two ways so that a page reaches the dead-letter
 topic in seconds rather than half an hour: the worker gets a 2 s OCR budget (a page the
-fault server always answers 503 fails a delivery in about 2 s), and the push subscription
-loses its retry policy. The emulator honours ``retry_minimum_backoff_seconds`` (measured:
-redeliveries 1, 15, 19, 23 s apart with 10..600 s; 1 s apart without a policy), so ten
-deliveries with the production policy take minutes. ``max_delivery_attempts``, the ack
+fault server always answers 503 fails a delivery in about 2 s), and the pages subscription
+(pull locally, delivered by the stack's relay) loses its retry policy. The emulator honours
+``retry_minimum_backoff_seconds`` for the relay's nacks (measured: redeliveries 0, 13, 21,
+23 s apart with 10..600 s; at once without a policy), so ten deliveries with the production
+policy take minutes. ``max_delivery_attempts``, the ack
 deadline and the dead-letter topic stay as in production. The OCR server is switched
 between a faulty and a healthy fault server.
 """

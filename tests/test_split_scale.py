@@ -21,10 +21,11 @@ import pytest
 from google.api_core.exceptions import DeadlineExceeded
 
 from ocrpipe.errors import StorageUnavailable
+from ocrpipe.local.pubsub_admin import ensure_topic
 from ocrpipe.local.stack import LocalStack
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
-from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, ensure_topic, subscriber_client
+from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, subscriber_client
 from ocrpipe.settings import Settings
 from ocrpipe.split import split_document
 from ocrpipe.storage import GcsStore

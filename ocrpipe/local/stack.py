@@ -3,7 +3,9 @@
 ``LocalStack`` starts, in order: Google's Pub/Sub emulator, fake-gcs-server publishing
 finalize notifications, the OCR engine (unless an OCR URL is given), the worker, the
 splitter under functions-framework and the Eventarc stand-in; then it creates the buckets,
-topics and subscriptions with the production topology. It stops what it started, by PID
+topics and subscriptions with the production topology and starts the push relay, which
+delivers pages to the worker with production push's concurrency (:mod:`ocrpipe.local.relay`:
+locally the pages subscription is a pull subscription). It stops what it started, by PID
 (each child leads its own process group), in reverse order.
 
 IAM (``iam=True``, the default): the emulators enforce none, so each emulator gets an
@@ -37,13 +39,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
-from ocrpipe.pubsub import ensure_push_subscription, ensure_topic, ensure_topology
+from ocrpipe.local.pubsub_admin import ensure_push_subscription, ensure_topic, ensure_topology
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore
 from ocrpipe.topology import load_topology
 
 if TYPE_CHECKING:
     from ocrpipe.local.iam_policy import Authorizer, Decision
+    from ocrpipe.local.recovery import RecoveryReport
 
 PUBSUB_EMULATOR_CANDIDATES = (
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
@@ -105,11 +108,16 @@ class LocalStack:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     bucket_suffix: str = ""
     gcs_log_level: str = "warn"  # "info" logs every request (tests count writes with it)
+    # Keep the buckets here (fake-gcs-server's filesystem backend), so results survive a
+    # restart; on start, what the emulator forgot is re-queued (ocrpipe.local.recovery).
+    # None: in memory.
+    data_dir: Path | None = None
     iam: bool = True  # False: every service talks to the raw emulators
     # Grants added or taken away, per identity (see ocrpipe.local.iam_policy), e.g.
     # {"worker": {"revoke": [{"bucket": "output", "permission": "storage.objects.list"}]}}
     iam_overrides: Mapping[str, Any] | None = None
     children: list[Child] = field(default_factory=list)
+    recovery: RecoveryReport | None = None  # what the last start re-queued (data_dir only)
     _worker_socket: socket.socket | None = None
 
     # --- what clients need ------------------------------------------------------------
@@ -224,8 +232,7 @@ class LocalStack:
                 "127.0.0.1",
                 "-port",
                 str(self.ports.gcs),
-                "-backend",
-                "memory",
+                *self._gcs_backend(),
                 "-external-url",
                 gcs_url,
                 "-event.pubsub-project-id",
@@ -292,12 +299,7 @@ class LocalStack:
         _wait_tcp(self.ports.eventarc, 30, self._died("eventarc"))
 
         progress("topics and subscriptions")
-        ensure_topology(
-            self.project,
-            load_topology(),
-            f"http://127.0.0.1:{self.ports.worker}/",
-            emulator_host=pubsub_host,
-        )
+        ensure_topology(self.project, load_topology(), emulator_host=pubsub_host)
         ensure_push_subscription(
             self.project,
             NOTIFICATIONS_TOPIC,
@@ -305,6 +307,35 @@ class LocalStack:
             f"http://127.0.0.1:{self.ports.eventarc}/",
             pubsub_host,
         )
+
+        progress("push relay")
+        self.start_relay()
+
+        if self.data_dir is not None:
+            progress("re-queuing unfinished documents")
+            self.recovery = self.recover()
+
+    def _gcs_backend(self) -> list[str]:
+        if self.data_dir is None:
+            return ["-backend", "memory"]
+        root = self.data_dir / "gcs"
+        root.mkdir(parents=True, exist_ok=True)
+        return ["-backend", "filesystem", "-filesystem-root", str(root)]
+
+    def recover(self) -> RecoveryReport:
+        """Re-queue what the buckets say is unfinished (after a restart with ``data_dir``):
+        finalize events of inputs not split, page messages of pages without a result."""
+        from ocrpipe.local.recovery import notification_sender, recover_unfinished
+        from ocrpipe.pubsub import PubSubPublisher
+
+        admin = self.admin_settings
+        assert admin.storage_emulator_host is not None
+        store = GcsStore.connect(self.project, admin.storage_emulator_host)
+        publisher = PubSubPublisher.connect(self.project, admin.pubsub_emulator_host)
+        resend = notification_sender(
+            publisher, admin.storage_emulator_host, admin.input_bucket, NOTIFICATIONS_TOPIC
+        )
+        return recover_unfinished(store, publisher, admin, resend)
 
     def _start_proxy(
         self,
@@ -355,6 +386,27 @@ class LocalStack:
         command[command.index("--host") : command.index("--port") + 2] = ["--fd", str(fd)]
         self._spawn("worker", command, {}, pass_fds=(fd,), identity="worker")
         _wait_http(f"http://127.0.0.1:{self.ports.worker}/health", 60, self._died("worker"))
+
+    def start_relay(self, max_in_flight: int | None = None) -> None:
+        """Start the push relay: the pages subscription (pull, locally) -> the worker, with
+        production push's concurrency (:mod:`ocrpipe.local.relay`), or ``max_in_flight``
+        deliveries open (benchmarks). It is Pub/Sub, so it gets the raw emulator."""
+        endpoint = f"http://127.0.0.1:{self.ports.worker}/"
+        command = [sys.executable, "-m", "ocrpipe.local.relay", "--endpoint", endpoint]
+        env = (
+            {}
+            if max_in_flight is None
+            else {"OCRPIPE_LOCAL_DELIVERY_MAX_IN_FLIGHT": str(max_in_flight)}
+        )
+        assert self.log_dir is not None
+        log = self.log_dir / "relay.log"
+        since = log.stat().st_size if log.exists() else 0
+        self._spawn("relay", command, env, identity=None)
+        _wait_log(log, since, "relaying ", 30, self._died("relay"))
+
+    def pause_delivery(self) -> None:
+        """Stop the push relay: pages wait in the subscription until :meth:`start_relay`."""
+        self.kill("relay", signal.SIGTERM)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         for child in [c for c in self.children if c.name == name]:
@@ -540,6 +592,21 @@ def _wait_tcp(port: int, timeout: float, died: Callable[[], str | None]) -> None
                 return
         time.sleep(0.1)
     raise StackError(f"nothing answered on port {port} within {timeout:.0f} s")
+
+
+def _wait_log(
+    path: Path, since: int, text: str, timeout: float, died: Callable[[], str | None]
+) -> None:
+    """Until ``text`` appears in the log at ``path`` after byte ``since`` (for a child
+    that has no port to wait on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if reason := died():
+            raise StackError(reason)
+        if path.exists() and text.encode() in path.read_bytes()[since:]:
+            return
+        time.sleep(0.1)
+    raise StackError(f"{path.stem} did not start within {timeout:.0f} s")
 
 
 def _wait_http(url: str, timeout: float, died: Callable[[], str | None]) -> None:

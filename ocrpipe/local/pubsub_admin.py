@@ -1,0 +1,109 @@
+"""The local stack's Pub/Sub setup, straight on the emulator (terraform does it in
+production): topics and subscriptions from ``ocrpipe/topology.json``.
+
+One deliberate difference: the pages subscription is a *pull* subscription here, served by
+the stack's push relay (:mod:`ocrpipe.local.relay`), because the emulator's own push keeps
+at most two deliveries in flight. Its ack deadline, retry policy, dead-letter policy and
+retention are terraform's (:func:`pages_subscription_request`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ocrpipe.pubsub import publisher_client, subscriber_client
+from ocrpipe.topology import Topology
+
+
+def pages_subscription_request(
+    project: str, topology: Topology, pages_topic: str | None = None
+) -> dict[str, Any]:
+    """The pages subscription as terraform creates it (terraform/pubsub.tf), minus its
+    ``push_config``."""
+    from google.protobuf import duration_pb2
+
+    def seconds(value: int) -> duration_pb2.Duration:
+        return duration_pb2.Duration(seconds=value)
+
+    return {
+        "name": f"projects/{project}/subscriptions/{topology.pages_push_subscription}",
+        "topic": f"projects/{project}/topics/{pages_topic or topology.pages_topic}",
+        "ack_deadline_seconds": topology.ack_deadline_seconds,
+        "message_retention_duration": seconds(topology.message_retention_seconds),
+        "retry_policy": {
+            "minimum_backoff": seconds(topology.retry_minimum_backoff_seconds),
+            "maximum_backoff": seconds(topology.retry_maximum_backoff_seconds),
+        },
+        "dead_letter_policy": {
+            "dead_letter_topic": f"projects/{project}/topics/{topology.dead_letter_topic}",
+            "max_delivery_attempts": topology.max_delivery_attempts,
+        },
+    }
+
+
+def ensure_topology(
+    project: str,
+    topology: Topology,
+    *,
+    emulator_host: str | None = None,
+    pages_topic: str | None = None,
+) -> None:
+    """Create the pages topic and its (pull) subscription, the dead-letter topic and its
+    pull subscription, and the documents topic (users add their own subscriptions).
+    Idempotent."""
+    from google.api_core import exceptions as gexc
+    from google.protobuf import duration_pb2
+
+    publisher = publisher_client(emulator_host)
+    subscriber = subscriber_client(emulator_host)
+    pages = publisher.topic_path(project, pages_topic or topology.pages_topic)
+    dead = publisher.topic_path(project, topology.dead_letter_topic)
+    documents = publisher.topic_path(project, topology.documents_topic)
+    for topic in (pages, dead, documents):
+        with contextlib.suppress(gexc.AlreadyExists):
+            publisher.create_topic(name=topic)
+    subscriptions = [
+        {
+            "name": subscriber.subscription_path(project, topology.dead_letter_subscription),
+            "topic": dead,
+            "ack_deadline_seconds": topology.dead_letter_ack_deadline_seconds,
+            "message_retention_duration": duration_pb2.Duration(
+                seconds=topology.message_retention_seconds
+            ),
+        },
+        pages_subscription_request(project, topology, pages_topic),
+    ]
+    for request in subscriptions:
+        with contextlib.suppress(gexc.AlreadyExists):
+            subscriber.create_subscription(request=request)
+    publisher.transport.close()
+    subscriber.close()
+
+
+def ensure_push_subscription(
+    project: str, topic: str, subscription: str, endpoint: str, emulator_host: str | None
+) -> None:
+    """A plain push subscription (the local Eventarc stand-in's)."""
+    from google.api_core import exceptions as gexc
+
+    subscriber = subscriber_client(emulator_host)
+    with contextlib.suppress(gexc.AlreadyExists):
+        subscriber.create_subscription(
+            request={
+                "name": subscriber.subscription_path(project, subscription),
+                "topic": f"projects/{project}/topics/{topic}",
+                "ack_deadline_seconds": 600,
+                "push_config": {"push_endpoint": endpoint},
+            }
+        )
+    subscriber.close()
+
+
+def ensure_topic(project: str, topic: str, emulator_host: str | None = None) -> None:
+    from google.api_core import exceptions as gexc
+
+    publisher = publisher_client(emulator_host)
+    with contextlib.suppress(gexc.AlreadyExists):
+        publisher.create_topic(name=publisher.topic_path(project, topic))
+    publisher.transport.close()
