@@ -74,7 +74,7 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
     import uvicorn
 
     from ocr_worker.app import create_app
-    from ocrpipe import naming
+    from ocrpipe import naming, records
     from ocrpipe.pubsub import MemoryPublisher
     from ocrpipe.settings import Settings
     from ocrpipe.storage import MemoryStore
@@ -89,10 +89,12 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
     png = page_png(flavour)
     generation = store.put("in", "big.pdf", b"%PDF-1.7", "application/pdf")
     doc = naming.DocumentRef("in", "big.pdf", generation)
+    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, in_flight + 1))
     for page in range(1, in_flight + 2):  # one more for the warm-up
         store.put("work", naming.page_image_name(doc.doc_id, page, "png"), png, "image/png")
     settings = Settings(
         verify_push_auth=False,
+        storage_emulator_host="http://127.0.0.1:9",  # unverified only on emulators (in memory)
         input_bucket="in",
         work_bucket="work",
         output_bucket="out",

@@ -17,7 +17,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud.pubsub_v1.subscriber.message import Message
 
-from ocrpipe.errors import StorageUnavailable
+from ocrpipe.errors import AccessDenied
 from ocrpipe.local.iam_policy import Authorizer
 from ocrpipe.local.pubsub_proxy import DENIED_MESSAGE, PubSubProxy
 from ocrpipe.local.stack import find_pubsub_emulator
@@ -142,7 +142,7 @@ def test_a_publish_without_grant_is_refused_as_pubsub_refuses_it(
 ) -> None:
     settings = proxied.settings
     worker = PubSubPublisher.connect(settings.project, proxied.host("worker"))
-    with pytest.raises(StorageUnavailable) as raised:
+    with pytest.raises(AccessDenied) as raised:
         worker.publish_all(settings.pages_topic, [message("forged page")])
     cause = raised.value.__cause__
     assert isinstance(cause, gexc.PermissionDenied), cause
@@ -228,7 +228,7 @@ def test_every_decision_is_recorded_with_the_grant_that_allowed_it(proxied: Prox
     PubSubPublisher.connect(settings.project, proxied.host("splitter")).publish_all(
         settings.pages_topic, [message("page 1")]
     )
-    with pytest.raises(StorageUnavailable):
+    with pytest.raises(AccessDenied):
         PubSubPublisher.connect(settings.project, proxied.host("worker")).publish_all(
             settings.pages_topic, [message("page 1")]
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from google.api_core.exceptions import DeadlineExceeded
 
+from ocrpipe import naming
 from ocrpipe.errors import StorageUnavailable
 from ocrpipe.local.pubsub_admin import ensure_topic
 from ocrpipe.local.stack import LocalStack
@@ -187,7 +188,11 @@ def test_a_long_pdf_is_split_in_flat_memory_and_published_once(
     messages = pull_all(stack, subscription, PAGES)
     assert Counter(m.page for m in messages) == Counter(range(1, PAGES + 1))
     assert {m.doc_id for m in messages} == {doc.doc_id}
-    images = [o for o in gcs.list(settings.work_bucket, f"pages/{doc.doc_id}/") if o.size > 0]
+    images = [
+        o
+        for o in gcs.list(settings.work_bucket, naming.work_prefix(doc.doc_id))
+        if o.name.endswith((".png", ".jpg"))
+    ]
     image_mib = sum(o.size for o in images) / MiB
     assert len(images) == PAGES
 
