@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,16 +18,10 @@ from pathlib import Path
 
 import httpx
 
-from ocrpipe.local.stack import fake_gcs_server_binary
+from ocrpipe.local.stack import fake_gcs_server_binary, free_port
 from ocrpipe.storage import GcsStore
 
 PROJECT = "bench-proxy"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait(url: str) -> None:
@@ -67,7 +60,7 @@ def main() -> None:
     parser.add_argument("--size-kb", type=int, default=200)
     args = parser.parse_args()
     data = os.urandom(args.size_kb * 1024)
-    gcs_port, proxy_port = _free_port(), _free_port()
+    gcs_port, proxy_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{gcs_port}"
     bucket = "bench-output"
     tmp = Path(tempfile.mkdtemp(prefix="bench-gcs-proxy-"))

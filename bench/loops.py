@@ -41,10 +41,10 @@ import httpx
 
 from bench.common import say, target
 from bench.corpus import truth
-from bench.stack import fault_server_command, free_port
 from ocrpipe.completion_stream import stream_completion
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.faults import FaultPlan, page_loops
+from ocrpipe.local.stack import fault_server_command, free_port
 from ocrpipe.repetition import DEFAULT_RULE, RepetitionDetector
 from ocrpipe.settings import Settings
 from ocrpipe.testing import inputs

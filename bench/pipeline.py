@@ -26,10 +26,10 @@ from typing import Any
 
 from bench.common import percentile, say, steady_rate, target
 from bench.stack import (
+    bench_stack,
     cpu_by_service,
     cpu_per_page_ms,
     document_times,
-    fault_stack,
     other_load_cores,
     read_log,
     split_times,
@@ -117,7 +117,7 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     documents, pages = (3, 10) if quick else (10, 30)
     delivered_pdfs = [(text_pdf(pages, seed=100 + i)[0], pages) for i in range(documents)]
     two_pdfs = [(text_pdf(pages, seed=150 + i)[0], pages) for i in range(documents)]
-    with fault_stack([], {}) as stack:
+    with bench_stack([], {}) as stack:
         settings = stack.settings
         warm = upload_all(store_for(stack), settings, [(text_pdf(2, seed=99)[0], 2)])
         wait_all(store_for(stack), settings, warm, timeout=120)

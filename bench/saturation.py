@@ -45,10 +45,10 @@ from bench.common import OPTIONS, say, steady_rate, target
 from bench.stack import (
     StatsSampler,
     Upload,
+    bench_stack,
     cpu_by_service,
     cpu_per_page_ms,
     document_times,
-    fault_stack,
     other_load_cores,
     reset_stats,
     store_for,
@@ -58,7 +58,6 @@ from bench.stack import (
 )
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.stack import LocalStack
-from ocrpipe.settings import Settings
 from ocrpipe.testing.pdfs import text_pdf
 
 TARGET_RATIO = 0.95
@@ -183,18 +182,14 @@ def _split_paused(stack: LocalStack, pdfs: list[tuple[bytes, int]]) -> list[Uplo
 def measure(batch: int, service: float, pages: int, emulator_pages: int) -> dict[str, Any]:
     capacity = batch / service
     fault_args = ["--batch-size", str(batch), "--service-time", str(service)]
-    env = {
-        "OCRPIPE_OCR_MAX_IN_FLIGHT": str(2 * batch),
-        # settings_env writes a tuple as "(0.2, ...)", which Settings cannot read back.
-        "OCRPIPE_OCR_TEMPERATURES": json.dumps(Settings.model_fields["ocr_temperatures"].default),
-    }
+    overrides = {"ocr_max_in_flight": 2 * batch}
     per_doc = PAGES_PER_DOCUMENT
     documents = max(1, round(pages / per_doc))
     pages = documents * per_doc
     pdfs = [(text_pdf(per_doc, seed=200 + i)[0], per_doc) for i in range(documents)]
     emulator_pdfs = [(text_pdf(emulator_pages, seed=300)[0], emulator_pages)]
     body = page_request()
-    with fault_stack(fault_args, env) as stack:
+    with bench_stack(fault_args, overrides) as stack:
         settings = stack.settings
         ocr_url = settings.ocr_url
         store = store_for(stack)

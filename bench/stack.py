@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -27,53 +26,21 @@ import httpx
 
 from bench.common import cpu_seconds, machine_busy_seconds
 from ocrpipe import naming
-from ocrpipe.local.stack import LocalStack, Ports
+from ocrpipe.local.stack import LocalStack, fault_stack
 from ocrpipe.naming import DocumentRef
 from ocrpipe.settings import Settings
 from ocrpipe.status import document_status
 from ocrpipe.storage import GcsStore
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_ports() -> Ports:
-    return Ports(*(free_port() for _ in range(6)))
-
-
-def fault_server_command(port: int, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "ocrpipe.local.faults",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *args,
-    ]
-
-
 @contextlib.contextmanager
-def fault_stack(fault_args: list[str], env: Mapping[str, str]) -> Iterator[LocalStack]:
-    """The whole local stack, with ``python -m ocrpipe.local.faults <fault_args>`` as OCR.
+def bench_stack(fault_args: list[str], overrides: Mapping[str, Any]) -> Iterator[LocalStack]:
+    """The whole local stack, running, with ``python -m ocrpipe.local.faults <fault_args>``
+    as OCR and ``overrides`` as settings.
 
     The services' logs are removed afterwards unless the block raised."""
-    ports = free_ports()
     log_dir = Path(tempfile.mkdtemp(prefix="ocrpipe-bench-"))
-    stack = LocalStack(
-        ports=ports,
-        ocr_command=fault_server_command(ports.ocr, *fault_args),
-        extra_env=dict(env),
-        bucket_suffix=f"-bench{uuid.uuid4().hex[:6]}",
-        log_dir=log_dir,
-    )
-    with stack:
+    with fault_stack(*fault_args, overrides=overrides, log_dir=log_dir) as stack:
         try:
             yield stack
         except BaseException:

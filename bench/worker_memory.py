@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from bench.common import REPO, TreeMemory, say, target
-from bench.stack import fault_server_command, free_port
+from ocrpipe.local.stack import fault_server_command, free_port
 
 IN_FLIGHT = 32  # OCRPIPE_OCR_MAX_IN_FLIGHT's default, and terraform's worker_concurrency
 PAGE_SIZE = (1540, 6160)  # the largest page image the splitter makes (4 x 1540 long)

@@ -239,11 +239,7 @@ def up(
             f"In another shell, in this folder: [bold]ocrpipe submit --local FILE --wait[/]"
             f"  (settings in {LOCAL_ENV_FILE}). Ctrl-C stops everything."
         )
-        while True:
-            time.sleep(1)
-            for child in stack.children:
-                if child.process.poll() is not None:
-                    raise StackError(f"{child.name} exited:\n{stack.log_tail(child.name)}")
+        stack.watch()  # until a part exits (StackError) or Ctrl-C
     except StackError as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(Exit.FAILED) from None

@@ -4,47 +4,16 @@ grants of ocrpipe/iam.json), as every stack is unless a test says otherwise."""
 
 from __future__ import annotations
 
-import contextlib
-import random
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from ocrpipe.local.stack import IDENTITIES, LocalStack, Ports
+from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.settings import Settings
 from ocrpipe.status import DocumentStatus, document_status
 from ocrpipe.storage import GcsStore
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive free ports, below Linux's ephemeral range (so a
-    later :func:`free_port` does not land inside the block)."""
-    for _ in range(200):
-        base = random.randint(20000, 32000 - count)
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(base, base + count):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
-
-
-def free_ports() -> Ports:
-    pubsub, gcs, ocr, worker, splitter, eventarc = (free_port() for _ in range(6))
-    proxies = free_port_block(2 * len(IDENTITIES))
-    return Ports(pubsub, gcs, ocr, worker, splitter, eventarc, proxies=proxies)
 
 
 @pytest.fixture(scope="session")

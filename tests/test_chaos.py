@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +23,13 @@ import httpx
 import pytest
 
 from ocrpipe import naming
-from ocrpipe.local.stack import NOTIFICATIONS_TOPIC, LocalStack
+from ocrpipe.local.stack import NOTIFICATIONS_TOPIC, LocalStack, fault_stack
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, subscriber_client
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
-from tests.conftest import free_ports, wait_until_finished
+from tests.conftest import wait_until_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -42,21 +40,16 @@ FAULTS = ["--p503", "0.2", "--phang", "0.05", "--preset", "0.05", "--plength", "
 UPLOAD = re.compile(r'"POST /upload/storage/v1/b/([^/]+)/o\?[^"]*" (\d{3})')
 
 
-def fault_server(port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "ocrpipe.local.faults", "--host", "127.0.0.1",
-            "--port", str(port), "--seed", "11", "--log-level", "warning", *args]  # fmt: skip
+SEED = 11
 
 
 @pytest.fixture(scope="module")
 def chaos_stack() -> Iterator[LocalStack]:
-    ports = free_ports()
-    stack = LocalStack(
-        ports=ports,
-        ocr_command=fault_server(ports.ocr),
-        bucket_suffix=f"-{uuid.uuid4().hex[:6]}",
+    stack = fault_stack(
+        seed=SEED,
         gcs_log_level="info",
         # Hangs must cost seconds, not minutes: the client gives up on a request after 4 s.
-        extra_env={"OCRPIPE_OCR_REQUEST_TIMEOUT_S": "4"},
+        overrides={"ocr_request_timeout_s": 4},
     )
     with stack:
         yield stack
@@ -153,8 +146,7 @@ def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path:
     clean_requests = httpx.get(ocr_stats).json()["total"]
 
     # 2. The chaos run: restart the OCR server with faults and a cold start.
-    stack.kill("ocr")
-    stack.start_ocr(fault_server(stack.ports.ocr, *FAULTS), wait_healthy=False)
+    stack.use_fault_server(*FAULTS, seed=SEED, wait_healthy=False)
     log_offset = (stack.log_dir / "gcs.log").stat().st_size
     started = time.monotonic()
     chaos = upload_all(stack, store, "chaos/")

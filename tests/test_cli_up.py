@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ocrpipe.local.stack import LocalStack, StackError, find_pubsub_emulator
-from tests.conftest import free_ports
+from ocrpipe.local.stack import LocalStack, StackError, find_pubsub_emulator, free_ports
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.pdf"
 OCRPIPE = str(Path(sys.executable).with_name("ocrpipe"))

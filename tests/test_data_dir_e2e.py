@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from ocrpipe import naming
-from ocrpipe.local.stack import LocalStack
+from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
-from tests.conftest import free_ports, wait_until_finished
+from tests.conftest import wait_until_finished
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +19,12 @@ import pytest
 from google.api_core.exceptions import Forbidden
 
 from ocrpipe.errors import AccessDenied, RetryableError
-from ocrpipe.local.stack import fake_gcs_server_binary
+from ocrpipe.local.stack import fake_gcs_server_binary, free_port
 from ocrpipe.storage import GcsStore
 
 IDENTITIES = ("splitter", "worker", "operator", "eventarc", "creator")
 PROJECT = "proxy-test"
 DOC = "report.pdf/@1712"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes]) -> None:

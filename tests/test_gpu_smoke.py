@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from ocrpipe.local.stack import free_port
 
 SMOKE = Path(__file__).resolve().parents[1] / "gpu_image" / "smoke.py"
 MODEL = "lightonai/LightOnOCR-2-1B"

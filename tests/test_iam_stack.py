@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from ocrpipe import naming
-from ocrpipe.local.stack import IDENTITIES, LocalStack
+from ocrpipe.local.stack import IDENTITIES, LocalStack, free_ports
 from ocrpipe.naming import DocumentRef
 from ocrpipe.status import document_status
 from ocrpipe.storage import GcsStore
-from tests.conftest import free_ports, unique_name, wait_until_finished
+from tests.conftest import unique_name, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 

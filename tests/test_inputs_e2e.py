@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from ocrpipe import naming
-from ocrpipe.local.stack import LocalStack
+from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.naming import DocumentRef
 from ocrpipe.status import document_status
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing import inputs as make
 from ocrpipe.testing.pdfs import text_pdf
-from tests.conftest import free_ports, unique_name, wait_until_finished
+from tests.conftest import unique_name, wait_until_finished
 from tests.stack_logs import entries, splitter_runs
 
 pytestmark = pytest.mark.e2e
@@ -114,10 +114,7 @@ def limited_stack() -> Iterator[LocalStack]:
         ports=free_ports(),
         ocr_url="http://127.0.0.1:9",
         bucket_suffix=f"-lim-{uuid.uuid4().hex[:6]}",
-        extra_env={
-            "OCRPIPE_MAX_INPUT_BYTES": str(2 * 2**20),
-            "OCRPIPE_RENDER_PAGE_TIMEOUT_S": "1",
-        },
+        overrides={"max_input_bytes": 2 * 2**20, "render_page_timeout_s": 1},
     ) as running:
         yield running
 

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from ocrpipe import cli, dlq, naming
-from ocrpipe.local.stack import LocalStack, settings_env
+from ocrpipe.local.stack import LocalStack, fault_stack, settings_env
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, publisher_client, subscriber_client
@@ -40,7 +39,7 @@ from ocrpipe.pull import PubSubPullSubscription, Received
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.topology import load_topology
-from tests.conftest import free_ports, unique_name, wait_until_finished
+from tests.conftest import unique_name, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -54,20 +53,15 @@ UPLOAD = re.compile(r'"POST /upload/storage/v1/b/([^/]+)/o\?[^"]*" (\d{3})')
 runner = CliRunner()
 
 
-def fault_server(port: int, *faults: str) -> list[str]:
-    return [sys.executable, "-m", "ocrpipe.local.faults", "--host", "127.0.0.1",
-            "--port", str(port), "--seed", "5", "--log-level", "warning", *faults]  # fmt: skip
+SEED = 5
 
 
 @pytest.fixture(scope="module")
 def ops_stack() -> Iterator[LocalStack]:
-    ports = free_ports()
-    stack = LocalStack(
-        ports=ports,
-        ocr_command=fault_server(ports.ocr),
-        bucket_suffix=f"-{uuid.uuid4().hex[:6]}",
+    stack = fault_stack(
+        seed=SEED,
         gcs_log_level="info",  # every request logged: uploads are counted from the log
-        extra_env={"OCRPIPE_OCR_BUDGET_S": "2"},
+        overrides={"ocr_budget_s": 2},
     )
     with stack:
         redeliver_quickly(stack)
@@ -101,8 +95,7 @@ def store(ops_stack: LocalStack) -> GcsStore:
 
 def use_ocr(stack: LocalStack, *faults: str) -> None:
     """Replace the OCR server by a fault server with these faults (none: a healthy one)."""
-    stack.kill("ocr")
-    stack.start_ocr(fault_server(stack.ports.ocr, *faults))
+    stack.use_fault_server(*faults, seed=SEED)
 
 
 def ocrpipe(stack: LocalStack, *args: str) -> Result:

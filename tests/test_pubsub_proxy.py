@@ -20,11 +20,10 @@ from google.cloud.pubsub_v1.subscriber.message import Message
 from ocrpipe.errors import AccessDenied
 from ocrpipe.local.iam_policy import Authorizer
 from ocrpipe.local.pubsub_proxy import DENIED_MESSAGE, PubSubProxy
-from ocrpipe.local.stack import find_pubsub_emulator
+from ocrpipe.local.stack import find_pubsub_emulator, free_port
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, publisher_client, subscriber_client
 from ocrpipe.pull import PubSubPullSubscription, Received
 from ocrpipe.settings import Settings
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from ocrpipe.local.stack import LocalStack
+from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.pubsub import subscriber_client
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.topology import load_topology
-from tests.conftest import free_ports, unique_name, wait_until_finished
+from tests.conftest import unique_name, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 

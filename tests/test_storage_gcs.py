@@ -17,21 +17,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from ocrpipe.local.stack import fake_gcs_server_binary
+from ocrpipe.local.stack import fake_gcs_server_binary, free_port
 from ocrpipe.storage import GcsStore
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def gcs_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [str(fake_gcs_server_binary()), "-scheme", "http", "-host", "127.0.0.1"]
     command += ["-port", str(port), "-backend", "memory", "-external-url", url]

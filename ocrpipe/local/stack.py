@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -91,6 +93,35 @@ class Ports:
         return ports
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (the kernel's choice, from the ephemeral range)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports, below Linux's ephemeral range (so a
+    later :func:`free_port` does not land inside the block)."""
+    for _ in range(200):
+        base = random.randint(20000, 32000 - count)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise StackError(f"no {count} consecutive free ports found between 20000 and 32000")
+
+
+def free_ports() -> Ports:
+    """Free ports for a whole stack, its IAM proxies' block included (tests, benchmarks)."""
+    pubsub, gcs, ocr, worker, splitter, eventarc = (free_port() for _ in range(6))
+    return Ports(pubsub, gcs, ocr, worker, splitter, eventarc, free_port_block(2 * len(IDENTITIES)))
+
+
 @dataclass
 class Child:
     name: str
@@ -105,7 +136,10 @@ class LocalStack:
     ocr_url: str | None = None  # None: start the local engine
     ocr_command: list[str] | None = None  # a different OCR server to start (tests)
     log_dir: Path | None = None
-    extra_env: Mapping[str, str] = field(default_factory=dict)
+    # Settings every service gets, by field name (``{"ocr_budget_s": 2}``), as an operator
+    # would set OCRPIPE_* variables; :attr:`settings` reports them too. The fields the stack
+    # owns (project, buckets, hosts, the OCR and Eventarc URLs) come from its own arguments.
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     bucket_suffix: str = ""
     gcs_log_level: str = "warn"  # "info" logs every request (tests count writes with it)
     # Keep the buckets here (fake-gcs-server's filesystem backend), so results survive a
@@ -120,6 +154,18 @@ class LocalStack:
     recovery: RecoveryReport | None = None  # what the last start re-queued (data_dir only)
     _worker_socket: socket.socket | None = None
 
+    def __post_init__(self) -> None:
+        owned = set(self._stack_fields(None)) & set(self.overrides)
+        if owned:
+            raise StackError(
+                f"the local stack sets {', '.join(sorted(owned))} itself; pass it as the"
+                " stack's own argument (ports, project, bucket_suffix, ocr_url)"
+            )
+        try:
+            self.settings_for(None)
+        except ValueError as exc:  # pydantic's ValidationError: unknown field, bad value
+            raise StackError(f"invalid settings overrides: {exc}") from None
+
     # --- what clients need ------------------------------------------------------------
 
     @property
@@ -132,27 +178,31 @@ class LocalStack:
         """The raw emulators, past every proxy: terraform's view, for setting things up."""
         return self.settings_for(None)
 
-    def settings_for(self, identity: str | None) -> Settings:
-        """The settings one identity's process gets (``None``: the raw emulators)."""
+    def settings_for(self, identity: str | None, **more: Any) -> Settings:
+        """The settings one identity's process gets (``None``: the raw emulators): the
+        stack's own fields, then :attr:`overrides`, then ``more`` (one child's)."""
+        return Settings(**{**self._stack_fields(identity), **self.overrides, **more})
+
+    def _stack_fields(self, identity: str | None) -> dict[str, Any]:
         pubsub, gcs = self.ports.pubsub, self.ports.gcs
         if identity is not None and self.iam:
             pubsub, gcs = self.ports.pubsub_proxy(identity), self.ports.gcs_proxy(identity)
-        return Settings(
-            project=self.project,
-            input_bucket="ocrpipe-input" + self.bucket_suffix,
-            work_bucket="ocrpipe-work" + self.bucket_suffix,
-            output_bucket="ocrpipe-output" + self.bucket_suffix,
-            ocr_url=self.ocr_url or f"http://127.0.0.1:{self.ports.ocr}",
-            verify_push_auth=False,
-            eventarc_target=f"http://127.0.0.1:{self.ports.splitter}/",
-            pubsub_emulator_host=f"127.0.0.1:{pubsub}",
-            storage_emulator_host=f"http://127.0.0.1:{gcs}",
-            iam_overrides_file=str(self._overrides_file() or ""),
-        )
+        return {
+            "project": self.project,
+            "input_bucket": "ocrpipe-input" + self.bucket_suffix,
+            "work_bucket": "ocrpipe-work" + self.bucket_suffix,
+            "output_bucket": "ocrpipe-output" + self.bucket_suffix,
+            "ocr_url": self.ocr_url or f"http://127.0.0.1:{self.ports.ocr}",
+            "verify_push_auth": False,
+            "eventarc_target": f"http://127.0.0.1:{self.ports.splitter}/",
+            "pubsub_emulator_host": f"127.0.0.1:{pubsub}",
+            "storage_emulator_host": f"http://127.0.0.1:{gcs}",
+            "iam_overrides_file": str(self._overrides_file() or ""),
+        }
 
-    def env(self, identity: str | None = None) -> dict[str, str]:
-        """The environment a service gets: exactly the settings' variables."""
-        return {**settings_env(self.settings_for(identity)), **self.extra_env}
+    def env(self, identity: str | None = None, **more: Any) -> dict[str, str]:
+        """The environment a service gets: exactly its settings' variables."""
+        return settings_env(self.settings_for(identity, **more))
 
     # --- IAM ----------------------------------------------------------------------------
 
@@ -370,6 +420,12 @@ class LocalStack:
         else:
             _wait_tcp(self.ports.ocr, 60, self._died("ocr"))
 
+    def use_fault_server(self, *fault_args: str, seed: int = 0, wait_healthy: bool = True) -> None:
+        """Replace the OCR server by the fault server with ``fault_args`` (none: healthy)."""
+        self.kill("ocr")
+        command = fault_server_command(self.ports.ocr, *fault_args, seed=seed)
+        self.start_ocr(command, wait_healthy=wait_healthy)
+
     def start_worker(self) -> None:
         """(Re)start the worker; the chaos test kills it and calls this again.
 
@@ -393,15 +449,11 @@ class LocalStack:
         deliveries open (benchmarks). It is Pub/Sub, so it gets the raw emulator."""
         endpoint = f"http://127.0.0.1:{self.ports.worker}/"
         command = [sys.executable, "-m", "ocrpipe.local.relay", "--endpoint", endpoint]
-        env = (
-            {}
-            if max_in_flight is None
-            else {"OCRPIPE_LOCAL_DELIVERY_MAX_IN_FLIGHT": str(max_in_flight)}
-        )
+        more = {} if max_in_flight is None else {"local_delivery_max_in_flight": max_in_flight}
         assert self.log_dir is not None
         log = self.log_dir / "relay.log"
         since = log.stat().st_size if log.exists() else 0
-        self._spawn("relay", command, env, identity=None)
+        self._spawn("relay", command, {}, identity=None, settings=more)
         _wait_log(log, since, "relaying ", 30, self._died("relay"))
 
     def pause_delivery(self) -> None:
@@ -429,6 +481,15 @@ class LocalStack:
             self._worker_socket.close()
             self._worker_socket = None
 
+    def watch(self, interval: float = 1.0) -> None:
+        """Block while every child runs; raise :class:`StackError` naming the first that
+        exits, with its log's tail. (Children stopped by :meth:`kill` are not watched.)"""
+        while True:
+            for child in list(self.children):
+                if (died := self._died(child.name)()) is not None:
+                    raise StackError(died)
+            time.sleep(interval)
+
     def log_tail(self, name: str, lines: int = 40) -> str:
         assert self.log_dir is not None
         path = self.log_dir / f"{name}.log"
@@ -446,8 +507,10 @@ class LocalStack:
         pass_fds: tuple[int, ...] = (),
         *,
         identity: str | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
-        """Start a child whose emulator hosts are ``identity``'s (``None``: the raw ones)."""
+        """Start a child whose emulator hosts are ``identity``'s (``None``: the raw ones),
+        with ``settings`` on top of the stack's; ``env`` is for what is not a setting."""
         assert self.log_dir is not None
         log = self.log_dir / f"{name}.log"
         handle: IO[bytes] = log.open("ab")
@@ -456,7 +519,7 @@ class LocalStack:
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**_base_env(), **self.env(identity), **env},
+            env={**_base_env(), **self.env(identity, **(settings or {})), **env},
             start_new_session=True,
             pass_fds=pass_fds,
         )
@@ -487,6 +550,26 @@ class LocalStack:
                 " `ocrpipe up` running?) or choose other ports, e.g. `ocrpipe up"
                 " --pubsub-port 9085 --gcs-port 5443`."
             )
+
+
+def fault_server_command(port: int, *fault_args: str, seed: int = 0) -> list[str]:
+    """The command of the deterministic fault server (:mod:`ocrpipe.local.faults`) on
+    ``port``, with ``fault_args`` (``--p503 0.2``, ``--batch-size 32``, ...)."""
+    server = [sys.executable, "-m", "ocrpipe.local.faults", "--host", "127.0.0.1"]
+    return [*server, "--port", str(port), "--seed", str(seed), "--log-level", "warning",
+            *fault_args]  # fmt: skip
+
+
+def fault_stack(*fault_args: str, seed: int = 0, **options: Any) -> LocalStack:
+    """A stack on free ports, with its own buckets, whose OCR server is the fault server
+    with ``fault_args``; ``options`` are :class:`LocalStack`'s (chaos, operations, bench)."""
+    ports = free_ports()
+    return LocalStack(
+        ports=ports,
+        ocr_command=fault_server_command(ports.ocr, *fault_args, seed=seed),
+        bucket_suffix=f"-{uuid.uuid4().hex[:6]}",
+        **options,
+    )
 
 
 def read_decisions(paths: Iterable[Path]) -> list[Decision]:
@@ -628,6 +711,10 @@ __all__ = [
     "LocalStack",
     "Ports",
     "StackError",
+    "fault_server_command",
+    "fault_stack",
+    "free_port",
+    "free_ports",
     "read_decisions",
     "replace",
     "settings_env",
