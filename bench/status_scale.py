@@ -19,11 +19,9 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -33,6 +31,7 @@ from ocrpipe.batch_status import batch_status
 from ocrpipe.local.stack import fake_gcs_server_binary
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectInfo
+from ocrpipe.testing.stores import ForwardingStore
 
 TARGET_SECONDS_2000 = 5.0  # "a prefix with 10,000 documents answers in seconds"
 PAGES = 2
@@ -72,14 +71,14 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float 
             time.sleep(0.05)
 
 
-@dataclass
-class Counting:
+class Counting(ForwardingStore):
     """An ObjectStore around GcsStore counting objects listed and objects read."""
 
-    inner: GcsStore
-    listed: int = 0
-    reads: int = 0
-    lists: list[tuple[str, int]] = field(default_factory=list)
+    def __init__(self, inner: GcsStore) -> None:
+        super().__init__(inner)
+        self.listed = 0
+        self.reads = 0
+        self.lists: list[tuple[str, int]] = []
 
     def list(self, bucket: str, prefix: str) -> list[ObjectInfo]:
         found = self.inner.list(bucket, prefix)
@@ -90,45 +89,6 @@ class Counting:
     def read(self, bucket: str, name: str) -> bytes:
         self.reads += 1
         return self.inner.read(bucket, name)
-
-    def stat(self, bucket: str, name: str) -> ObjectInfo | None:
-        return self.inner.stat(bucket, name)
-
-    def download(
-        self, bucket: str, name: str, dest: Path, *, generation: int | None = None
-    ) -> None:
-        self.inner.download(bucket, name, dest, generation=generation)
-
-    def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
-        return self.inner.create(bucket, name, data, content_type)
-
-    def write(
-        self,
-        bucket: str,
-        name: str,
-        data: bytes,
-        content_type: str,
-        *,
-        if_generation_match: int,
-        metadata: Mapping[str, str] | None = None,
-    ) -> int | None:
-        return self.inner.write(
-            bucket,
-            name,
-            data,
-            content_type,
-            if_generation_match=if_generation_match,
-            metadata=metadata,
-        )
-
-    def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
-        return self.inner.upload(bucket, name, source, content_type)
-
-    def delete(self, bucket: str, name: str) -> None:
-        self.inner.delete(bucket, name)
-
-    def rewrite_in_place(self, bucket: str, name: str, generation: int) -> int | None:
-        return self.inner.rewrite_in_place(bucket, name, generation)
 
 
 def fill(store: GcsStore, settings: Settings, documents: int) -> dict[str, int]:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.settings import Settings
-from ocrpipe.status import PageError, derive_state, parse_error
+from ocrpipe.status import PageError, derive_state, parse_error, poll_until
 from ocrpipe.storage import ObjectInfo, ObjectStore
 
 RATE_WINDOW_S = 300.0
@@ -369,16 +369,19 @@ def wait_for_batch(
     Returns the last status and whether the batch finished. An empty batch ends at once
     (nothing will appear by waiting: the inputs are listed first).
     """
-    deadline = clock() + timeout
-    while True:
+
+    def poll_and_show() -> BatchStatus:
         current = poll()
         on_update(current)
-        if current.finished or not current.documents:
-            return current, bool(current.documents)
-        left = deadline - clock()
-        if left <= 0:
-            return current, False
-        sleep(min(interval, left))
+        return current
+
+    def settled(current: BatchStatus) -> bool:
+        return current.finished or not current.documents
+
+    final, done = poll_until(
+        poll_and_show, settled, timeout=timeout, interval=interval, clock=clock, sleep=sleep
+    )
+    return final, done and bool(final.documents)
 
 
 def listing_prefix(names: Collection[str]) -> str:

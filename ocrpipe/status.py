@@ -31,13 +31,15 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ocrpipe import naming, records
 from ocrpipe.assemble import DIGEST_KEY, results_digest
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo, ObjectStore
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -295,18 +297,46 @@ def wait_for_documents(
 ) -> dict[str, DocumentStatus]:
     """Poll each of ``names`` until it is finished or ``timeout`` seconds passed. Returns
     the final status of those that finished; the others timed out."""
-    deadline = clock() + timeout
     finals: dict[str, DocumentStatus] = {}
-    while True:
+
+    def poll_unfinished() -> dict[str, DocumentStatus]:
         for name in names:
             if name not in finals:
                 current = poll(name)
                 on_update(current)
                 if current.finished_state:
                     finals[name] = current
+        return finals
+
+    def all_finished(finals: dict[str, DocumentStatus]) -> bool:
+        return len(finals) == len(names)
+
+    poll_until(
+        poll_unfinished, all_finished, timeout=timeout, interval=interval, clock=clock, sleep=sleep
+    )
+    return finals
+
+
+def poll_until(
+    poll: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    timeout: float,
+    interval: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[T, bool]:
+    """Call ``poll`` (at least once) every ``interval`` seconds until ``done`` holds for its
+    answer or ``timeout`` seconds passed, the last wait cut short at the deadline. Returns
+    the last answer and whether it was done."""
+    deadline = clock() + timeout
+    while True:
+        answer = poll()
+        if done(answer):
+            return answer, True
         left = deadline - clock()
-        if len(finals) == len(names) or left <= 0:
-            return finals
+        if left <= 0:
+            return answer, False
         sleep(min(interval, left))
 
 

@@ -4,10 +4,7 @@ ETA on a fake clock, the wait loop, and what a status costs in list calls and re
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO
+from dataclasses import dataclass
 
 import pytest
 
@@ -15,6 +12,7 @@ from ocrpipe import naming, records
 from ocrpipe.batch_status import batch_status, scan_prefix, verdict, wait_for_batch
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore, ObjectInfo
+from ocrpipe.testing.stores import ForwardingStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
 
@@ -66,15 +64,15 @@ def make_document(
     return doc
 
 
-@dataclass
-class CountingStore:
+class CountingStore(ForwardingStore):
     """Counts the list calls (and the GCS list pages they would cost) and the reads."""
 
-    inner: MemoryStore
-    lists: int = 0
-    list_pages: int = 0
-    listed: int = 0
-    reads: list[str] = field(default_factory=list)
+    def __init__(self, inner: MemoryStore) -> None:
+        super().__init__(inner)
+        self.lists = 0
+        self.list_pages = 0
+        self.listed = 0
+        self.reads: list[str] = []
 
     def list(self, bucket: str, prefix: str) -> list[ObjectInfo]:
         found = self.inner.list(bucket, prefix)
@@ -89,42 +87,6 @@ class CountingStore:
 
     def stat(self, bucket: str, name: str) -> ObjectInfo | None:
         raise AssertionError("a batch status lists; it never stats one object")
-
-    def download(
-        self, bucket: str, name: str, dest: Path, *, generation: int | None = None
-    ) -> None:
-        self.inner.download(bucket, name, dest, generation=generation)
-
-    def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
-        return self.inner.create(bucket, name, data, content_type)
-
-    def write(
-        self,
-        bucket: str,
-        name: str,
-        data: bytes,
-        content_type: str,
-        *,
-        if_generation_match: int,
-        metadata: Mapping[str, str] | None = None,
-    ) -> int | None:
-        return self.inner.write(
-            bucket,
-            name,
-            data,
-            content_type,
-            if_generation_match=if_generation_match,
-            metadata=metadata,
-        )
-
-    def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
-        return self.inner.upload(bucket, name, source, content_type)
-
-    def delete(self, bucket: str, name: str) -> None:
-        self.inner.delete(bucket, name)
-
-    def rewrite_in_place(self, bucket: str, name: str, generation: int) -> int | None:
-        return self.inner.rewrite_in_place(bucket, name, generation)
 
 
 def test_states_pages_and_failures_of_a_folder() -> None:

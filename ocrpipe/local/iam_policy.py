@@ -67,6 +67,16 @@ _OBJECT_USER_STORAGE = (
     "storage.objects.restore",
     "storage.objects.update",
 )
+# objectAdmin is objectUser plus the objects' own policies and retention.
+_OBJECT_ADMIN_STORAGE = (
+    *_OBJECT_USER_STORAGE,
+    "storage.managedFolders.getIamPolicy",
+    "storage.managedFolders.setIamPolicy",
+    "storage.objects.getIamPolicy",
+    "storage.objects.setIamPolicy",
+    "storage.objects.setRetention",
+    "storage.objects.overrideUnlockedRetention",
+)
 _PROJECT_READ = ("resourcemanager.projects.get", "resourcemanager.projects.list")
 
 # Predefined roles as Google's IAM reference lists them (the permissions that matter on a
@@ -100,29 +110,13 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
         (*_PROJECT_READ, "orgpolicy.policy.get", *_OBJECT_USER_STORAGE)
     ),
     "roles/storage.objectAdmin": frozenset(
-        (
-            *_PROJECT_READ,
-            "orgpolicy.policy.get",
-            *_OBJECT_USER_STORAGE,
-            "storage.managedFolders.getIamPolicy",
-            "storage.managedFolders.setIamPolicy",
-            "storage.objects.getIamPolicy",
-            "storage.objects.setIamPolicy",
-            "storage.objects.setRetention",
-            "storage.objects.overrideUnlockedRetention",
-        )
+        (*_PROJECT_READ, "orgpolicy.policy.get", *_OBJECT_ADMIN_STORAGE)
     ),
     "roles/storage.admin": frozenset(
         (
             *_PROJECT_READ,
             "orgpolicy.policy.get",
-            *_OBJECT_USER_STORAGE,
-            "storage.managedFolders.getIamPolicy",
-            "storage.managedFolders.setIamPolicy",
-            "storage.objects.getIamPolicy",
-            "storage.objects.setIamPolicy",
-            "storage.objects.setRetention",
-            "storage.objects.overrideUnlockedRetention",
+            *_OBJECT_ADMIN_STORAGE,
             "storage.buckets.create",
             "storage.buckets.delete",
             "storage.buckets.get",
