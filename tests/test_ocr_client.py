@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import socket
 import threading
@@ -395,3 +396,34 @@ async def test_a_looping_page_is_cut_while_streaming_then_answered_one_step_up()
     assert 0 < client.stats.loop_tokens < 1000
     assert result.usage.completion_tokens > client.stats.loop_tokens
     assert served["streamed"] == 2 and served["completion_tokens"] < 1100
+
+
+async def test_each_page_counts_its_own_attempts_when_pages_run_concurrently() -> None:
+    """Usage is billed per page: pages answered at once report 1 attempt each even while
+    another page of the same client is retried meanwhile (3 attempts)."""
+    flaky_url = "data:image/png;base64," + base64.b64encode(b"flaky").decode()
+    flaky_done = asyncio.Event()
+    flaky_attempts = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal flaky_attempts
+        body = json.loads(request.content)
+        if body["messages"][0]["content"][0]["image_url"]["url"] != flaky_url:
+            await flaky_done.wait()  # the other pages stay in flight through the retries
+            return completion("ok")
+        flaky_attempts += 1
+        if flaky_attempts < 3:
+            return httpx.Response(503)
+        flaky_done.set()
+        return completion("ok")
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://ocr")
+    clock = FakeClock()
+    params = OcrParams.from_settings(Settings(), model="lightonai/LightOnOCR-2-1B")
+    client = OcrClient(http, params, clock=clock, sleep=clock.sleep)
+    others = [client.ocr_page(f"page {n}".encode(), "image/png", deadline=clock.now + 60)
+              for n in range(9)]  # fmt: skip
+    flaky = client.ocr_page(b"flaky", "image/png", deadline=clock.now + 60)
+    results = await asyncio.gather(*others, flaky)
+    assert [r.usage.attempts for r in results] == [1] * 9 + [3]
+    assert client.stats.requests == 12
