@@ -159,6 +159,7 @@ class MalformedReply(Exception):
 class _PageAttempts:
     """What one :meth:`OcrClient.ocr_page` call has seen so far."""
 
+    requests: int = 0  # sent for this page, failed and looping ones included
     malformed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -206,7 +207,6 @@ class OcrClient:
     async def ocr_page(self, image: bytes, mime: str, *, deadline: float) -> OcrResult:
         """OCR one page image; ``deadline`` is a value of the client's clock."""
         data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
-        requests_before = self.stats.requests
         page = _PageAttempts()
         temperature, finish_reason = self._params.temperatures[0], ""
 
@@ -215,7 +215,7 @@ class OcrClient:
                 model=self._params.model,
                 temperature=temperature,
                 finish_reason=finish_reason,
-                attempts=self.stats.requests - requests_before,
+                attempts=page.requests,
                 prompt_tokens=page.prompt_tokens,
                 completion_tokens=page.completion_tokens,
                 ocr_seconds=page.seconds,
@@ -284,7 +284,7 @@ class OcrClient:
     ) -> StreamedCompletion:
         """One request; a malformed reply is retryable only a few times per page."""
         try:
-            return await self._send(payload, deadline)
+            return await self._send(payload, deadline, page)
         except MalformedReply as exc:
             self.stats.count("malformed")
             page.malformed += 1
@@ -309,7 +309,9 @@ class OcrClient:
     def _past_deadline(self, state: RetryCallState, deadline: float) -> bool:
         return self._clock() + state.upcoming_sleep + MIN_ATTEMPT_SECONDS >= deadline
 
-    async def _send(self, payload: dict[str, Any], deadline: float) -> StreamedCompletion:
+    async def _send(
+        self, payload: dict[str, Any], deadline: float, page: _PageAttempts
+    ) -> StreamedCompletion:
         """One attempt under one wall-clock limit: waiting for an in-flight slot, connect,
         send and the whole reply. A read timeout alone is not enough: a server that sends a
         byte now and then would reset it forever."""
@@ -325,6 +327,7 @@ class OcrClient:
                 async with self._in_flight:
                     phase = "timeout"
                     self.stats.requests += 1
+                    page.requests += 1
                     return await stream_completion(
                         self._http,
                         "/v1/chat/completions",
