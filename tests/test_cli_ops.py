@@ -229,3 +229,14 @@ def test_refused_deliveries_are_counted_and_listed_with_their_reason() -> None:
     assert "foreign_image" in text and "why 0" in text and "d42" in text
     note = views.invalid_message_note(2, "out").plain
     assert "gs://out/_invalid-messages/" in note and "ocrpipe status --invalid" in note
+
+
+def test_help_keeps_the_placeholders_it_names() -> None:
+    """Help is rendered as Markdown, where a bare <name> is an HTML tag and vanishes."""
+    for command in ("get", "submit", "status", "wait", "report", "retry", "up"):
+        shown = CliRunner().invoke(cli.app, [command, "--help"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        assert not any(lost in shown.output for lost in ("DIR/.", "DIR//")), shown.output
+    shown = CliRunner().invoke(cli.app, ["get", "--help"], env={"COLUMNS": "200"})
+    assert "DIR/<name>/pages/00001.md" in shown.output
+    assert "DIR/<name>.json" in shown.output
