@@ -699,17 +699,18 @@ def get(
         str, typer.Option("-o", "--output", help="Folder to write into, or - for stdout.")
     ] = ".",
     pages: Annotated[
-        bool, typer.Option("--pages", help="Also each page: DIR/<name>/pages/00001.md.")
+        bool, typer.Option("--pages", help="Also each page: `DIR/<name>/pages/00001.md`.")
     ] = False,
     record: Annotated[
         bool,
-        typer.Option("--json", help="Also document.json, where it exists: DIR/<name>.json."),
+        typer.Option("--json", help="Also document.json, where it exists: `DIR/<name>.json`."),
     ] = False,
     local: LocalOpt = False,
 ) -> None:
-    """Download each document's newest finished Markdown as DIR/<input name minus
-    extension>.md, mirroring the input folders. Files already there with the same bytes
-    are not downloaded again. Exit 1 if a document has no Markdown yet (or was rejected)."""
+    """Download each document's newest finished Markdown as `DIR/<name>.md` (`<name>`: the
+    input name minus its extension), mirroring the input folders. Files already there with
+    the same bytes are not downloaded again. Exit 1 if a document has no Markdown yet (or
+    was rejected)."""
     settings = load_settings(local)
     if not names and prefix is None:
         err.print("Name at least one document, or give --prefix.", style="red")
