@@ -14,6 +14,7 @@ start with it off unless it talks to emulators. ``/stats`` sits behind the same 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -84,13 +85,13 @@ class CertCache:
         now = self._clock()
         due = now >= self._expires or (refresh and now - self._fetched >= MIN_REFRESH_S)
         if due and (now >= self._retry_at or self._refresh.running):
-            try:
+            # A failed fetch is logged (and backed off) by _fetch_in_thread; a slow one goes
+            # on for the next caller. Either way, what we have decides below.
+            with contextlib.suppress(RetryableError, TimeoutError):
                 if self._usable(now):  # keys in hand: wait briefly, then use them stale
                     await asyncio.wait_for(self._refresh.wait(), STALE_WAIT_S)
                 else:
                     await self._refresh.wait()
-            except (RetryableError, TimeoutError):
-                pass  # logged by the fetch; fall back to what we have
         if self._usable(self._clock()):
             return self._certs
         raise RetryableError(
