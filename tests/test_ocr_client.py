@@ -98,10 +98,7 @@ async def test_request_timeout_is_capped_by_the_remaining_budget() -> None:
         return completion("ok")
 
     clock = FakeClock()
-    server = ScriptedOcrServer([])
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://ocr")
-    from ocrpipe.ocr_client import OcrClient, OcrParams
-
     client = OcrClient(
         http,
         OcrParams.from_settings(Settings(), model="m", request_timeout_s=300),
@@ -110,7 +107,6 @@ async def test_request_timeout_is_capped_by_the_remaining_budget() -> None:
     )
     await client.ocr_page(IMAGE, "image/png", deadline=clock.now + 42)
     assert seen == [42]
-    assert server.requests == []
 
 
 async def test_a_repetition_loop_climbs_the_temperature_ladder() -> None:
