@@ -25,6 +25,12 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """A shell's background job (nohup, &) ignores SIGINT and its children inherit that:
+    give ocrpipe up the Ctrl-C a terminal would, however this test run was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.e2e
 def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
     ports = free_ports()
@@ -32,7 +38,8 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
     args = [f"--{name}-port={port}" for name, port in vars(ports).items()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCRPIPE_")}
     up = subprocess.Popen([OCRPIPE, "up", *args], cwd=tmp_path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
     try:
         env_file = tmp_path / ".ocrpipe" / "local.env"
         deadline = time.monotonic() + 180
