@@ -56,7 +56,12 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
         assert "gs://ocrpipe-output/sample.pdf/@" in submit.stdout
     finally:
         up.send_signal(signal.SIGINT)
-        output, _ = up.communicate(timeout=60)
+        try:
+            output, _ = up.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.terminate()  # SIGTERM stops it too: leave no stack behind
+            up.communicate(timeout=60)
+            raise
     assert up.returncode == 0, output
     assert "stopping" in output
     assert not (tmp_path / ".ocrpipe" / "local.env").exists()
