@@ -1,5 +1,5 @@
 """Overhead of the authorizing GCS proxy: 200 KB create-only uploads from 8 threads, straight
-to fake-gcs-server and through ocrpipe.local.gcs_proxy (as the worker, onto output).
+to fake-gcs-server and through ocrpipe.local.iam.gcs_proxy (as the worker, onto output).
 
     .venv/bin/python -m bench.gcs_proxy [--uploads 800] [--threads 8] [--size-kb 200]
 """
@@ -71,7 +71,7 @@ def main() -> None:
     )  # fmt: skip
     env = {**os.environ, "OCRPIPE_PROJECT": PROJECT, "OCRPIPE_OUTPUT_BUCKET": bucket}
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "ocrpipe.local.gcs_proxy", "--upstream", upstream,
+        [sys.executable, "-m", "ocrpipe.local.iam.gcs_proxy", "--upstream", upstream,
          "--listen", f"worker={proxy_port}", "--usage-file", str(tmp / "usage.jsonl")],
         env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip

@@ -12,7 +12,7 @@ loop, three times over the same pages:
   ``max_tokens`` (4096) and ends ``finish_reason == "length"``;
 * **before, streamed**: the same, streamed without a detector (a check of the model: its
   wall-clock time must be tokens / R);
-* **after**: :func:`ocrpipe.completion_stream.stream_completion` with the default
+* **after**: :func:`ocrpipe.worker.completion_stream.stream_completion` with the default
   repetition rule: a loop is closed as soon as it is detected.
 
 GPU time model: the fault server generates R tokens/s per request, so a reply costs
@@ -41,14 +41,14 @@ import httpx
 
 from bench.common import say, target
 from bench.corpus import truth
-from ocrpipe.completion_stream import stream_completion
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.faults import FaultPlan, page_loops
 from ocrpipe.local.stack import fault_server_command, free_port
-from ocrpipe.repetition import DEFAULT_RULE, RepetitionDetector
 from ocrpipe.settings import Settings
 from ocrpipe.testing import inputs
 from ocrpipe.testing.pdfs import page_text, text_pdf
+from ocrpipe.worker.completion_stream import stream_completion
+from ocrpipe.worker.repetition import DEFAULT_RULE, RepetitionDetector
 
 TEMPERATURE_LADDER = Settings().ocr_temperatures
 
@@ -62,9 +62,9 @@ CHAT = "/v1/chat/completions"
 
 def chaos_pages(documents: int) -> list[bytes]:
     """The chaos test's page images, rendered as the splitter renders them."""
-    from ocrpipe.rendering.inputs import InputKind
-    from ocrpipe.rendering.page_decoders import RenderedPage
-    from ocrpipe.rendering.renderer import Renderer
+    from ocrpipe.splitter.rendering.inputs import InputKind
+    from ocrpipe.splitter.rendering.page_decoders import RenderedPage
+    from ocrpipe.splitter.rendering.renderer import Renderer
 
     images: list[bytes] = []
     with TemporaryDirectory() as tmp:

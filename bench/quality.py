@@ -71,9 +71,9 @@ def summarize(scores: list[dict[str, int]]) -> dict[str, float]:
 
 def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     from ocrpipe.local.engine import RapidOcrEngine, ocr_page
-    from ocrpipe.rendering.inputs import InputKind
-    from ocrpipe.rendering.page_decoders import RenderedPage
-    from ocrpipe.rendering.renderer import Renderer
+    from ocrpipe.splitter.rendering.inputs import InputKind
+    from ocrpipe.splitter.rendering.page_decoders import RenderedPage
+    from ocrpipe.splitter.rendering.renderer import Renderer
 
     per_type = 2 if quick else 10
     sizes = QUICK_PAGES if quick else FULL_PAGES

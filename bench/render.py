@@ -32,9 +32,9 @@ TARGET_SPEEDUP = 5.0
 
 
 def _render_pdfium(path: Path, processes: int) -> dict[str, Any]:
-    from ocrpipe.rendering.inputs import InputKind
-    from ocrpipe.rendering.page_decoders import RenderedPage
-    from ocrpipe.rendering.renderer import Renderer
+    from ocrpipe.splitter.rendering.inputs import InputKind
+    from ocrpipe.splitter.rendering.page_decoders import RenderedPage
+    from ocrpipe.splitter.rendering.renderer import Renderer
 
     started = time.perf_counter()
     total = 0
@@ -92,7 +92,7 @@ def _stages(path: Path, pages: int = 8) -> dict[str, Any]:
     import numpy as np
     import pypdfium2 as pdfium
 
-    from ocrpipe.rendering.page_decoders import page_scale
+    from ocrpipe.splitter.rendering.page_decoders import page_scale
 
     def png(image: Any) -> int:
         buffer = io.BytesIO()

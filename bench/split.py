@@ -1,6 +1,6 @@
 """Benchmark 4: the splitter at scale, time and peak memory against page count.
 
-``ocrpipe.split.split_document`` on generated text PDFs of 100, 300 and 1000 pages, with a
+``ocrpipe.splitter.split.split_document`` on generated text PDFs of 100, 300 and 1000 pages, with a
 store that serves the input from disk and discards every write, and a publisher that
 discards every message: what is left is the splitter's own work (download, count, render in
 the pool, build messages). Each size runs in a fresh interpreter under the process-tree
@@ -84,7 +84,7 @@ class DiscardingPublisher:
 def _child(path: Path) -> None:
     from ocrpipe.naming import DocumentRef
     from ocrpipe.settings import Settings
-    from ocrpipe.split import split_document
+    from ocrpipe.splitter.split import split_document
 
     settings = Settings(max_pages=10_000, render_processes=2, verify_push_auth=False)
     doc = DocumentRef(settings.input_bucket, "bench/input.pdf", 1)

@@ -28,8 +28,8 @@ from bench.common import cpu_seconds, machine_busy_seconds
 from ocrpipe import naming
 from ocrpipe.local.stack import LocalStack, fault_stack
 from ocrpipe.naming import DocumentRef
+from ocrpipe.operations.status import document_status
 from ocrpipe.settings import Settings
-from ocrpipe.status import document_status
 from ocrpipe.storage import GcsStore
 
 

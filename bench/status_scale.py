@@ -3,8 +3,8 @@
 fake-gcs-server alone (started like the local stack starts it), filled directly with 2,000
 documents (200 with ``--quick``) as the pipeline would have left them: an input each, a
 manifest, 2 pages, ``document.md``; a mix of done (80%), running (10%), partial (5%),
-rejected (3%) and not yet split (2%). Then :func:`ocrpipe.batch_status.batch_status` on the
-prefix, three times; the figures are the median time, the list requests seen on the wire
+rejected (3%) and not yet split (2%). Then :func:`ocrpipe.operations.batch_status.batch_status` on
+the prefix, three times; the figures are the median time, the list requests seen on the wire
 (a requests hook on the client), the objects those listings returned and the objects read.
 GCS lists 1000 objects per call, so the expected list calls are
 ``ceil(inputs / 1000) + ceil(output objects / 1000)``.
@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 from bench.common import say, target
 from ocrpipe import naming, records
-from ocrpipe.batch_status import batch_status
 from ocrpipe.local.stack import fake_gcs_server_binary
+from ocrpipe.operations.batch_status import batch_status
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectInfo
 from ocrpipe.testing.stores import ForwardingStore

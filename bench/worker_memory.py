@@ -5,7 +5,8 @@ with ``OCRPIPE_OCR_MAX_IN_FLIGHT`` = N (32, the default) and a fault server as O
 holds every request for a few seconds (``--batch-size N --service-time S``: all N at once),
 so all N requests are open at the same time. N pushes arrive together, each naming the
 largest page the splitter can produce: 1540 x 6160 px, encoded as the splitter encodes it
-(:func:`ocrpipe.rendering.page_decoders.encode`, lossless: PNG at level 1), in two flavours:
+(:func:`ocrpipe.splitter.rendering.page_decoders.encode`, lossless: PNG at level 1), in two
+flavours:
 
 * ``grey``: a noisy grey page (Gaussian noise, sigma 40), which the splitter sends as a
   one-channel PNG (~9 MiB);
@@ -47,7 +48,7 @@ VARIABLES_TF = REPO / "terraform" / "variables.tf"
 def page_png(flavour: str) -> bytes:
     from PIL import Image
 
-    from ocrpipe.rendering.page_decoders import encode
+    from ocrpipe.splitter.rendering.page_decoders import encode
 
     if flavour == "rgb":
         width, height = PAGE_SIZE
@@ -234,7 +235,7 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         f"real worker app under uvicorn, OCRPIPE_OCR_MAX_IN_FLIGHT={in_flight}, fault server"
         f" holding each request {hold_s:g} s (all at once), {in_flight} pushes at once of a"
         f" {PAGE_SIZE[0]} x {PAGE_SIZE[1]} noisy page encoded by"
-        " ocrpipe.rendering.page_decoders.encode;"
+        " ocrpipe.splitter.rendering.page_decoders.encode;"
         " peak = worker VmHWM; target = worker_resources.memory default in"
         f" terraform/variables.tf x {HEADROOM}"
     )

@@ -3,7 +3,7 @@ messages. Run it as ``uvicorn --factory ocr_worker.app:create_app``.
 
 This module only parses the request, builds the real clients once per process (the store,
 the OCR client, the publisher of the documents topic), and calls
-:func:`ocrpipe.page_work.process_page`. The push status comes from one place,
+:func:`ocrpipe.worker.page_work.process_page`. The push status comes from one place,
 :func:`ocrpipe.errors.push_status_for`.
 """
 
@@ -27,12 +27,12 @@ from ocrpipe import naming
 from ocrpipe.errors import BadMessage, PermanentError, RetryableError, push_status_for
 from ocrpipe.logs import configure_logging, log_context, trace_from_headers
 from ocrpipe.messages import PageMessage, PushEnvelope
-from ocrpipe.ocr_client import OcrClient, OcrParams
-from ocrpipe.page_work import ManifestCache, process_page
 from ocrpipe.pubsub import Publisher, PubSubPublisher
-from ocrpipe.push_auth import PushVerifier, build_verifier
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectStore
+from ocrpipe.worker.ocr_client import OcrClient, OcrParams
+from ocrpipe.worker.page_work import ManifestCache, process_page
+from ocrpipe.worker.push_auth import PushVerifier, build_verifier
 
 logger = logging.getLogger("ocr_worker")
 
@@ -48,7 +48,7 @@ class Services:
 
 
 def build_ocr_client(settings: Settings) -> OcrClient:
-    from ocrpipe.id_tokens import auth_for
+    from ocrpipe.worker.id_tokens import auth_for
 
     params = OcrParams.from_settings(settings)
     return OcrClient.create(settings.ocr_url, params, auth=auth_for(settings))

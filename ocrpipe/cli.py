@@ -36,8 +36,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from ocrpipe import batch_views, bill, naming, results, uploads, views
-from ocrpipe.batch_status import (
+from ocrpipe import naming
+from ocrpipe.errors import ObjectMissing, OcrpipeError, RetryRefused
+from ocrpipe.operations import batch_views, bill, views
+from ocrpipe.operations import get as results
+from ocrpipe.operations import submit as uploads
+from ocrpipe.operations.batch_status import (
     BatchStatus,
     DocumentObjects,
     batch_status,
@@ -45,13 +49,10 @@ from ocrpipe.batch_status import (
     verdict,
     wait_for_batch,
 )
-from ocrpipe.dlq import list_dead_letters, replay
-from ocrpipe.errors import ObjectMissing, OcrpipeError, RetryRefused
-from ocrpipe.pubsub import Publisher, PubSubPublisher
-from ocrpipe.pull import PubSubPullSubscription, PullSubscription
-from ocrpipe.requeue import plan_unfinished_pages, reprocess, requeue
-from ocrpipe.settings import Settings
-from ocrpipe.status import (
+from ocrpipe.operations.dead_letters import list_dead_letters, replay
+from ocrpipe.operations.pull import PubSubPullSubscription, PullSubscription
+from ocrpipe.operations.retry import plan_unfinished_pages, reprocess, requeue
+from ocrpipe.operations.status import (
     DocumentStatus,
     document_status,
     documents_verdict,
@@ -59,6 +60,8 @@ from ocrpipe.status import (
     recent_documents,
     wait_for_documents,
 )
+from ocrpipe.pubsub import Publisher, PubSubPublisher
+from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectStore
 
 LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
@@ -259,7 +262,7 @@ def iam_report(as_json: JsonOpt = False, local: LocalOpt = False) -> None:
     """Per identity of the running local stack: the permissions its calls used, those it
     is granted but never used (candidates for removal), and the calls that were refused.
     Exit 1 if a call was refused."""
-    from ocrpipe.local.iam_policy import Authorizer, usage_report
+    from ocrpipe.local.iam.policy import Authorizer, usage_report
     from ocrpipe.local.stack import read_decisions
 
     if not local:

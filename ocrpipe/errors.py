@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from ocrpipe.ocr_client import OcrUsage
+    from ocrpipe.worker.ocr_client import OcrUsage
 
 
 class OcrpipeError(Exception):

@@ -23,7 +23,7 @@ reserved: :func:`name_key` escapes it in user names, so ``@latest.json`` and ``@
 never collide with an input's own name.
 
 Work bucket: ``pages/<doc_id>/00001.png`` (rendered page images, see
-:mod:`ocrpipe.split_lease` for the splitter's own records next to them).
+:mod:`ocrpipe.splitter.split_lease` for the splitter's own records next to them).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def lease_name(doc_id: str, number: int) -> str:
 
 @dataclass(frozen=True)
 class WorkState:
-    """What the work bucket holds for one document (see :mod:`ocrpipe.split_lease`)."""
+    """What the work bucket holds for one document (see :mod:`ocrpipe.splitter.split_lease`)."""
 
     images: dict[int, str]  # page -> object name of its image
     published: frozenset[int]

@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     iam_overrides_file: str = Field(
         "",
         description="Local stack only: a JSON file that adds or revokes grants of"
-        " ocrpipe/iam.json for the authorizing proxies (tests); see ocrpipe.local.iam_policy.",
+        " ocrpipe/iam.json for the authorizing proxies (tests); see ocrpipe.local.iam.policy.",
     )
 
     pubsub_emulator_host: str | None = Field(
@@ -145,7 +145,7 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("STORAGE_EMULATOR_HOST", "storage_emulator_host")
     )
 
-    # What a GPU instance costs, for `ocrpipe report`'s estimates (ocrpipe/bill.py).
+    # What a GPU instance costs, for `ocrpipe report`'s estimates (ocrpipe/operations/bill.py).
     gpu_price_per_hour: float = Field(
         1.42,
         ge=0,
@@ -191,8 +191,8 @@ class Settings(BaseSettings):
         """Bytes of the largest page image the splitter can write, or the explicit limit.
 
         The largest page is a sliver rendered at 4 x ``render_longest_side`` and padded to
-        1:8 (:mod:`ocrpipe.rendering.page_decoders`): 2 x side^2 pixels. As 3-channel PNG at
-        worst (noise that does not compress) that is 3 bytes a pixel plus a filter byte a row
+        1:8 (:mod:`ocrpipe.splitter.rendering.page_decoders`): 2 x side^2 pixels. As 3-channel PNG
+        at worst (noise that does not compress) that is 3 bytes a pixel plus a filter byte a row
         and zlib's framing; a tenth more and 64 KiB cover both. About 15.6 MB at 1540 px.
         """
         if self.max_page_image_bytes is not None:

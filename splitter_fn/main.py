@@ -4,7 +4,7 @@
 Run locally with ``functions-framework --source splitter_fn/main.py --target on_finalize
 --signature-type cloudevent``. This module only parses the event, builds the real clients
 (once per instance, on the first event, never at import), and calls
-:func:`ocrpipe.split.split_document`.
+:func:`ocrpipe.splitter.split.split_document`.
 
 Returning normally acknowledges the event, which is what happens for bad input once its
 error record is written (a file that cannot be processed is never retried). Raising makes
@@ -27,7 +27,7 @@ from ocrpipe.logs import configure_logging, log_context, trace_from_headers
 from ocrpipe.messages import StorageObjectData
 from ocrpipe.pubsub import Publisher, PubSubPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.split import split_document
+from ocrpipe.splitter.split import split_document
 from ocrpipe.storage import GcsStore, ObjectStore
 
 FINALIZED = "google.cloud.storage.object.v1.finalized"

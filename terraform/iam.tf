@@ -23,7 +23,7 @@
 locals {
   pubsub_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
-  # The one source of truth for the pipeline's grants (ocrpipe.local.iam_policy reads it too).
+  # The one source of truth for the pipeline's grants (ocrpipe.local.iam.policy reads it too).
   iam = jsondecode(file("${path.module}/../ocrpipe/iam.json"))
 
   # Who each identity of iam.json is in this project.

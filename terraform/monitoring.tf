@@ -8,10 +8,10 @@
 #
 #   pages_done, page_latency  ocr_worker/app.py, logger "ocr_worker": "page written" with
 #                             duration_ms (push received to answer), once per delivery
-#                             that wrote a page. ocrpipe/page_work.py logs "page written" too
-#                             (OCR time only, logger ocrpipe.page_work): the logger condition
+#                             that wrote a page. ocrpipe/worker/page_work.py logs "page written" too
+#                             (OCR time only, logger ocrpipe.worker.page_work): the logger condition
 #                             keeps every page counted once.
-#   pages_failed              ocrpipe/page_work.py: "page failed for good: <message>" with
+#   pages_failed              ocrpipe/worker/page_work.py: "page failed for good: <message>" with
 #                             reason (the error record's reason code), once per page.
 #
 # No notification channel configured (alert_notification empty): the policies still exist

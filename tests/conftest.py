@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ocrpipe.local.stack import LocalStack, free_ports
+from ocrpipe.operations.status import DocumentStatus, document_status
 from ocrpipe.settings import Settings
-from ocrpipe.status import DocumentStatus, document_status
 from ocrpipe.storage import GcsStore
 
 

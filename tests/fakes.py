@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ocrpipe.ocr_client import OcrClient, OcrParams
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore, ObjectInfo
+from ocrpipe.worker.ocr_client import OcrClient, OcrParams
 
 
 @dataclass

@@ -19,11 +19,11 @@ from ocr_worker.app import create_app
 from ocrpipe import announce, naming, notifications, records
 from ocrpipe.errors import StorageUnavailable
 from ocrpipe.messages import PageMessage
-from ocrpipe.ocr_client import OcrClient, OcrParams, OcrResult
-from ocrpipe.page_work import complete_document, process_page
+from ocrpipe.operations.retry import plan_unfinished_pages, requeue
 from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
-from ocrpipe.requeue import plan_unfinished_pages, requeue
 from ocrpipe.storage import MemoryStore
+from ocrpipe.worker.ocr_client import OcrClient, OcrParams, OcrResult
+from ocrpipe.worker.page_work import complete_document, process_page
 from tests.fakes import ScriptedOcrServer, completion
 from tests.test_worker_contract import SETTINGS, envelope, page_text, prepare
 

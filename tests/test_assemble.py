@@ -12,7 +12,7 @@ from ocrpipe.errors import (
     StorageUnavailable,
     push_status_for,
 )
-from ocrpipe.status import derive_state
+from ocrpipe.operations.status import derive_state
 
 
 def test_pages_in_order_with_numbered_separators() -> None:
@@ -78,10 +78,10 @@ def test_document_json_slices_document_md_back_into_each_page_byte_exactly() -> 
     import json
 
     from ocrpipe import naming, records
-    from ocrpipe.page_work import complete_document
     from ocrpipe.pubsub import MemoryPublisher
     from ocrpipe.settings import Settings
     from ocrpipe.storage import MemoryStore
+    from ocrpipe.worker.page_work import complete_document
 
     settings = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
     store = MemoryStore()
@@ -118,7 +118,7 @@ def test_one_assembly_per_document_at_a_time_and_no_lock_left_behind() -> None:
     import threading
     import time as clock
 
-    from ocrpipe.page_work import KeyedLocks
+    from ocrpipe.worker.page_work import KeyedLocks
 
     locks = KeyedLocks()
     inside: list[str] = []

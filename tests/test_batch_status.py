@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from ocrpipe import naming, records
-from ocrpipe.batch_status import batch_status, scan_prefix, verdict, wait_for_batch
+from ocrpipe.operations.batch_status import batch_status, scan_prefix, verdict, wait_for_batch
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore, ObjectInfo
 from ocrpipe.testing.stores import ForwardingStore

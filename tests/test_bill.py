@@ -1,4 +1,4 @@
-"""The bill of a batch (ocrpipe/bill.py): usage summed from document.json records as the
+"""The bill of a batch (ocrpipe/operations/bill.py): usage summed from document.json records as the
 worker writes them, GPU time estimated two ways, and the cost per 1,000 pages."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from ocrpipe import bill, naming
-from ocrpipe.batch_status import scan_prefix
+from ocrpipe import naming
+from ocrpipe.operations import bill
+from ocrpipe.operations.batch_status import scan_prefix
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore
 

@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ocrpipe import cli, naming, records, views
-from ocrpipe.settings import Settings
-from ocrpipe.status import (
+from ocrpipe import cli, naming, records
+from ocrpipe.operations import views
+from ocrpipe.operations.status import (
     DocumentStatus,
     PageError,
     document_status,
     documents_verdict,
     wait_for_documents,
 )
+from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
@@ -190,7 +191,7 @@ def test_the_dead_letter_table_shows_name_page_deliveries_and_times() -> None:
 
     from rich.console import Console
 
-    from ocrpipe.dlq import DELIVERY_COUNT, SOURCE_PUBLISH_TIME, DeadLetter
+    from ocrpipe.operations.dead_letters import DELIVERY_COUNT, SOURCE_PUBLISH_TIME, DeadLetter
 
     letter = DeadLetter(
         "m1",
@@ -214,7 +215,7 @@ def test_the_dead_letter_table_shows_name_page_deliveries_and_times() -> None:
 def test_refused_deliveries_are_counted_and_listed_with_their_reason() -> None:
     from rich.console import Console
 
-    from ocrpipe.status import invalid_messages
+    from ocrpipe.operations.status import invalid_messages
 
     store = MemoryStore()
     for n, reason in enumerate(["foreign_image", "bad_message"]):

@@ -13,15 +13,15 @@ import anyio
 import httpx
 import pytest
 
-from ocrpipe.completion_stream import (
+from ocrpipe.local import engine
+from ocrpipe.local.boxes_to_markdown import rect
+from ocrpipe.local.faults import FaultPlan, create_app, serve_in_background
+from ocrpipe.worker.completion_stream import (
     REPETITION,
     CompletionRefused,
     MalformedStream,
     stream_completion,
 )
-from ocrpipe.local import engine
-from ocrpipe.local.faults import FaultPlan, create_app, serve_in_background
-from ocrpipe.local.layout import rect
 from tests.test_engine import BLANK, FakeEngine
 from tests.test_faults import CHAT, chat, page
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ocrpipe import dlq
 from ocrpipe.errors import StorageUnavailable
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
+from ocrpipe.operations import dead_letters as dlq
+from ocrpipe.operations.pull import MemorySubscription, Received
 from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
-from ocrpipe.pull import MemorySubscription, Received
 
 PAGES_TOPIC = "ocrpipe-pages"
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from rapidfuzz.distance import Levenshtein
 
+from ocrpipe.local.boxes_to_markdown import TextBox, rect
 from ocrpipe.local.engine import DEFAULT_MODEL, RapidOcrEngine, create_app
-from ocrpipe.local.layout import TextBox, rect
 
 PARAGRAPHS = (
     "Quarterly Report 2024",

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from ocrpipe import cli, naming
 from ocrpipe.local.stack import LocalStack, settings_env
 from ocrpipe.naming import DocumentRef
+from ocrpipe.operations.pull import PubSubPullSubscription
 from ocrpipe.pubsub import subscriber_client
-from ocrpipe.pull import PubSubPullSubscription
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 

@@ -1,4 +1,4 @@
-"""The authorizing GCS proxy (ocrpipe.local.gcs_proxy) in front of a real fake-gcs-server,
+"""The authorizing GCS proxy (ocrpipe.local.iam.gcs_proxy) in front of a real fake-gcs-server,
 driven through google-cloud-storage and ocrpipe.storage.GcsStore as the services drive it."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def start_proxy(
         "OCRPIPE_IAM_OVERRIDES_FILE": str(overrides_file),
     }
     listen = [arg for i, p in ports.items() for arg in ("--listen", f"{i}={p}")]
-    command = [sys.executable, "-m", "ocrpipe.local.gcs_proxy", "--upstream", upstream,
+    command = [sys.executable, "-m", "ocrpipe.local.iam.gcs_proxy", "--upstream", upstream,
                *listen, "--usage-file", str(usage)]  # fmt: skip
     log = tmp / "proxy.log"
     with log.open("wb") as out:

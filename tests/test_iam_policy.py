@@ -1,4 +1,4 @@
-"""The policy engine of the local stack (ocrpipe.local.iam_policy) and the grants of
+"""The policy engine of the local stack (ocrpipe.local.iam.policy) and the grants of
 ocrpipe/iam.json: what each identity may do, evaluated the way IAM evaluates it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ocrpipe.local.iam_policy import (
+from ocrpipe.local.iam.policy import (
     ROLE_PERMISSIONS,
     Authorizer,
     Decision,

@@ -18,7 +18,7 @@ import pytest
 from ocrpipe import naming
 from ocrpipe.local.stack import IDENTITIES, LocalStack, free_ports
 from ocrpipe.naming import DocumentRef
-from ocrpipe.status import document_status
+from ocrpipe.operations.status import document_status
 from ocrpipe.storage import GcsStore
 from tests.conftest import unique_name, wait_until_finished
 

@@ -14,9 +14,9 @@ import pytest
 from google.auth.exceptions import TransportError
 
 from ocrpipe.errors import OcrUnavailable
-from ocrpipe.id_tokens import REFRESH_BEFORE_EXPIRY_S, IdTokenAuth, auth_for
-from ocrpipe.ocr_client import OcrClient, OcrParams
 from ocrpipe.settings import Settings
+from ocrpipe.worker.id_tokens import REFRESH_BEFORE_EXPIRY_S, IdTokenAuth, auth_for
+from ocrpipe.worker.ocr_client import OcrClient, OcrParams
 from tests.fakes import FakeClock, ScriptedOcrServer, completion
 from tests.tokens import SigningKey
 

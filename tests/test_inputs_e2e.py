@@ -17,7 +17,7 @@ from PIL import Image
 from ocrpipe import naming
 from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.naming import DocumentRef
-from ocrpipe.status import document_status
+from ocrpipe.operations.status import document_status
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing import inputs as make
 from ocrpipe.testing.pdfs import text_pdf

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocrpipe.local.layout import TextBox, boxes_to_markdown, group_lines, rect
+from ocrpipe.local.boxes_to_markdown import TextBox, boxes_to_markdown, group_lines, rect
 
 
 def line(top: float, *words: tuple[float, str], height: float = 30) -> list[TextBox]:

@@ -11,7 +11,7 @@ import pytest
 from ocrpipe import naming
 from ocrpipe.local.stack import LocalStack
 from ocrpipe.naming import DocumentRef
-from ocrpipe.status import document_status
+from ocrpipe.operations.status import document_status
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.inputs import text_pages_pdf
 from tests.conftest import wait_until_finished

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
-from ocrpipe.ocr_client import MAX_BACKOFF_SECONDS, OcrClient, OcrParams, parse_retry_after
 from ocrpipe.settings import Settings
+from ocrpipe.worker.ocr_client import MAX_BACKOFF_SECONDS, OcrClient, OcrParams, parse_retry_after
 from tests.fakes import FakeClock, ScriptedOcrServer, completion
 
 IMAGE = b"\x89PNG fake image bytes"
@@ -149,7 +149,7 @@ async def test_auth_headers_are_sent() -> None:
 
     server = ScriptedOcrServer([completion("ok")])
     http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url="http://ocr")
-    from ocrpipe.ocr_client import OcrClient, OcrParams
+    from ocrpipe.worker.ocr_client import OcrClient, OcrParams
 
     await OcrClient(http, OcrParams.from_settings(Settings(), model="m"), auth=Auth()).ocr_page(
         IMAGE, "image/png", deadline=float("inf")
@@ -187,7 +187,7 @@ async def test_auth_and_routing_errors_are_retried_and_logged_as_configuration_t
         [httpx.Response(status, text="denied"), httpx.Response(status), completion("ok")]
     )
     clock = FakeClock()
-    with caplog.at_level(logging.ERROR, logger="ocrpipe.ocr_client"):
+    with caplog.at_level(logging.ERROR, logger="ocrpipe.worker.ocr_client"):
         result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
     assert result.markdown == "ok" and result.usage.attempts == 3
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]

@@ -30,12 +30,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from ocrpipe import cli, dlq, naming
+from ocrpipe import cli, naming
 from ocrpipe.local.stack import LocalStack, fault_stack, settings_env
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
+from ocrpipe.operations import dead_letters as dlq
+from ocrpipe.operations.pull import PubSubPullSubscription, Received
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, publisher_client, subscriber_client
-from ocrpipe.pull import PubSubPullSubscription, Received
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.topology import load_topology

@@ -18,11 +18,11 @@ from google.api_core import exceptions as gexc
 from google.cloud.pubsub_v1.subscriber.message import Message
 
 from ocrpipe.errors import AccessDenied
-from ocrpipe.local.iam_policy import Authorizer
-from ocrpipe.local.pubsub_proxy import DENIED_MESSAGE, PubSubProxy
+from ocrpipe.local.iam.policy import Authorizer
+from ocrpipe.local.iam.pubsub_proxy import DENIED_MESSAGE, PubSubProxy
 from ocrpipe.local.stack import find_pubsub_emulator, free_port
+from ocrpipe.operations.pull import PubSubPullSubscription, Received
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, publisher_client, subscriber_client
-from ocrpipe.pull import PubSubPullSubscription, Received
 from ocrpipe.settings import Settings
 
 pytestmark = pytest.mark.e2e

@@ -21,9 +21,9 @@ from ocr_worker.app import create_app
 from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import MemoryPublisher
-from ocrpipe.push_auth import CertCache, PushVerifier, build_verifier
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore
+from ocrpipe.worker.push_auth import CertCache, PushVerifier, build_verifier
 from tests.fakes import ScriptedOcrServer, completion
 from tests.tokens import AUDIENCE, PUSH_ACCOUNT, KeySet, SigningKey
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from ocrpipe.errors import BadInput
-from ocrpipe.rendering.inputs import InputKind
-from ocrpipe.rendering.page_decoders import MIN_SHORT_SIDE, RenderedPage, page_scale
-from ocrpipe.rendering.renderer import Renderer
+from ocrpipe.splitter.rendering.inputs import InputKind
+from ocrpipe.splitter.rendering.page_decoders import MIN_SHORT_SIDE, RenderedPage, page_scale
+from ocrpipe.splitter.rendering.renderer import Renderer
 from ocrpipe.testing.pdfs import text_pdf
 
 

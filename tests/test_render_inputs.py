@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from ocrpipe.errors import BadInput
-from ocrpipe.rendering.inputs import InputKind
-from ocrpipe.rendering.page_decoders import MAX_IMAGE_UPSCALE, RenderedPage, image_scale
-from ocrpipe.rendering.renderer import PageFailure, Renderer, RenderLimits
 from ocrpipe.settings import Settings
+from ocrpipe.splitter.rendering.inputs import InputKind
+from ocrpipe.splitter.rendering.page_decoders import MAX_IMAGE_UPSCALE, RenderedPage, image_scale
+from ocrpipe.splitter.rendering.renderer import PageFailure, Renderer, RenderLimits
 from ocrpipe.testing import inputs as make
 
 

@@ -10,13 +10,13 @@ import pytest
 
 from bench.corpus import truth
 from bench.loops import corpora
-from ocrpipe.repetition import (
+from ocrpipe.testing.pdfs import WORDS
+from ocrpipe.worker.repetition import (
     DEFAULT_RULE,
     RepetitionDetector,
     RepetitionRule,
     find_loop,
 )
-from ocrpipe.testing.pdfs import WORDS
 
 CORPORA = corpora()
 

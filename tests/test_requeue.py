@@ -11,12 +11,12 @@ from ocrpipe import naming, records
 from ocrpipe.assemble import assemble_document
 from ocrpipe.errors import RetryRefused
 from ocrpipe.messages import PageMessage
-from ocrpipe.page_work import complete_document, process_page
+from ocrpipe.operations.retry import plan_unfinished_pages, reprocess, requeue
+from ocrpipe.operations.status import document_status
 from ocrpipe.pubsub import MemoryPublisher
-from ocrpipe.requeue import plan_unfinished_pages, reprocess, requeue
 from ocrpipe.settings import Settings
-from ocrpipe.status import document_status
 from ocrpipe.storage import MemoryStore
+from ocrpipe.worker.page_work import complete_document, process_page
 from tests.fakes import ScriptedOcrServer, completion
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")

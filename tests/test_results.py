@@ -9,7 +9,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from ocrpipe import naming, results
+from ocrpipe import naming
+from ocrpipe.operations import get as results
 from ocrpipe.storage import MemoryStore
 from tests.test_batch_status import SETTINGS, make_document
 

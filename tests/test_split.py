@@ -14,14 +14,14 @@ import pytest
 from ocrpipe import naming, records
 from ocrpipe.errors import RetryableError, StorageUnavailable
 from ocrpipe.messages import PageMessage
-from ocrpipe.page_work import process_page
+from ocrpipe.operations.status import document_status
 from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
 from ocrpipe.settings import Settings
-from ocrpipe.split import split_document
-from ocrpipe.status import document_status
+from ocrpipe.splitter.split import split_document
 from ocrpipe.storage import MemoryStore
 from ocrpipe.testing import inputs as make
 from ocrpipe.testing.pdfs import text_pdf
+from ocrpipe.worker.page_work import process_page
 from tests.fakes import ScriptedOcrServer, completion
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out", render_processes=2)

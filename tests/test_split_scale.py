@@ -28,7 +28,7 @@ from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, subscriber_client
 from ocrpipe.settings import Settings
-from ocrpipe.split import split_document
+from ocrpipe.splitter.split import split_document
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 

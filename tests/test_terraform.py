@@ -20,7 +20,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from ocrpipe.local.iam_policy import GRANTS_FILE, ROLE_PERMISSIONS, Authorizer
+from ocrpipe.local.iam.policy import GRANTS_FILE, ROLE_PERMISSIONS, Authorizer
 from ocrpipe.settings import Settings
 from ocrpipe.topology import TOPOLOGY_FILE
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ocrpipe import uploads
+from ocrpipe.operations import submit as uploads
 from ocrpipe.storage import MemoryStore, crc32c_of, md5_of
 
 

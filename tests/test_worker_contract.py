@@ -15,9 +15,9 @@ from ocr_worker.app import create_app
 from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
+from ocrpipe.operations.status import invalid_messages
 from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.status import invalid_messages
 from ocrpipe.storage import MemoryStore, ObjectInfo
 from tests.fakes import RecordingStore, ScriptedOcrServer, completion
 
@@ -176,7 +176,7 @@ def test_health(client: TestClient) -> None:
 def test_two_instances_finishing_the_last_pages_at_once_assemble_exactly_once() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from ocrpipe.page_work import complete_document
+    from ocrpipe.worker.page_work import complete_document
 
     store = MemoryStore()
     doc, _ = prepare(store, pages=2)
@@ -208,7 +208,7 @@ class CountingStore(MemoryStore):
 def test_a_long_document_is_assembled_once_at_its_last_page_without_quadratic_listing() -> None:
     import random
 
-    from ocrpipe.page_work import complete_document
+    from ocrpipe.worker.page_work import complete_document
 
     pages = 1000
     store = CountingStore()

@@ -51,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ocrpipe.local.layout import TextBox, boxes_to_markdown
+from ocrpipe.local.boxes_to_markdown import TextBox, boxes_to_markdown
 from ocrpipe.logs import configure_logging
 
 logger = logging.getLogger(__name__)

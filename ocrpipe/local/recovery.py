@@ -18,8 +18,8 @@ missing, for the current generation of every input:
   again: the worker finds it answered, and its completion check assembles the document.
 
 Duplicates are harmless (a page published twice is written once); every step is what
-``ocrpipe retry --failed-only`` (:mod:`ocrpipe.requeue`) and a redelivered finalize event do
-anyway. The stack runs this acting for itself, on the raw emulators.
+``ocrpipe retry --failed-only`` (:mod:`ocrpipe.operations.retry`) and a redelivered finalize event
+do anyway. The stack runs this acting for itself, on the raw emulators.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import httpx
 from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.messages import PageMessage
+from ocrpipe.operations.status import assembly_stale
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
-from ocrpipe.status import assembly_stale
 from ocrpipe.storage import ObjectStore
 
 PUBLISH_BATCH = 100

@@ -47,7 +47,7 @@ from ocrpipe.storage import GcsStore
 from ocrpipe.topology import load_topology
 
 if TYPE_CHECKING:
-    from ocrpipe.local.iam_policy import Authorizer, Decision
+    from ocrpipe.local.iam.policy import Authorizer, Decision
     from ocrpipe.local.recovery import RecoveryReport
 
 PUBSUB_EMULATOR_CANDIDATES = (
@@ -147,7 +147,7 @@ class LocalStack:
     # None: in memory.
     data_dir: Path | None = None
     iam: bool = True  # False: every service talks to the raw emulators
-    # Grants added or taken away, per identity (see ocrpipe.local.iam_policy), e.g.
+    # Grants added or taken away, per identity (see ocrpipe.local.iam.policy), e.g.
     # {"worker": {"revoke": [{"bucket": "output", "permission": "storage.objects.list"}]}}
     iam_overrides: Mapping[str, Any] | None = None
     children: list[Child] = field(default_factory=list)
@@ -219,7 +219,7 @@ class LocalStack:
 
     def authorizer(self) -> Authorizer:
         """The grants the proxies enforce (``ocrpipe/iam.json`` plus the overrides)."""
-        from ocrpipe.local.iam_policy import Authorizer
+        from ocrpipe.local.iam.policy import Authorizer
 
         return Authorizer.from_grants(self.admin_settings, overrides=self.iam_overrides)
 
@@ -229,7 +229,7 @@ class LocalStack:
 
     def iam_usage(self) -> dict[str, dict[str, list[str]]]:
         """Per identity, the permissions used and those granted but never used."""
-        from ocrpipe.local.iam_policy import usage_report
+        from ocrpipe.local.iam.policy import usage_report
 
         return usage_report(self.iam_decisions(), self.authorizer())
 
@@ -268,7 +268,7 @@ class LocalStack:
         ensure_topic(self.project, NOTIFICATIONS_TOPIC, pubsub_host)
         if self.iam:
             progress("Pub/Sub authorizing proxy")
-            self._start_proxy("pubsub-proxy", "ocrpipe.local.pubsub_proxy", pubsub_host,
+            self._start_proxy("pubsub-proxy", "ocrpipe.local.iam.pubsub_proxy", pubsub_host,
                               self.ports.pubsub_proxy, self.usage_files[0])  # fmt: skip
 
         progress("fake-gcs-server")
@@ -306,7 +306,7 @@ class LocalStack:
                 store.client.create_bucket(bucket)
         if self.iam:
             progress("GCS authorizing proxy")
-            self._start_proxy("gcs-proxy", "ocrpipe.local.gcs_proxy", gcs_url,
+            self._start_proxy("gcs-proxy", "ocrpipe.local.iam.gcs_proxy", gcs_url,
                               self.ports.gcs_proxy, self.usage_files[1])  # fmt: skip
 
         if self.ocr_url is None:
@@ -574,7 +574,7 @@ def fault_stack(*fault_args: str, seed: int = 0, **options: Any) -> LocalStack:
 
 def read_decisions(paths: Iterable[Path]) -> list[Decision]:
     """The decisions recorded in the proxies' usage files (missing files: none)."""
-    from ocrpipe.local.iam_policy import Decision
+    from ocrpipe.local.iam.policy import Decision
 
     decisions = []
     for path in paths:

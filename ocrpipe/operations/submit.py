@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocrpipe.batch_status import listing_prefix
+from ocrpipe.operations.batch_status import listing_prefix
 from ocrpipe.storage import ObjectInfo, ObjectStore, file_checksums
 
 UPLOAD_THREADS = 8

@@ -17,8 +17,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ocrpipe.batch_status import BatchStatus
-from ocrpipe.views import duration, state_text
+from ocrpipe.operations.batch_status import BatchStatus
+from ocrpipe.operations.views import duration, state_text
 
 STATE_ORDER = ("done", "partial", "failed", "running", "splitting", "unknown")
 

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal
 
 from ocrpipe import naming
-from ocrpipe.batch_status import DocumentObjects, scan_prefix
+from ocrpipe.operations.batch_status import DocumentObjects, scan_prefix
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo, ObjectStore, file_checksums
 

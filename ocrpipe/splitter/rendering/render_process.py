@@ -1,7 +1,7 @@
 """The render process: opens one document and turns page numbers into page images.
 
-Started by :class:`ocrpipe.rendering.renderer.Renderer` (``forkserver``: nothing of the splitter's
-threads or clients is inherited). It speaks a small protocol over a pipe::
+Started by :class:`ocrpipe.splitter.rendering.renderer.Renderer` (``forkserver``: nothing of the
+splitter's threads or clients is inherited). It speaks a small protocol over a pipe::
 
     parent -> child   ("count",)                 | ("render", seq, page)  | None (exit)
     child -> parent   ("start", seq, monotonic)  then
@@ -21,8 +21,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ocrpipe.errors import BadInput
-from ocrpipe.rendering.inputs import InputKind
-from ocrpipe.rendering.page_decoders import PageSource, open_source
+from ocrpipe.splitter.rendering.inputs import InputKind
+from ocrpipe.splitter.rendering.page_decoders import PageSource, open_source
 
 COUNT_SEQ = -1
 

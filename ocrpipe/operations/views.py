@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ocrpipe import naming
-from ocrpipe.dlq import DeadLetter, ReplayReport
-from ocrpipe.status import DocumentStatus, InvalidMessages
+from ocrpipe.operations.dead_letters import DeadLetter, ReplayReport
+from ocrpipe.operations.status import DocumentStatus, InvalidMessages
 
 STATE_STYLE = {
     "done": "green",

@@ -3,7 +3,7 @@
 pypdfium2 is not thread-safe (two threads rendering text pages crashed Python 10 of 10
 times here) and functions-framework serves events from threads, so every PDFium and Pillow
 call, counting pages included, happens in a render process
-(:mod:`ocrpipe.rendering.render_process`). Each holds the document open and renders the
+(:mod:`ocrpipe.splitter.rendering.render_process`). Each holds the document open and renders the
 pages it is sent, one at a time.
 
 A hostile file cannot take the splitter down:
@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ocrpipe.errors import BadInput, OcrpipeError
-from ocrpipe.rendering.inputs import InputKind
-from ocrpipe.rendering.page_decoders import RenderedPage
-from ocrpipe.rendering.render_process import COUNT_SEQ, serve
 from ocrpipe.settings import Settings
+from ocrpipe.splitter.rendering.inputs import InputKind
+from ocrpipe.splitter.rendering.page_decoders import RenderedPage
+from ocrpipe.splitter.rendering.render_process import COUNT_SEQ, serve
 
 _QUEUED_PER_PROCESS = 2
 

@@ -11,8 +11,8 @@ the listing cannot answer, in parallel threads:
   pages are all accounted for in the listing);
 * the error record of a rejected document and of every failed page (the failure table).
 
-States are :func:`ocrpipe.status.derive_state`'s, computed for the current generation the
-way :func:`ocrpipe.status.document_status` picks it (the input's, else the newest with
+States are :func:`ocrpipe.operations.status.derive_state`'s, computed for the current generation the
+way :func:`ocrpipe.operations.status.document_status` picks it (the input's, else the newest with
 output). The rate counts page objects (Markdown or error record) whose ``updated`` time is
 in the last ``window_s`` seconds; the ETA divides the pages still to do by it.
 """
@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing
+from ocrpipe.operations.status import PageError, derive_state, parse_error, poll_until
 from ocrpipe.settings import Settings
-from ocrpipe.status import PageError, derive_state, parse_error, poll_until
 from ocrpipe.storage import ObjectInfo, ObjectStore
 
 RATE_WINDOW_S = 300.0
@@ -48,7 +48,7 @@ class DocumentObjects:
 
     @property
     def generation(self) -> int | None:
-        """The current generation, chosen like :func:`ocrpipe.status.document_status`."""
+        """The current generation, chosen like :func:`ocrpipe.operations.status.document_status`."""
         if self.source is not None:
             return self.source.generation
         return max(self.generations) if self.generations else None

@@ -39,8 +39,8 @@ from typing import Any
 
 from ocrpipe.errors import BadMessage, NewerSchema, OcrpipeError
 from ocrpipe.messages import PageMessage
+from ocrpipe.operations.pull import PullSubscription, Received
 from ocrpipe.pubsub import OutgoingMessage, Publisher
-from ocrpipe.pull import PullSubscription, Received
 
 DEAD_LETTER_PREFIX = "CloudPubSubDeadLetter"
 DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing, RetryRefused
 from ocrpipe.messages import PageMessage
+from ocrpipe.operations.status import assembly_stale
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
-from ocrpipe.status import assembly_stale
 from ocrpipe.storage import ObjectStore
 
 PUBLISH_BATCH = 100

@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ocrpipe import naming
-from ocrpipe.batch_status import DocumentObjects
+from ocrpipe.operations.batch_status import DocumentObjects
 from ocrpipe.settings import Settings
 
 

@@ -7,7 +7,7 @@ whose ``choices[0].delta.content`` pieces add up to the reply, a chunk with
 ``finish_reason``, a chunk with ``usage`` and no choices, then ``data: [DONE]``. The text it
 returns is exactly what the non-streamed ``message.content`` would have been.
 
-Each piece goes through a :class:`~ocrpipe.repetition.RepetitionDetector`. When the reply
+Each piece goes through a :class:`~ocrpipe.worker.repetition.RepetitionDetector`. When the reply
 ends in a verbatim loop, the response is closed at once, which closes the connection: vLLM
 aborts a request whose client has disconnected, so the GPU stops generating it. The result
 then says ``cut=True`` and ``finish_reason="repetition"``; the caller treats that like
@@ -39,7 +39,7 @@ import httpx
 from httpx._client import UseClientDefault
 
 from ocrpipe.errors import OcrpipeError, OcrUnavailable
-from ocrpipe.repetition import DEFAULT_RULE, RepetitionDetector, RepetitionRule
+from ocrpipe.worker.repetition import DEFAULT_RULE, RepetitionDetector, RepetitionRule
 
 REPETITION = "repetition"  # finish_reason of a reply cut by the detector
 STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}

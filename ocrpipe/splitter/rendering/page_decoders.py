@@ -1,7 +1,7 @@
 """Documents as sequences of page images: a PDF (pypdfium2) or an image file (Pillow).
 
-These classes run inside a render process (see :mod:`ocrpipe.rendering.renderer`), never in the
-splitter's own process: pypdfium2 is not thread-safe, and a hostile file must not be able
+These classes run inside a render process (see :mod:`ocrpipe.splitter.rendering.renderer`), never
+in the splitter's own process: pypdfium2 is not thread-safe, and a hostile file must not be able
 to take the splitter down with it.
 
 Every page comes out with its longer side at ``longest_side`` pixels (1540 for
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ocrpipe.errors import BadInput
-from ocrpipe.rendering.inputs import HEAD_BYTES, InputKind, webp_is_lossy
+from ocrpipe.splitter.rendering.inputs import HEAD_BYTES, InputKind, webp_is_lossy
 
 MIN_SHORT_SIDE = 16
 MAX_IMAGE_UPSCALE = 4.0

@@ -26,7 +26,7 @@ import httpx
 
 from ocrpipe.errors import RetryableError
 from ocrpipe.settings import DEFAULT_PUSH_KEYS_STALE_S, Settings
-from ocrpipe.single_flight import SingleFlight
+from ocrpipe.worker.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
 

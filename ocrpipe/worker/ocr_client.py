@@ -20,7 +20,7 @@ Two kinds of retry, after olmOCR's split:
 * A reply cut off with ``finish_reason == "length"`` is a repetition loop, not a result:
   :meth:`OcrClient.ocr_page` asks again one step up the temperature ladder
   (``Settings.ocr_temperatures``); after the last step the page is rejected for good
-  (:class:`OcrRejected`). Replies are streamed (:mod:`ocrpipe.completion_stream`), so a
+  (:class:`OcrRejected`). Replies are streamed (:mod:`ocrpipe.worker.completion_stream`), so a
   loop is cut as soon as it repeats itself (``finish_reason == "repetition"``) instead of
   after ``max_tokens``: the GPU stops generating it at once.
 
@@ -45,14 +45,14 @@ import anyio
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from ocrpipe.completion_stream import (
+from ocrpipe.errors import OcrRejected, OcrUnavailable
+from ocrpipe.settings import Settings
+from ocrpipe.worker.completion_stream import (
     CompletionRefused,
     MalformedStream,
     StreamedCompletion,
     stream_completion,
 )
-from ocrpipe.errors import OcrRejected, OcrUnavailable
-from ocrpipe.settings import Settings
 
 logger = logging.getLogger(__name__)
 

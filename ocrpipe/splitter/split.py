@@ -1,8 +1,8 @@
 """The splitter's core: one finalized input object in, page images and page messages out.
 
 An input is a PDF or an image (PNG, JPEG, TIFF, WebP), recognised by its content
-(:mod:`ocrpipe.rendering.inputs`). Input that cannot be processed gets ``error.json`` next to where
-its output would be (:func:`ocrpipe.naming.document_error_name`) with a stable reason code,
+(:mod:`ocrpipe.splitter.rendering.inputs`). Input that cannot be processed gets ``error.json`` next
+to where its output would be (:func:`ocrpipe.naming.document_error_name`) with a stable reason code,
 is announced as failed on the documents topic, and the event is acknowledged: it is never
 retried (unless the announcement could not be published).
 
@@ -18,7 +18,7 @@ still assembled.
 At-least-once: Eventarc may deliver the same finalize event twice, or retry after this
 function died halfway. The manifest, page images and error records are created only if
 absent, and what was published is recorded per batch in the work bucket
-(:mod:`ocrpipe.split_lease`), so a retry continues where the last attempt stopped.
+(:mod:`ocrpipe.splitter.split_lease`), so a retry continues where the last attempt stopped.
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ocrpipe import announce, naming, notifications, records, split_lease
+from ocrpipe import announce, naming, notifications, records
 from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.logs import log_context
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import OutgoingMessage, Publisher
-from ocrpipe.rendering import inputs
-from ocrpipe.rendering.page_decoders import RenderedPage
-from ocrpipe.rendering.renderer import PageFailure, Renderer, RenderLimits
 from ocrpipe.settings import Settings
+from ocrpipe.splitter import split_lease
+from ocrpipe.splitter.rendering import inputs
+from ocrpipe.splitter.rendering.page_decoders import RenderedPage
+from ocrpipe.splitter.rendering.renderer import PageFailure, Renderer, RenderLimits
 from ocrpipe.storage import ObjectStore
 from ocrpipe.topology import load_topology
 

@@ -5,7 +5,7 @@ On Cloud Run the token comes from the metadata server, with a blocking call that
 over 2 s, so:
 
 * the fetch runs in a thread, never on the event loop;
-* one fetch serves every waiter (:class:`~ocrpipe.single_flight.SingleFlight`);
+* one fetch serves every waiter (:class:`~ocrpipe.worker.single_flight.SingleFlight`);
 * it starts :data:`REFRESH_BEFORE_EXPIRY_S` before expiry in the background, while the
   still-valid token goes on being sent; only a token closer than :data:`MIN_VALIDITY_S` to
   expiry (or none yet) makes requests wait;
@@ -24,7 +24,7 @@ from google.auth.exceptions import GoogleAuthError
 
 from ocrpipe.errors import OcrUnavailable
 from ocrpipe.settings import Settings
-from ocrpipe.single_flight import SingleFlight
+from ocrpipe.worker.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import cel
 
 from ocrpipe.settings import Settings
 
-GRANTS_FILE = Path(__file__).resolve().parents[1] / "iam.json"
+GRANTS_FILE = Path(__file__).resolve().parents[2] / "iam.json"
 LIST_PREFIX_ATTRIBUTE = "storage.googleapis.com/objectListPrefix"
 BUCKET_TYPE = "storage.googleapis.com/Bucket"
 OBJECT_TYPE = "storage.googleapis.com/Object"

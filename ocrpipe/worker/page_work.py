@@ -60,10 +60,10 @@ from ocrpipe.assemble import (
 )
 from ocrpipe.errors import ObjectMissing, OcrRejected, RefusedMessage, RetryableError
 from ocrpipe.messages import PageMessage
-from ocrpipe.ocr_client import OcrClient, OcrResult, OcrUsage
 from ocrpipe.pubsub import Publisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
+from ocrpipe.worker.ocr_client import OcrClient, OcrResult, OcrUsage
 
 logger = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@
 One process listens on several ports, one per identity (``--listen splitter=PORT``); each
 service of the stack talks to "its" port as if it were GCS. Every JSON API call that
 google-cloud-storage makes is mapped to the permission and resource GCS checks
-(:func:`required`), asked of :class:`~ocrpipe.local.iam_policy.Authorizer`, and either
+(:func:`required`), asked of :class:`~ocrpipe.local.iam.policy.Authorizer`, and either
 forwarded (bodies streamed both ways, keep-alive pool to the upstream) or answered with
 GCS's own 403. Anything the proxy cannot map is refused: it fails closed. Every decision
-is appended to the usage file (JSON lines of :class:`~ocrpipe.local.iam_policy.Decision`).
+is appended to the usage file (JSON lines of :class:`~ocrpipe.local.iam.policy.Decision`).
 
 Overwrites. GCS needs ``storage.objects.delete`` besides ``create`` to replace an existing
 object. This proxy checks delete whenever the object exists, whatever the precondition:
@@ -32,7 +32,7 @@ proxy.
 
 Run::
 
-    python -m ocrpipe.local.gcs_proxy --upstream http://127.0.0.1:4443 \\
+    python -m ocrpipe.local.iam.gcs_proxy --upstream http://127.0.0.1:4443 \\
         --listen splitter=4501 --listen worker=4502 --listen operator=4503 \\
         --usage-file /tmp/usage.jsonl
 
@@ -54,7 +54,7 @@ from urllib.parse import parse_qs, quote, unquote
 
 import httpx
 
-from ocrpipe.local.iam_policy import Authorizer, Decision, bucket_resource
+from ocrpipe.local.iam.policy import Authorizer, Decision, bucket_resource
 from ocrpipe.logs import configure_logging
 from ocrpipe.settings import Settings
 

@@ -2,7 +2,7 @@
 
 The emulator enforces no IAM; production does. The proxy gives every identity of the local
 stack its own port and checks each call against the grants in ``ocrpipe/iam.json`` (through
-:class:`~ocrpipe.local.iam_policy.Authorizer`) before it forwards the call, as raw bytes, to
+:class:`~ocrpipe.local.iam.policy.Authorizer`) before it forwards the call, as raw bytes, to
 the emulator. What it checks, per method of the Pub/Sub API (the permissions Pub/Sub's
 access-control page lists; ``P`` project, ``T`` topic, ``S`` subscription)::
 
@@ -26,12 +26,12 @@ then both directions are relayed. A refusal is what Pub/Sub answers: gRPC
 ``PERMISSION_DENIED``, "User not authorized to perform this action.", plus one JSON log line
 naming identity, permission and resource. Every decision is appended to the usage file as a
 JSON line ``{"identity", "permission", "resource", "allowed", "grant"}`` (``grant``: the
-granted pattern that allowed it, which :func:`~ocrpipe.local.iam_policy.usage_report` needs).
+granted pattern that allowed it, which :func:`~ocrpipe.local.iam.policy.usage_report` needs).
 
 The stack's own setup (topics, subscriptions) talks to the emulator directly, as terraform
 does in production. Run::
 
-    python -m ocrpipe.local.pubsub_proxy --upstream 127.0.0.1:8085 \\
+    python -m ocrpipe.local.iam.pubsub_proxy --upstream 127.0.0.1:8085 \\
         --listen splitter=8090 --listen operator=8091 --usage-file usage.jsonl
 """
 
@@ -52,7 +52,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from ocrpipe.local.iam_policy import Decision
+from ocrpipe.local.iam.policy import Decision
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ _SKIPPED_METADATA = ("user-agent", "grpc-", ":")
 
 
 class Policy(Protocol):
-    """What the proxy needs of :class:`~ocrpipe.local.iam_policy.Authorizer`."""
+    """What the proxy needs of :class:`~ocrpipe.local.iam.policy.Authorizer`."""
 
     def check(
         self, identity: str, permission: str, resource: str, *, list_prefix: str | None = None
@@ -387,7 +387,7 @@ def parse_listen(values: Iterable[str]) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from ocrpipe.local.iam_policy import Authorizer
+    from ocrpipe.local.iam.policy import Authorizer
     from ocrpipe.logs import configure_logging
     from ocrpipe.settings import Settings
 
