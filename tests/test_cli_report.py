@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ocrpipe import cli
+from ocrpipe.cli.report import report_batch
 from ocrpipe.settings import Settings
 from ocrpipe.storage import MemoryStore
 from tests.test_bill import Clock, finished, page, provenance
@@ -83,7 +84,7 @@ def l4_batch(documents: int = 20, pages: int = 50) -> MemoryStore:
 def test_with_the_gpu_batch_full_both_estimates_agree_near_the_published_cost(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = cli._report(l4_batch(), SETTINGS, [], "l4/", as_json=True)
+    code = report_batch(l4_batch(), SETTINGS, [], "l4/", as_json=True)
     data = json.loads(capsys.readouterr().out)
     assert code == cli.Exit.OK
     assert data["pages"]["total"] == 1000 and data["pages"]["usage_unknown"] == 1
@@ -95,7 +96,7 @@ def test_with_the_gpu_batch_full_both_estimates_agree_near_the_published_cost(
 
 
 def test_json_sums_the_prefix_and_gives_both_estimates(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli._report(batch(), SETTINGS, [], "batch/", as_json=True)
+    code = report_batch(batch(), SETTINGS, [], "batch/", as_json=True)
     captured = capsys.readouterr()
     assert code == cli.Exit.OK
     data = json.loads(captured.out)
@@ -134,7 +135,7 @@ def test_json_sums_the_prefix_and_gives_both_estimates(capsys: pytest.CaptureFix
 def test_text_shows_pages_usage_costs_and_the_assumptions(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = cli._report(batch(), SETTINGS, [], "batch/", as_json=False)
+    code = report_batch(batch(), SETTINGS, [], "batch/", as_json=False)
     text = " ".join(capsys.readouterr().out.split())
     assert code == cli.Exit.OK
     assert "2 document(s) under 'batch/': 4 pages, 3 done, 1 failed" in text
@@ -150,7 +151,7 @@ def test_names_select_documents_and_their_latest_finished_generation(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     store = batch()
-    code = cli._report(store, SETTINGS, ["other/x.pdf"], None, as_json=True)
+    code = report_batch(store, SETTINGS, ["other/x.pdf"], None, as_json=True)
     data = json.loads(capsys.readouterr().out)
     assert code == cli.Exit.OK
     assert data["names"] == ["other/x.pdf"] and data["usage"]["prompt_tokens"] == 10**6
@@ -159,7 +160,7 @@ def test_names_select_documents_and_their_latest_finished_generation(
 def test_an_unknown_name_exits_1_after_billing_the_others(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = cli._report(batch(), SETTINGS, ["other/x.pdf", "nope.pdf"], None, as_json=True)
+    code = report_batch(batch(), SETTINGS, ["other/x.pdf", "nope.pdf"], None, as_json=True)
     captured = capsys.readouterr()
     assert code == cli.Exit.FAILED
     assert json.loads(captured.out)["documents"] == 1
@@ -172,7 +173,7 @@ def test_usage_unknown_everywhere_says_so_and_gives_no_estimate(
     clock = Clock()
     store = MemoryStore(clock)
     finished(store, clock, "old.pdf", [page(1, None)], record=False)
-    code = cli._report(store, SETTINGS, [], "", as_json=False)
+    code = report_batch(store, SETTINGS, [], "", as_json=False)
     text = " ".join(capsys.readouterr().out.split())
     assert code == cli.Exit.OK
     assert "unknown for 1" in text and "no GPU estimate" in text
@@ -184,7 +185,7 @@ def test_usage_unknown_everywhere_says_so_and_gives_no_estimate(
 def test_nothing_finished_exits_1(
     names: list[str], prefix: str | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = cli._report(batch(), SETTINGS, names, prefix, as_json=True)
+    code = report_batch(batch(), SETTINGS, names, prefix, as_json=True)
     assert code == cli.Exit.FAILED
     assert json.loads(capsys.readouterr().out)["documents"] == 0
 
@@ -213,7 +214,7 @@ def test_a_bill_costs_two_listings_and_one_read_per_finished_document(
         finished(store, clock, f"batch/{n}.pdf", [page(1, provenance()), page(2, provenance())])
     store.put("in", "batch/running.pdf", b"%PDF-")
     store.listings.clear()
-    assert cli._report(store, SETTINGS, [], "batch/", as_json=True) == cli.Exit.OK
+    assert report_batch(store, SETTINGS, [], "batch/", as_json=True) == cli.Exit.OK
     assert len(store.listings) == 2
     assert sorted(name.rsplit("/", 1)[1] for _, name in store.reads) == ["document.json"] * 5
     assert json.loads(capsys.readouterr().out)["pages"]["total"] == 10

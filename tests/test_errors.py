@@ -8,7 +8,8 @@ import typer
 from google.api_core import exceptions as gexc
 
 from ocrpipe import errors
-from ocrpipe.cli import Exit, cloud_errors
+from ocrpipe.cli import Exit
+from ocrpipe.cli.common import cloud_errors
 
 
 @pytest.mark.parametrize(

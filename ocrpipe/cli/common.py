@@ -1,0 +1,110 @@
+"""What every command shares: settings, clients, consoles, exit codes and options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from ocrpipe.errors import OcrpipeError
+from ocrpipe.operations.pull import PubSubPullSubscription, PullSubscription
+from ocrpipe.pubsub import Publisher, PubSubPublisher
+from ocrpipe.settings import Settings
+from ocrpipe.storage import GcsStore, ObjectStore
+
+LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
+LOCAL_USAGE_FILE = Path(".ocrpipe/iam-usage.txt")  # where the running stack records decisions
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    TIMEOUT = 3
+
+
+out = Console(soft_wrap=True)  # never break a URI across lines in scripts
+err = Console(stderr=True, soft_wrap=True)
+
+LocalOpt = Annotated[
+    bool, typer.Option("--local", help=f"Use the running local stack ({LOCAL_ENV_FILE}).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DocOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--doc", help="Only this input name, shell pattern over names ('reports/*'), or doc_id."
+    ),
+]
+
+
+def load_settings(local: bool) -> Settings:
+    if local and not LOCAL_ENV_FILE.exists():
+        err.print(
+            f"[red]No local stack found ({LOCAL_ENV_FILE} is missing).[/] Start one with"
+            " `ocrpipe up` in this folder."
+        )
+        raise typer.Exit(Exit.USAGE)
+    try:
+        return Settings(_env_file=LOCAL_ENV_FILE) if local else Settings()
+    except ValidationError as exc:
+        err.print("The settings (OCRPIPE_* variables) are not valid:", style="red")
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(Exit.USAGE) from None
+
+
+@contextmanager
+def cloud_errors() -> Iterator[None]:
+    """Trouble becomes a one-line message and an exit code, not a traceback. The adapters
+    turn every Google Cloud error into one of ours (ocrpipe/errors.py), so only missing
+    credentials, raised before any call, are caught here by their own type."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        yield
+    except DefaultCredentialsError as exc:
+        err.print(f"No Google credentials: {exc}", style="red", markup=False)
+        err.print("Run `gcloud auth application-default login`, or use --local.", markup=False)
+        raise typer.Exit(Exit.USAGE) from None
+    except OcrpipeError as exc:
+        err.print(str(exc), style="red", markup=False, highlight=False)
+        raise typer.Exit(Exit.FAILED) from None
+
+
+@dataclass(frozen=True)
+class Clients:
+    """Where every command gets its clients from: the real adapters, or, in tests, fakes
+    with the same protocols (``MemoryStore``, ...), given to typer's runner as ``obj``."""
+
+    store: Callable[[Settings], ObjectStore]
+    publisher: Callable[[Settings], Publisher]
+    dead_letters: Callable[[Settings], PullSubscription]
+
+
+def _gcs(settings: Settings) -> ObjectStore:
+    return GcsStore.connect(settings.project, settings.storage_emulator_host)
+
+
+def _pubsub(settings: Settings) -> Publisher:
+    return PubSubPublisher.connect(settings.project, settings.pubsub_emulator_host)
+
+
+def _dead_letter_subscription(settings: Settings) -> PullSubscription:
+    return PubSubPullSubscription.connect(
+        settings.project, settings.dead_letter_subscription, settings.pubsub_emulator_host
+    )
+
+
+CLOUD = Clients(store=_gcs, publisher=_pubsub, dead_letters=_dead_letter_subscription)
+
+
+def clients(ctx: typer.Context) -> Clients:
+    """The command's clients: ``ctx.obj`` when a test gave some, else the real ones."""
+    return ctx.obj if isinstance(ctx.obj, Clients) else CLOUD
