@@ -32,10 +32,9 @@ response is :func:`push_status_for`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-if TYPE_CHECKING:
-    from ocrpipe.worker.ocr_client import OcrUsage
+from ocrpipe.usage import OcrUsage
 
 
 class OcrpipeError(Exception):

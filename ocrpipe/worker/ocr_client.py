@@ -47,6 +47,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
 from ocrpipe.settings import Settings
+from ocrpipe.usage import OcrUsage
 from ocrpipe.worker.completion_stream import (
     CompletionRefused,
     MalformedStream,
@@ -96,30 +97,6 @@ class OcrParams:
             "malformed_attempts": settings.ocr_malformed_attempts,
         }
         return cls(**{**values, **overrides})
-
-
-@dataclass(frozen=True)
-class OcrUsage:
-    """What OCR of one page cost in one delivery: the bill and the page's provenance."""
-
-    model: str
-    temperature: float  # the one whose reply was kept
-    finish_reason: str  # of the reply that was kept
-    attempts: int  # requests sent, failed and looping ones included
-    prompt_tokens: int  # summed over every reply read
-    completion_tokens: int  # summed over every reply read, loops included
-    ocr_seconds: float  # time in requests that returned a reply
-
-    def as_dict(self) -> dict[str, str | int | float]:
-        return {
-            "model": self.model,
-            "temperature": self.temperature,
-            "finish_reason": self.finish_reason,
-            "attempts": self.attempts,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "ocr_seconds": round(self.ocr_seconds, 3),
-        }
 
 
 @dataclass(frozen=True)

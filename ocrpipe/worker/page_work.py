@@ -63,7 +63,8 @@ from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import Publisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
-from ocrpipe.worker.ocr_client import OcrClient, OcrResult, OcrUsage
+from ocrpipe.usage import OcrUsage
+from ocrpipe.worker.ocr_client import OcrClient, OcrResult
 
 logger = logging.getLogger(__name__)
 
