@@ -76,9 +76,8 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
 
     from ocr_worker.app import create_app
     from ocrpipe import naming, records
-    from ocrpipe.pubsub import MemoryPublisher
     from ocrpipe.settings import Settings
-    from ocrpipe.storage import MemoryStore
+    from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 
     class CopyingStore(MemoryStore):
         """A GCS download returns fresh bytes for every read: so does this store."""

@@ -4,9 +4,8 @@ client factories (emulator-aware). The local stack's admin calls are in
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ocrpipe.errors import StorageUnavailable, translate_google_error
@@ -49,20 +48,6 @@ class PubSubPublisher:
             raise translate_google_error(exc, path) from exc
         except TimeoutError as exc:
             raise StorageUnavailable(f"publishing to {path} timed out: {exc}") from exc
-
-
-@dataclass
-class MemoryPublisher:
-    """Records what would be published, for tests."""
-
-    published: list[tuple[str, OutgoingMessage]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def publish_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
-        with self._lock:
-            start = len(self.published)
-            self.published.extend((topic, m) for m in messages)
-            return [str(start + i) for i in range(len(messages))]
 
 
 def publisher_client(emulator_host: str | None = None) -> Any:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,105 +325,3 @@ def _translated(bucket: str, name: str) -> Iterator[None]:
         raise
     except gexc.ClientError as exc:
         raise StorageRejected(f"GCS refused the request for {where}: {exc}") from exc
-
-
-class MemoryStore:
-    """In-memory :class:`ObjectStore` with GCS's generation rules, for tests."""
-
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
-        """``clock`` gives each write its ``updated`` time (default: 0.0 for every object)."""
-        self._clock = clock
-        self._objects: dict[tuple[str, str], tuple[bytes, ObjectInfo]] = {}
-        self._lock = threading.Lock()
-        self._generation = 1000
-        self.writes: list[tuple[str, str]] = []
-
-    def put(self, bucket: str, name: str, data: bytes, content_type: str = "") -> int:
-        with self._lock:
-            return self._put_locked(bucket, name, data, content_type)
-
-    def _put_locked(
-        self,
-        bucket: str,
-        name: str,
-        data: bytes,
-        content_type: str,
-        metadata: Mapping[str, str] | None = None,
-    ) -> int:
-        self._generation += 1
-        info = ObjectInfo(
-            name,
-            self._generation,
-            len(data),
-            content_type,
-            updated=self._clock() if self._clock else 0.0,
-            metadata=dict(metadata or {}),
-            md5=md5_of(data),
-            crc32c=crc32c_of(data),
-        )
-        self._objects[(bucket, name)] = (data, info)
-        self.writes.append((bucket, name))
-        return self._generation
-
-    def read(self, bucket: str, name: str) -> bytes:
-        try:
-            return self._objects[(bucket, name)][0]
-        except KeyError:
-            raise ObjectMissing(naming.object_uri(bucket, name)) from None
-
-    def download(
-        self, bucket: str, name: str, dest: Path, *, generation: int | None = None
-    ) -> None:
-        data = self.read(bucket, name)
-        current = self._objects[(bucket, name)][1].generation
-        if generation is not None and generation != current:
-            raise ObjectMissing(naming.object_uri(bucket, name, generation))
-        dest.write_bytes(data)
-
-    def stat(self, bucket: str, name: str) -> ObjectInfo | None:
-        entry = self._objects.get((bucket, name))
-        return None if entry is None else entry[1]
-
-    def create(self, bucket: str, name: str, data: bytes, content_type: str) -> bool:
-        with self._lock:
-            if (bucket, name) in self._objects:
-                return False
-            self._put_locked(bucket, name, data, content_type)
-            return True
-
-    def write(
-        self,
-        bucket: str,
-        name: str,
-        data: bytes,
-        content_type: str,
-        *,
-        if_generation_match: int,
-        metadata: Mapping[str, str] | None = None,
-    ) -> int | None:
-        with self._lock:
-            entry = self._objects.get((bucket, name))
-            if (entry[1].generation if entry else 0) != if_generation_match:
-                return None
-            return self._put_locked(bucket, name, data, content_type, metadata)
-
-    def upload(self, bucket: str, name: str, source: IO[bytes], content_type: str) -> int:
-        return self.put(bucket, name, source.read(), content_type)
-
-    def list(self, bucket: str, prefix: str) -> list[ObjectInfo]:
-        items = sorted(self._objects.items())
-        return [info for (b, n), (_, info) in items if b == bucket and n.startswith(prefix)]
-
-    def delete(self, bucket: str, name: str) -> None:
-        self._objects.pop((bucket, name), None)
-
-    def rewrite_in_place(self, bucket: str, name: str, generation: int) -> int | None:
-        with self._lock:
-            entry = self._objects.get((bucket, name))
-            if entry is None or entry[1].generation != generation:
-                return None
-            info = entry[1]
-            return self._put_locked(bucket, name, entry[0], info.content_type, info.metadata)
-
-    def names(self, bucket: str) -> Iterator[str]:
-        return (n for (b, n) in self._objects if b == bucket)

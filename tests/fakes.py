@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore, ObjectInfo
+from ocrpipe.storage import ObjectInfo
+from ocrpipe.testing.memory import MemoryStore
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams
 
 

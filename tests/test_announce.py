@@ -20,8 +20,8 @@ from ocrpipe import announce, naming, notifications, records
 from ocrpipe.errors import StorageUnavailable
 from ocrpipe.messages import PageMessage
 from ocrpipe.operations.retry import plan_unfinished_pages, requeue
-from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
-from ocrpipe.storage import MemoryStore
+from ocrpipe.pubsub import OutgoingMessage
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams, OcrResult
 from ocrpipe.worker.page_work import complete_document, process_page
 from tests.fakes import ScriptedOcrServer, completion

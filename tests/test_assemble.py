@@ -78,9 +78,8 @@ def test_document_json_slices_document_md_back_into_each_page_byte_exactly() -> 
     import json
 
     from ocrpipe import naming, records
-    from ocrpipe.pubsub import MemoryPublisher
     from ocrpipe.settings import Settings
-    from ocrpipe.storage import MemoryStore
+    from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
     from ocrpipe.worker.page_work import complete_document
 
     settings = Settings(input_bucket="in", work_bucket="work", output_bucket="out")

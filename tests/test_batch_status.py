@@ -11,7 +11,8 @@ import pytest
 from ocrpipe import naming, records
 from ocrpipe.operations.batch_status import batch_status, scan_prefix, verdict, wait_for_batch
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore, ObjectInfo
+from ocrpipe.storage import ObjectInfo
+from ocrpipe.testing.memory import MemoryStore
 from ocrpipe.testing.stores import ForwardingStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")

@@ -13,7 +13,7 @@ from ocrpipe import naming
 from ocrpipe.operations import bill
 from ocrpipe.operations.batch_status import scan_prefix
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
 

@@ -20,7 +20,7 @@ from ocrpipe.operations.status import (
     wait_for_documents,
 )
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
 # Emulator hosts nobody listens on: commands that fail before any call never notice.

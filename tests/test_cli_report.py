@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from ocrpipe import cli
 from ocrpipe.cli.report import report_batch
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryStore
 from tests.test_bill import Clock, finished, page, provenance
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")

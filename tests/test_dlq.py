@@ -13,8 +13,9 @@ from ocrpipe.errors import StorageUnavailable
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.operations import dead_letters as dlq
-from ocrpipe.operations.pull import MemorySubscription, Received
-from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
+from ocrpipe.operations.pull import Received
+from ocrpipe.pubsub import OutgoingMessage
+from ocrpipe.testing.memory import MemoryPublisher, MemorySubscription
 
 PAGES_TOPIC = "ocrpipe-pages"
 

@@ -20,9 +20,8 @@ from starlette.testclient import TestClient
 from ocr_worker.app import create_app
 from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
-from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.worker.push_auth import CertCache, PushVerifier, build_verifier
 from tests.fakes import ScriptedOcrServer, completion
 from tests.tokens import AUDIENCE, PUSH_ACCOUNT, KeySet, SigningKey

@@ -6,9 +6,8 @@ from __future__ import annotations
 from ocrpipe import naming, records
 from ocrpipe.local.recovery import plan_document, recover_unfinished
 from ocrpipe.messages import PageMessage
-from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
 

@@ -13,9 +13,8 @@ from ocrpipe.errors import RetryRefused
 from ocrpipe.messages import PageMessage
 from ocrpipe.operations.retry import plan_unfinished_pages, reprocess, requeue
 from ocrpipe.operations.status import document_status
-from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.worker.page_work import complete_document, process_page
 from tests.fakes import ScriptedOcrServer, completion
 

@@ -11,7 +11,7 @@ import pytest
 
 from ocrpipe import naming
 from ocrpipe.operations import get as results
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryStore
 from tests.test_batch_status import SETTINGS, make_document
 
 NAMES = [

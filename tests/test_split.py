@@ -15,11 +15,11 @@ from ocrpipe import naming, records
 from ocrpipe.errors import RetryableError, StorageUnavailable
 from ocrpipe.messages import PageMessage
 from ocrpipe.operations.status import document_status
-from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
+from ocrpipe.pubsub import OutgoingMessage
 from ocrpipe.settings import Settings
 from ocrpipe.splitter.split import split_document
-from ocrpipe.storage import MemoryStore
 from ocrpipe.testing import inputs as make
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.worker.page_work import process_page
 from tests.fakes import ScriptedOcrServer, completion

@@ -15,10 +15,9 @@ from functions_framework import create_app
 from ocrpipe import naming
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
-from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
 from ocrpipe.testing import inputs as make
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.testing.pdfs import text_pdf
 from tests import splitter_source
 from tests.fakes import SPLITTER_SERVICES, RecordingStore

@@ -13,10 +13,10 @@ from functions_framework import create_app
 
 from ocrpipe import naming
 from ocrpipe.errors import StorageUnavailable
-from ocrpipe.pubsub import MemoryPublisher, OutgoingMessage
+from ocrpipe.pubsub import OutgoingMessage
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
 from ocrpipe.testing import inputs as make
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.testing.pdfs import text_pdf
 from tests.fakes import SPLITTER_SERVICES
 from tests.test_splitter_contract import SOURCE, finalized

@@ -32,9 +32,8 @@ from ocrpipe import naming, records
 from ocrpipe.logs import JsonFormatter
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
-from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.topology import TOPOLOGY_FILE
 from tests.fakes import ScriptedOcrServer, completion
 

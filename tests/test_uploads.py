@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ocrpipe.operations import submit as uploads
-from ocrpipe.storage import MemoryStore, crc32c_of, md5_of
+from ocrpipe.storage import crc32c_of, md5_of
+from ocrpipe.testing.memory import MemoryStore
 
 
 def tree(root: Path, files: dict[str, bytes]) -> Path:

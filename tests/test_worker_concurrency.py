@@ -19,9 +19,8 @@ from ocrpipe.local.faults import FaultPlan, serve_in_background
 from ocrpipe.local.faults import create_app as create_fault_app
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
-from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 
 PAGES = 96
 MAX_IN_FLIGHT = 16

@@ -16,9 +16,9 @@ from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.operations.status import invalid_messages
-from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore, ObjectInfo
+from ocrpipe.storage import ObjectInfo
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from tests.fakes import RecordingStore, ScriptedOcrServer, completion
 
 SETTINGS = Settings(

@@ -10,12 +10,9 @@ removes the message from the subscription for good.
 
 from __future__ import annotations
 
-import itertools
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -141,78 +138,3 @@ def _translated(path: str) -> Iterator[None]:
         raise translate_google_error(exc, path) from exc
     except gexc.RetryError as exc:
         raise StorageUnavailable(f"Pub/Sub trouble at {path}: {exc}") from exc
-
-
-@dataclass
-class _Stored:
-    received: Received
-    leased_until: float = 0.0
-    ack_id: str = ""
-
-
-@dataclass
-class MemorySubscription:
-    """In-memory :class:`PullSubscription` with Pub/Sub's lease rules, for tests.
-
-    ``batch`` caps what one pull returns, as the emulator does; each pull issues new ack ids,
-    and an ack or lease change with an outdated ack id is ignored, as in Pub/Sub.
-    """
-
-    name: str = "memory-subscription"
-    ack_deadline: float = 60.0
-    batch: int = 1000
-    clock: Callable[[], float] = time.monotonic
-    _messages: dict[str, _Stored] = field(default_factory=dict)
-    _ids: itertools.count[int] = field(default_factory=itertools.count)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    pulls: int = 0
-
-    def add(self, data: bytes, attributes: Mapping[str, str]) -> str:
-        with self._lock:
-            message_id = f"m{next(self._ids)}"
-            self._messages[message_id] = _Stored(
-                Received("", message_id, data, dict(attributes), None)
-            )
-            return message_id
-
-    def pending(self) -> list[Received]:
-        """Every message still in the subscription, leased or not."""
-        return [stored.received for stored in self._messages.values()]
-
-    def pull(self, max_messages: int) -> list[Received]:
-        with self._lock:
-            self.pulls += 1
-            now = self.clock()
-            out: list[Received] = []
-            for stored in self._messages.values():
-                if len(out) >= min(max_messages, self.batch):
-                    break
-                if stored.leased_until > now:
-                    continue
-                stored.ack_id = f"a{next(self._ids)}"
-                stored.leased_until = now + self.ack_deadline
-                out.append(
-                    Received(
-                        stored.ack_id,
-                        stored.received.message_id,
-                        stored.received.data,
-                        dict(stored.received.attributes),
-                        stored.received.publish_time,
-                    )
-                )
-            return out
-
-    def set_lease(self, ack_ids: Sequence[str], seconds: int) -> None:
-        with self._lock:
-            for stored in self._by_ack_id(ack_ids):
-                stored.leased_until = self.clock() + seconds if seconds else 0.0
-
-    def ack(self, ack_ids: Sequence[str]) -> None:
-        with self._lock:
-            for stored in self._by_ack_id(ack_ids):
-                del self._messages[stored.received.message_id]
-
-    def _by_ack_id(self, ack_ids: Sequence[str]) -> list[_Stored]:
-        wanted = set(ack_ids)
-        now = self.clock()
-        return [s for s in self._messages.values() if s.ack_id in wanted and s.leased_until > now]
