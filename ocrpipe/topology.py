@@ -42,6 +42,8 @@ class Topology:
     dead_letter_topic: str
     dead_letter_subscription: str
     documents_topic: str  # one message per document reaching a terminal state
+    local_notifications_topic: str  # local stack only: fake-gcs-server's finalize events
+    local_notifications_subscription: str  # local stack only: read by the Eventarc stand-in
     ack_deadline_seconds: int
     retry_minimum_backoff_seconds: int
     retry_maximum_backoff_seconds: int

@@ -41,24 +41,25 @@ from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
+from ocrpipe.local.iam.policy import Authorizer, Decision, grant_identities, usage_report
 from ocrpipe.local.pubsub_admin import ensure_push_subscription, ensure_topic, ensure_topology
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore
 from ocrpipe.topology import load_topology
 
 if TYPE_CHECKING:
-    from ocrpipe.local.iam.policy import Authorizer, Decision
     from ocrpipe.local.recovery import RecoveryReport
 
 PUBSUB_EMULATOR_CANDIDATES = (
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
     "/usr/share/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
 )
-NOTIFICATIONS_TOPIC = "ocrpipe-gcs-notifications"
-NOTIFICATIONS_SUBSCRIPTION = "ocrpipe-gcs-notifications-eventarc"
-# Who calls the emulators: the services, fake-gcs-server publishing its notifications (the
-# Cloud Storage service agent in production) and the operator (the CLI, tests).
-IDENTITIES = ("splitter", "worker", "eventarc", "gcs-agent", "operator")
+NOTIFICATIONS_TOPIC = load_topology().local_notifications_topic
+NOTIFICATIONS_SUBSCRIPTION = load_topology().local_notifications_subscription
+# Who calls the emulators, as ocrpipe/iam.json names them: the services, fake-gcs-server
+# publishing its notifications (the Cloud Storage service agent in production) and the
+# operator (the CLI, tests).
+IDENTITIES = grant_identities()
 
 
 class StackError(RuntimeError):
@@ -219,7 +220,6 @@ class LocalStack:
 
     def authorizer(self) -> Authorizer:
         """The grants the proxies enforce (``ocrpipe/iam.json`` plus the overrides)."""
-        from ocrpipe.local.iam.policy import Authorizer
 
         return Authorizer.from_grants(self.admin_settings, overrides=self.iam_overrides)
 
@@ -229,7 +229,6 @@ class LocalStack:
 
     def iam_usage(self) -> dict[str, dict[str, list[str]]]:
         """Per identity, the permissions used and those granted but never used."""
-        from ocrpipe.local.iam.policy import usage_report
 
         return usage_report(self.iam_decisions(), self.authorizer())
 
@@ -574,7 +573,6 @@ def fault_stack(*fault_args: str, seed: int = 0, **options: Any) -> LocalStack:
 
 def read_decisions(paths: Iterable[Path]) -> list[Decision]:
     """The decisions recorded in the proxies' usage files (missing files: none)."""
-    from ocrpipe.local.iam.policy import Decision
 
     decisions = []
     for path in paths:

@@ -38,6 +38,7 @@ from typing import Any
 import cel
 
 from ocrpipe.settings import Settings
+from ocrpipe.topology import load_topology
 
 GRANTS_FILE = Path(__file__).resolve().parents[2] / "iam.json"
 LIST_PREFIX_ATTRIBUTE = "storage.googleapis.com/objectListPrefix"
@@ -399,7 +400,7 @@ class _Names:
             "pages_topic": settings.pages_topic,
             "dead_letter_topic": settings.dead_letter_topic,
             "documents_topic": settings.documents_topic,
-            "notifications_topic": _notifications_topic(),
+            "notifications_topic": load_topology().local_notifications_topic,
         }
         self._subscriptions = {
             "pages_push_subscription": settings.pages_subscription,
@@ -456,7 +457,7 @@ class _Names:
         return _Revocation(scope, kind, str(spec["permission"]))
 
 
-def _notifications_topic() -> str:
-    from ocrpipe.local.stack import NOTIFICATIONS_TOPIC
-
-    return NOTIFICATIONS_TOPIC
+def grant_identities(grants_path: Path | None = None) -> tuple[str, ...]:
+    """The identities ``iam.json`` names, in its order: each gets its own proxies."""
+    raw = json.loads((grants_path or GRANTS_FILE).read_text(encoding="utf-8"))
+    return tuple(raw["identities"])
