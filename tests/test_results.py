@@ -190,3 +190,129 @@ def test_get_usage_errors_exit_2_before_any_call(args: list[str]) -> None:
 
     result = CliRunner().invoke(cli.app, args, env=OFFLINE_ENV)
     assert result.exit_code == cli.Exit.USAGE, result.output
+
+
+def _markdown_files(root: Path) -> dict[str, str]:
+    """Every Markdown file under ``root``, relative path -> text (page files left out)."""
+    return {
+        p.relative_to(root).as_posix(): p.read_text()
+        for p in root.rglob("*.md")
+        if "/pages/" not in p.relative_to(root).as_posix()
+    }
+
+
+def _folded(path: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", path).casefold())
+
+
+CLASHING = [
+    "c/rep.pdf",  # with --pages: c/rep/pages/00001.md ...
+    "c/rep/pages/00001.pdf",  # ... which is this document's Markdown too
+    "c/q1.pdf",
+    "c/q1.png",
+    "c/q1.pdf.pdf",  # q1.pdf keeps its extension because of q1.png: c/q1.pdf.md
+    "c/Résumé.pdf",  # NFC
+    "c/Re\u0301sume\u0301.pdf",  # NFD: one file on macOS
+    "c/Report.pdf",
+    "c/report.pdf",  # one file on macOS and Windows
+    "c/a",  # c/a.md ...
+    "c/a.md/b.pdf",  # ... where this one needs a folder
+]
+
+
+def test_no_two_documents_share_a_local_file(tmp_path: Path) -> None:
+    store = MemoryStore()
+    for name in CLASHING:
+        make_document(store, name, "done", pages=1, texts=[f"text of {name}"])
+
+    report = get(store, tmp_path, prefix="c/", pages=True)
+
+    written = _markdown_files(tmp_path)
+    for name in CLASHING:  # each document in exactly one file of its own
+        holding = [path for path, text in written.items() if text == f"text of {name}"]
+        assert len(holding) == 1, (name, holding)
+    assert len(written) == len(CLASHING)
+    every = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()]
+    assert len({_folded(p) for p in every}) == len(every)  # distinct on any disk
+    pages = [p for p in every if "/pages/" in p]
+    assert sorted(tmp_path.joinpath(p).read_text() for p in pages) == sorted(
+        f"text of {name}" for name in CLASHING
+    )
+    assert report.count("downloaded") == len(every)
+
+
+def _windows_safe(relative: str) -> bool:
+    from pathlib import PureWindowsPath
+
+    reserved = {"CON", "PRN", "AUX", "NUL", *(f"{d}{n}" for d in ("COM", "LPT") for n in range(10))}
+    path = PureWindowsPath(relative)
+    if path.drive or path.root or len(path.parts) != relative.count("/") + 1:
+        return False
+    for part in path.parts:
+        if part in (".", "..") or part.endswith((".", " ")) or len(part.encode()) > 255:
+            return False
+        if any(c in '<>:"\\|?*' or ord(c) < 32 for c in part):
+            return False
+        if part.split(".")[0].rstrip(" ").upper() in reserved:
+            return False
+    return True
+
+
+HOSTILE_PATHS = [
+    "w/t/..\\..\\..\\escape.pdf",
+    "w/C:/Users/Public/evil.pdf",
+    "w/CON.pdf",
+    "w/aux/inside.pdf",
+    "w/dot at the end..pdf",
+    "w/space at the end .pdf",
+    "w/" + "x" * 250 + ".pdf",
+    "w/" + "é" * 126 + "/in a long folder.pdf",
+    'w/a<b>c:d"e|f?g*.pdf',
+    "w/tab\there\x1b[2J.pdf",
+    "w/a/../../up.pdf",
+    "w//empty.pdf",
+]
+
+
+def test_every_local_path_is_safe_on_posix_macos_and_windows(tmp_path: Path) -> None:
+    store = MemoryStore()
+    for name in HOSTILE_PATHS:
+        make_document(store, name, "done", pages=1, texts=[f"text of {name}"])
+
+    report = get(store, tmp_path / "out", prefix="w/", pages=True, record=True)
+
+    assert not list(tmp_path.glob("*.md")) and sorted(tmp_path.iterdir()) == [tmp_path / "out"]
+    written = _markdown_files(tmp_path / "out")
+    for name in HOSTILE_PATHS:
+        holding = [path for path, text in written.items() if text == f"text of {name}"]
+        assert len(holding) == 1, (name, holding)
+    for path in (tmp_path / "out").rglob("*"):
+        relative = path.relative_to(tmp_path / "out").as_posix()
+        assert _windows_safe(relative), relative
+    assert not report.missing
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".part")]
+
+
+def test_a_document_that_cannot_be_written_is_reported_and_the_rest_are_written(
+    tmp_path: Path,
+) -> None:
+    store = MemoryStore()
+    for name in ("f/first.pdf", "f/blocked.pdf", "f/rebuilt.pdf", "f/last.pdf"):
+        make_document(store, name, "done", texts=[name, "two"])
+    (tmp_path / "f/blocked.md").mkdir(parents=True)  # a local folder where its file goes
+    documents = results.find_documents(store, SETTINGS, prefix="f/")
+    planned = results.plan(documents, SETTINGS, tmp_path)
+    rebuilt = make_document(store, "f/rebuilt.pdf", "done", texts=["new", "text"])
+    assert rebuilt.generation  # document.md changed between listing and download
+
+    report = results.get_results(store, SETTINGS, *planned)
+
+    assert (tmp_path / "f/first.md").read_text() == "f/first.pdf\ntwo"
+    assert (tmp_path / "f/last.md").read_text() == "f/last.pdf\ntwo"
+    failed = {item.name: item.why for item in report.failed}
+    assert sorted(failed) == ["f/blocked.pdf", "f/rebuilt.pdf"]
+    assert "f/blocked.md" in failed["f/blocked.pdf"]
+    assert "run `ocrpipe get` again" in failed["f/rebuilt.pdf"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".part")]
