@@ -5,12 +5,14 @@ pages and document.json on request, and ``-`` (standard output)."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from ocrpipe import naming
 from ocrpipe.operations import get as results
+from ocrpipe.operations import local_paths
 from ocrpipe.testing.memory import MemoryStore
 from tests.test_batch_status import SETTINGS, make_document
 
@@ -31,8 +33,7 @@ def get(
     store: MemoryStore, dest: Path, prefix: str = "batch1/", **options: bool
 ) -> results.GetReport:
     documents = results.find_documents(store, SETTINGS, prefix=prefix)
-    wanted, missing = results.plan(documents, SETTINGS, dest, **options)
-    return results.get_results(store, SETTINGS, wanted, missing)
+    return results.get_results(store, SETTINGS, results.plan(documents, SETTINGS, dest, **options))
 
 
 def test_the_output_tree_mirrors_the_input_names(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_a_second_get_downloads_nothing_and_a_changed_file_comes_back(tmp_path: 
 
     again = get(store, tmp_path)
 
-    assert again.count("unchanged") == 3 and again.count("downloaded") == 1
+    assert again.count("unchanged") == 3 and again.count("replaced") == 1
     assert edited.read_text() == "batch1/top.pdf one\nbatch1/top.pdf two"
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
@@ -120,9 +121,9 @@ def test_named_documents(tmp_path: Path) -> None:
     store = MemoryStore()
     batch(store)
     documents = results.find_documents(store, SETTINGS, names=["batch1/top.pdf", "nope.pdf"])
-    wanted, missing = results.plan(documents, SETTINGS, tmp_path)
-    assert [w.path for w in wanted] == [tmp_path / "batch1/top.md"]
-    assert missing == [results.Missing("nope.pdf", "no such document")]
+    planned = results.plan(documents, SETTINGS, tmp_path)
+    assert [w.path for w in planned.wanted] == [tmp_path / "batch1/top.md"]
+    assert planned.missing == (results.Missing("nope.pdf", "no such document"),)
 
 
 def test_names_that_differ_only_by_extension_keep_it(tmp_path: Path) -> None:
@@ -139,14 +140,18 @@ def test_names_that_differ_only_by_extension_keep_it(tmp_path: Path) -> None:
         ("a/b.pdf", "a/b"),
         ("archive.tar.gz", "archive.tar"),
         ("no-extension", "no-extension"),
-        ("a/../b.pdf", None),
-        ("./b.pdf", None),
-        ("/abs.pdf", None),
-        ("a//b.pdf", None),
+        ("a/../b.pdf", "a/%2E%2E/b"),
+        ("./b.pdf", "%2E/b"),
+        ("/abs.pdf", "%/abs"),
+        ("a//b.pdf", "a/%/b"),
+        ("t/..\\..\\x.pdf", "t/..%5C..%5Cx"),
+        ("C:/evil.pdf", "C%3A/evil"),
+        ("nul.tar.gz", "%6Eul.tar"),
+        ("dots.../x .pdf", "dots%2E%2E%2E/x%20"),
     ],
 )
-def test_local_paths_never_leave_the_folder(name: str, stem: str | None) -> None:
-    assert results.local_stem(name) == (PurePosixPath(stem) if stem else None)
+def test_local_paths_never_leave_the_folder(name: str, stem: str) -> None:
+    assert local_paths.stem(name, 0) == PurePosixPath(stem)
 
 
 def test_dash_writes_the_markdown_to_standard_output() -> None:
@@ -168,8 +173,8 @@ def test_the_object_names_come_from_naming(tmp_path: Path) -> None:
     store = MemoryStore()
     doc = make_document(store, "n/ü.pdf", "done")
     documents = results.find_documents(store, SETTINGS, prefix="n/")
-    wanted, _ = results.plan(documents, SETTINGS, tmp_path)
-    assert [w.info.name for w in wanted] == [naming.document_markdown_name(doc)]
+    planned = results.plan(documents, SETTINGS, tmp_path)
+    assert [w.info.name for w in planned.wanted] == [naming.document_markdown_name(doc)]
 
 
 OFFLINE_ENV = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
@@ -192,12 +197,16 @@ def test_get_usage_errors_exit_2_before_any_call(args: list[str]) -> None:
     assert result.exit_code == cli.Exit.USAGE, result.output
 
 
+def _is_page(path: Path) -> bool:
+    return path.parent.name == "pages" and re.fullmatch(r"\d{5}\.md", path.name) is not None
+
+
 def _markdown_files(root: Path) -> dict[str, str]:
-    """Every Markdown file under ``root``, relative path -> text (page files left out)."""
+    """Every document's Markdown file under ``root``, relative path -> text."""
     return {
         p.relative_to(root).as_posix(): p.read_text()
         for p in root.rglob("*.md")
-        if "/pages/" not in p.relative_to(root).as_posix()
+        if p.is_file() and not _is_page(p)
     }
 
 
@@ -236,7 +245,7 @@ def test_no_two_documents_share_a_local_file(tmp_path: Path) -> None:
     assert len(written) == len(CLASHING)
     every = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()]
     assert len({_folded(p) for p in every}) == len(every)  # distinct on any disk
-    pages = [p for p in every if "/pages/" in p]
+    pages = [p for p in every if _is_page(tmp_path / p)]
     assert sorted(tmp_path.joinpath(p).read_text() for p in pages) == sorted(
         f"text of {name}" for name in CLASHING
     )
@@ -299,15 +308,17 @@ def test_a_document_that_cannot_be_written_is_reported_and_the_rest_are_written(
     tmp_path: Path,
 ) -> None:
     store = MemoryStore()
-    for name in ("f/first.pdf", "f/blocked.pdf", "f/rebuilt.pdf", "f/last.pdf"):
-        make_document(store, name, "done", texts=[name, "two"])
+    docs = {
+        name: make_document(store, name, "done", texts=[name, "two"])
+        for name in ("f/first.pdf", "f/blocked.pdf", "f/rebuilt.pdf", "f/last.pdf")
+    }
     (tmp_path / "f/blocked.md").mkdir(parents=True)  # a local folder where its file goes
     documents = results.find_documents(store, SETTINGS, prefix="f/")
     planned = results.plan(documents, SETTINGS, tmp_path)
-    rebuilt = make_document(store, "f/rebuilt.pdf", "done", texts=["new", "text"])
-    assert rebuilt.generation  # document.md changed between listing and download
+    rebuilt = naming.document_markdown_name(docs["f/rebuilt.pdf"])
+    store.put("out", rebuilt, b"rebuilt with a retried page")  # since the listing
 
-    report = results.get_results(store, SETTINGS, *planned)
+    report = results.get_results(store, SETTINGS, planned)
 
     assert (tmp_path / "f/first.md").read_text() == "f/first.pdf\ntwo"
     assert (tmp_path / "f/last.md").read_text() == "f/last.pdf\ntwo"

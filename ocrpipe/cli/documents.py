@@ -282,8 +282,12 @@ def get(
 ) -> None:
     """Download each document's newest finished Markdown as `DIR/<name>.md` (`<name>`: the
     input name minus its extension), mirroring the input folders. Files already there with
-    the same bytes are not downloaded again. Exit 1 if a document has no Markdown yet (or
-    was rejected)."""
+    the same bytes are not downloaded again; a file with other bytes is replaced, and
+    counted. The whole download is planned first: a name a disk could refuse is escaped
+    (`%XX`), and two documents that would share a file (also on a disk that ignores letter
+    case) both move, each line saying where and why. Nothing is written outside DIR. A
+    document that cannot be written is reported and the rest are written. Exit 1 if a
+    document has no Markdown yet (or was rejected) or could not be written."""
     settings = load_settings(local)
     if not names and prefix is None:
         err.print("Name at least one document, or give --prefix.", style="red")
@@ -296,11 +300,23 @@ def get(
         documents = results.find_documents(store, settings, names=names or (), prefix=prefix)
         if output == "-":
             missing = results.write_markdown(store, settings, documents, sys.stdout.buffer)
+            failed: tuple[results.Missing, ...] = ()
         else:
-            missing = list(_download(store, settings, documents, Path(output), pages, record))
+            report = _download(store, settings, documents, Path(output), pages, record)
+            missing, failed = list(report.missing), report.failed
     for item in missing:
         err.print(Text(f"{item.name}: no Markdown: {item.why}", style="yellow"))
-    raise typer.Exit(Exit.FAILED if missing else Exit.OK)
+    for item in failed:
+        err.print(Text(f"{item.name}: not written: {item.why}", style="red"))
+    if missing or failed:
+        err.print(
+            Text(
+                f"{len(missing) + len(failed)} document(s) not written:"
+                f" {len(missing)} without Markdown, {len(failed)} that could not be written",
+                style="red",
+            )
+        )
+    raise typer.Exit(Exit.FAILED if missing or failed else Exit.OK)
 
 
 def _download(
@@ -310,23 +326,28 @@ def _download(
     dest: Path,
     pages: bool,
     record: bool,
-) -> tuple[results.Missing, ...]:
-    wanted, missing = results.plan(documents, settings, dest, pages=pages, record=record)
+) -> results.GetReport:
+    planned = results.plan(documents, settings, dest, pages=pages, record=record)
+    count = len(planned.wanted)
     with batch_views.transfer_progress(err, "downloading") as progress:
-        task = progress.add_task("", total=sum(w.info.size for w in wanted), files="")
+        task = progress.add_task("", total=sum(w.info.size for w in planned.wanted), files="")
         done = [0]
 
         def advance(item: results.Wanted, action: results.Action) -> None:
             done[0] += 1
-            progress.update(task, advance=item.info.size, files=f"{done[0]}/{len(wanted)}")
+            progress.update(task, advance=item.info.size, files=f"{done[0]}/{count}")
 
-        report = results.get_results(store, settings, wanted, missing, on_file=advance)
+        report = results.get_results(store, settings, planned, on_file=advance)
+    for moved in report.renamed:
+        out.print(Text(f"{moved.name} -> {moved.path}: {moved.why}"))
+    replaced = report.count("replaced")
     out.print(
-        f"{report.count('downloaded')} file(s) downloaded, {report.count('unchanged')}"
-        f" unchanged, into {dest}",
+        f"{report.count('downloaded') + replaced} file(s) downloaded, {report.count('unchanged')}"
+        f" unchanged, into {dest}"
+        + (f" ({replaced} of them replaced a local file with other bytes)" if replaced else ""),
         markup=False,
     )
-    return report.missing
+    return report
 
 
 def _upload(
