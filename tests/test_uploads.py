@@ -5,6 +5,7 @@ relative to the folder, prefix), skipping files already uploaded by checksum, --
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,79 @@ def test_submit_of_nothing_or_of_clashing_names_exits_2_before_any_call(tmp_path
     second = tree(tmp_path / "b", {"same.pdf": b"2"})
     result = CliRunner().invoke(cli.app, ["submit", str(first), str(second)], env=OFFLINE_ENV)
     assert result.exit_code == cli.Exit.USAGE and "same name" in result.stderr
+
+
+def _submit(store: MemoryStore, *args: str) -> tuple[int, str, str]:
+    """``ocrpipe submit ARGS`` with ``store`` as the input bucket's store."""
+    from typer.testing import CliRunner
+
+    from ocrpipe import cli
+
+    def no_client(settings: object) -> Any:
+        raise AssertionError("submit needs no Pub/Sub client")
+
+    memory = cli.Clients(store=lambda _: store, publisher=no_client, dead_letters=no_client)
+    env = {**OFFLINE_ENV, "OCRPIPE_INPUT_BUCKET": "in", "COLUMNS": "300"}
+    result = CliRunner().invoke(cli.app, ["submit", *args], obj=memory, env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_symbolic_links_are_not_followed_out_of_the_tree_unless_asked(tmp_path: Path) -> None:
+    secret = tree(tmp_path / "home/.ssh", {"id_rsa": b"-----BEGIN OPENSSH PRIVATE KEY-----"})
+    other = tree(tmp_path / "elsewhere", {"far.pdf": b"%PDF-far"})
+    root = tree(tmp_path / "scans", {"real.pdf": b"%PDF-real"})
+    (root / "key.pdf").symlink_to(secret / "id_rsa")
+    (root / "linked").symlink_to(other, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    store = MemoryStore()
+
+    code, stdout, stderr = _submit(store, str(root), "--prefix", "p/")
+
+    assert code == 0, stderr
+    assert sorted(store.names("in")) == ["p/real.pdf"]
+    assert "key.pdf" in stderr and "linked" in stderr and "--follow-symlinks" in stderr
+
+    code, stdout, stderr = _submit(store, str(root), "--prefix", "q/", "--follow-symlinks")
+    assert code == 0, stderr
+    assert sorted(n for n in store.names("in") if n.startswith("q/")) == [
+        "q/key.pdf",
+        "q/linked/far.pdf",
+        "q/real.pdf",
+    ]
+
+
+def test_every_file_is_checked_before_the_first_upload(tmp_path: Path) -> None:
+    import os
+
+    root = tree(tmp_path / "scans", {"good.pdf": b"%PDF-good", "line\nfeed.pdf": b"%PDF-lf"})
+    (root / os.fsdecode(b"latin-\xe9.pdf")).write_bytes(b"%PDF-latin1")  # not UTF-8
+    os.mkfifo(root / "pipe.pdf")  # not a file: opening it would hang
+    store = MemoryStore()
+
+    code, stdout, stderr = _submit(store, str(root), "--prefix", "p/")
+
+    assert sorted(store.names("in")) == ["p/good.pdf"]
+    assert code == 1, stdout + stderr  # something was not submitted: said so, exit 1
+    assert "submitted gs://in/p/good.pdf" in stdout
+    assert "line\\x0afeed.pdf" in stderr and "line feed" in stderr
+    assert "latin-\\udce9.pdf" in stderr and "UTF-8" in stderr
+    assert "pipe.pdf" in stderr and "not a regular file" in stderr
+    assert "Traceback" not in stdout + stderr
+
+
+def test_a_file_that_vanishes_before_its_upload_is_reported_and_the_rest_are_uploaded(
+    tmp_path: Path,
+) -> None:
+    root = tree(tmp_path / "scans", {f"doc{n}.pdf": b"%PDF-" + bytes([n]) for n in range(5)})
+    store = MemoryStore()
+    files = uploads.collect([root])
+    (root / "doc2.pdf").unlink()
+
+    report = uploads.submit(store, "in", files)
+
+    assert sorted(store.names("in")) == ["doc0.pdf", "doc1.pdf", "doc3.pdf", "doc4.pdf"]
+    assert [(f.file.name, "doc2.pdf" in f.why) for f in report.failed] == [("doc2.pdf", True)]
+    assert "doc2.pdf" not in report.names  # --wait follows only what was uploaded
