@@ -56,30 +56,53 @@ def submit(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")
     ] = False,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option(
+            "--follow-symlinks",
+            help="Follow symbolic links inside folders (to files and folders); by default"
+            " they are skipped, and said so.",
+        ),
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
     """Upload files, and folders, to the input bucket; each file becomes a document named
     PREFIX + its file name, or + its path inside the folder given. A file whose bytes are
     already in the bucket under that name is skipped (unless --force). With --wait and
-    several files, one progress bar follows the whole batch."""
+    several files, one progress bar follows the whole batch.
+
+    Every file is checked before the first upload: it must open for reading and its name
+    must be one GCS accepts (UTF-8, no line break, at most 1024 bytes). What is skipped is
+    listed with the reason and the rest is uploaded; exit 1 if a file could not be
+    submitted (a symbolic link not followed, or a FIFO, is not a failure)."""
     settings = load_settings(local)
     try:
-        local_files = uploads.collect(files, prefix)
+        collected = uploads.collect(files, prefix, follow_symlinks=follow_symlinks)
     except uploads.DuplicateName as exc:
-        err.print(Text(f"Two files would get the same name: {exc}", style="red"))
+        err.print(Text(views.printable(f"Two files would get the same name: {exc}"), style="red"))
         raise typer.Exit(Exit.USAGE) from None
-    if not local_files:
+    for skipped in collected.skipped:
+        line = f"skipped {skipped.path}: {skipped.why}"
+        err.print(Text(views.printable(line), style="red" if skipped.problem else "yellow"))
+    problems = [s for s in collected.skipped if s.problem]
+    if not collected.files:
         err.print("No files to submit (hidden files are skipped).", style="red")
         raise typer.Exit(Exit.USAGE)
     with cloud_errors():
         store = clients(ctx).store(settings)
-        report = _upload(store, settings, local_files, force=force, dry_run=dry_run)
+        report = _upload(store, settings, collected.files, force=force, dry_run=dry_run)
         names = report.names
-        if wait_ and not dry_run:
+        code = Exit.OK
+        if wait_ and not dry_run and names:
             if len(names) == 1:
-                raise typer.Exit(wait_for(store, settings, names, timeout, allow_partial))
-            code = wait_batch(store, settings, listing_prefix(names), names, timeout, allow_partial)
-            raise typer.Exit(code)
+                code = wait_for(store, settings, names, timeout, allow_partial)
+            else:
+                prefix_ = listing_prefix(names)
+                code = wait_batch(store, settings, prefix_, names, timeout, allow_partial)
+    not_submitted = len(problems) + len(report.failed)
+    if not_submitted:
+        err.print(Text(f"{not_submitted} file(s) not submitted (listed above)", style="red"))
+    raise typer.Exit(code or (Exit.FAILED if not_submitted else Exit.OK))
 
 
 def status(
@@ -369,13 +392,15 @@ def _upload(
 
         report = uploads.submit(store, bucket, files, force=force, dry_run=dry_run, on_file=advance)
     for item in report.files:
-        uri = naming.object_uri(bucket, item.file.name)
+        uri = views.printable(naming.object_uri(bucket, item.file.name))
         if item.unchanged:
             continue
         if dry_run:
             out.print(Text(f"would submit {uri} ({item.file.size} bytes)"))
         else:
             out.print(Text(f"submitted {uri} (generation {item.generation})"))
+    for failed in report.failed:
+        err.print(Text(views.printable(f"not submitted: {failed.why}"), style="red"))
     verb = "would upload" if dry_run else "uploaded"
     out.print(
         f"{verb} {len(report.uploaded)} file(s), {len(report.unchanged)} unchanged (already"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.highlighter import JSONHighlighter
 from rich.table import Table
 from rich.text import Text
 
@@ -28,9 +29,39 @@ STATE_STYLE = {
 }
 
 
+# What a terminal could take as a command, or that hides or reorders the text around it:
+# C0 and C1 controls and DEL (ESC, the 8-bit CSI), the Unicode line and paragraph
+# separators, the bidirectional overrides and isolates, and lone surrogates (a file name
+# that is not UTF-8). Each is shown as a Python-style escape.
+_CONTROLS = (
+    *range(0x20),
+    *range(0x7F, 0xA0),
+    0x061C,
+    0x200E,
+    0x200F,
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+    *range(0xD800, 0xE000),
+)
+_SHOWN = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROLS}
+# In JSON only inside strings, and json.dumps already escapes C0: \uXXXX keeps it exact.
+_IN_JSON = {c: f"\\u{c:04x}" for c in _CONTROLS if c >= 0x20}
+
+
+def printable(text: object) -> str:
+    """``text`` for a person's terminal: every control character (see ``_CONTROLS``)
+    written as an escape (``\\x1b``, ``\\u202e``), so a name shows what it holds and
+    never acts on the terminal. The one helper for every name, message and path shown."""
+    return str(text).translate(_SHOWN)
+
+
 def print_json(console: Console, value: Any) -> None:
-    """One JSON document on stdout; no markup, no wrapping."""
-    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
+    """One JSON document on stdout; no markup, no wrapping. Exact: parsing it gives every
+    name as stored, but no character that acts on a terminal is written raw."""
+    text = json.dumps(value, ensure_ascii=False, default=str, indent=2).translate(_IN_JSON)
+    console.print(JSONHighlighter()(text), soft_wrap=True)
 
 
 def duration(seconds: float | None) -> str:
