@@ -15,6 +15,7 @@ from rich.console import Console
 
 from ocrpipe.errors import OcrpipeError
 from ocrpipe.operations.pull import PubSubPullSubscription, PullSubscription
+from ocrpipe.operations.views import printable
 from ocrpipe.pubsub import Publisher, PubSubPublisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectStore
@@ -56,7 +57,7 @@ def load_settings(local: bool) -> Settings:
         return Settings(_env_file=LOCAL_ENV_FILE) if local else Settings()
     except ValidationError as exc:
         err.print("The settings (OCRPIPE_* variables) are not valid:", style="red")
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(printable(exc), markup=False, highlight=False)
         raise typer.Exit(Exit.USAGE) from None
 
 
@@ -74,7 +75,7 @@ def cloud_errors() -> Iterator[None]:
         err.print("Run `gcloud auth application-default login`, or use --local.", markup=False)
         raise typer.Exit(Exit.USAGE) from None
     except OcrpipeError as exc:
-        err.print(str(exc), style="red", markup=False, highlight=False)
+        err.print(printable(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(Exit.FAILED) from None
 
 

@@ -240,16 +240,17 @@ def retry(
         publisher = clients(ctx).publisher(settings) if failed_only and not dry_run else None
         code = Exit.OK
         for name in dict.fromkeys(targets):
+            shown = views.printable(name)
             try:
                 if failed_only:
                     _retry_pages(store, publisher, settings, name, dry_run)
                 elif dry_run:
-                    out.print(Text(f"{name}: would be reprocessed as a new generation"))
+                    out.print(Text(f"{shown}: would be reprocessed as a new generation"))
                 else:
                     generation = reprocess(store, settings, name)
-                    out.print(Text(f"{name}: reprocessing as generation {generation}"))
+                    out.print(Text(f"{shown}: reprocessing as generation {generation}"))
             except RetryRefused as exc:
-                err.print(Text(f"{name}: {exc}", style="red"))
+                err.print(Text(views.printable(f"{name}: {exc}"), style="red"))
                 code = Exit.FAILED
     raise typer.Exit(code)
 
@@ -262,22 +263,23 @@ def _retry_pages(
     dry_run: bool,
 ) -> None:
     plan = plan_unfinished_pages(store, settings, name)
+    shown = views.printable(name)
     if not plan.pages:
-        out.print(Text(f"{name}: nothing to retry, every page has Markdown"))
+        out.print(Text(f"{shown}: nothing to retry, every page has Markdown"))
         return
     if plan.rebuild:
         verb = "would ask" if dry_run or publisher is None else "asked"
         if publisher is not None and not dry_run:
             requeue(plan, store, publisher, settings)
-        out.print(Text(f"{name}: {verb} the worker to rebuild document.md (stale assembly)"))
+        out.print(Text(f"{shown}: {verb} the worker to rebuild document.md (stale assembly)"))
         return
     counts = f"{len(plan.failed)} failed, {len(plan.pending)} pending"
     what = f"pages {_page_list(plan.pages)} ({counts})"
     if dry_run or publisher is None:
-        out.print(Text(f"{name}: would re-queue {what}; would delete {len(plan.remove)} objects"))
+        out.print(Text(f"{shown}: would re-queue {what}; would delete {len(plan.remove)} objects"))
         return
     requeue(plan, store, publisher, settings)
-    out.print(Text(f"{name}: re-queued {what}"))
+    out.print(Text(f"{shown}: re-queued {what}"))
 
 
 def _page_list(pages: tuple[int, ...]) -> str:
@@ -328,9 +330,9 @@ def get(
             report = _download(store, settings, documents, Path(output), pages, record)
             missing, failed = list(report.missing), report.failed
     for item in missing:
-        err.print(Text(f"{item.name}: no Markdown: {item.why}", style="yellow"))
+        err.print(Text(views.printable(f"{item.name}: no Markdown: {item.why}"), style="yellow"))
     for item in failed:
-        err.print(Text(f"{item.name}: not written: {item.why}", style="red"))
+        err.print(Text(views.printable(f"{item.name}: not written: {item.why}"), style="red"))
     if missing or failed:
         err.print(
             Text(
@@ -362,11 +364,11 @@ def _download(
 
         report = results.get_results(store, settings, planned, on_file=advance)
     for moved in report.renamed:
-        out.print(Text(f"{moved.name} -> {moved.path}: {moved.why}"))
+        out.print(Text(views.printable(f"{moved.name} -> {moved.path}: {moved.why}")))
     replaced = report.count("replaced")
     out.print(
         f"{report.count('downloaded') + replaced} file(s) downloaded, {report.count('unchanged')}"
-        f" unchanged, into {dest}"
+        f" unchanged, into {views.printable(dest)}"
         + (f" ({replaced} of them replaced a local file with other bytes)" if replaced else ""),
         markup=False,
     )

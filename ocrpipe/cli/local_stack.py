@@ -152,7 +152,7 @@ def _print_iam_report(report: dict[str, dict[str, list[str]]]) -> None:
             ("refused", "refused", "red"),
         ):
             for line in parts.get(key, []):
-                out.print(Text(f"  {title}: {line}", style=style))
+                out.print(Text(views.printable(f"  {title}: {line}"), style=style))
         if not any(parts.values()):
             out.print("  (no grants, no calls)")
 
@@ -174,7 +174,8 @@ def demo(
         store = CLOUD.store(settings)
         with file.open("rb") as handle:
             store.upload(settings.input_bucket, file.name, handle, _content_type(file))
-        out.print(f"submitted {file} -> {naming.object_uri(settings.input_bucket, file.name)}")
+        uri = naming.object_uri(settings.input_bucket, file.name)
+        out.print(Text(views.printable(f"submitted {file} -> {uri}")))
         code = wait_for(store, settings, [file.name], timeout)
         final = document_status(store, settings, file.name)
         if final.markdown_uri:
@@ -187,7 +188,8 @@ def demo(
         if stack.iam:
             for identity, parts in stack.iam_usage().items():
                 for refused in parts["refused"]:
-                    err.print(Text(f"IAM refused {identity}: {refused}", style="red"))
+                    line = views.printable(f"IAM refused {identity}: {refused}")
+                    err.print(Text(line, style="red"))
     except StackError as exc:
         err.print(str(exc), style="red", markup=False)
         code = Exit.FAILED

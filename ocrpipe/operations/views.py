@@ -91,21 +91,21 @@ def status_table(statuses: Sequence[DocumentStatus], now: float | None = None) -
     for s in statuses:
         detail = s.markdown_uri or (f"{s.error.reason}: {s.error.message}" if s.error else "")
         table.add_row(
-            Text(s.name),
+            Text(printable(s.name)),
             state_text(s.state),
             str(s.page_count or "-"),
             str(s.done),
             str(s.failed),
             str(s.pending),
             duration(s.elapsed(now)),
-            Text(detail),
+            Text(printable(detail)),
         )
     return table
 
 
 def print_status_detail(console: Console, s: DocumentStatus, now: float | None = None) -> None:
     now = time.time() if now is None else now
-    console.print(Text.assemble((s.name, "bold"), "  ", state_text(s.state)))
+    console.print(Text.assemble((printable(s.name), "bold"), "  ", state_text(s.state)))
     if s.state == "unknown":
         console.print("  no such document in the input bucket, and no output for it")
         return
@@ -135,12 +135,13 @@ def print_status_detail(console: Console, s: DocumentStatus, now: float | None =
         rows.append(("rejected", f"{s.error.reason}: {s.error.message}"))
     grid = Table.grid(padding=(0, 2))
     for label, value in rows:
-        grid.add_row(Text(f"  {label}", style="dim"), Text(value))
+        grid.add_row(Text(f"  {label}", style="dim"), Text(printable(value)))
     console.print(grid)
     if s.page_errors:
         table = Table("page", "reason", "message", title="failed pages", title_justify="left")
         for number, error in sorted(s.page_errors.items()):
-            table.add_row(str(number), Text(error.reason), Text(error.message))
+            reason, message = printable(error.reason), printable(error.message)
+            table.add_row(str(number), Text(reason), Text(message))
         console.print(table)
 
 
@@ -167,11 +168,11 @@ def invalid_message_table(found: InvalidMessages) -> Table:
     for m in found.newest:
         table.add_row(
             timestamp(m.created),
-            Text(m.reason),
-            Text(m.doc_id or "-", no_wrap=True),
+            Text(printable(m.reason)),
+            Text(printable(m.doc_id or "-"), no_wrap=True),
             str(m.page or "-"),
-            Text(m.message),
-            Text(m.uri, no_wrap=True),
+            Text(printable(m.message)),
+            Text(printable(m.uri), no_wrap=True),
         )
     return table
 
@@ -183,9 +184,9 @@ def dead_letter_table(letters: Sequence[DeadLetter]) -> Table:
     )
     for letter in letters:
         table.add_row(
-            Text(letter.name or "(not a page message)"),
+            Text(printable(letter.name) or "(not a page message)"),
             str(letter.page or "-"),
-            Text(letter.doc_id or "-", no_wrap=True),
+            Text(printable(letter.doc_id or "-"), no_wrap=True),
             str(letter.delivery_count or "-"),
             _short_time(_parse_time(letter.first_published)),
             _short_time(letter.dead_lettered),
