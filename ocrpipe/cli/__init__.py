@@ -14,14 +14,15 @@ Exit codes of every command:
   (or an unknown name), a retry was refused, a replay could not publish, or Google Cloud
   answered with an error.
 * 2: usage or configuration error (bad arguments or settings, no credentials).
-* 3: `wait` or `submit --wait` timed out before every document finished.
+* 3: `wait` or `submit --wait` timed out before every document finished; `follow --count`
+  timed out before that many documents.
 """
 
 from __future__ import annotations
 
 import typer
 
-from ocrpipe.cli import dead_letters, documents, local_stack, report
+from ocrpipe.cli import dead_letters, documents, follow, local_stack, report
 from ocrpipe.cli.common import Clients, Exit
 
 __all__ = ["Clients", "Exit", "app"]
@@ -46,3 +47,4 @@ app.add_typer(dlq_app, name="dlq")
 app.command()(local_stack.demo)
 app.command()(documents.get)
 app.command()(report.report)
+app.command("follow")(follow.follow_documents)

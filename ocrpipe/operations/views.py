@@ -60,8 +60,14 @@ def printable(text: object) -> str:
 def print_json(console: Console, value: Any) -> None:
     """One JSON document on stdout; no markup, no wrapping. Exact: parsing it gives every
     name as stored, but no character that acts on a terminal is written raw."""
-    text = json.dumps(value, ensure_ascii=False, default=str, indent=2).translate(_IN_JSON)
-    console.print(JSONHighlighter()(text), soft_wrap=True)
+    text = json.dumps(value, ensure_ascii=False, default=str, indent=2)
+    console.print(json_text(text), soft_wrap=True)
+
+
+def json_text(text: str) -> Text:
+    """JSON text (from ``json.dumps``) to print: what would act on a terminal becomes a
+    ``\\u`` escape, which parses back to the same string."""
+    return JSONHighlighter()(text.translate(_IN_JSON))
 
 
 def duration(seconds: float | None) -> str:
