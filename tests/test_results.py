@@ -327,3 +327,21 @@ def test_a_document_that_cannot_be_written_is_reported_and_the_rest_are_written(
     assert "f/blocked.md" in failed["f/blocked.pdf"]
     assert "run `ocrpipe get` again" in failed["f/rebuilt.pdf"]
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".part")]
+
+
+def test_a_document_that_clashes_at_every_level_is_reported_not_written(tmp_path: Path) -> None:
+    store = MemoryStore()
+    taken = f"d/x.pdf~{local_paths.name_hash('d/x.pdf')}.pdf"  # what x.pdf would become
+    for name in ("d/x.pdf", "d/X.pdf", taken):
+        make_document(store, name, "done", texts=[name, ""])
+
+    report = get(store, tmp_path, prefix="d/")
+
+    assert [m.name for m in report.missing] == ["d/x.pdf"]
+    assert report.missing[0].why.startswith("no local path of its own: ")
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.md"))
+    assert written == [
+        f"d/X.pdf~{local_paths.name_hash('d/X.pdf')}.md",
+        f"d/x.pdf~{local_paths.name_hash('d/x.pdf')}.pdf.md",
+    ]
+    assert {r.name for r in report.renamed} == {"d/X.pdf", taken}
