@@ -78,6 +78,28 @@ class DocumentRef:
         return object_uri(self.bucket, self.name, self.generation)
 
 
+MAX_OBJECT_NAME_BYTES = 1024
+
+
+def object_name_problem(name: str) -> str | None:
+    """Why GCS would refuse ``name`` as an object name, or None: 1 to 1024 bytes of valid
+    Unicode (UTF-8), no carriage return or line feed, not ``.`` or ``..``, not under
+    ``.well-known/acme-challenge/`` (GCS's documented naming requirements)."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8 (GCS names are Unicode text)"
+    if size == 0 or size > MAX_OBJECT_NAME_BYTES:
+        return f"GCS names are 1 to {MAX_OBJECT_NAME_BYTES} bytes long, this one is {size}"
+    if "\r" in name or "\n" in name:
+        return "GCS names cannot hold a carriage return or a line feed"
+    if name in (".", ".."):
+        return "GCS names cannot be . or .."
+    if name.startswith(".well-known/acme-challenge/"):
+        return "GCS names cannot start with .well-known/acme-challenge/"
+    return None
+
+
 def name_key(name: str) -> str:
     """Map any legal GCS object name to a safe, unique key inside the output bucket.
 

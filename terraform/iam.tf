@@ -33,6 +33,7 @@ locals {
     eventarc    = [google_service_account.trigger.member]
     "gcs-agent" = ["serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"]
     operator    = var.operators
+    owner       = [] # the project's owner holds roles/owner already; iam.json grants it nothing
   }
 
   # What iam.json's logical names are here.

@@ -40,6 +40,7 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
     up = subprocess.Popen([OCRPIPE, "up", *args], cwd=tmp_path, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
+    follow: subprocess.Popen[str] | None = None
     try:
         env_file = tmp_path / ".ocrpipe" / "local.env"
         deadline = time.monotonic() + 180
@@ -47,6 +48,14 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
             assert up.poll() is None, up.stdout.read() if up.stdout else ""
             assert time.monotonic() < deadline, "ocrpipe up did not come up"
             time.sleep(0.3)
+        # A third shell follows the documents as the stack's project owner.
+        follow = subprocess.Popen(
+            [OCRPIPE, "follow", "--local", "--count", "1", "--timeout", "300"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert follow.stderr is not None
+        started = follow.stderr.readline()  # once its subscription exists
+        assert "following ocrpipe-documents" in started, started + follow.stderr.read()
         submit = subprocess.run(
             [OCRPIPE, "submit", "--local", "sample.pdf", "--wait", "--timeout", "240"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
@@ -54,7 +63,13 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
         assert submit.returncode == 0, submit.stdout + submit.stderr
         assert "sample.pdf: done" in submit.stdout
         assert "gs://ocrpipe-output/sample.pdf/@" in submit.stdout
+        followed, _ = follow.communicate(timeout=300)
+        assert follow.returncode == 0, followed
+        assert followed.startswith("done sample.pdf  ") and "/document.md" in followed
     finally:
+        if follow is not None and follow.poll() is None:
+            follow.kill()
+            follow.communicate()
         up.send_signal(signal.SIGINT)
         try:
             output, _ = up.communicate(timeout=60)
@@ -65,6 +80,7 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
     assert up.returncode == 0, output
     assert "stopping" in output
     assert not (tmp_path / ".ocrpipe" / "local.env").exists()
+    assert not (tmp_path / ".ocrpipe" / "owner.env").exists()
     assert all(port_is_free(port) for port in vars(ports).values())
 
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -278,3 +279,104 @@ def test_overrides_take_one_permission_away(
     finally:
         process.terminate()
         process.wait(10)
+
+
+@dataclass(frozen=True)
+class Ambiguous:
+    method: str
+    path: str
+    query: str  # raw, as sent
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+def _multipart(metadata: str) -> bytes:
+    return (
+        f"--b\r\ncontent-type: application/json\r\n\r\n{metadata}\r\n--b\r\n"
+        "content-type: text/plain\r\n\r\nhi\r\n--b--\r\n"
+    ).encode()
+
+
+def _ambiguous_requests(proxy: Proxied, tag: str, generation: int) -> list[Ambiguous]:
+    """Requests that fake-gcs-server reads one way and a careless proxy another: Go's
+    ``Query().Get`` takes a repeated parameter's first value, Python's ``parse_qs`` the
+    last; Go drops a pair holding ``;``; Go's JSON decoder matches ``"Name"`` to ``name``;
+    Go's MIME parser reads ``boundary=`` as a parameter. Each would have the proxy
+    authorize one object while the emulator writes another."""
+    out, work = proxy.buckets["output"], proxy.buckets["work"]
+    doc = quote(f"ambiguous-{tag}/@1", safe="")
+    manifest, document = f"{doc}%2Fmanifest.json", f"{doc}%2Fdocument.md"
+    upload_out, upload_work = f"/upload/storage/v1/b/{out}/o", f"/upload/storage/v1/b/{work}/o"
+    media = {"content-type": "text/plain"}
+    multipart = {"content-type": 'multipart/related; boundary="b"'}
+    metadata = f'{{"name": "ambiguous-{tag}/@1/manifest.json"}}'
+    return [
+        # the emulator writes document.md; a last-wins proxy checks manifest.json
+        Ambiguous(
+            "POST", upload_out, f"uploadType=media&name={document}&name={manifest}", media, b"x"
+        ),  # fmt: skip
+        Ambiguous(
+            "POST",
+            upload_out,
+            f"uploadType=multipart&uploadType=media&name={manifest}",
+            multipart,
+            _multipart(metadata),
+        ),  # fmt: skip
+        # the emulator overwrites generation G; a last-wins proxy sees create-only (=0)
+        Ambiguous(
+            "POST",
+            upload_work,
+            f"uploadType=media&name=existing-{tag}"
+            f"&ifGenerationMatch={generation}&ifGenerationMatch=0",
+            media,
+            b"x",
+        ),  # fmt: skip
+        Ambiguous("GET", f"/storage/v1/b/{out}/o", f"prefix={doc}%2F&prefix=", {}),
+        Ambiguous("GET", f"/storage/v1/b/{out}/o/{manifest}", "alt=media&alt=json", {}),
+        # a ';' in a pair: Go drops the pair, Python keeps it in the value
+        Ambiguous("POST", upload_out, f"uploadType=media&name={manifest};x=1", media, b"x"),
+        # Go's JSON decoder: keys match fields whatever their case, the last one wins
+        Ambiguous(
+            "POST",
+            upload_out,
+            "uploadType=multipart",
+            multipart,
+            _multipart(
+                f'{{"name": "ambiguous-{tag}/@1/manifest.json",'
+                f' "NAME": "ambiguous-{tag}/@1/document.md"}}'
+            ),
+        ),  # fmt: skip
+        Ambiguous(
+            "POST",
+            upload_out,
+            "uploadType=multipart",
+            multipart,
+            _multipart(f'{{"Name": "ambiguous-{tag}/@1/document.md"}}'),
+        ),  # fmt: skip
+        # two boundary parameters: which part is the metadata depends on the parser
+        Ambiguous(
+            "POST",
+            upload_out,
+            f"uploadType=multipart&name={manifest}",
+            {"content-type": 'multipart/related; xboundary="a"; boundary="b"'},
+            _multipart(metadata),
+        ),  # fmt: skip
+    ]
+
+
+@pytest.mark.parametrize("identity", IDENTITIES)
+def test_ambiguous_requests_are_refused_for_every_identity(proxy: Proxied, identity: str) -> None:
+    direct = GcsStore.connect(PROJECT, proxy.upstream)
+    tag = f"{identity}-{uuid.uuid4().hex[:6]}"
+    work = proxy.buckets["work"]
+    generation = direct.upload(work, f"existing-{tag}", io.BytesIO(b"kept"), "text/plain")
+    requests = _ambiguous_requests(proxy, tag, generation)
+    for request in requests:
+        url = f"{proxy.url(identity)}{request.path}?{request.query}"
+        answer = httpx.request(request.method, url, headers=request.headers, content=request.body)
+        assert answer.status_code == 403, (identity, request, answer.text)
+        assert "ambiguous" in answer.json()["error"]["message"], (request, answer.text)
+    assert direct.list(proxy.buckets["output"], f"ambiguous-{tag}/") == []  # nothing written
+    assert direct.read(work, f"existing-{tag}") == b"kept"
+    refused = [d for d in proxy.decisions() if d["identity"] == identity and not d["allowed"]]
+    assert sum(1 for d in refused if d["permission"] == "ambiguous") == len(requests)

@@ -134,6 +134,7 @@ def expected_usage(stack: LocalStack) -> dict[str, list[str]]:
         ]),
         "eventarc": [],
         "gcs-agent": [f"pubsub.topics.publish on {notifications}"],
+        "owner": [],  # the project's owner: only people act as it (ocrpipe follow --local)
         "operator": sorted([  # the test's submit and status polling
             f"storage.objects.create on {inp}/objects/*",
             f"storage.objects.get on {inp}/objects/*",

@@ -9,18 +9,20 @@ Exit codes of every command:
 
 * 0: success.
 * 1: a document failed (for `wait`: or ended partial, unless `--allow-partial`) or is
-  unknown, nothing is under `--prefix`, `get` found a document without Markdown, `report`
-  found no finished document (or an unknown name), a retry was refused, a replay could not
-  publish, or Google Cloud answered with an error.
+  unknown, nothing is under `--prefix`, `submit` could not submit a file, `get` found a
+  document without Markdown (or could not write one), `report` found no finished document
+  (or an unknown name), a retry was refused, a replay could not publish, or Google Cloud
+  answered with an error.
 * 2: usage or configuration error (bad arguments or settings, no credentials).
-* 3: `wait` or `submit --wait` timed out before every document finished.
+* 3: `wait` or `submit --wait` timed out before every document finished; `follow --count`
+  timed out before that many documents.
 """
 
 from __future__ import annotations
 
 import typer
 
-from ocrpipe.cli import dead_letters, documents, local_stack, report
+from ocrpipe.cli import dead_letters, documents, follow, local_stack, report
 from ocrpipe.cli.common import Clients, Exit
 
 __all__ = ["Clients", "Exit", "app"]
@@ -45,3 +47,4 @@ app.add_typer(dlq_app, name="dlq")
 app.command()(local_stack.demo)
 app.command()(documents.get)
 app.command()(report.report)
+app.command("follow")(follow.follow_documents)

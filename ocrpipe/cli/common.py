@@ -15,11 +15,13 @@ from rich.console import Console
 
 from ocrpipe.errors import OcrpipeError
 from ocrpipe.operations.pull import PubSubPullSubscription, PullSubscription
+from ocrpipe.operations.views import printable
 from ocrpipe.pubsub import Publisher, PubSubPublisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectStore
 
-LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
+LOCAL_ENV_FILE = Path(".ocrpipe/local.env")  # the operator's settings (this CLI)
+LOCAL_OWNER_ENV_FILE = Path(".ocrpipe/owner.env")  # the project owner's (``follow --local``)
 LOCAL_USAGE_FILE = Path(".ocrpipe/iam-usage.txt")  # where the running stack records decisions
 
 
@@ -45,18 +47,20 @@ DocOpt = Annotated[
 ]
 
 
-def load_settings(local: bool) -> Settings:
-    if local and not LOCAL_ENV_FILE.exists():
+def load_settings(local: bool, env_file: Path = LOCAL_ENV_FILE) -> Settings:
+    """The environment's settings, or with ``local`` those ``ocrpipe up`` wrote to
+    ``env_file`` (the operator's, unless a command acts as another identity)."""
+    if local and not env_file.exists():
         err.print(
-            f"[red]No local stack found ({LOCAL_ENV_FILE} is missing).[/] Start one with"
+            f"[red]No local stack found ({env_file} is missing).[/] Start one with"
             " `ocrpipe up` in this folder."
         )
         raise typer.Exit(Exit.USAGE)
     try:
-        return Settings(_env_file=LOCAL_ENV_FILE) if local else Settings()
+        return Settings(_env_file=env_file) if local else Settings()
     except ValidationError as exc:
         err.print("The settings (OCRPIPE_* variables) are not valid:", style="red")
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(printable(exc), markup=False, highlight=False)
         raise typer.Exit(Exit.USAGE) from None
 
 
@@ -74,7 +78,7 @@ def cloud_errors() -> Iterator[None]:
         err.print("Run `gcloud auth application-default login`, or use --local.", markup=False)
         raise typer.Exit(Exit.USAGE) from None
     except OcrpipeError as exc:
-        err.print(str(exc), style="red", markup=False, highlight=False)
+        err.print(printable(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(Exit.FAILED) from None
 
 

@@ -39,7 +39,7 @@ def dlq_list(
         views.print_json(out, [letter.as_dict() for letter in letters])
         return
     if not letters:
-        out.print(f"no dead-lettered messages{' for ' + doc if doc else ''}")
+        out.print(Text(views.printable(f"no dead-lettered messages{' for ' + doc if doc else ''}")))
         return
     out.print(views.dead_letter_table(letters))
     out.print(
@@ -85,6 +85,7 @@ def dlq_replay(
         if dry_run and report.replayed:
             out.print(views.dead_letter_table(views.sort_letters(report.replayed)))
         for letter, why in report.failed:
-            err.print(Text(f"{letter.name} page {letter.page}: {why}", style="red"))
+            failed = f"{letter.name} page {letter.page}: {why}"
+            err.print(Text(views.printable(failed), style="red"))
         out.print(views.replay_summary(report), markup=False)
     raise typer.Exit(Exit.FAILED if report.failed else Exit.OK)

@@ -56,30 +56,53 @@ def submit(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")
     ] = False,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option(
+            "--follow-symlinks",
+            help="Follow symbolic links inside folders (to files and folders); by default"
+            " they are skipped, and said so.",
+        ),
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
     """Upload files, and folders, to the input bucket; each file becomes a document named
     PREFIX + its file name, or + its path inside the folder given. A file whose bytes are
     already in the bucket under that name is skipped (unless --force). With --wait and
-    several files, one progress bar follows the whole batch."""
+    several files, one progress bar follows the whole batch.
+
+    Every file is checked before the first upload: it must open for reading and its name
+    must be one GCS accepts (UTF-8, no line break, at most 1024 bytes). What is skipped is
+    listed with the reason and the rest is uploaded; exit 1 if a file could not be
+    submitted (a symbolic link not followed, or a FIFO, is not a failure)."""
     settings = load_settings(local)
     try:
-        local_files = uploads.collect(files, prefix)
+        collected = uploads.collect(files, prefix, follow_symlinks=follow_symlinks)
     except uploads.DuplicateName as exc:
-        err.print(Text(f"Two files would get the same name: {exc}", style="red"))
+        err.print(Text(views.printable(f"Two files would get the same name: {exc}"), style="red"))
         raise typer.Exit(Exit.USAGE) from None
-    if not local_files:
+    for skipped in collected.skipped:
+        line = f"skipped {skipped.path}: {skipped.why}"
+        err.print(Text(views.printable(line), style="red" if skipped.problem else "yellow"))
+    problems = [s for s in collected.skipped if s.problem]
+    if not collected.files:
         err.print("No files to submit (hidden files are skipped).", style="red")
         raise typer.Exit(Exit.USAGE)
     with cloud_errors():
         store = clients(ctx).store(settings)
-        report = _upload(store, settings, local_files, force=force, dry_run=dry_run)
+        report = _upload(store, settings, collected.files, force=force, dry_run=dry_run)
         names = report.names
-        if wait_ and not dry_run:
+        code = Exit.OK
+        if wait_ and not dry_run and names:
             if len(names) == 1:
-                raise typer.Exit(wait_for(store, settings, names, timeout, allow_partial))
-            code = wait_batch(store, settings, listing_prefix(names), names, timeout, allow_partial)
-            raise typer.Exit(code)
+                code = wait_for(store, settings, names, timeout, allow_partial)
+            else:
+                prefix_ = listing_prefix(names)
+                code = wait_batch(store, settings, prefix_, names, timeout, allow_partial)
+    not_submitted = len(problems) + len(report.failed)
+    if not_submitted:
+        err.print(Text(f"{not_submitted} file(s) not submitted (listed above)", style="red"))
+    raise typer.Exit(code or (Exit.FAILED if not_submitted else Exit.OK))
 
 
 def status(
@@ -217,16 +240,17 @@ def retry(
         publisher = clients(ctx).publisher(settings) if failed_only and not dry_run else None
         code = Exit.OK
         for name in dict.fromkeys(targets):
+            shown = views.printable(name)
             try:
                 if failed_only:
                     _retry_pages(store, publisher, settings, name, dry_run)
                 elif dry_run:
-                    out.print(Text(f"{name}: would be reprocessed as a new generation"))
+                    out.print(Text(f"{shown}: would be reprocessed as a new generation"))
                 else:
                     generation = reprocess(store, settings, name)
-                    out.print(Text(f"{name}: reprocessing as generation {generation}"))
+                    out.print(Text(f"{shown}: reprocessing as generation {generation}"))
             except RetryRefused as exc:
-                err.print(Text(f"{name}: {exc}", style="red"))
+                err.print(Text(views.printable(f"{name}: {exc}"), style="red"))
                 code = Exit.FAILED
     raise typer.Exit(code)
 
@@ -239,22 +263,23 @@ def _retry_pages(
     dry_run: bool,
 ) -> None:
     plan = plan_unfinished_pages(store, settings, name)
+    shown = views.printable(name)
     if not plan.pages:
-        out.print(Text(f"{name}: nothing to retry, every page has Markdown"))
+        out.print(Text(f"{shown}: nothing to retry, every page has Markdown"))
         return
     if plan.rebuild:
         verb = "would ask" if dry_run or publisher is None else "asked"
         if publisher is not None and not dry_run:
             requeue(plan, store, publisher, settings)
-        out.print(Text(f"{name}: {verb} the worker to rebuild document.md (stale assembly)"))
+        out.print(Text(f"{shown}: {verb} the worker to rebuild document.md (stale assembly)"))
         return
     counts = f"{len(plan.failed)} failed, {len(plan.pending)} pending"
     what = f"pages {_page_list(plan.pages)} ({counts})"
     if dry_run or publisher is None:
-        out.print(Text(f"{name}: would re-queue {what}; would delete {len(plan.remove)} objects"))
+        out.print(Text(f"{shown}: would re-queue {what}; would delete {len(plan.remove)} objects"))
         return
     requeue(plan, store, publisher, settings)
-    out.print(Text(f"{name}: re-queued {what}"))
+    out.print(Text(f"{shown}: re-queued {what}"))
 
 
 def _page_list(pages: tuple[int, ...]) -> str:
@@ -282,8 +307,12 @@ def get(
 ) -> None:
     """Download each document's newest finished Markdown as `DIR/<name>.md` (`<name>`: the
     input name minus its extension), mirroring the input folders. Files already there with
-    the same bytes are not downloaded again. Exit 1 if a document has no Markdown yet (or
-    was rejected)."""
+    the same bytes are not downloaded again; a file with other bytes is replaced, and
+    counted. The whole download is planned first: a name a disk could refuse is escaped
+    (`%XX`), and two documents that would share a file (also on a disk that ignores letter
+    case) both move, each line saying where and why. Nothing is written outside DIR. A
+    document that cannot be written is reported and the rest are written. Exit 1 if a
+    document has no Markdown yet (or was rejected) or could not be written."""
     settings = load_settings(local)
     if not names and prefix is None:
         err.print("Name at least one document, or give --prefix.", style="red")
@@ -296,11 +325,23 @@ def get(
         documents = results.find_documents(store, settings, names=names or (), prefix=prefix)
         if output == "-":
             missing = results.write_markdown(store, settings, documents, sys.stdout.buffer)
+            failed: tuple[results.Missing, ...] = ()
         else:
-            missing = list(_download(store, settings, documents, Path(output), pages, record))
+            report = _download(store, settings, documents, Path(output), pages, record)
+            missing, failed = list(report.missing), report.failed
     for item in missing:
-        err.print(Text(f"{item.name}: no Markdown: {item.why}", style="yellow"))
-    raise typer.Exit(Exit.FAILED if missing else Exit.OK)
+        err.print(Text(views.printable(f"{item.name}: no Markdown: {item.why}"), style="yellow"))
+    for item in failed:
+        err.print(Text(views.printable(f"{item.name}: not written: {item.why}"), style="red"))
+    if missing or failed:
+        err.print(
+            Text(
+                f"{len(missing) + len(failed)} document(s) not written:"
+                f" {len(missing)} without Markdown, {len(failed)} that could not be written",
+                style="red",
+            )
+        )
+    raise typer.Exit(Exit.FAILED if missing or failed else Exit.OK)
 
 
 def _download(
@@ -310,23 +351,28 @@ def _download(
     dest: Path,
     pages: bool,
     record: bool,
-) -> tuple[results.Missing, ...]:
-    wanted, missing = results.plan(documents, settings, dest, pages=pages, record=record)
+) -> results.GetReport:
+    planned = results.plan(documents, settings, dest, pages=pages, record=record)
+    count = len(planned.wanted)
     with batch_views.transfer_progress(err, "downloading") as progress:
-        task = progress.add_task("", total=sum(w.info.size for w in wanted), files="")
+        task = progress.add_task("", total=sum(w.info.size for w in planned.wanted), files="")
         done = [0]
 
         def advance(item: results.Wanted, action: results.Action) -> None:
             done[0] += 1
-            progress.update(task, advance=item.info.size, files=f"{done[0]}/{len(wanted)}")
+            progress.update(task, advance=item.info.size, files=f"{done[0]}/{count}")
 
-        report = results.get_results(store, settings, wanted, missing, on_file=advance)
+        report = results.get_results(store, settings, planned, on_file=advance)
+    for moved in report.renamed:
+        out.print(Text(views.printable(f"{moved.name} -> {moved.path}: {moved.why}")))
+    replaced = report.count("replaced")
     out.print(
-        f"{report.count('downloaded')} file(s) downloaded, {report.count('unchanged')}"
-        f" unchanged, into {dest}",
+        f"{report.count('downloaded') + replaced} file(s) downloaded, {report.count('unchanged')}"
+        f" unchanged, into {views.printable(dest)}"
+        + (f" ({replaced} of them replaced a local file with other bytes)" if replaced else ""),
         markup=False,
     )
-    return report.missing
+    return report
 
 
 def _upload(
@@ -348,13 +394,15 @@ def _upload(
 
         report = uploads.submit(store, bucket, files, force=force, dry_run=dry_run, on_file=advance)
     for item in report.files:
-        uri = naming.object_uri(bucket, item.file.name)
+        uri = views.printable(naming.object_uri(bucket, item.file.name))
         if item.unchanged:
             continue
         if dry_run:
             out.print(Text(f"would submit {uri} ({item.file.size} bytes)"))
         else:
             out.print(Text(f"submitted {uri} (generation {item.generation})"))
+    for failed in report.failed:
+        err.print(Text(views.printable(f"not submitted: {failed.why}"), style="red"))
     verb = "would upload" if dry_run else "uploaded"
     out.print(
         f"{verb} {len(report.uploaded)} file(s), {len(report.unchanged)} unchanged (already"

@@ -14,6 +14,7 @@ from ocrpipe import naming
 from ocrpipe.cli.common import (
     CLOUD,
     LOCAL_ENV_FILE,
+    LOCAL_OWNER_ENV_FILE,
     LOCAL_USAGE_FILE,
     Exit,
     JsonOpt,
@@ -41,7 +42,8 @@ def up(
     splitter_port: int = 8081,
     eventarc_port: int = 8082,
     proxies_port: Annotated[
-        int, typer.Option(help="First of 10 consecutive ports for the IAM proxies.")
+        int,
+        typer.Option(help="First of 2 per identity (12) consecutive ports for the IAM proxies."),
     ] = 8090,
     ocr_url: Annotated[
         str | None, typer.Option(help="Use this vLLM server instead of the local engine.")
@@ -88,9 +90,9 @@ def up(
         with out.status("starting the local stack") as status:
             stack.start(progress=lambda part: status.update(f"starting {part}"))
         LOCAL_ENV_FILE.parent.mkdir(exist_ok=True)
-        LOCAL_ENV_FILE.write_text(
-            "".join(f"{k}={v}\n" for k, v in settings_env(stack.settings).items())
-        )
+        for path, identity in ((LOCAL_ENV_FILE, "operator"), (LOCAL_OWNER_ENV_FILE, "owner")):
+            env = settings_env(stack.settings_for(identity))
+            path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         if iam:
             LOCAL_USAGE_FILE.write_text("".join(f"{path}\n" for path in stack.usage_files))
         out.print(f"[green]Local stack is up.[/] Logs: {stack.log_dir}")
@@ -102,7 +104,8 @@ def up(
             )
         out.print(
             f"In another shell, in this folder: [bold]ocrpipe submit --local FILE --wait[/]"
-            f"  (settings in {LOCAL_ENV_FILE}). Ctrl-C stops everything."
+            f"  (settings in {LOCAL_ENV_FILE}); [bold]ocrpipe follow --local[/] prints each"
+            " document as it is done. Ctrl-C stops everything."
         )
         stack.watch()  # until a part exits (StackError) or Ctrl-C
     except StackError as exc:
@@ -113,6 +116,7 @@ def up(
     finally:
         stack.stop()
         LOCAL_ENV_FILE.unlink(missing_ok=True)
+        LOCAL_OWNER_ENV_FILE.unlink(missing_ok=True)
         LOCAL_USAGE_FILE.unlink(missing_ok=True)
         if iam and stack.log_dir is not None:
             with suppress(Exception):  # a report is a courtesy; never mask why we stopped
@@ -152,7 +156,7 @@ def _print_iam_report(report: dict[str, dict[str, list[str]]]) -> None:
             ("refused", "refused", "red"),
         ):
             for line in parts.get(key, []):
-                out.print(Text(f"  {title}: {line}", style=style))
+                out.print(Text(views.printable(f"  {title}: {line}"), style=style))
         if not any(parts.values()):
             out.print("  (no grants, no calls)")
 
@@ -174,7 +178,8 @@ def demo(
         store = CLOUD.store(settings)
         with file.open("rb") as handle:
             store.upload(settings.input_bucket, file.name, handle, _content_type(file))
-        out.print(f"submitted {file} -> {naming.object_uri(settings.input_bucket, file.name)}")
+        uri = naming.object_uri(settings.input_bucket, file.name)
+        out.print(Text(views.printable(f"submitted {file} -> {uri}")))
         code = wait_for(store, settings, [file.name], timeout)
         final = document_status(store, settings, file.name)
         if final.markdown_uri:
@@ -187,7 +192,8 @@ def demo(
         if stack.iam:
             for identity, parts in stack.iam_usage().items():
                 for refused in parts["refused"]:
-                    err.print(Text(f"IAM refused {identity}: {refused}", style="red"))
+                    line = views.printable(f"IAM refused {identity}: {refused}")
+                    err.print(Text(line, style="red"))
     except StackError as exc:
         err.print(str(exc), style="red", markup=False)
         code = Exit.FAILED

@@ -64,10 +64,11 @@ def report_batch(
     else:
         _print_bill(total, prefix)
     for skipped in total.skipped:
-        err.print(Text(f"{skipped.name}: not counted: {skipped.why}", style="yellow"))
+        line = views.printable(f"{skipped.name}: not counted: {skipped.why}")
+        err.print(Text(line, style="yellow"))
     if not total.documents:
         where = f"under {prefix!r}" if prefix is not None else "among the names given"
-        err.print(Text(f"no finished document {where}", style="red"))
+        err.print(Text(views.printable(f"no finished document {where}"), style="red"))
         return Exit.FAILED
     unknown = {s.name for s in total.skipped if s.why == bill.NO_SUCH_DOCUMENT}
     return Exit.FAILED if unknown & set(names) else Exit.OK
@@ -94,8 +95,10 @@ def _print_bill(total: bill.Bill, prefix: str | None) -> None:
     where = f" under {prefix!r}" if prefix is not None else ""
     out.print(
         Text(
-            f"{total.documents} document(s){where}: {total.pages} pages,"
-            f" {total.pages_done} done, {total.pages_failed} failed"
+            views.printable(
+                f"{total.documents} document(s){where}: {total.pages} pages,"
+                f" {total.pages_done} done, {total.pages_failed} failed"
+            )
         )
     )
     out.print(

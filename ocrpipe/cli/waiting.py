@@ -31,14 +31,16 @@ def wait_for(
     """One progress bar per document while :func:`wait_for_documents` polls, then one line
     per document and the exit code of :func:`documents_verdict`."""
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a name, through printable
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[state]}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:
-        tasks = {n: progress.add_task(n, total=None, state="waiting") for n in names}
+        tasks = {
+            n: progress.add_task(views.printable(n), total=None, state="waiting") for n in names
+        }
 
         def show(current: DocumentStatus) -> None:
             progress.update(
@@ -57,18 +59,20 @@ def wait_for(
     for name in names:
         final = finals.get(name)
         if final is None:
-            err.print(Text(f"{name}: not finished after {timeout:.0f} s", style="yellow"))
+            shown = views.printable(name)
+            err.print(Text(f"{shown}: not finished after {timeout:.0f} s", style="yellow"))
             continue
         ok = final.state == "done" or (final.state == "partial" and allow_partial)
-        line = Text.assemble(f"{name}: ", views.state_text(final.state))
+        line = Text.assemble(f"{views.printable(name)}: ", views.state_text(final.state))
         line.append(f" in {views.duration(final.elapsed())}")
         if final.markdown_uri:
-            line.append(f" -> {final.markdown_uri}")
+            line.append(f" -> {views.printable(final.markdown_uri)}")
         (out if ok else err).print(line)
         if final.error:
-            err.print(Text(f"  rejected: {final.error.reason}: {final.error.message}"))
+            rejected = f"  rejected: {final.error.reason}: {final.error.message}"
+            err.print(Text(views.printable(rejected)))
         for number, error in sorted(final.page_errors.items()):
-            err.print(Text(f"  page {number}: {error.reason}: {error.message}"))
+            err.print(Text(views.printable(f"  page {number}: {error.reason}: {error.message}")))
     outcome = documents_verdict(names, finals, allow_partial=allow_partial)
     return {"ok": Exit.OK, "failed": Exit.FAILED, "timeout": Exit.TIMEOUT}[outcome]
 
@@ -84,7 +88,7 @@ def wait_batch(
 ) -> Exit:
     """One progress bar for every document under ``prefix`` (only ``names``, if given)."""
     with batch_views.batch_progress(err) as progress:
-        task = progress.add_task(prefix or "batch", total=None, states="")
+        task = progress.add_task(views.printable(prefix) or "batch", total=None, states="")
 
         def show(current: BatchStatus) -> None:
             expected = (
@@ -111,7 +115,7 @@ def wait_batch(
         batch_views.print_batch(out, final)
     outcome = verdict(final, finished=finished, allow_partial=allow_partial)
     if not final.documents:
-        err.print(Text(f"no documents under {prefix!r}", style="red"))
+        err.print(Text(views.printable(f"no documents under {prefix!r}"), style="red"))
     elif outcome == "timeout":
         err.print(Text(f"not finished after {timeout:.0f} s", style="yellow"))
     return {"ok": Exit.OK, "failed": Exit.FAILED, "timeout": Exit.TIMEOUT}[outcome]

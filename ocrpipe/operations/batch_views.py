@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ocrpipe.operations.batch_status import BatchStatus
-from ocrpipe.operations.views import duration, state_text
+from ocrpipe.operations.views import duration, printable, state_text
 
 STATE_ORDER = ("done", "partial", "failed", "running", "splitting", "unknown")
 
@@ -50,7 +50,7 @@ def rate_line(status: BatchStatus) -> str:
 def print_batch(console: Console, status: BatchStatus, *, max_failures: int = 50) -> None:
     console.print(
         Text.assemble(
-            (status.prefix or "(every document)", "bold"),
+            (printable(status.prefix) or "(every document)", "bold"),
             f"  {len(status.documents)} documents: ",
             states_line(status),
         )
@@ -76,18 +76,19 @@ def failures_table(status: BatchStatus, limit: int) -> Table:
     table = Table("name", "page", "reason", "message", title="failures", title_justify="left")
     for failure in status.failures[:limit]:
         table.add_row(
-            Text(failure.name),
+            Text(printable(failure.name)),
             str(failure.page) if failure.page is not None else "all",
-            Text(failure.reason),
-            Text(failure.message),
+            Text(printable(failure.reason)),
+            Text(printable(failure.message)),
         )
     return table
 
 
 def batch_progress(console: Console) -> Progress:
-    """One bar for a batch: pages finished of the pages known, and the states."""
+    """One bar for a batch: pages finished of the pages known, and the states. The
+    description is shown as given (no markup): pass it through :func:`printable`."""
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("pages  {task.fields[states]}"),

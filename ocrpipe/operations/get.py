@@ -3,33 +3,46 @@ mirrors the input names (``ocrpipe get``).
 
 ``reports/q1.pdf`` becomes ``DIR/reports/q1.md``; with ``pages``, its pages are
 ``DIR/reports/q1/pages/00001.md``...; with ``record``, ``document.json`` (the worker's
-machine-readable record, where it exists) becomes ``DIR/reports/q1.json``. Two inputs that
-differ only by extension (``q1.pdf``, ``q1.png``) keep it: ``q1.pdf.md``, ``q1.png.md``.
+machine-readable record, where it exists) becomes ``DIR/reports/q1.json``.
+
+The whole download is planned before the first byte moves (:func:`plan`, pure). Paths are
+made safe on every disk by :mod:`ocrpipe.operations.local_paths`, and no two documents
+share a file, a file and a folder, or one's ``pages/`` folder, even on a disk that ignores
+letter case or Unicode form. Where two would, both move, by the same rule every time, and
+the plan says so (:class:`Renamed`): first each keeps its extension (``q1.pdf`` and
+``q1.png`` become ``q1.pdf.md`` and ``q1.png.md``), then each gets ``~`` and a hash of its
+name (``Report.pdf~1a2b3c4d.md``); a document that still clashes is not written, and is
+reported.
 
 "Finished" means the generation has ``document.md`` (done or partial): while a new upload
 of a name is being processed, the previous generation's result is the one fetched. A local
 file whose bytes already match the object (its MD5, or CRC32C, as GCS keeps them) is not
-downloaded again. Files are written to a temporary name and renamed, so an interrupted run
-leaves no half file.
+downloaded again; one that differs is replaced, and counted as such. Each file is written
+to a temporary file of its own in its target folder and renamed, so an interrupted run
+leaves no half file. A document that cannot be written (a local folder in the way, an
+object rebuilt since the listing) is reported with its reason; the others are written.
+Nothing is written outside the folder given, not even through a symbolic link in it.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal
 
 from ocrpipe import naming
+from ocrpipe.errors import ObjectMissing, OcrpipeError
+from ocrpipe.operations import local_paths
 from ocrpipe.operations.batch_status import DocumentObjects, scan_prefix
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo, ObjectStore, file_checksums
 
 DOWNLOAD_THREADS = 8
-Action = Literal["downloaded", "unchanged"]
+Action = Literal["downloaded", "replaced", "unchanged", "failed"]
 
 
 @dataclass(frozen=True)
@@ -43,14 +56,35 @@ class Wanted:
 
 @dataclass(frozen=True)
 class Missing:
+    """A document not written, and why."""
+
     name: str
     why: str
 
 
 @dataclass(frozen=True)
+class Renamed:
+    """A document written somewhere else than its name minus extension, and why."""
+
+    name: str
+    path: Path  # its Markdown file
+    why: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    dest: Path
+    wanted: tuple[Wanted, ...]
+    missing: tuple[Missing, ...] = ()
+    renamed: tuple[Renamed, ...] = ()
+
+
+@dataclass(frozen=True)
 class GetReport:
     fetched: tuple[tuple[Wanted, Action], ...]
-    missing: tuple[Missing, ...]
+    missing: tuple[Missing, ...]  # no Markdown to fetch, or no path of its own
+    failed: tuple[Missing, ...] = ()  # one reason per document some file of which failed
+    renamed: tuple[Renamed, ...] = ()
 
     def count(self, action: Action) -> int:
         return sum(1 for _, done in self.fetched if done == action)
@@ -75,14 +109,10 @@ def find_documents(
     return [found[name] for name in sorted(found)]
 
 
-def local_stem(name: str) -> PurePosixPath | None:
-    """``'a/b.pdf'`` -> ``a/b``; None for a name that is no safe relative path (an empty,
-    ``.`` or ``..`` segment, a leading ``/``, a NUL)."""
-    parts = name.split("/")
-    if "\x00" in name or any(part in ("", ".", "..") for part in parts):
-        return None
-    path = PurePosixPath(name)
-    return path.with_suffix("") if path.suffix else path
+@dataclass(frozen=True)
+class _Chosen:
+    doc: naming.DocumentRef
+    objects: dict[str, ObjectInfo]
 
 
 def plan(
@@ -92,44 +122,58 @@ def plan(
     *,
     pages: bool = False,
     record: bool = False,
-) -> tuple[list[Wanted], list[Missing]]:
-    """Which objects go to which local files (pure: no I/O)."""
-    wanted: list[Wanted] = []
+) -> Plan:
+    """Which objects go to which local files, for every document at once (pure: no I/O)."""
     missing: list[Missing] = []
-    chosen: list[tuple[DocumentObjects, naming.DocumentRef, PurePosixPath]] = []
+    chosen: dict[str, _Chosen] = {}
     for document in documents:
         doc = document.latest_finished(settings)
-        stem = local_stem(document.name)
         if doc is None:
             missing.append(Missing(document.name, _why_missing(document, settings)))
-        elif stem is None:
-            missing.append(Missing(document.name, "its name cannot be a local file path"))
         else:
-            chosen.append((document, doc, stem))
-    clashes = Counter(stem for _, _, stem in chosen)
-    for document, doc, stem in chosen:
-        if clashes[stem] > 1:  # q1.pdf and q1.png: keep the extension
-            stem = PurePosixPath(document.name)
-        objects = document.generations[doc.generation]
-        base = dest / stem
-        wanted.append(
-            Wanted(
-                document.name,
-                objects[naming.document_markdown_name(doc)],
-                base.with_name(base.name + ".md"),
-            )
-        )
+            chosen[document.name] = _Chosen(doc, dict(document.generations[doc.generation]))
+
+    def files(name: str, level: int) -> list[tuple[ObjectInfo, PurePosixPath]]:
+        doc, objects = chosen[name].doc, chosen[name].objects
+        base = local_paths.stem(name, level)
+        out = [(objects[naming.document_markdown_name(doc)], _sibling(base, ".md"))]
         if record and (info := objects.get(naming.document_json_name(doc))) is not None:
-            wanted.append(Wanted(document.name, info, base.with_name(base.name + ".json")))
+            out.append((info, _sibling(base, ".json")))
         if pages:
             prefix = naming.pages_prefix(doc)
-            done = naming.parse_page_listing(list(objects), prefix).done
-            for number in sorted(done):
+            for number in sorted(naming.parse_page_listing(list(objects), prefix).done):
                 info = objects[naming.page_markdown_name(doc, number)]
-                wanted.append(
-                    Wanted(document.name, info, base / "pages" / info.name[len(prefix) :])
-                )
-    return wanted, missing
+                out.append((info, base / "pages" / info.name[len(prefix) :]))
+        return out
+
+    def layout(name: str, level: int) -> local_paths.Layout:
+        owned = (local_paths.stem(name, level) / "pages",) if pages else ()
+        return local_paths.Layout(tuple(path for _, path in files(name, level)), owned)
+
+    levels = dict.fromkeys(chosen, 0)
+    cause: dict[str, local_paths.Clash] = {}  # the clash that moved it last
+    while clashes := local_paths.find_clashes({n: layout(n, lv) for n, lv in levels.items()}):
+        for name, clash in clashes.items():
+            cause[name] = clash
+            levels[name] = local_paths.next_level(name, levels[name])
+            if levels[name] >= local_paths.LEVELS:
+                del levels[name]
+                missing.append(Missing(name, f"no local path of its own: {clash.why}"))
+    wanted: list[Wanted] = []
+    renamed: list[Renamed] = []
+    for name, level in sorted(levels.items()):
+        found = [Wanted(name, info, dest / path) for info, path in files(name, level)]
+        wanted += found
+        if name in cause:
+            renamed.append(Renamed(name, found[0].path, cause[name].why))
+        elif local_paths.stem(name, 0) != local_paths.plain(name):
+            why = "escaped (%XX) or shortened to be a name every disk keeps as written"
+            renamed.append(Renamed(name, found[0].path, why))
+    return Plan(dest, tuple(wanted), tuple(sorted(missing, key=lambda m: m.name)), tuple(renamed))
+
+
+def _sibling(base: PurePosixPath, extension: str) -> PurePosixPath:
+    return base.with_name(base.name + extension)
 
 
 def _why_missing(document: DocumentObjects, settings: Settings) -> str:
@@ -141,41 +185,80 @@ def _why_missing(document: DocumentObjects, settings: Settings) -> str:
     return "not finished yet"
 
 
+class _Outside(Exception):
+    """A folder on the way is a symbolic link out of the destination."""
+
+
 def get_results(
     store: ObjectStore,
     settings: Settings,
-    wanted: Sequence[Wanted],
-    missing: Sequence[Missing] = (),
+    planned: Plan,
     *,
     threads: int = DOWNLOAD_THREADS,
     on_file: Callable[[Wanted, Action], None] = lambda *_: None,
 ) -> GetReport:
     """Download what :func:`plan` chose, skipping files already identical; ``on_file`` is
-    called from the pool as each file is done."""
+    called from the pool as each file is done (or has failed). A file that fails is
+    reported with its document; the others are still downloaded."""
+    root = planned.dest
+    if planned.wanted:
+        root.mkdir(parents=True, exist_ok=True)
 
-    def fetch(item: Wanted) -> tuple[Wanted, Action]:
-        action = _fetch_one(store, settings.output_bucket, item)
+    def fetch(item: Wanted) -> tuple[Wanted, Action, str]:
+        why = ""
+        try:
+            action: Action = _fetch_one(store, settings.output_bucket, item, root)
+        except ObjectMissing:
+            action, why = "failed", "it changed while downloading: run `ocrpipe get` again"
+        except _Outside as exc:
+            action, why = "failed", str(exc)
+        except OSError as exc:
+            action, why = "failed", f"cannot write {item.path}: {exc.strerror or exc}"
+        except OcrpipeError as exc:
+            action, why = "failed", str(exc)
         on_file(item, action)
-        return item, action
+        return item, action, why
 
-    if not wanted:
-        return GetReport((), tuple(missing))
-    with ThreadPoolExecutor(max_workers=min(threads, len(wanted))) as pool:
-        fetched = tuple(pool.map(fetch, wanted))
-    return GetReport(fetched, tuple(missing))
+    outcomes: list[tuple[Wanted, Action, str]] = []
+    if planned.wanted:
+        with ThreadPoolExecutor(max_workers=min(threads, len(planned.wanted))) as pool:
+            outcomes = list(pool.map(fetch, planned.wanted))
+    failed: dict[str, str] = {}
+    for item, action, why in outcomes:
+        if action == "failed":
+            failed.setdefault(item.name, why)
+    return GetReport(
+        tuple((item, action) for item, action, _ in outcomes if action != "failed"),
+        planned.missing,
+        tuple(Missing(name, why) for name, why in sorted(failed.items())),
+        planned.renamed,
+    )
 
 
-def _fetch_one(store: ObjectStore, bucket: str, item: Wanted) -> Action:
+def _fetch_one(store: ObjectStore, bucket: str, item: Wanted, root: Path) -> Action:
     if _same_bytes(item.path, item.info):
         return "unchanged"
-    item.path.parent.mkdir(parents=True, exist_ok=True)
-    partial = item.path.with_name(f".{item.path.name}.{os.getpid()}.part")
+    folder = item.path.parent
+    _check_inside(folder, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    replacing = item.path.exists() or item.path.is_symlink()
+    handle, partial = tempfile.mkstemp(prefix=".ocrpipe-", suffix=".part", dir=folder)
+    os.close(handle)
     try:
-        store.download(bucket, item.info.name, partial, generation=item.info.generation)
-        partial.replace(item.path)
+        store.download(bucket, item.info.name, Path(partial), generation=item.info.generation)
+        Path(partial).replace(item.path)
     finally:
-        partial.unlink(missing_ok=True)
-    return "downloaded"
+        Path(partial).unlink(missing_ok=True)
+    return "replaced" if replacing else "downloaded"
+
+
+def _check_inside(folder: Path, root: Path) -> None:
+    """Refuse a folder that a symbolic link inside ``root`` would put outside it."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.resolve().is_relative_to(root.resolve()):
+        raise _Outside(f"{existing} leads out of {root} (a symbolic link): not followed")
 
 
 def _same_bytes(path: Path, info: ObjectInfo) -> bool:
@@ -199,8 +282,12 @@ def write_markdown(
 ) -> list[Missing]:
     """Each document's newest finished Markdown to ``sink`` (standard output), in name
     order, one after the other; what has none is returned."""
-    wanted, missing = plan(documents, settings, Path())
-    for item in wanted:
-        sink.write(store.read(settings.output_bucket, item.info.name))
+    planned = plan(documents, settings, Path())
+    missing = list(planned.missing)
+    for item in planned.wanted:
+        try:
+            sink.write(store.read(settings.output_bucket, item.info.name))
+        except ObjectMissing:
+            missing.append(Missing(item.name, "it changed while reading: run `ocrpipe get` again"))
     sink.flush()
     return missing

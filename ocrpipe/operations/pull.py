@@ -2,10 +2,11 @@
 Google's client (production or the emulator), and an in-memory fake with the same lease
 rules, for tests.
 
-Only the operator CLI pulls (from the dead-letter subscription). A pulled message is leased
-to the puller until its ack deadline; :meth:`PullSubscription.set_lease` moves that deadline
-(``0`` releases the message at once, which is a nack) and :meth:`PullSubscription.ack`
-removes the message from the subscription for good.
+Only the operator CLI pulls: from the dead-letter subscription, and ``ocrpipe follow`` from
+a subscription of its own on the documents topic (which it creates and deletes). A pulled
+message is leased to the puller until its ack deadline; :meth:`PullSubscription.set_lease`
+moves that deadline (``0`` releases the message at once, which is a nack) and
+:meth:`PullSubscription.ack` removes the message from the subscription for good.
 """
 
 from __future__ import annotations
@@ -72,6 +73,38 @@ class PubSubPullSubscription:
         client = subscriber_client(emulator_host)
         return cls(client, client.subscription_path(project, subscription))
 
+    @classmethod
+    def create(
+        cls,
+        project: str,
+        subscription: str,
+        topic: str,
+        emulator_host: str | None = None,
+        *,
+        ack_deadline_seconds: int = 60,
+        expire_after_seconds: int = 86400,
+    ) -> PubSubPullSubscription:
+        """A new pull subscription on ``topic``; it only receives what is published from
+        now on. Pub/Sub deletes it after ``expire_after_seconds`` without a pull (a day is
+        its minimum), and keeps an unread message an hour at most."""
+        client = subscriber_client(emulator_host)
+        path = client.subscription_path(project, subscription)
+        with _translated(path):
+            client.create_subscription(
+                request={
+                    "name": path,
+                    "topic": f"projects/{project}/topics/{topic}",
+                    "ack_deadline_seconds": ack_deadline_seconds,
+                    "expiration_policy": {"ttl": {"seconds": expire_after_seconds}},
+                    "message_retention_duration": {"seconds": 3600},
+                }
+            )
+        return cls(client, path)
+
+    def delete(self) -> None:
+        with _translated(self._path):
+            self._client.delete_subscription(request={"subscription": self._path})
+
     @property
     def name(self) -> str:
         return self._path.rsplit("/", 1)[-1]
@@ -131,8 +164,8 @@ def _translated(path: str) -> Iterator[None]:
         yield
     except gexc.NotFound as exc:
         raise SubscriptionMissing(
-            f"{path} does not exist. The dead-letter topic needs a pull subscription:"
-            " create it with terraform (or start the local stack)."
+            f"{path} does not exist (the dead-letter one is created by terraform, or by"
+            " the local stack)."
         ) from exc
     except gexc.GoogleAPICallError as exc:
         raise translate_google_error(exc, path) from exc

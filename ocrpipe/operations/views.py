@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.highlighter import JSONHighlighter
 from rich.table import Table
 from rich.text import Text
 
@@ -28,9 +29,45 @@ STATE_STYLE = {
 }
 
 
+# What a terminal could take as a command, or that hides or reorders the text around it:
+# C0 and C1 controls and DEL (ESC, the 8-bit CSI), the Unicode line and paragraph
+# separators, the bidirectional overrides and isolates, and lone surrogates (a file name
+# that is not UTF-8). Each is shown as a Python-style escape.
+_CONTROLS = (
+    *range(0x20),
+    *range(0x7F, 0xA0),
+    0x061C,
+    0x200E,
+    0x200F,
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+    *range(0xD800, 0xE000),
+)
+_SHOWN = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROLS}
+# In JSON only inside strings, and json.dumps already escapes C0: \uXXXX keeps it exact.
+_IN_JSON = {c: f"\\u{c:04x}" for c in _CONTROLS if c >= 0x20}
+
+
+def printable(text: object) -> str:
+    """``text`` for a person's terminal: every control character (see ``_CONTROLS``)
+    written as an escape (``\\x1b``, ``\\u202e``), so a name shows what it holds and
+    never acts on the terminal. The one helper for every name, message and path shown."""
+    return str(text).translate(_SHOWN)
+
+
 def print_json(console: Console, value: Any) -> None:
-    """One JSON document on stdout; no markup, no wrapping."""
-    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
+    """One JSON document on stdout; no markup, no wrapping. Exact: parsing it gives every
+    name as stored, but no character that acts on a terminal is written raw."""
+    text = json.dumps(value, ensure_ascii=False, default=str, indent=2)
+    console.print(json_text(text), soft_wrap=True)
+
+
+def json_text(text: str) -> Text:
+    """JSON text (from ``json.dumps``) to print: what would act on a terminal becomes a
+    ``\\u`` escape, which parses back to the same string."""
+    return JSONHighlighter()(text.translate(_IN_JSON))
 
 
 def duration(seconds: float | None) -> str:
@@ -60,21 +97,21 @@ def status_table(statuses: Sequence[DocumentStatus], now: float | None = None) -
     for s in statuses:
         detail = s.markdown_uri or (f"{s.error.reason}: {s.error.message}" if s.error else "")
         table.add_row(
-            Text(s.name),
+            Text(printable(s.name)),
             state_text(s.state),
             str(s.page_count or "-"),
             str(s.done),
             str(s.failed),
             str(s.pending),
             duration(s.elapsed(now)),
-            Text(detail),
+            Text(printable(detail)),
         )
     return table
 
 
 def print_status_detail(console: Console, s: DocumentStatus, now: float | None = None) -> None:
     now = time.time() if now is None else now
-    console.print(Text.assemble((s.name, "bold"), "  ", state_text(s.state)))
+    console.print(Text.assemble((printable(s.name), "bold"), "  ", state_text(s.state)))
     if s.state == "unknown":
         console.print("  no such document in the input bucket, and no output for it")
         return
@@ -104,12 +141,13 @@ def print_status_detail(console: Console, s: DocumentStatus, now: float | None =
         rows.append(("rejected", f"{s.error.reason}: {s.error.message}"))
     grid = Table.grid(padding=(0, 2))
     for label, value in rows:
-        grid.add_row(Text(f"  {label}", style="dim"), Text(value))
+        grid.add_row(Text(f"  {label}", style="dim"), Text(printable(value)))
     console.print(grid)
     if s.page_errors:
         table = Table("page", "reason", "message", title="failed pages", title_justify="left")
         for number, error in sorted(s.page_errors.items()):
-            table.add_row(str(number), Text(error.reason), Text(error.message))
+            reason, message = printable(error.reason), printable(error.message)
+            table.add_row(str(number), Text(reason), Text(message))
         console.print(table)
 
 
@@ -136,11 +174,11 @@ def invalid_message_table(found: InvalidMessages) -> Table:
     for m in found.newest:
         table.add_row(
             timestamp(m.created),
-            Text(m.reason),
-            Text(m.doc_id or "-", no_wrap=True),
+            Text(printable(m.reason)),
+            Text(printable(m.doc_id or "-"), no_wrap=True),
             str(m.page or "-"),
-            Text(m.message),
-            Text(m.uri, no_wrap=True),
+            Text(printable(m.message)),
+            Text(printable(m.uri), no_wrap=True),
         )
     return table
 
@@ -152,9 +190,9 @@ def dead_letter_table(letters: Sequence[DeadLetter]) -> Table:
     )
     for letter in letters:
         table.add_row(
-            Text(letter.name or "(not a page message)"),
+            Text(printable(letter.name) or "(not a page message)"),
             str(letter.page or "-"),
-            Text(letter.doc_id or "-", no_wrap=True),
+            Text(printable(letter.doc_id or "-"), no_wrap=True),
             str(letter.delivery_count or "-"),
             _short_time(_parse_time(letter.first_published)),
             _short_time(letter.dead_lettered),

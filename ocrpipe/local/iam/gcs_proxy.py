@@ -24,6 +24,16 @@ production. How each case is decided without an extra round trip:
 * no precondition: the proxy asks the upstream whether the object exists first (unless the
   identity holds delete there and has already been recorded using it).
 
+One reading or none. The proxy authorizes what it parsed and forwards the request's bytes,
+so a request that fake-gcs-server could read otherwise is refused (403, "ambiguous"), never
+guessed at: a repeated query parameter (Go's ``Query().Get`` takes the first value, Python
+the last), a pair holding ``;`` (Go drops it), a malformed ``%`` escape or raw non-ASCII
+byte, a non-decimal ``ifGenerationMatch``, JSON metadata with two keys that differ only in
+case (Go matches keys to fields whatever their case), a multipart upload whose
+``Content-Type`` is anything but ``multipart/related; boundary=...``, whose body does not
+start at its boundary, or whose metadata part has headers beyond ``content-type`` (Go would
+decode a ``Content-Transfer-Encoding``).
+
 Resumable uploads are authorized when the session starts; the session URL the upstream
 hands out is rewritten to point back at the proxy port that started it, and only that
 identity may continue it. Object resources in JSON answers carry ``mediaLink`` and
@@ -45,12 +55,13 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import quote, unquote, unquote_plus
 
 import httpx
 
@@ -85,6 +96,10 @@ _HOP_BY_HOP = frozenset(
 
 class Unmapped(Exception):
     """A request this proxy does not know how to authorize: refused."""
+
+
+class Ambiguous(Unmapped):
+    """A request the emulator could read differently from the proxy: refused."""
 
 
 @dataclass(frozen=True)
@@ -141,14 +156,80 @@ def _segments(raw_path: bytes) -> list[str]:
     return [unquote(s) for s in path.strip("/").split("/")]
 
 
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+_MULTIPART = re.compile(
+    rb'multipart/related; ?boundary=(?:"([^"\\\r\n]{1,70})"|([\w\'()+,./:=?-]{1,70}))'
+)
+
+
 def _query(query_string: bytes) -> dict[str, str]:
-    parsed = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
-    return {k: v[-1] for k, v in parsed.items()}
+    """The query's parameters, read the one way both Go and Python read them, or
+    :class:`Ambiguous`."""
+    text = query_string.decode("latin-1")
+    if any(not 0x21 <= ord(c) <= 0x7E for c in text):
+        raise Ambiguous("the query holds a byte that is not percent-encoded")
+    if ";" in text:
+        raise Ambiguous("the query holds ';', which Go drops and Python keeps")
+    found: dict[str, str] = {}
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition("=")
+        key, value = _unquote(key), _unquote(value)
+        if key in found:
+            raise Ambiguous(f"the query names {key!r} twice")
+        found[key] = value
+    return found
+
+
+def _unquote(text: str) -> str:
+    if _BAD_ESCAPE.search(text):
+        raise Ambiguous("the query holds a malformed % escape")
+    try:
+        return unquote_plus(text, errors="strict")
+    except UnicodeDecodeError:
+        raise Ambiguous("the query holds an escape that is not UTF-8") from None
 
 
 def _generation(query: Mapping[str, str]) -> int | None:
     value = query.get("ifGenerationMatch")
-    return int(value) if value not in (None, "") and str(value).isdigit() else None
+    if value is None:
+        return None
+    if not _DECIMAL.fullmatch(value):
+        raise Ambiguous(f"ifGenerationMatch={value!r} is not a plain decimal number")
+    return int(value)
+
+
+_READ_KEYS = {key.casefold(): key for key in ("name", "sourceObjects")}  # what decides
+
+
+def _fold_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's keys, case-folded as Go's decoder matches them to fields. Two keys
+    that fold alike, or a key the proxy reads spelled in another case (``"Name"``), are
+    :class:`Ambiguous`."""
+    folded: dict[str, Any] = {}
+    for key, value in pairs:
+        fold = key.casefold()
+        if fold in folded:
+            raise Ambiguous(f"the metadata names {key!r} twice (letter case aside)")
+        if fold in _READ_KEYS and key != _READ_KEYS[fold]:
+            raise Ambiguous(f"the metadata spells {_READ_KEYS[fold]!r} as {key!r}")
+        folded[fold] = value
+    return folded
+
+
+def _metadata_json(raw: bytes) -> Any:
+    return json.loads(raw, object_pairs_hook=_fold_keys) if raw.strip() else {}
+
+
+def _object_name(name: object) -> str:
+    text = str(name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Ambiguous("an object name that is not valid Unicode") from None
+    return text
 
 
 def required(
@@ -186,8 +267,8 @@ def required(
             names = {n for n in (query.get("name"), (body or {}).get("name")) if n}
             if len(names) != 1:
                 raise Unmapped("an upload must name exactly one object (query or metadata)")
-            name = names.pop()
-            write = Write(bucket, str(name), _generation(query))
+            name = _object_name(names.pop())
+            write = Write(bucket, name, _generation(query))
             return Plan((Check(CREATE, bucket_resource(bucket, write.name)),), write)
     if tail == ["o"] and method == "GET" and not upload and not download:
         prefix = query.get("prefix", "")
@@ -215,7 +296,9 @@ def required(
             dest = bucket_resource(write.bucket, write.name)
             return Plan((Check(GET, source), Check(CREATE, dest)), write)
         if not upload and not download and method == "POST" and tail[2:] == ["compose"]:
-            sources = [s.get("name", "") for s in (body or {}).get("sourceObjects", [])]
+            sources = [
+                _object_name(s.get("name", "")) for s in (body or {}).get("sourceobjects", [])
+            ]
             checks = [Check(GET, bucket_resource(bucket, s)) for s in sources]
             write = Write(bucket, name, _generation(query))
             return Plan((*checks, Check(CREATE, source)), write)
@@ -309,25 +392,32 @@ class GcsProxy:
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query_string: bytes = scope.get("query_string", b"")
-        query = _query(query_string)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         body = _Body(receive)
         try:
+            query = _query(query_string)
             metadata = await self._metadata(method, raw_path, query, headers, body)
             plan = required(method, raw_path, query, self.project, metadata)
         except (Unmapped, ValueError) as exc:
             what = f"{method} {raw_path.decode('latin-1')}"
-            decision = Decision(False, identity, "unmapped", what)
-            self.usage.record(decision)
+            ambiguous = isinstance(exc, Ambiguous)
+            kind = "ambiguous" if ambiguous else "unmapped"
+            self.usage.record(Decision(False, identity, kind, what))
             logger.warning(
-                "refused: %s made a call the proxy cannot map (%s)",
+                "refused: %s made a call the proxy %s (%s)",
                 identity,
+                "could read two ways" if ambiguous else "cannot map",
                 exc,
                 extra={"reason": "access_denied"},
             )
+            why = (
+                f"reads as ambiguous ({exc}): the emulator could read it otherwise"
+                if ambiguous
+                else "cannot map it to a permission"
+            )
             message = (
                 f"{self.authorizer.email(identity)}: the local stack's authorizing proxy"
-                f" cannot map {what} to a permission, so it refuses it."
+                f" {why}, so it refuses {what}."
             )
             await _answer(send, 403, _error_body(message))
             return
@@ -366,14 +456,18 @@ class GcsProxy:
         if method != "POST":
             return None
         path = raw_path.decode("latin-1")
-        content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+        content_types = [v for k, v in headers if k.lower() == b"content-type"]
+        if len(content_types) > 1:
+            raise Ambiguous("two Content-Type headers")
         if path.startswith("/upload/") and query.get("uploadType") == "multipart":
-            return await body.multipart_metadata(content_type)
+            match = _MULTIPART.fullmatch(content_types[0] if content_types else b"")
+            if match is None:
+                raise Ambiguous("a multipart Content-Type other than multipart/related; boundary=")
+            return await body.multipart_metadata(match.group(1) or match.group(2))
         if (path.startswith("/upload/") and query.get("uploadType") == "resumable") or (
             path.endswith("/compose")
         ):
-            raw = await body.read_all(MAX_METADATA_BYTES)
-            return json.loads(raw) if raw.strip() else {}
+            return _metadata_json(await body.read_all(MAX_METADATA_BYTES))
         return None
 
     async def _needs_delete(self, write: Write, delete: Decision) -> bool:
@@ -472,7 +566,7 @@ class GcsProxy:
         for key, value in headers:
             if key.lower() == b"location":
                 value = value.replace(self.external, own)
-                upload_id = _query(value.split(b"?", 1)[-1]).get("upload_id")
+                upload_id = _upload_id(value)
                 if upload_id:
                     self.sessions[upload_id] = session
             out.append((key, value))
@@ -511,19 +605,20 @@ class _Body:
                 raise ValueError("request body too large for its kind")
         return self._buffer
 
-    async def multipart_metadata(self, content_type: bytes) -> Any:
-        """The JSON part at the head of a ``multipart/related`` upload."""
-        marker = b"boundary="
-        if marker not in content_type:
-            raise ValueError("multipart upload without a boundary")
-        boundary = content_type.split(marker, 1)[1].split(b";", 1)[0].strip(b'"')
-        delimiter = b"--" + boundary
+    async def multipart_metadata(self, boundary: bytes) -> Any:
+        """The JSON part at the head of a ``multipart/related`` upload: the body starts at
+        its first boundary, and the part has one header, its content type."""
+        delimiter = b"--" + boundary + b"\r\n"
         while True:
-            start = self._buffer.find(delimiter)
-            head_end = self._buffer.find(b"\r\n\r\n", start) if start >= 0 else -1
-            end = self._buffer.find(b"\r\n" + delimiter, head_end) if head_end >= 0 else -1
-            if end >= 0:
-                return json.loads(self._buffer[head_end + 4 : end])
+            if len(self._buffer) >= len(delimiter) and not self._buffer.startswith(delimiter):
+                raise Ambiguous("a multipart body that does not start at its boundary")
+            head_end = self._buffer.find(b"\r\n\r\n")
+            end = self._buffer.find(b"\r\n--" + boundary + b"\r\n", head_end)
+            if head_end >= 0 and end >= 0:
+                head = self._buffer[len(delimiter) : head_end].split(b"\r\n")
+                if len(head) != 1 or not head[0].lower().startswith(b"content-type:"):
+                    raise Ambiguous("a metadata part with headers beyond its content type")
+                return _metadata_json(self._buffer[head_end + 4 : end])
             if len(self._buffer) > MAX_METADATA_BYTES or not await self._more():
                 raise ValueError("multipart upload without a readable metadata part")
 
@@ -548,6 +643,13 @@ async def _answer(
     ]
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _upload_id(location: bytes) -> str | None:
+    """The session id fake-gcs-server puts last in a resumable upload's URL (an object
+    name escaped for a path may hold ``&``, so the query is not parsed whole)."""
+    head, sep, upload_id = location.decode("latin-1").rpartition("&upload_id=")
+    return unquote_plus(upload_id) if sep and "&" not in upload_id else None
 
 
 def _parse_listen(values: Sequence[str]) -> dict[str, int]:

@@ -18,6 +18,9 @@ The model follows Google's IAM as documented:
   ``storage.googleapis.com/objectListPrefix`` is the requested prefix. A condition that
   fails to evaluate grants nothing, as in IAM allow policies.
 * An identity with no grants, or one the file does not name, is refused everything.
+* An identity marked ``project_owner`` holds ``roles/owner`` on the project: every
+  permission on every resource (the person who runs terraform and gcloud; the local
+  stack's ``owner``, which ``ocrpipe follow --local`` uses to make its subscription).
 
 Tests narrow or widen one identity's grants with *overrides* (a mapping, or a JSON file
 named by the ``iam_overrides_file`` setting)::
@@ -41,6 +44,7 @@ from ocrpipe.settings import Settings
 from ocrpipe.topology import load_topology
 
 GRANTS_FILE = Path(__file__).resolve().parents[2] / "iam.json"
+PROJECT_OWNER_GRANT = "the project (roles/owner)"
 LIST_PREFIX_ATTRIBUTE = "storage.googleapis.com/objectListPrefix"
 BUCKET_TYPE = "storage.googleapis.com/Bucket"
 OBJECT_TYPE = "storage.googleapis.com/Object"
@@ -267,10 +271,12 @@ class Authorizer:
         grants: Mapping[str, tuple[Grant, ...]],
         revoked: Mapping[str, tuple[_Revocation, ...]] | None = None,
         emails: Mapping[str, str] | None = None,
+        owners: Iterable[str] = (),
     ) -> None:
         self._grants = dict(grants)
         self._revoked = dict(revoked or {})
         self._emails = dict(emails or {})
+        self._owners = frozenset(owners)
 
     @classmethod
     def from_grants(
@@ -291,6 +297,7 @@ class Authorizer:
             raise GrantsError("the grants file has no 'identities' object")
         grants: dict[str, tuple[Grant, ...]] = {}
         emails: dict[str, str] = {}
+        owners = [identity for identity, spec in identities.items() if spec.get("project_owner")]
         for identity, spec in identities.items():
             grants[identity] = tuple(names.grant(g) for g in spec.get("grants", []))
             if account := spec.get("service_account"):
@@ -302,7 +309,7 @@ class Authorizer:
             added = tuple(names.grant(g) for g in change.get("add", []))
             grants[identity] = grants.get(identity, ()) + added
             revoked[identity] = tuple(names.revocation(r) for r in change.get("revoke", []))
-        return cls(grants, revoked, emails)
+        return cls(grants, revoked, emails, owners)
 
     @property
     def identities(self) -> list[str]:
@@ -320,6 +327,8 @@ class Authorizer:
         for revocation in self._revoked.get(identity, ()):
             if revocation.matches(permission, resource):
                 return Decision(False, identity, permission, resource)
+        if identity in self._owners:
+            return Decision(True, identity, permission, resource, PROJECT_OWNER_GRANT)
         attributes = {LIST_PREFIX_ATTRIBUTE: list_prefix} if list_prefix is not None else {}
         resource_type = _resource_type(resource)
         for grant in self._grants.get(identity, ()):

@@ -21,6 +21,10 @@ access-control page lists; ``P`` project, ``T`` topic, ``S`` subscription)::
 
 No service identity is granted an admin permission.
 
+A request that sets a singular field twice (legal protobuf: the last value counts) is
+refused as ambiguous, at any depth of singular sub-messages: the proxy checks the value it
+parsed and forwards the bytes, so it never relies on the emulator's parser agreeing.
+
 StreamingPull is checked on its first request (the only one that names the subscription);
 then both directions are relayed. A refusal is what Pub/Sub answers: gRPC
 ``PERMISSION_DENIED``, "User not authorized to perform this action.", plus one JSON log line
@@ -72,32 +76,90 @@ class Policy(Protocol):
 # --- which permission each method needs ----------------------------------------------------
 
 
+class AmbiguousRequest(ValueError):
+    """A request the emulator could read otherwise than the proxy: refused."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """How to find the resource in a method's request, and the permission it needs."""
 
-    parse: Callable[[bytes], Any]
+    message: Any  # the request's protobuf message class
     resource: Callable[[Any], str]
     permission: str | Callable[[str], str]
     streaming: bool = False
+
+    def parse(self, request: bytes) -> Any:
+        """The request; :class:`AmbiguousRequest` if it sets a singular field twice."""
+        if twice := _set_twice(self.message.DESCRIPTOR, request):
+            raise AmbiguousRequest(f"{twice} is set twice")
+        return self.message.FromString(request)
 
     def permission_for(self, resource: str) -> str:
         return self.permission if isinstance(self.permission, str) else self.permission(resource)
 
 
-def _pb(name: str) -> Callable[[bytes], Any]:
+def _pb(name: str) -> Any:
     from google.pubsub_v1 import types
 
-    cls = getattr(types, name).pb()
-    parse: Callable[[bytes], Any] = cls.FromString
-    return parse
+    return getattr(types, name).pb()
 
 
-def _iam_pb(name: str) -> Callable[[bytes], Any]:
+def _iam_pb(name: str) -> Any:
     from google.iam.v1 import iam_policy_pb2
 
-    parse: Callable[[bytes], Any] = getattr(iam_policy_pb2, name).FromString
-    return parse
+    return getattr(iam_policy_pb2, name)
+
+
+def _set_twice(descriptor: Any, data: bytes) -> str | None:
+    """The first singular field (``topic``, ``subscription.name``) that ``data`` sets more
+    than once, by reading the wire format against the message's descriptor."""
+    seen: dict[int, bytes | None] = {}
+    for number, chunk in _wire_fields(data):
+        field = descriptor.fields_by_number.get(number)
+        if field is None or field.is_repeated:
+            continue
+        if number in seen:
+            return str(field.name)
+        seen[number] = chunk
+        inner = _set_twice(field.message_type, chunk) if field.message_type and chunk else None
+        if inner:
+            return f"{field.name}.{inner}"
+    return None
+
+
+def _wire_fields(data: bytes) -> Iterator[tuple[int, bytes | None]]:
+    """(field number, payload of a length-delimited field) for each field of ``data``."""
+    position = 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, position = _varint(data, position)
+            yield number, None
+        elif wire_type == 2:
+            length, position = _varint(data, position)
+            if position + length > len(data):
+                raise ValueError("a truncated field")
+            yield number, data[position : position + length]
+            position += length
+        elif wire_type in (1, 5):
+            position += 8 if wire_type == 1 else 4
+            yield number, None
+        else:
+            raise ValueError(f"wire type {wire_type} (groups) is not used by Pub/Sub")
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ValueError("a truncated or oversized varint")
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        position, shift = position + 1, shift + 7
+        if not byte & 0x80:
+            return value, position
 
 
 def _project(name: str) -> str:
@@ -285,6 +347,11 @@ class _IdentityHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     def _authorize(self, rule: Rule, request: bytes, context: grpc.ServicerContext) -> None:
         try:
             resource = rule.resource(rule.parse(request))
+        except AmbiguousRequest as exc:
+            decision = Decision(False, self._identity, "ambiguous", str(exc))
+            self._proxy.usage.record(decision)
+            self._proxy.refuse(decision, context)
+            return  # pragma: no cover - refuse() raises
         except Exception:  # a request the proxy cannot read is not forwarded (fails closed)
             resource = ""
         permission = rule.permission_for(resource)
@@ -365,6 +432,14 @@ class PubSubProxy:
 
     def refuse(self, decision: Decision, context: grpc.ServicerContext) -> None:
         # The same line as the GCS proxy's: one JSON log line naming all three.
+        if decision.permission == "ambiguous":
+            logger.warning(
+                "refused: %s sent a request the emulator could read otherwise (%s)",
+                decision.identity,
+                decision.resource,
+                extra={"reason": "access_denied", "status": 403},
+            )
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, DENIED_MESSAGE)
         logger.warning(
             "refused: %s lacks %s on %s",
             decision.identity,
