@@ -1,0 +1,181 @@
+"""Every page as the model read it, through the real worker path: push envelopes into the
+worker app, which builds its own streaming OCR client from the settings and calls a live
+fault server (uvicorn, real sockets) that ends replies the ways vLLM does. Only a finished
+reply (``stop``) becomes a page; everything else is retried, or fails the page for good,
+and never leaves a truncated page marked done."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from ocr_worker.app import create_app as worker_app
+from ocrpipe import naming, records
+from ocrpipe.local.engine import DEFAULT_MAX_MODEL_LEN
+from ocrpipe.local.faults import PNG_TEXT_KEY, FaultPlan, create_app, serve_in_background
+from ocrpipe.messages import PageMessage
+from ocrpipe.naming import DocumentRef
+from ocrpipe.pubsub import MemoryPublisher
+from ocrpipe.settings import Settings
+from ocrpipe.storage import MemoryStore
+from tests.test_faults import page
+from tests.test_worker_contract import envelope
+
+BASE = {
+    "verify_push_auth": False,
+    "storage_emulator_host": "http://127.0.0.1:4443",  # unverified only against emulators
+    "input_bucket": "in",
+    "work_bucket": "work",
+    "output_bucket": "out",
+    "ocr_budget_s": 60,
+}
+TEXT = " ".join(f"word{i}" for i in range(1, 61))
+
+
+class Records(logging.Handler):
+    """The worker's log records (the worker's own logging setup replaces the root
+    handlers, so pytest's caplog would miss them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, level: int = logging.WARNING) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+@dataclass
+class Worker:
+    client: TestClient
+    store: MemoryStore
+    publisher: MemoryPublisher
+    settings: Settings
+    url: str  # the fault server's
+    logs: Records
+
+    def document(
+        self, texts: list[str], loops: dict[int, str] | None = None
+    ) -> tuple[DocumentRef, list[PageMessage]]:
+        """A document whose pages are PNGs carrying their text (and a loop block)."""
+        generation = self.store.put("in", "docs/a.pdf", b"%PDF-1.7 ...", "application/pdf")
+        doc = DocumentRef("in", "docs/a.pdf", generation)
+        count = len(texts)
+        self.store.put("out", naming.manifest_name(doc), records.manifest_record(doc, count))
+        messages = []
+        for number, text in enumerate(texts, start=1):
+            image = naming.page_image_name(doc.doc_id, number, "png")
+            data = page(f"page {number} of {generation}", text, (loops or {}).get(number))
+            self.store.put("work", image, data, "image/png")
+            messages.append(PageMessage.for_image(doc, number, count, "work", image))
+        return doc, messages
+
+    def deliver(self, message: PageMessage) -> int:
+        status: int = self.client.post("/", json=envelope(message)).status_code
+        return status
+
+    def fault_stats(self) -> dict[str, int]:
+        return dict(httpx.get(f"{self.url}/stats").json())
+
+    def retries(self) -> dict[str, int]:
+        return dict(self.client.get("/stats").json()["retries_by_cause"])
+
+
+@contextmanager
+def worker(
+    plan: FaultPlan, *, max_model_len: int = DEFAULT_MAX_MODEL_LEN, **settings: Any
+) -> Iterator[Worker]:
+    logs = Records()
+    logger = logging.getLogger("ocrpipe")
+    logger.addHandler(logs)
+    try:
+        with serve_in_background(create_app(plan, max_model_len=max_model_len)) as url:
+            config = Settings(**{**BASE, "ocr_url": url, **settings})
+            store, publisher = MemoryStore(), MemoryPublisher()
+            app = worker_app(config, store=store, publisher=publisher)  # its own OCR client
+            with TestClient(app) as client:
+                yield Worker(client, store, publisher, config, url, logs)
+    finally:
+        logger.removeHandler(logs)
+
+
+def answer(message: PageMessage, w: Worker) -> str:
+    """What the fault server answers for the page, whole."""
+    assert message.image_uri is not None
+    image = w.store.read(*naming.split_uri(message.image_uri))
+    with Image.open(io.BytesIO(image)) as png:
+        text = png.info.get(PNG_TEXT_KEY, "")
+    return f"page-sha256:{hashlib.sha256(image).hexdigest()}" + (f"\n\n{text}" if text else "")
+
+
+def page_markdown(w: Worker, doc: DocumentRef, number: int) -> str | None:
+    name = naming.page_markdown_name(doc, number)
+    return w.store.read("out", name).decode() if w.store.stat("out", name) else None
+
+
+def page_error(w: Worker, doc: DocumentRef, number: int) -> dict[str, Any] | None:
+    name = naming.page_error_name(doc, number)
+    return json.loads(w.store.read("out", name)) if w.store.stat("out", name) else None
+
+
+def latest_state(w: Worker, doc: DocumentRef) -> str | None:
+    name = naming.latest_name(doc.name)
+    return json.loads(w.store.read("out", name))["state"] if w.store.stat("out", name) else None
+
+
+# --- 1. only stop makes a page ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["abort", "error"])
+def test_a_reply_the_server_ended_early_is_retried_and_never_becomes_the_page(
+    reason: str,
+) -> None:
+    plan = FaultPlan(
+        pabort=1.0 if reason == "abort" else 0.0,
+        perror=1.0 if reason == "error" else 0.0,
+        first_attempts=1,  # a third of each page the first time, the whole page on a retry
+    )
+    with worker(plan) as w:
+        doc, messages = w.document([TEXT, TEXT + " second page"])
+        assert [w.deliver(m) for m in messages] == [204, 204]
+        for number, message in enumerate(messages, start=1):
+            assert page_markdown(w, doc, number) == answer(message, w)
+        assert latest_state(w, doc) == "done"
+        assert (w.fault_stats()[reason], w.fault_stats()["ok"]) == (2, 2)
+        assert "malformed" not in w.retries()
+        said = [m for m in w.logs.messages() if f"finish_reason {reason}" in m]
+        assert len(said) == 2, w.logs.messages()
+
+
+def test_an_engine_that_dies_mid_reply_is_server_trouble_not_a_malformed_reply() -> None:
+    plan = FaultPlan(pstream_error=1.0, first_attempts=3)  # more than ocr_malformed_attempts
+    with worker(plan) as w:
+        doc, [message] = w.document([TEXT])
+        assert w.deliver(message) == 204
+        assert page_error(w, doc, 1) is None
+        assert page_markdown(w, doc, 1) == answer(message, w)
+        assert w.fault_stats()["stream_error"] == 3
+        assert "malformed" not in w.retries()
+        said = [m for m in w.logs.messages() if "the engine died mid-reply" in m]
+        assert len(said) == 3, w.logs.messages()
+
+
+def test_a_server_that_keeps_aborting_gets_the_delivery_nacked_with_nothing_written() -> None:
+    with worker(FaultPlan(pabort=1.0), ocr_budget_s=3) as w:
+        doc, [message] = w.document([TEXT])
+        assert w.deliver(message) == 503  # Pub/Sub retries it later, then dead-letters it
+        assert w.store.list("out", naming.pages_prefix(doc)) == []
+        assert w.fault_stats()["abort"] >= 2
