@@ -20,6 +20,7 @@ from ocrpipe.worker.completion_stream import (
     REPETITION,
     CompletionRefused,
     MalformedStream,
+    StreamErrorEvent,
     stream_completion,
 )
 from tests.test_engine import BLANK, FakeEngine
@@ -190,13 +191,12 @@ async def test_the_request_asks_for_a_stream_with_usage() -> None:
     ("body", "message"),
     [
         (sse("{not json"), "not JSON"),
-        (sse(json.dumps({"error": {"message": "engine dead"}})), "error mid-stream"),
         (sse(json.dumps({"id": "x"})), "no choices"),
         (sse(chunk("half a rep"), "[DONE]"), "no finish_reason"),
         (sse(chunk("cut off")), "no finish_reason"),
         (sse(json.dumps({"choices": [{"delta": {"content": 5}}]})), "not a string"),
     ],
-    ids=["bad json", "error event", "no choices", "no finish", "no end", "content not text"],
+    ids=["bad json", "no choices", "no finish", "no end", "content not text"],
 )
 async def test_malformed_streams_raise_a_retryable_error(body: bytes, message: str) -> None:
     http, _ = mock(body)
@@ -204,6 +204,20 @@ async def test_malformed_streams_raise_a_retryable_error(body: bytes, message: s
         with pytest.raises(MalformedStream, match=message) as caught:
             await stream_completion(http, CHAT, {"model": "m"})
     assert caught.value.push_status == 503  # retried, never a silent empty page
+
+
+async def test_an_error_event_is_server_trouble_with_what_the_server_said() -> None:
+    error = {"message": "engine dead", "type": "InternalServerError", "param": None, "code": 500}
+    running = {"prompt_tokens": 9, "completion_tokens": 2}
+    http, _ = mock(sse(chunk("half", usage=running), chunk(" a", usage=running),
+                       json.dumps({"error": error}), "[DONE]"))  # fmt: skip
+    async with http:
+        with pytest.raises(StreamErrorEvent) as caught:
+            await stream_completion(http, CHAT, {"model": "m"})
+    assert not isinstance(caught.value, MalformedStream)
+    assert caught.value.push_status == 503
+    assert str(caught.value).endswith("InternalServerError 500: engine dead")
+    assert (caught.value.prompt_tokens, caught.value.completion_tokens) == (9, 2)
 
 
 async def test_a_refused_request_carries_the_response_for_the_caller() -> None:

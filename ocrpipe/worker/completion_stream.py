@@ -22,9 +22,12 @@ the response, and with it the server's request.
 
 Errors: a non-2xx answer raises :class:`CompletionRefused` carrying the response (body
 read), for the caller to classify as it classifies non-streamed answers (429, 5xx...); a
-stream that breaks the protocol (bad JSON, no choices, an error event, no end) raises
+stream that vLLM ends with an error event (``data: {"error": {...}}``, sent when its engine
+fails mid-reply) raises :class:`StreamErrorEvent`, server trouble with what the server said;
+a stream that breaks the protocol (bad JSON, no choices, no end) raises
 :class:`MalformedStream`. Transport errors (``httpx.TransportError``, timeouts) propagate
-unchanged, as from ``httpx.AsyncClient.post``.
+unchanged, as from ``httpx.AsyncClient.post``. Whatever ``finish_reason`` the server gives
+is returned as is: which ones make a page is the caller's decision.
 """
 
 from __future__ import annotations
@@ -59,6 +62,29 @@ class MalformedStream(OcrUnavailable):
     """The server answered 200 but its event stream does not make a reply; retryable."""
 
     reason = "ocr_malformed_stream"
+
+
+class StreamErrorEvent(OcrUnavailable):
+    """The server ended a 200 stream with an error event: its engine failed mid-reply.
+    Server trouble (retryable), never a reply and never a malformed one."""
+
+    reason = "ocr_stream_error"
+
+    def __init__(
+        self,
+        error: object,
+        *,
+        prompt_tokens: int | None = None,
+        completion_tokens: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
+        detail = error if isinstance(error, dict) else {"message": error}
+        kind, code = detail.get("type") or "error", detail.get("code")
+        said = f"{kind}{f' {code}' if code is not None else ''}: {detail.get('message')}"
+        super().__init__(f"the OCR server reported an error mid-reply: {said}"[:500])
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.seconds = seconds
 
 
 class CompletionRefused(OcrpipeError):
@@ -99,6 +125,9 @@ async def stream_completion(
             async for data in _events(response.aiter_lines()):
                 if reader.event(data):
                     break
+    except StreamErrorEvent as exc:
+        exc.seconds = time.monotonic() - started
+        raise
     finally:
         await response.aclose()
     return reader.result(time.monotonic() - started)
@@ -140,7 +169,10 @@ class _Reader:
         if not isinstance(chunk, dict):
             raise MalformedStream(f"an event is not a JSON object: {data[:200]!r}")
         if "error" in chunk:
-            raise MalformedStream(f"the server reported an error mid-stream: {data[:300]}")
+            prompt, completion = self._tokens()
+            raise StreamErrorEvent(
+                chunk["error"], prompt_tokens=prompt, completion_tokens=completion
+            )
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
         choices = chunk.get("choices")
@@ -174,22 +206,29 @@ class _Reader:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise MalformedStream(f"malformed reply: {raw[:200]!r}") from exc
 
+    def _tokens(self) -> tuple[int | None, int]:
+        """(prompt tokens if the server said, completion tokens so far): its last usage,
+        or else the content chunks received."""
+        usage = self._usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return (
+            prompt if isinstance(prompt, int) else None,
+            max(self._chunks, completion) if isinstance(completion, int) else self._chunks,
+        )
+
     def result(self, seconds: float) -> StreamedCompletion:
         text = "".join(self._pieces)
-        usage = self._usage or {}
-        prompt = usage.get("prompt_tokens")
-        completion = usage.get("completion_tokens")
+        prompt, tokens = self._tokens()
         if self._cut:
-            tokens = max(self._chunks, completion if isinstance(completion, int) else 0)
-            return StreamedCompletion(
-                text, REPETITION, prompt if isinstance(prompt, int) else None, tokens, True, seconds
-            )
+            return StreamedCompletion(text, REPETITION, prompt, tokens, True, seconds)
         if self._finish is None:  # a missing [DONE] alone is forgiven: the reply is whole
             raise MalformedStream(f"the stream ended with no finish_reason after {len(text)} chars")
+        usage = self._usage or {}
+        completion = usage.get("completion_tokens")
         return StreamedCompletion(
             text,
             self._finish,
-            prompt if isinstance(prompt, int) else None,
+            prompt,
             completion if isinstance(completion, int) else self._chunks,
             False,
             seconds,

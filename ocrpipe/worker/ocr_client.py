@@ -13,6 +13,11 @@ Two kinds of retry, after olmOCR's split:
 * 401, 403 and 404 mean configuration trouble (IAM still propagating after a deploy, a
   wrong ID-token audience, a wrong URL or model name), not a bad page: they are retried the
   same way and logged at ERROR, so the delivery is nacked and stays replayable.
+* Only a reply that ends ``finish_reason == "stop"`` is a page. vLLM ends a reply it
+  dropped with ``abort`` and one that failed with ``error``, and a stream whose engine died
+  mid-reply with an error event: server trouble, retried like a 503 (the partial text is
+  never written, and it never counts as malformed), logged with what the server said.
+  A finish_reason unknown here is treated the same way.
 * A 200 that does not parse (not UTF-8, not JSON, no choices) is retried at most
   :attr:`OcrParams.malformed_attempts` times per page, then the page is rejected for good
   (``ocr_malformed_reply``): a server that answers garbage would otherwise burn GPU time
@@ -52,12 +57,16 @@ from ocrpipe.worker.completion_stream import (
     CompletionRefused,
     MalformedStream,
     StreamedCompletion,
+    StreamErrorEvent,
     stream_completion,
 )
 
 logger = logging.getLogger(__name__)
 
+FINISHED = "stop"  # the only finish_reason whose text is a page
 LOOP_REASONS = frozenset({"length", "repetition"})  # a loop: cut by vLLM, or by us
+# Anything else (vLLM's abort and error, or a reason unknown here) is server trouble.
+KNOWN_TROUBLE = frozenset({"abort", "error"})
 MIN_ATTEMPT_SECONDS = 1.0  # no attempt starts with less time than this left
 MAX_BACKOFF_SECONDS = 30.0
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -305,7 +314,7 @@ class OcrClient:
                     phase = "timeout"
                     self.stats.requests += 1
                     page.requests += 1
-                    return await stream_completion(
+                    reply = await stream_completion(
                         self._http,
                         "/v1/chat/completions",
                         payload,
@@ -314,6 +323,18 @@ class OcrClient:
                     )
         except CompletionRefused as exc:
             raise self._refusal(exc.response) from None
+        except StreamErrorEvent as exc:
+            page.prompt_tokens += exc.prompt_tokens or 0
+            page.completion_tokens += exc.completion_tokens
+            page.seconds += exc.seconds
+            self.stats.count("stream_error")
+            logger.warning(
+                "%s after %d tokens; not a page, retrying within the budget",
+                exc,
+                exc.completion_tokens,
+                extra={"reason": exc.reason},
+            )
+            raise AttemptFailed(str(exc), cause="stream_error") from exc
         except MalformedStream as exc:
             raise MalformedReply(str(exc)) from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
@@ -323,6 +344,28 @@ class OcrClient:
         except httpx.TransportError as exc:
             self.stats.count("connection")
             raise AttemptFailed(f"{type(exc).__name__}: {exc}", cause="connection") from exc
+        if reply.finish_reason != FINISHED and reply.finish_reason not in LOOP_REASONS:
+            raise self._broken(reply, page)
+        return reply
+
+    def _broken(self, reply: StreamedCompletion, page: _PageAttempts) -> AttemptFailed:
+        """A reply the server ended without finishing it (vLLM's ``abort``: a request it
+        dropped; ``error``: one that failed; or a reason unknown here): server trouble. Its
+        text is not the page; the tokens it cost are billed to the page."""
+        page.add(reply)
+        reason = reply.finish_reason
+        cause = f"finish_{reason}" if reason in KNOWN_TROUBLE else "finish_unknown"
+        self.stats.count(cause)
+        logger.warning(
+            "the OCR server ended the reply with finish_reason %s after %d tokens; not a page,"
+            " retrying within the budget",
+            reason[:40] or "(empty)",
+            reply.completion_tokens,
+            extra={"reason": f"ocr_{cause}"},
+        )
+        return AttemptFailed(
+            f"the reply ended with finish_reason {reason[:40]!r}, not 'stop'", cause=cause
+        )
 
     async def _auth_headers(self) -> dict[str, str]:
         if self._auth is None:
