@@ -179,3 +179,79 @@ def test_a_server_that_keeps_aborting_gets_the_delivery_nacked_with_nothing_writ
         assert w.deliver(message) == 503  # Pub/Sub retries it later, then dead-letters it
         assert w.store.list("out", naming.pages_prefix(doc)) == []
         assert w.fault_stats()["abort"] >= 2
+
+
+def provenance(w: Worker, doc: DocumentRef, number: int) -> dict[str, Any]:
+    index = json.loads(w.store.read("out", naming.document_index_name(doc)))
+    found: dict[str, Any] = index["pages"][number - 1]["provenance"]
+    return found
+
+
+# --- 2. a faithful repetition is kept whole; a loop is still cut early -------------------
+
+SIGN_IN = "## Sign-in sheet\n\n| Name | Signature | Date |\n| --- | --- | --- |\n" + (
+    "| Name: ______________ | Signature: ______________ | Date: __________ |\n" * 30
+)
+LABEL = "ACME Corporation<br>12 Main Street<br>Springfield, IL 62701"
+LABELS = "<table>\n" + f"<tr><td>{LABEL}</td><td>{LABEL}</td><td>{LABEL}</td></tr>\n" * 10
+ZEROS = (
+    "<table>\n<tr><th>Account</th>"
+    + "<th>Q</th>" * 7
+    + "</tr>\n"
+    + ("<tr>" + "<td>0.00</td>" * 8 + "</tr>\n") * 60
+    + "</table>"
+)
+FAITHFUL = {"sign-in sheet": SIGN_IN, "sheet of labels": LABELS, "table of zeros": ZEROS}
+
+
+@pytest.mark.parametrize("text", FAITHFUL.values(), ids=FAITHFUL.keys())
+def test_a_page_that_really_repeats_itself_is_kept_whole_at_the_first_temperature(
+    text: str,
+) -> None:
+    with worker(FaultPlan()) as w:
+        doc, [message] = w.document([text])
+        assert w.deliver(message) == 204
+        assert page_error(w, doc, 1) is None
+        assert page_markdown(w, doc, 1) == answer(message, w)
+        usage = provenance(w, doc, 1)
+        assert (usage["attempts"], usage["temperature"], usage["finish_reason"]) == (1, 0.2, "stop")
+        assert w.fault_stats()["abandoned"] == 0
+
+
+LOOPS = {
+    "a table row": "<tr><td>Total</td><td>0.00</td></tr>\n",
+    "a line": "\n\nThe payment is due within thirty days.",
+    "blank lines": "\n",  # one character per token
+    "spaces": "  ",  # one character per token
+}
+
+
+@pytest.mark.parametrize("block", LOOPS.values(), ids=LOOPS.keys())
+def test_a_loop_is_cut_well_before_max_tokens_and_the_page_answered_one_step_up(
+    block: str,
+) -> None:
+    with worker(FaultPlan()) as w:  # the page loops at temperature 0.2 and answers at 0.3
+        doc, [message] = w.document(["Statement of account"], loops={1: block})
+        assert w.deliver(message) == 204
+        assert page_markdown(w, doc, 1) == answer(message, w)
+        stats = w.fault_stats()
+        assert (stats["length"], stats["abandoned"], stats["ok"]) == (1, 1, 1)
+        looped = stats["completion_tokens"] - 3  # the answer at 0.3 is 3 tokens
+        assert looped <= 4096 // 4, f"the loop ran {looped} tokens before it was cut"
+        usage = provenance(w, doc, 1)
+        assert (usage["attempts"], usage["temperature"]) == (2, 0.3)
+
+
+# --- 5. a streamed reply is bounded --------------------------------------------------------
+
+
+def test_a_server_that_streams_past_max_tokens_is_cut_at_a_bound_and_treated_as_a_loop() -> None:
+    plan = FaultPlan(endless=True, tokens_per_s=0)  # distinct words for ever, at full speed
+    with worker(plan, ocr_request_timeout_s=5, ocr_budget_s=30) as w:
+        doc, [message] = w.document(["Heading"])
+        assert w.deliver(message) == 204
+        error = page_error(w, doc, 1)
+        assert error is not None and error["reason"] == "ocr_repetition_loop"
+        stats = w.fault_stats()
+        assert (stats["endless"], stats["abandoned"]) == (4, 4)  # the whole temperature ladder
+        assert stats["completion_tokens"] <= 4 * 40_000  # about 19,000 words per attempt
