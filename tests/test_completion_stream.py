@@ -4,9 +4,11 @@ freed at once, the caller's deadline honoured, and malformed streams refused."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -17,6 +19,7 @@ from ocrpipe.local import engine
 from ocrpipe.local.boxes_to_markdown import rect
 from ocrpipe.local.faults import FaultPlan, create_app, serve_in_background
 from ocrpipe.worker.completion_stream import (
+    BYTES_PER_TOKEN,
     REPETITION,
     CompletionRefused,
     MalformedStream,
@@ -240,3 +243,65 @@ async def test_a_server_that_does_not_stream_is_read_whole() -> None:
         "stop",
         2,
     )
+
+
+# --------------------------------------------------------------------- a reply is bounded
+
+
+def endless(make: Callable[[int], bytes]) -> tuple[httpx.AsyncClient, list[int]]:
+    """A server whose body never ends: ``make(i)`` is its i-th piece. Counts what it sent."""
+    sent = [0]
+
+    async def body() -> AsyncIterator[bytes]:
+        for index in itertools.count():
+            piece = make(index)
+            sent[0] += len(piece)
+            yield piece
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://m"), sent
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda i: sse(chunk(f" w{i}")),  # distinct words for ever: nothing to call a loop
+        lambda i: b"data: " + b"x" * 65536 if i == 0 else b"x" * 65536,  # one endless line
+        lambda i: sse(chunk("")),  # events without text for ever
+    ],
+    ids=["words", "one line", "empty events"],
+)
+async def test_a_reply_past_its_bound_is_cut_as_a_loop_with_flat_memory(
+    make: Callable[[int], bytes],
+) -> None:
+    http, sent = endless(make)
+    tracemalloc.start()
+    try:
+        async with http:
+            reply = await stream_completion(http, CHAT, {"model": "m", "max_tokens": 1000})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (reply.cut, reply.overlong, reply.finish_reason) == (True, True, REPETITION)
+    assert len(reply.text.encode()) <= BYTES_PER_TOKEN * 1000
+    assert sent[0] < 4 * 2**20  # stopped reading: not the 20 MB such a server would send
+    assert peak < 2 * 2**20
+
+
+async def test_a_non_streamed_reply_is_bounded_and_judged_like_a_stream() -> None:
+    huge = engine.chat_completion_body("m", "w " * 100_000, "stop", 3, 100_000)
+    looping = engine.chat_completion_body("m", "head\n" + "| a | b |\n" * 1000, "length", 3, 4096)
+    replies = []
+    for body in (huge, looping):
+        http, _ = mock(json.dumps(body).encode(), headers={"content-type": "application/json"})
+        async with http:
+            replies.append(await stream_completion(http, CHAT, {"model": "m", "max_tokens": 1000}))
+    assert (replies[0].cut, replies[0].overlong) == (True, True)
+    assert (replies[1].cut, replies[1].overlong, replies[1].finish_reason) == (
+        True,
+        False,
+        REPETITION,
+    )
+    assert replies[1].text.count("| a | b |") <= 200  # where a stream would have been cut

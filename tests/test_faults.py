@@ -24,9 +24,12 @@ from ocrpipe.local.faults import LOOP_PHRASE, FaultPlan, create_app, main, serve
 CHAT = "/v1/chat/completions"
 
 
-def page(name: str, text: str | None = None, loop: str | None = None) -> bytes:
-    """A small PNG, different for each name, optionally carrying an ``ocrpipe-text`` chunk
-    (its answer) and an ``ocrpipe-loop`` chunk (the block it loops on)."""
+def page(
+    name: str, text: str | None = None, loop: str | None = None, size: tuple[int, int] = (56, 84)
+) -> bytes:
+    """A PNG of one colour (small, or ``size``), different for each name, optionally carrying
+    an ``ocrpipe-text`` chunk (its answer) and an ``ocrpipe-loop`` chunk (the block it loops
+    on)."""
     shade = int.from_bytes(hashlib.sha256(name.encode()).digest()[:3], "big")
     info = PngInfo()
     if text is not None:
@@ -34,7 +37,7 @@ def page(name: str, text: str | None = None, loop: str | None = None) -> bytes:
     if loop is not None:
         info.add_text("ocrpipe-loop", loop)
     out = io.BytesIO()
-    Image.new("RGB", (56, 84), shade).save(out, "PNG", pnginfo=info)
+    Image.new("RGB", size, shade).save(out, "PNG", pnginfo=info)
     return out.getvalue()
 
 

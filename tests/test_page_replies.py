@@ -41,6 +41,7 @@ BASE = {
     "ocr_budget_s": 60,
 }
 TEXT = " ".join(f"word{i}" for i in range(1, 61))
+A4_AT_1540 = (1089, 1540)  # pixels: how the splitter renders an A4 page
 
 
 class Records(logging.Handler):
@@ -78,7 +79,8 @@ class Worker:
         messages = []
         for number, text in enumerate(texts, start=1):
             image = naming.page_image_name(doc.doc_id, number, "png")
-            data = page(f"page {number} of {generation}", text, (loops or {}).get(number))
+            loop = (loops or {}).get(number)
+            data = page(f"page {number} of {generation}", text, loop, size=A4_AT_1540)
             self.store.put("work", image, data, "image/png")
             messages.append(PageMessage.for_image(doc, number, count, "work", image))
         return doc, messages

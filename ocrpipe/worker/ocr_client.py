@@ -26,8 +26,10 @@ Two kinds of retry, after olmOCR's split:
   :meth:`OcrClient.ocr_page` asks again one step up the temperature ladder
   (``Settings.ocr_temperatures``); after the last step the page is rejected for good
   (:class:`OcrRejected`). Replies are streamed (:mod:`ocrpipe.worker.completion_stream`), so a
-  loop is cut as soon as it repeats itself (``finish_reason == "repetition"``) instead of
-  after ``max_tokens``: the GPU stops generating it at once.
+  loop is cut as soon as it repeats past what the page could hold (the rule is sized from
+  the page image, :func:`page_rule`; see :mod:`ocrpipe.worker.repetition`), or passes the
+  reply's bound (``finish_reason == "repetition"``), instead of after ``max_tokens``: the
+  GPU stops generating it at once. A page that really repeats itself is never cut.
 
 Every page's :class:`OcrUsage` (tokens, seconds, attempts, the temperature that worked) is
 what the bill and the page's provenance are made of.
@@ -38,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import io
 import logging
 import re
 import time
@@ -60,6 +63,7 @@ from ocrpipe.worker.completion_stream import (
     StreamErrorEvent,
     stream_completion,
 )
+from ocrpipe.worker.repetition import DEFAULT_RULE, RepetitionRule
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +149,7 @@ class MalformedReply(Exception):
 class _PageAttempts:
     """What one :meth:`OcrClient.ocr_page` call has seen so far."""
 
+    rule: RepetitionRule = DEFAULT_RULE  # when a reply runs past what this page holds
     requests: int = 0  # sent for this page, failed and looping ones included
     malformed: int = 0
     prompt_tokens: int = 0
@@ -193,7 +198,7 @@ class OcrClient:
     async def ocr_page(self, image: bytes, mime: str, *, deadline: float) -> OcrResult:
         """OCR one page image; ``deadline`` is a value of the client's clock."""
         data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
-        page = _PageAttempts()
+        page = _PageAttempts(rule=page_rule(image))
         temperature, finish_reason = self._params.temperatures[0], ""
 
         def usage() -> OcrUsage:
@@ -220,10 +225,13 @@ class OcrClient:
                 return OcrResult(reply.text, usage())
             self.stats.count(reply.finish_reason)
             self.stats.loop_tokens += reply.completion_tokens
+            how = "finish_reason=length"
+            if reply.cut:
+                how = "past its bound, cut" if reply.overlong else "past what the page holds, cut"
             logger.warning(
                 "repetition loop at temperature %.1f (%s after %d tokens), raising it",
                 temperature,
-                "cut" if reply.cut else "finish_reason=length",
+                how,
                 reply.completion_tokens,
                 extra={"reason": reply.finish_reason},
             )
@@ -320,6 +328,7 @@ class OcrClient:
                         payload,
                         headers=headers,
                         timeout=timeout,
+                        rule=page.rule,
                     )
         except CompletionRefused as exc:
             raise self._refusal(exc.response) from None
@@ -403,6 +412,19 @@ class OcrClient:
             f"OCR server refused the page: HTTP {status}: {_snippet(response)}",
             reason=f"ocr_http_{status}",
         )
+
+
+def page_rule(image: bytes) -> RepetitionRule:
+    """The repetition rule for a page image of this size (the default for 1540 px when its
+    header cannot be read: the server will say what is wrong with the image)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(image)) as opened:  # the header only
+            width, height = opened.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+        return DEFAULT_RULE
+    return RepetitionRule.for_page(width, height)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
