@@ -22,7 +22,6 @@ from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app as worker_app
 from ocrpipe import naming, records
-from ocrpipe.local.engine import DEFAULT_MAX_MODEL_LEN
 from ocrpipe.local.faults import PNG_TEXT_KEY, FaultPlan, create_app, serve_in_background
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
@@ -41,7 +40,8 @@ BASE = {
     "ocr_budget_s": 60,
 }
 TEXT = " ".join(f"word{i}" for i in range(1, 61))
-A4_AT_1540 = (1089, 1540)  # pixels: how the splitter renders an A4 page
+A4_AT_1540 = (1089, 1540)  # pixels: how the splitter renders an A4 page: 2,145 image tokens
+CONTEXT = 8192  # LightOnOCR-2-1B's max_model_len, as gpu_image serves it
 
 
 class Records(logging.Handler):
@@ -97,9 +97,8 @@ class Worker:
 
 
 @contextmanager
-def worker(
-    plan: FaultPlan, *, max_model_len: int = DEFAULT_MAX_MODEL_LEN, **settings: Any
-) -> Iterator[Worker]:
+def worker(plan: FaultPlan, *, max_model_len: int = CONTEXT, **settings: Any) -> Iterator[Worker]:
+    """The worker app and a fault server serving a model of ``max_model_len`` tokens."""
     logs = Records()
     logger = logging.getLogger("ocrpipe")
     logger.addHandler(logs)
@@ -257,3 +256,33 @@ def test_a_server_that_streams_past_max_tokens_is_cut_at_a_bound_and_treated_as_
         stats = w.fault_stats()
         assert (stats["endless"], stats["abandoned"]) == (4, 4)  # the whole temperature ladder
         assert stats["completion_tokens"] <= 4 * 40_000  # about 19,000 words per attempt
+
+
+# --- 3. a long page is not a loop ----------------------------------------------------------
+
+LONG = " ".join(f"entry{i}" for i in range(1, 6001))  # 6,000 distinct words: 6,000 tokens
+
+
+def test_a_page_longer_than_max_tokens_gets_more_tokens_not_a_higher_temperature() -> None:
+    with worker(FaultPlan()) as w:
+        doc, [message] = w.document([LONG])
+        assert w.deliver(message) == 204
+        assert page_error(w, doc, 1) is None
+        assert page_markdown(w, doc, 1) == answer(message, w)
+        usage = provenance(w, doc, 1)
+        assert (usage["attempts"], usage["temperature"], usage["finish_reason"]) == (2, 0.2, "stop")
+        assert usage["completion_tokens"] == 4096 + 6001  # the cut reply, then the whole one
+        assert usage["prompt_tokens"] == 2 * 2145
+        assert w.fault_stats()["invalid"] == 0  # never more tokens than the context leaves
+
+
+def test_a_page_longer_than_the_context_fails_for_good_as_too_long_not_as_a_loop() -> None:
+    context = 5000  # prompt 2,145 + max_tokens 4,096 > 5,000: vLLM clamps the reply to length
+    with worker(FaultPlan(), max_model_len=context, ocr_max_model_len=context) as w:
+        doc, [message] = w.document([LONG])
+        assert w.deliver(message) == 204
+        error = page_error(w, doc, 1)
+        assert error is not None and error["reason"] == "ocr_page_too_long", error
+        assert "5000" in error["message"]
+        assert page_markdown(w, doc, 1) is None  # never a truncated page
+        assert w.fault_stats()["invalid"] == 0
