@@ -112,7 +112,7 @@ def test_one_notification_per_terminal_state(
     def reply(body: dict[str, object]) -> object:
         response = page_text(body)
         if int(response.json()["choices"][0]["message"]["content"].split()[-1]) in looping:
-            return completion("la " * 20, "length")
+            return completion("la " * 20, "repetition")
         return response
 
     server = ScriptedOcrServer([reply])  # type: ignore[list-item]
@@ -150,7 +150,7 @@ def test_a_failed_publish_nacks_and_the_redelivery_announces(
 def test_a_document_rebuilt_after_a_retry_is_announced_again_with_its_new_state() -> None:
     store, publisher = MemoryStore(), MemoryPublisher()
     doc, messages = prepare(store, pages=2)
-    looping = ScriptedOcrServer([completion("la " * 20, "length")])
+    looping = ScriptedOcrServer([completion("la " * 20, "repetition")])
 
     def deliver(message: PageMessage, ocr: ScriptedOcrServer) -> None:
         asyncio.run(process_page(message, store, ocr.client(), SETTINGS, publisher, deadline=1e12))
@@ -207,9 +207,9 @@ def test_document_json_gives_each_page_the_provenance_the_ocr_client_returned() 
         if response.json()["choices"][0]["message"]["content"] == "image 2":
             loops_once["n"] += 1
             if loops_once["n"] == 1:  # page 2 loops at the first temperature, then works
-                return completion("la " * 20, "length")
+                return completion("la " * 20, "repetition")
         if response.json()["choices"][0]["message"]["content"] == "image 3":
-            return completion("la " * 20, "length")  # page 3 loops at every temperature
+            return completion("la " * 20, "repetition")  # page 3 loops at every temperature
         return response
 
     server = ScriptedOcrServer([reply])  # type: ignore[list-item]
@@ -228,7 +228,7 @@ def test_document_json_gives_each_page_the_provenance_the_ocr_client_returned() 
     spent = by_page[3]["provenance"]  # failed for good, but the tokens were spent: billed
     assert by_page[3]["state"] == "failed" and spent is not None
     assert spent["attempts"] == len(SETTINGS.ocr_temperatures)
-    assert spent["finish_reason"] == "length" and spent["model"] == SETTINGS.ocr_model
+    assert spent["finish_reason"] == "repetition" and spent["model"] == SETTINGS.ocr_model
     # The model's text stays byte-exact beside its provenance.
     markdown = store.read("out", naming.document_markdown_name(doc))
     assert markdown[by_page[1]["start"] : by_page[1]["end"]] == b"image 1"

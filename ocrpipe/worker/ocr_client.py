@@ -22,12 +22,17 @@ Two kinds of retry, after olmOCR's split:
   :attr:`OcrParams.malformed_attempts` times per page, then the page is rejected for good
   (``ocr_malformed_reply``): a server that answers garbage would otherwise burn GPU time
   until the budget ends, on every delivery.
-* A reply cut off with ``finish_reason == "length"`` is a repetition loop, not a result:
-  :meth:`OcrClient.ocr_page` asks again one step up the temperature ladder
-  (``Settings.ocr_temperatures``); after the last step the page is rejected for good
-  (:class:`OcrRejected`). Replies are streamed (:mod:`ocrpipe.worker.completion_stream`), so a
+* A repetition loop is not a result: :meth:`OcrClient.ocr_page` asks again one step up the
+  temperature ladder (``Settings.ocr_temperatures``); after the last step the page is
+  rejected for good (:class:`OcrRejected`, ``ocr_repetition_loop``).
+* A long page is not a loop: a reply that reaches ``max_tokens`` (``finish_reason ==
+  "length"``, with no loop in it, or it would have been cut) is asked again at the same
+  temperature with what the model's context leaves (``Settings.ocr_max_model_len`` minus
+  the prompt's tokens, as the server counted them). Only a ``length`` with no room left
+  climbs the ladder; a page that ends so at every temperature fails as
+  ``ocr_page_too_long``. Replies are streamed (:mod:`ocrpipe.worker.completion_stream`), so a
   loop is cut as soon as it repeats past what the page could hold (the rule is sized from
-  the page image, :func:`page_rule`; see :mod:`ocrpipe.worker.repetition`), or passes the
+  the page image's size, :func:`image_size`; see :mod:`ocrpipe.worker.repetition`), or passes the
   reply's bound (``finish_reason == "repetition"``), instead of after ``max_tokens``: the
   GPU stops generating it at once. A page that really repeats itself is never cut.
 
@@ -42,6 +47,7 @@ import base64
 import datetime
 import io
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -71,6 +77,9 @@ FINISHED = "stop"  # the only finish_reason whose text is a page
 LOOP_REASONS = frozenset({"length", "repetition"})  # a loop: cut by vLLM, or by us
 # Anything else (vLLM's abort and error, or a reason unknown here) is server trouble.
 KNOWN_TROUBLE = frozenset({"abort", "error"})
+IMAGE_TOKEN_PX = 28  # a Pixtral encoder's 14 px patches merged 2 x 2
+PROMPT_SIDE = 1540  # the longest side vLLM scales a LightOnOCR image to
+PROMPT_MARGIN = 32  # tokens of the chat template around the image
 MIN_ATTEMPT_SECONDS = 1.0  # no attempt starts with less time than this left
 MAX_BACKOFF_SECONDS = 30.0
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -91,6 +100,7 @@ class AuthHeaders(Protocol):
 class OcrParams:
     model: str
     max_tokens: int
+    max_model_len: int  # the model's context: prompt plus reply
     top_p: float
     temperatures: tuple[float, ...]
     request_timeout_s: float
@@ -103,6 +113,7 @@ class OcrParams:
         values: dict[str, Any] = {
             "model": settings.ocr_model,
             "max_tokens": settings.ocr_max_tokens,
+            "max_model_len": settings.ocr_max_model_len,
             "top_p": settings.ocr_top_p,
             "temperatures": settings.ocr_temperatures,
             "request_timeout_s": settings.ocr_request_timeout_s,
@@ -196,10 +207,18 @@ class OcrClient:
         await self._http.aclose()
 
     async def ocr_page(self, image: bytes, mime: str, *, deadline: float) -> OcrResult:
-        """OCR one page image; ``deadline`` is a value of the client's clock."""
+        """OCR one page image; ``deadline`` is a value of the client's clock.
+
+        A reply that ends ``length`` with no loop in it is a long page: it is asked again at
+        the same temperature with what the model's context leaves (``max_model_len`` minus
+        the prompt's tokens). A loop (cut, or ``repetition``), or a ``length`` with no room
+        left in the context, moves one step up the temperature ladder."""
         data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
-        page = _PageAttempts(rule=page_rule(image))
-        temperature, finish_reason = self._params.temperatures[0], ""
+        size = image_size(image)
+        page = _PageAttempts(rule=RepetitionRule.for_page(*size) if size else DEFAULT_RULE)
+        temperatures = self._params.temperatures
+        temperature, finish_reason, max_tokens = temperatures[0], "", self._params.max_tokens
+        looped = False  # some reply was a loop, not only too long for the context
 
         def usage() -> OcrUsage:
             return OcrUsage(
@@ -212,8 +231,10 @@ class OcrClient:
                 ocr_seconds=page.seconds,
             )
 
-        for temperature in self._params.temperatures:
-            payload = self._payload(data_url, temperature)
+        step = 0
+        while step < len(temperatures):
+            temperature = temperatures[step]
+            payload = self._payload(data_url, temperature, max_tokens)
             try:
                 reply = await self._send_with_backoff(payload, deadline, page)
             except OcrRejected as exc:  # refused for good: what it cost so far is billed
@@ -221,27 +242,50 @@ class OcrClient:
                 raise
             page.add(reply)
             finish_reason = reply.finish_reason
-            if reply.finish_reason not in LOOP_REASONS:
+            if finish_reason == FINISHED:
                 return OcrResult(reply.text, usage())
-            self.stats.count(reply.finish_reason)
+            room = self._params.max_model_len - (reply.prompt_tokens or prompt_estimate(size))
+            if finish_reason == "length" and room > max_tokens:
+                logger.info(
+                    "the reply reached max_tokens=%d at temperature %.1f without a loop: a long"
+                    " page; asking again with %d tokens, what the model's context leaves",
+                    max_tokens,
+                    temperature,
+                    room,
+                    extra={"reason": "ocr_long_page"},
+                )
+                self.stats.count("long_page")
+                max_tokens = room
+                continue  # the same temperature: a long page is not a loop
+            max_tokens = min(max_tokens, max(1, room))
+            looped = looped or finish_reason != "length"
+            self.stats.count(finish_reason)
             self.stats.loop_tokens += reply.completion_tokens
-            how = "finish_reason=length"
-            if reply.cut:
-                how = "past its bound, cut" if reply.overlong else "past what the page holds, cut"
             logger.warning(
-                "repetition loop at temperature %.1f (%s after %d tokens), raising it",
+                "%s at temperature %.1f (%s after %d tokens), raising it",
+                "repetition loop" if finish_reason != "length" else "no room left in the context",
                 temperature,
-                how,
+                _how(reply),
                 reply.completion_tokens,
-                extra={"reason": reply.finish_reason},
+                extra={"reason": finish_reason},
+            )
+            step += 1
+        if looped:
+            raise OcrRejected(
+                f"the model looped at every temperature {list(temperatures)}",
+                reason="ocr_repetition_loop",
+                usage=usage(),
             )
         raise OcrRejected(
-            f"the model looped at every temperature {list(self._params.temperatures)}",
-            reason="ocr_repetition_loop",
+            f"the reply reached the end of the model's context (max_model_len"
+            f" {self._params.max_model_len} tokens, page image included) at every temperature"
+            f" {list(temperatures)} without repeating itself: more text than the model can"
+            " write for one page, or a loop that changes as it goes",
+            reason="ocr_page_too_long",
             usage=usage(),
         )
 
-    def _payload(self, data_url: str, temperature: float) -> dict[str, Any]:
+    def _payload(self, data_url: str, temperature: float, max_tokens: int) -> dict[str, Any]:
         return {
             "model": self._params.model,
             "messages": [
@@ -249,7 +293,7 @@ class OcrClient:
             ],
             "temperature": temperature,
             "top_p": self._params.top_p,
-            "max_tokens": self._params.max_tokens,
+            "max_tokens": max_tokens,
         }
 
     async def _send_with_backoff(
@@ -414,17 +458,33 @@ class OcrClient:
         )
 
 
-def page_rule(image: bytes) -> RepetitionRule:
-    """The repetition rule for a page image of this size (the default for 1540 px when its
-    header cannot be read: the server will say what is wrong with the image)."""
+def image_size(image: bytes) -> tuple[int, int] | None:
+    """(width, height) of a page image from its header, or None if it cannot be read (the
+    server will say what is wrong with the image)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(image)) as opened:  # the header only
-            width, height = opened.size
+            return opened.size
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
-        return DEFAULT_RULE
-    return RepetitionRule.for_page(width, height)
+        return None
+
+
+def prompt_estimate(size: tuple[int, int] | None) -> int:
+    """The prompt's tokens when the server does not say: a Pixtral encoder's image tokens
+    (the image scaled to at most 1540 px, one token per 28 x 28 px, one break per row) and
+    a margin for the chat template."""
+    width, height = size or (PROMPT_SIDE, PROMPT_SIDE)
+    scale = min(1.0, PROMPT_SIDE / max(width, height, 1))
+    columns = math.ceil(width * scale / IMAGE_TOKEN_PX)
+    rows = math.ceil(height * scale / IMAGE_TOKEN_PX)
+    return columns * rows + rows + PROMPT_MARGIN
+
+
+def _how(reply: StreamedCompletion) -> str:
+    if not reply.cut:
+        return f"finish_reason={reply.finish_reason}"
+    return "past its bound, cut" if reply.overlong else "past what the page holds, cut"
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
