@@ -25,9 +25,8 @@ from ocrpipe import naming, records
 from ocrpipe.local.faults import PNG_TEXT_KEY, FaultPlan, create_app, serve_in_background
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
-from ocrpipe.pubsub import MemoryPublisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import MemoryStore
+from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from tests.test_faults import page
 from tests.test_worker_contract import envelope
 
