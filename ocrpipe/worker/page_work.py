@@ -385,6 +385,7 @@ def complete_document(
     publisher: Publisher,
     *,
     page: int | None = None,
+    locks: KeyedLocks | None = None,
 ) -> bool:
     """Assemble the document if every page is accounted for and ``document.md`` is not
     already built from exactly these page results, then announce it if latest.json does not
@@ -413,8 +414,9 @@ def complete_document(
     # One assembly per document at a time in this process: when a document's last pages
     # land together, the others then find it built instead of each reading every page
     # (measured: ~12 of the ~20 GCS calls per page at 64 in flight). Other instances still
-    # race, which the generation preconditions below settle.
-    with _ASSEMBLING.hold(doc.doc_id):
+    # race, which the generation preconditions below settle. ``locks``: another instance's
+    # table (tests run two instances in one process); None: this process's.
+    with (_ASSEMBLING if locks is None else locks).hold(doc.doc_id):
         return _assemble(doc, page_count, store, settings, publisher)
 
 
