@@ -10,6 +10,7 @@ from ocrpipe.errors import BadInput
 from ocrpipe.splitter.rendering.inputs import InputKind
 from ocrpipe.splitter.rendering.page_decoders import MIN_SHORT_SIDE, RenderedPage, page_scale
 from ocrpipe.splitter.rendering.renderer import Renderer
+from ocrpipe.testing import inputs
 from ocrpipe.testing.pdfs import text_pdf
 
 
@@ -61,3 +62,30 @@ def test_not_a_pdf_is_bad_input(tmp_path: Path) -> None:
         pytest.raises(BadInput),
     ):
         renderer.page_count()
+
+
+# LightOn's own client renders a PDF page at 200 dpi (pypdfium2 scale 200/72) and only scales
+# it down, so that its longest side is at most 1540 px: a small page is never enlarged.
+REFERENCE = {
+    "A4": ((595, 842), (1089, 1540)),  # 1653 x 2339 at 200 dpi: scaled down
+    "Letter": ((612, 792), (1190, 1540)),
+    "A6 receipt": ((298, 420), (828, 1167)),  # 200 dpi as it is (1540 px enlarged it 1.8x)
+    "business card": ((252, 144), (700, 400)),
+    "slide 10 x 5.625 in": ((720, 405), (1540, 866)),
+    "small slide 5 x 2.8 in": ((360, 202.5), (1000, 563)),
+}
+
+
+@pytest.mark.parametrize(("size", "expected"), REFERENCE.values(), ids=REFERENCE.keys())
+def test_a_pdf_page_renders_at_200_dpi_scaled_down_only_like_the_reference_client(
+    tmp_path: Path, size: tuple[float, float], expected: tuple[int, int]
+) -> None:
+    path = tmp_path / "in.pdf"
+    path.write_bytes(inputs.sized_pages_pdf([size]))
+    with Renderer(path, InputKind.PDF, processes=1, longest_side=1540) as renderer:
+        (page,) = renderer.render([1])
+    assert isinstance(page, RenderedPage), page
+    assert abs(page.width - expected[0]) <= 1 and abs(page.height - expected[1]) <= 1, (
+        page.width,
+        page.height,
+    )
