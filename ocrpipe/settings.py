@@ -88,7 +88,20 @@ class Settings(BaseSettings):
     )
 
     # Rendering.
-    render_longest_side: int = Field(1540, ge=64, le=10000)
+    render_longest_side: int = Field(
+        1540,
+        ge=64,
+        le=10000,
+        description="The longest side of a page image at most, in pixels (LightOnOCR: 1540)."
+        " Pages larger than that are scaled down to it, smaller ones are never enlarged.",
+    )
+    render_dpi: float = Field(
+        200.0,
+        gt=0,
+        le=1200,
+        description="PDF pages render at this resolution, then are scaled down to"
+        " render_longest_side if larger: LightOn's own client renders at 200 dpi.",
+    )
     render_processes: int = Field(2, ge=1, le=64)
     max_pages: int = Field(2000, gt=0)
     max_input_bytes: int = Field(512 * 1024 * 1024, gt=0)

@@ -40,18 +40,20 @@ def test_longest_side_is_1540_and_aspect_ratio_is_kept(
 def test_a_sliver_of_a_page_is_clamped() -> None:
     # So thin that its short side would need more than 4 x 1540 px on the long side: the long
     # side is capped (padding to the aspect limit happens after rendering).
-    assert page_scale(10000, 1, 1540) == pytest.approx(4 * 1540 / 10000)
+    assert page_scale(10000, 1, 1540, 200) == pytest.approx(4 * 1540 / 10000)
     # Thin, but the minimum short side fits under the cap: the short side gets it.
-    scale = page_scale(1000, 10, 1540)
+    scale = page_scale(1000, 10, 1540, 200)
     assert 10 * scale == pytest.approx(MIN_SHORT_SIDE)
     assert 1000 * scale < 4 * 1540
-    # An ordinary page: the long side is exactly longest_side.
-    assert 842 * page_scale(595, 842, 1540) == pytest.approx(1540)
+    # An ordinary page larger than 1540 px at 200 dpi: scaled down to exactly longest_side.
+    assert 842 * page_scale(595, 842, 1540, 200) == pytest.approx(1540)
+    # A small one: 200 dpi, never enlarged.
+    assert page_scale(298, 420, 1540, 200) == pytest.approx(200 / 72)
 
 
 def test_a_page_without_area_is_bad_input() -> None:
     with pytest.raises(BadInput):
-        page_scale(0, 100, 1540)
+        page_scale(0, 100, 1540, 200)
 
 
 def test_not_a_pdf_is_bad_input(tmp_path: Path) -> None:
