@@ -379,7 +379,11 @@ async def test_an_engine_that_dies_mid_stream_ends_it_with_vllms_error_event(
 
 @pytest.mark.parametrize(
     ("block", "pieces"),
-    [("\n", ["\n"]), ("  ", [" ", " "]), ("<tr><td>0</td></tr>\n", ["<tr><td>0</td></tr>\n"])],
+    [
+        ("\n", ["\n"]),
+        ("  ", [" ", " "]),
+        ("<tr><td>0</td></tr>\n", ["<tr", "><t", "d>0", "</t", "d><", "/tr", ">\n"]),
+    ],
     ids=["newline", "spaces", "table row"],
 )
 async def test_a_page_loops_on_the_block_it_carries(

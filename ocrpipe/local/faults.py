@@ -24,11 +24,12 @@ What can go wrong, and how each request's fate is decided (:func:`decide`):
   can say "fails twice, then answers" without hunting for a seed.
 - ``length``: a page is *loopy* with probability ``plength``, drawn from
   ``sha256(seed, sha256(image))`` (a property of the page, as real repetition loops are), or
-  when its PNG carries the text chunk ``ocrpipe-loop``: the block it loops on (by default
-  a blank line and "the same line again"; a block of whitespace only is sent one character
-  per token). A loopy page answers its text, then the block again and again, with
-  ``finish_reason: "length"`` while the request's temperature is at most 0.2 (or absent),
-  and normally above it, so that a client that raises the temperature succeeds. With
+  when its PNG carries the text chunk ``ocrpipe-loop``: the block it loops on, sent three
+  characters per token (a block of whitespace only, one character per token); by default
+  a blank line and "the same line again", a word per token. A loopy page answers its
+  text, then the block again and again, with ``finish_reason: "length"`` while the
+  request's temperature is at most 0.2 (or absent), and normally above it, so that a
+  client that raises the temperature succeeds. With
   ``loop_always`` it loops at every temperature: the page fails after the client's whole
   temperature ladder.
 - ``endless``: every reply is the page's text and then distinct words for ever, whatever
@@ -124,7 +125,8 @@ BROKEN_REPLIES = (("abort", "pabort"), ("error", "perror"), ("stream_error", "ps
 BROKEN_SHARE = 1 / 3  # of the page's tokens sent before a broken reply ends
 LOOP_MAX_TEMPERATURE = 0.2
 LOOP_PHRASE = "the same line again"
-DEFAULT_LOOP_BLOCK = f"\n\n{LOOP_PHRASE}"
+DEFAULT_LOOP_BLOCK = f"\n\n{LOOP_PHRASE}"  # sent a word per token
+LOOP_CHARS_PER_TOKEN = 3  # a loop block a page carries
 DEFAULT_LOOP_TOKENS = 4096
 ENDLESS_WHOLE_FACTOR = 8  # a non-streamed endless reply: this many times its token limit
 DEFAULT_TOKENS_PER_S = 5000.0
@@ -317,9 +319,14 @@ class _Page:
 
 
 def loop_pieces(block: str) -> list[str]:
-    """One copy of a loop block as tokens: words (with the whitespace before them), or one
+    """One copy of a loop block a page carries, as tokens: :data:`LOOP_CHARS_PER_TOKEN`
+    characters each, about what LightOnOCR's tokenizer makes of HTML and Markdown (a tag a
+    token, a digit a token), so that a loop's tokens per row are near a real one's; one
     character per token for a block of whitespace only (the worst case for a detector)."""
-    return token_pieces(block) if block.strip() else list(block)
+    if not block.strip():
+        return list(block)
+    step = LOOP_CHARS_PER_TOKEN
+    return [block[i : i + step] for i in range(0, len(block), step)]
 
 
 def _endless(answer: str) -> Iterator[str]:
@@ -341,7 +348,9 @@ def _reply(page: PageRequest, info: _Page, outcome: str, limit: int) -> _Reply:
     answer = token_pieces(info.answer)
     if outcome == "length":
         cap = limit if page.max_tokens is not None else min(limit, DEFAULT_LOOP_TOKENS)
-        block = loop_pieces(info.loop_block or DEFAULT_LOOP_BLOCK)
+        block = token_pieces(DEFAULT_LOOP_BLOCK)
+        if info.loop_block is not None:
+            block = loop_pieces(info.loop_block)
         copies = cap // max(1, len(block)) + 1
         return _Reply((answer + block * copies)[:cap], "length")
     if outcome == "endless":
