@@ -152,6 +152,20 @@ async def test_a_long_reply_is_asked_again_with_what_the_context_leaves() -> Non
     assert client.stats.by_cause == {"long_page": 1}
 
 
+async def test_a_long_reply_that_ends_repeating_itself_gets_more_tokens_one_step_up() -> None:
+    rows = "<tr>" + "<td>0.00</td>" * 10 + "</tr>\n"  # 100 wide rows: a page holds them
+    server = ScriptedOcrServer(
+        [completion("<table>\n" + rows * 100, "length", prompt_tokens=2145), completion("ok")]
+    )
+    clock = FakeClock()
+    client = server.client(clock, max_model_len=8192)
+    result = await client.ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert result.markdown == "ok" and result.usage.temperature == 0.3
+    assert [r["temperature"] for r in server.requests] == [0.2, 0.3]
+    assert [r["max_tokens"] for r in server.requests] == [4096, 8192 - 2145]
+    assert client.stats.by_cause == {"long_reply": 1}
+
+
 async def test_without_usage_the_prompt_is_estimated_from_the_image_size() -> None:
     server = ScriptedOcrServer([completion(DISTINCT, "length"), completion("whole")])
     clock = FakeClock()

@@ -18,6 +18,7 @@ from ocrpipe.worker.repetition import (
     RepetitionDetector,
     RepetitionRule,
     find_loop,
+    repeats_at_end,
 )
 
 CORPORA = corpora()
@@ -105,6 +106,15 @@ def test_the_loop_found_names_its_block() -> None:
     assert loop is not None
     assert loop.period == len("<tr><td>Total</td><td>0.00</td></tr>\n")
     assert "Total" in loop.block and loop.rows == 1
+
+
+def test_a_reply_cut_at_max_tokens_says_whether_it_ends_repeating_itself() -> None:
+    wide = "<tr>" + "<td>0.00</td>" * 10 + "</tr>\n"
+    assert repeats_at_end(HEAD + wide * 100)  # within a page, but repeating at its end
+    assert repeats_at_end(HEAD + "".join(f"{i}. the same line again\n" for i in range(100)))
+    assert not repeats_at_end(HEAD + " ".join(f"word{i}" for i in range(3000)))
+    assert not repeats_at_end(html_table(100))
+    assert not repeats_at_end(HEAD + wide * 5)  # too short to say
 
 
 def test_numbers_within_one_row_must_repeat_verbatim() -> None:

@@ -24,17 +24,20 @@ Two kinds of retry, after olmOCR's split:
   until the budget ends, on every delivery.
 * A repetition loop is not a result: :meth:`OcrClient.ocr_page` asks again one step up the
   temperature ladder (``Settings.ocr_temperatures``); after the last step the page is
-  rejected for good (:class:`OcrRejected`, ``ocr_repetition_loop``).
+  rejected for good (:class:`OcrRejected`, ``ocr_repetition_loop``). Replies are streamed
+  (:mod:`ocrpipe.worker.completion_stream`), so a loop is cut as soon as it repeats past
+  what the page could hold (the rule is sized from the page image, :func:`image_size`; see
+  :mod:`ocrpipe.worker.repetition`), or passes the reply's bound (``finish_reason ==
+  "repetition"``), instead of after ``max_tokens``: the GPU stops generating it at once. A
+  page that really repeats itself is never cut.
 * A long page is not a loop: a reply that reaches ``max_tokens`` (``finish_reason ==
-  "length"``, with no loop in it, or it would have been cut) is asked again at the same
-  temperature with what the model's context leaves (``Settings.ocr_max_model_len`` minus
-  the prompt's tokens, as the server counted them). Only a ``length`` with no room left
-  climbs the ladder; a page that ends so at every temperature fails as
-  ``ocr_page_too_long``. Replies are streamed (:mod:`ocrpipe.worker.completion_stream`), so a
-  loop is cut as soon as it repeats past what the page could hold (the rule is sized from
-  the page image's size, :func:`image_size`; see :mod:`ocrpipe.worker.repetition`), or passes the
-  reply's bound (``finish_reason == "repetition"``), instead of after ``max_tokens``: the
-  GPU stops generating it at once. A page that really repeats itself is never cut.
+  "length"``, with no loop a page could not hold in it, or it would have been cut) is asked
+  again at the same temperature with what the model's context leaves
+  (``Settings.ocr_max_model_len`` minus the prompt's tokens, as the server counted them).
+  If its end repeats itself, it may be a loop of rows too long for the detector to judge
+  within ``max_tokens``: the larger request then goes one temperature up, which ends a loop
+  and still keeps a page that repeats. Only a ``length`` with no room left climbs the
+  ladder alone; a page that ends so at every temperature fails as ``ocr_page_too_long``.
 
 Every page's :class:`OcrUsage` (tokens, seconds, attempts, the temperature that worked) is
 what the bill and the page's provenance are made of.
@@ -69,7 +72,7 @@ from ocrpipe.worker.completion_stream import (
     StreamErrorEvent,
     stream_completion,
 )
-from ocrpipe.worker.repetition import DEFAULT_RULE, RepetitionRule
+from ocrpipe.worker.repetition import DEFAULT_RULE, RepetitionRule, repeats_at_end
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +214,10 @@ class OcrClient:
 
         A reply that ends ``length`` with no loop in it is a long page: it is asked again at
         the same temperature with what the model's context leaves (``max_model_len`` minus
-        the prompt's tokens). A loop (cut, or ``repetition``), or a ``length`` with no room
-        left in the context, moves one step up the temperature ladder."""
+        the prompt's tokens); if it ends repeating itself (:func:`repeats_at_end`: a loop
+        of long rows, or a page that repeats past ``max_tokens``), with those tokens one
+        step up. A loop (cut, or ``repetition``), or a ``length`` with no room left in the
+        context, moves one step up the temperature ladder."""
         data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
         size = image_size(image)
         page = _PageAttempts(rule=RepetitionRule.for_page(*size) if size else DEFAULT_RULE)
@@ -246,17 +251,27 @@ class OcrClient:
                 return OcrResult(reply.text, usage())
             room = self._params.max_model_len - (reply.prompt_tokens or prompt_estimate(size))
             if finish_reason == "length" and room > max_tokens:
+                # A long page: more tokens, what the model's context leaves. If the reply
+                # ends repeating itself it may also be a loop that runs longer than a page
+                # lets the detector see within max_tokens (rows of over ~100 characters):
+                # then one step up too, which ends a loop and keeps a page that repeats.
+                repeating = repeats_at_end(reply.text) and step + 1 < len(temperatures)
                 logger.info(
-                    "the reply reached max_tokens=%d at temperature %.1f without a loop: a long"
-                    " page; asking again with %d tokens, what the model's context leaves",
+                    "the reply reached max_tokens=%d at temperature %.1f %s; asking again with"
+                    " %d tokens, what the model's context leaves%s",
                     max_tokens,
                     temperature,
+                    "repeating itself" if repeating else "without a loop: a long page",
                     room,
-                    extra={"reason": "ocr_long_page"},
+                    ", one temperature up" if repeating else "",
+                    extra={"reason": "ocr_long_reply" if repeating else "ocr_long_page"},
                 )
-                self.stats.count("long_page")
+                self.stats.count("long_reply" if repeating else "long_page")
+                self.stats.loop_tokens += reply.completion_tokens if repeating else 0
+                looped = looped or repeating
+                step += 1 if repeating else 0
                 max_tokens = room
-                continue  # the same temperature: a long page is not a loop
+                continue  # a long page is not a loop: the same temperature, unless repeating
             max_tokens = min(max_tokens, max(1, room))
             looped = looped or finish_reason != "length"
             self.stats.count(finish_reason)

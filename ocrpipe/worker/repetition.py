@@ -189,6 +189,33 @@ def find_loop(text: str, rule: RepetitionRule = DEFAULT_RULE) -> Loop | None:
     return find_masked_loop(mask_digits(text), rule, raw=text)
 
 
+def repeats_at_end(
+    text: str, *, min_chars: int = 1500, max_period: int = 500, min_repeats: int = 3
+) -> bool:
+    """Whether ``text`` ends in one block (at most ``max_period`` characters, digits equal
+    between rows) repeated over its last ``min_chars`` characters, at least ``min_repeats``
+    times: what a reply cut at ``max_tokens`` shows when the model looped there, or when
+    the page itself repeats on past ``max_tokens``; the caller cannot tell which. (The rule
+    the detector used before it knew how much a page holds.)"""
+    probe = 32
+    keep = max(min_chars, min_repeats * max_period) + probe
+    raw = text[-keep:]
+    masked = mask_digits(raw)
+    n = len(masked)
+    if n < max(min_chars, probe):
+        return False
+    tail = masked[n - probe :]
+    lowest, end = max(0, n - probe - max_period), n - 1
+    while (start := masked.rfind(tail, lowest, end)) >= 0:
+        end = start + probe - 1
+        period = n - probe - start
+        span = max(min_chars, min_repeats * period)
+        rows = "\n" in masked[n - period :] or bool(_ROW_TAG.search(masked[n - 2 * period :]))
+        if _periodic(masked, period, span) and (rows or _periodic(raw, period, span)):
+            return True
+    return False
+
+
 class RepetitionDetector:
     """Fed a reply piece by piece; says when the text so far ends in a loop."""
 
