@@ -1,25 +1,38 @@
-"""Benchmark 6: GPU time spent on repetition loops, without and with streamed cut-off.
+"""Benchmark 6: repetition loops and pages that really repeat themselves.
 
-The pages are the chaos test's (``tests/test_chaos.py``: 20 born-digital documents of 7-17
-pages, ``text_pdf(pages, seed=index, lines=4)``), rendered as the splitter renders them
-(``PdfRenderer``, 1540 px). The real fault server runs in its own process with the chaos
-test's loop settings (``--seed 11 --plength 0.05``; its other faults do not change which
-pages loop) and streams at ``R`` tokens/s per request. Each looping page climbs the
-temperature ladder (``Settings.ocr_temperatures``) until an answer is not a
-loop, three times over the same pages:
+GPU time spent on repetition loops, without and with the streamed cut-off, and whether a
+page that repeats itself faithfully (a sign-in sheet, a sheet of labels, a table of zeros)
+still comes out whole. Three corpora, against the real fault server in its own process,
+streaming at ``R`` tokens/s per request (GPU time model: a reply costs ``tokens / R``
+GPU-seconds; the tokens are the server's own count, ``/stats`` ``completion_tokens``, reset
+before each arm: for a stream, the tokens it sent before the client left).
 
-* **before**: non-streamed requests, as the worker sends them today: every loop runs to
-  ``max_tokens`` (4096) and ends ``finish_reason == "length"``;
-* **before, streamed**: the same, streamed without a detector (a check of the model: its
-  wall-clock time must be tokens / R);
-* **after**: :func:`ocrpipe.worker.completion_stream.stream_completion` with the default
-  repetition rule: a loop is closed as soon as it is detected.
+* **Chaos pages** (the target): the chaos test's pages (``tests/test_chaos.py``: 20
+  born-digital documents of 7-17 pages, ``text_pdf(pages, seed=index, lines=4)``), rendered
+  as the splitter renders them, with the chaos test's loop settings (``--seed 11 --plength
+  0.05``); a looping page loops on the fault server's default block at temperature <= 0.2.
+  Each looping page climbs the temperature ladder (``Settings.ocr_temperatures``) until an
+  answer is not a loop, in three arms:
 
-GPU time model: the fault server generates R tokens/s per request, so a reply costs
-``tokens / R`` GPU-seconds. The tokens are the server's own count (``/stats``
-``completion_tokens``, reset before each arm: for a stream, the tokens it sent before the
-client left); the wall-clock seconds of the streamed arms are measured too. Target: GPU
-time per looping page after / before <= 0.25.
+  - **before**: non-streamed requests, as the worker sent them before streaming: every loop
+    runs to ``max_tokens`` (4096) and ends ``finish_reason == "length"``;
+  - **before, streamed**: the same, streamed without a detector (a check of the model: its
+    wall-clock time must be tokens / R);
+  - **after**: the worker's own OCR client (:class:`ocrpipe.worker.ocr_client.OcrClient`),
+    streaming with the repetition rule of the page's size, asking a long page for more
+    tokens, as the worker does.
+
+  Target: GPU time per looping page after / before <= 0.25.
+* **Loop kinds**: one A4 page (1089 x 1540 px) per kind of loop (a line, a table row, an
+  empty row, a wide row, a sentence with no line break, newlines, spaces, dots, a
+  paragraph...), the block the page carries, sent three characters per token (one per
+  whitespace character), before (non-streamed ladder) and after (the OCR client). Per kind,
+  and all together (a figure with the same 0.25 goal).
+* **Faithful repetitions**: A4 pages whose text really repeats (sign-in sheets, label sheets,
+  ledgers of identical rows, forms, repeated boilerplate, tables of zeros, ruled and blank
+  sheets) through the OCR client: each must come out whole, at the first temperature, in one
+  request. Also counted: how many the previous rule (cut 1,500 characters of verbatim
+  repetition, 8,000 of blank) would have cut.
 
 Also counted: the detector's false positives (replies it would cut) on the generated page
 corpus and the bad-input corpus (:func:`corpora`); the target is none.
@@ -30,6 +43,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
+import logging
+import re
 import subprocess
 import sys
 import time
@@ -41,14 +57,16 @@ import httpx
 
 from bench.common import say, target
 from bench.corpus import truth
+from ocrpipe.errors import OcrRejected
 from ocrpipe.local.engine import DEFAULT_MODEL
-from ocrpipe.local.faults import FaultPlan, page_loops
+from ocrpipe.local.faults import PNG_LOOP_KEY, PNG_TEXT_KEY, FaultPlan, page_loops
 from ocrpipe.local.stack import fault_server_command, free_port
 from ocrpipe.settings import Settings
 from ocrpipe.testing import inputs
-from ocrpipe.testing.pdfs import page_text, text_pdf
+from ocrpipe.testing.pdfs import WORDS, page_text, text_pdf
 from ocrpipe.worker.completion_stream import stream_completion
-from ocrpipe.worker.repetition import DEFAULT_RULE, RepetitionDetector
+from ocrpipe.worker.ocr_client import OcrClient, OcrParams
+from ocrpipe.worker.repetition import RepetitionDetector
 
 TEMPERATURE_LADDER = Settings().ocr_temperatures
 
@@ -93,7 +111,8 @@ def body(image: bytes, temperature: float) -> dict[str, Any]:
 
 
 async def ladder(http: httpx.AsyncClient, image: bytes, mode: str) -> dict[str, Any]:
-    """One page up the temperature ladder; mode: plain, streamed, detector."""
+    """One page up the temperature ladder as before streaming; mode: plain, streamed (no
+    detector). A loop (``length``) moves one temperature up."""
     attempts: list[dict[str, Any]] = []
     for temperature in TEMPERATURE_LADDER:
         started = time.monotonic()
@@ -103,37 +122,72 @@ async def ladder(http: httpx.AsyncClient, image: bytes, mode: str) -> dict[str, 
             reply = response.json()
             finish = reply["choices"][0]["finish_reason"]
             tokens, cut = int(reply["usage"]["completion_tokens"]), False
+            text = reply["choices"][0]["message"]["content"]
         else:
-            rule = None if mode == "streamed" else DEFAULT_RULE
-            done = await stream_completion(http, CHAT, body(image, temperature), rule=rule)
-            finish, tokens, cut = done.finish_reason, done.completion_tokens, done.cut
+            done = await stream_completion(http, CHAT, body(image, temperature), rule=None)
+            finish, tokens, cut, text = done.finish_reason, done.completion_tokens, False, done.text
         seconds = time.monotonic() - started
         attempts.append({"finish_reason": finish, "tokens": tokens, "cut": cut, "seconds": seconds})
         if finish not in ("length", "repetition"):
-            break
-    return {"attempts": attempts}
+            return {"attempts": attempts, "text": text}
+    return {"attempts": attempts, "text": None}
+
+
+async def with_client(client: OcrClient, image: bytes) -> dict[str, Any]:
+    """One page through the worker's OCR client, as the worker OCRs it."""
+    started = time.monotonic()
+    try:
+        result = await client.ocr_page(image, "image/png", deadline=time.monotonic() + 600)
+    except OcrRejected as exc:
+        usage, text = exc.usage, None
+    else:
+        usage, text = result.usage, result.markdown
+    seconds = time.monotonic() - started
+    if usage is None:
+        raise RuntimeError("a page was refused without usage")
+    attempts = [{"finish_reason": usage.finish_reason, "seconds": seconds}]
+    return {"attempts": attempts, "text": text, "usage": usage}
 
 
 async def run_arm(url: str, images: list[bytes], mode: str) -> dict[str, Any]:
+    """Every page of ``images`` in ``mode`` (plain, streamed, client), one after another."""
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         (await http.post("/stats/reset")).raise_for_status()
-        pages = [await ladder(http, image, mode) for image in images]
+        if mode == "client":
+            params = OcrParams.from_settings(Settings(), model=DEFAULT_MODEL, max_in_flight=2)
+            client = OcrClient.create(url, params)
+            try:
+                pages = [await with_client(client, image) for image in images]
+            finally:
+                await client.aclose()
+            stats_before = {"requests": client.stats.requests, "by_cause": client.stats.by_cause}
+        else:
+            pages = [await ladder(http, image, mode) for image in images]
+            stats_before = {}
         deadline = time.monotonic() + 10
         while (stats := (await http.get("/stats")).json())["in_flight"]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the fault server is still generating")
             await asyncio.sleep(0.02)
-    attempts = [a for p in pages for a in p["attempts"]]
+    if mode == "client":
+        usages = [p["usage"] for p in pages]
+        requests = sum(u.attempts for u in usages)
+    else:
+        requests = sum(len(p["attempts"]) for p in pages)
+    answered = sum(p["text"] is not None for p in pages)
     return {
         "pages": len(pages),
-        "requests": len(attempts),
-        "loops": sum(a["finish_reason"] in ("length", "repetition") for a in attempts),
-        "cut": sum(a["cut"] for a in attempts),
-        "answered": sum(p["attempts"][-1]["finish_reason"] == "stop" for p in pages),
+        "requests": requests,
+        "answered": answered,
         "server_tokens": stats["completion_tokens"],
-        "client_tokens": sum(a["tokens"] for a in attempts),
-        "wall_seconds": round(sum(a["seconds"] for a in attempts), 3),
+        "wall_seconds": round(sum(a["seconds"] for p in pages for a in p["attempts"]), 3),
         "abandoned_streams": stats["abandoned"],
+        **({"client": stats_before} if stats_before else {}),
+        "texts": [p["text"] for p in pages],
+        "attempts_per_page": [
+            p["usage"].attempts if mode == "client" else len(p["attempts"]) for p in pages
+        ],
+        "temperatures": [p["usage"].temperature for p in pages] if mode == "client" else [],
     }
 
 
@@ -212,10 +266,172 @@ def false_positives() -> dict[str, dict[str, int]]:
     return found
 
 
+# ------------------------------------------------------- loop kinds and faithful pages
+
+A4_PX = (1089, 1540)  # an A4 page as the splitter renders it
+HEAD = "# Statement of account\n\nCustomer 4471, period ending 31 March 2024."
+PARAGRAPH = " ".join(WORDS[(7 * i) % len(WORDS)] for i in range(80))[:400]
+LOOP_KINDS = {
+    "a line": "\n\nThe payment is due within thirty days.",
+    "a table row": "<tr><td>Total</td><td>0.00</td></tr>\n",
+    "a markdown row": "| Balance carried forward | 1,204.00 |\n",
+    "an empty table row": "<tr><td></td><td></td><td></td></tr>\n",
+    "a wide table row (10 cells)": "<tr>" + "<td>0.00</td>" * 10 + "</tr>\n",
+    "a sentence, no line break": " The payment is due within thirty days.",
+    "a 400-character paragraph": PARAGRAPH + "\n\n",
+    "newlines": "\n",
+    "spaces": " ",
+    "dots": ".",
+}
+
+LABEL = "ACME Corporation<br>12 Main Street<br>Springfield, IL 62701"
+ROW = "| Name: ______________ | Signature: ______________ | Date: __________ |\n"
+FAITHFUL = {
+    "sign-in sheet, 25 rows": "## Sign-in sheet\n\n| Name | Signature | Date |\n"
+    + "| --- | --- | --- |\n"
+    + ROW * 25,
+    "sign-in sheet, 30 rows": "| Name | Signature | Date |\n| --- | --- | --- |\n" + ROW * 30,
+    "blank sign-in sheet, 40 empty rows": "<table>\n<tr><th>Name</th><th>Company</th>"
+    "<th>In</th><th>Out</th></tr>\n"
+    + "<tr><td></td><td></td><td></td><td></td></tr>\n" * 40
+    + "</table>",
+    "sheet of 30 labels, 3 across": "<table>\n"
+    + f"<tr><td>{LABEL}</td><td>{LABEL}</td><td>{LABEL}</td></tr>\n" * 10
+    + "</table>",
+    "sheet of 21 labels, one per paragraph": (LABEL.replace("<br>", "\n") + "\n\n") * 21,
+    "ledger of 45 identical rows": "| Date | Debit | Credit | Balance |\n"
+    + "| --- | --- | --- | --- |\n"
+    + "|  | 0.00 | 0.00 | 0.00 |\n" * 45,
+    "ledger of 90 rows differing in the date": "".join(
+        f"| 2024-{1 + d // 28:02d}-{1 + d % 28:02d} | 0.00 | 0.00 | 0.00 |\n" for d in range(90)
+    ),
+    "table of zeros, 60 rows x 8": "<table>\n"
+    + ("<tr>" + "<td>0.00</td>" * 8 + "</tr>\n") * 60
+    + "</table>",
+    "table of zeros, 120 rows x 4": "| 0 | 0 | 0 | 0 |\n" * 120,
+    "form, the same block for 6 applicants": "".join(
+        f"### Applicant {k}\n\nName: ____________________\nDate of birth: __ / __ / ____\n"
+        "Address: ____________________________________________\n\n"
+        for k in range(1, 7)
+    ),
+    "repeated boilerplate, 8 coupons": (
+        "This coupon entitles the bearer to one free coffee with any purchase of a pastry at"
+        " participating stores. Not valid with other offers. Expires 31 December 2024.\n\n"
+    )
+    * 8,
+    "raffle tickets numbered 1001-1040": "".join(
+        f"Ticket No. {n} - Admit one - Spring Fair 2024\n" for n in range(1001, 1041)
+    ),
+    "ruled sheet, 45 lines": "Notes\n\n" + ("_" * 90 + "\n") * 45,
+    "checklist, 40 empty items": "- [ ] ______________________________\n" * 40,
+    "answer sheet, 50 rows of bubbles": "".join(
+        f"{q}. (A) (B) (C) (D) (E)\n" for q in range(1, 51)
+    ),
+}
+
+
+def page_png(text: str, loop: str | None = None, variant: int = 0) -> bytes:
+    """An A4-sized page image carrying its text (and the block it loops on) for the fault
+    server: blank pixels, so that it is small. ``variant`` makes another image of it."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PNG_TEXT_KEY, text)
+    if loop is not None:
+        info.add_text(PNG_LOOP_KEY, loop)
+    if variant:
+        info.add_text("variant", str(variant))
+    out = io.BytesIO()
+    Image.new("L", A4_PX, 255).save(out, "PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def answer_of(image: bytes, text: str) -> str:
+    """What the fault server answers for a page, whole."""
+    return f"page-sha256:{hashlib.sha256(image).hexdigest()}\n\n{text}"
+
+
+def cut_by_the_previous_rule(text: str) -> bool:
+    """Whether the rule before issue 17 would have cut ``text``: its last 1,500 characters
+    (8,000 when the block has no letter or digit outside markup) one block of at most 500
+    characters repeated verbatim, at least 3 times, checked every 128 characters."""
+    markup = re.compile(r"<[^<>]*>|&(?:[A-Za-z]+|#[0-9]+|#[xX][0-9A-Fa-f]+);")
+    for n in range(128, len(text) + 1, 128):
+        for period in range(1, 501):
+            span = max(1500, 3 * period)
+            if span > n or text[n - span + period : n] != text[n - span : n - period]:
+                continue
+            middle = markup.sub(lambda m: "\0" * len(m.group()), text[n - 3 * period : n])
+            if any(c.isalnum() for c in middle[period : 2 * period]):
+                return True
+            blank = max(8000, 3 * period)
+            if blank <= n and text[n - blank + period : n] == text[n - blank : n - period]:
+                return True
+    return False
+
+
+def kinds_arms(url: str, rate: float) -> dict[str, Any]:
+    """Each loop kind's page, before (non-streamed ladder) and after (the OCR client)."""
+    found: dict[str, Any] = {}
+    for name, block in LOOP_KINDS.items():
+        image = page_png(HEAD, loop=block)
+        before = asyncio.run(run_arm(url, [image], "plain"))
+        after = asyncio.run(run_arm(url, [image], "client"))
+        found[name] = {
+            "tokens_before": before["server_tokens"],
+            "tokens_after": after["server_tokens"],
+            "ratio": round(after["server_tokens"] / before["server_tokens"], 4),
+            "requests_after": after["requests"],
+            "answered_after": after["answered"],
+            "gpu_seconds_after": round(after["server_tokens"] / rate, 3),
+        }
+    return found
+
+
+def faithful_page(text: str, plan: FaultPlan) -> bytes:
+    """A page carrying ``text`` that the fault server's loop draw leaves alone: a faithful
+    page loops only if the detector is wrong."""
+    for variant in range(100):
+        image = page_png(text, variant=variant)
+        if not page_loops(plan, hashlib.sha256(image).hexdigest()):
+            return image
+    raise RuntimeError("every variant of the page draws a loop")
+
+
+def faithful_arm(url: str, plan: FaultPlan) -> dict[str, Any]:
+    """Each faithful page through the OCR client: kept whole, first temperature, once?"""
+    images = {name: faithful_page(text, plan) for name, text in FAITHFUL.items()}
+    arm = asyncio.run(run_arm(url, list(images.values()), "client"))
+    pages: dict[str, Any] = {}
+    for (name, image), got, attempts, temperature in zip(
+        images.items(), arm["texts"], arm["attempts_per_page"], arm["temperatures"], strict=True
+    ):
+        whole = got == answer_of(image, FAITHFUL[name])
+        pages[name] = {
+            "chars": len(FAITHFUL[name]),
+            "kept_whole": whole,
+            "attempts": attempts,
+            "temperature": temperature,
+            "cut_by_the_previous_rule": cut_by_the_previous_rule(answer_of(image, FAITHFUL[name])),
+        }
+    return {
+        "pages": len(pages),
+        "kept_whole": sum(p["kept_whole"] for p in pages.values()),
+        "kept_at_first_temperature_in_one_request": sum(
+            p["kept_whole"] and p["attempts"] == 1 for p in pages.values()
+        ),
+        "previous_rule_would_cut": sum(p["cut_by_the_previous_rule"] for p in pages.values()),
+        "server_tokens": arm["server_tokens"],
+        "by_page": pages,
+    }
+
+
 # ------------------------------------------------------------------------------ run
 
 
 def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
+    logging.getLogger("ocrpipe.worker").setLevel(logging.ERROR)  # a line per loop otherwise
     rate = 4000.0 if quick else 2000.0
     plan = FaultPlan(seed=CHAOS_SEED, plength=CHAOS_PLENGTH)
     images = chaos_pages(8 if quick else len(CHAOS_PAGES))
@@ -231,18 +447,22 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     process = subprocess.Popen(fault_server_command(port, *args), stderr=subprocess.DEVNULL)
     try:
         wait_ready(url, process)
-        arms = {
-            mode: asyncio.run(run_arm(url, loopy, mode))
-            for mode in ("plain", "streamed", "detector")
-        }
+        arms = {mode: asyncio.run(run_arm(url, loopy, mode)) for mode in ("plain", "streamed")}
+        arms["client"] = asyncio.run(run_arm(url, loopy, "client"))
+        kinds = kinds_arms(url, rate)
+        faithful = faithful_arm(url, plan)
     finally:
         process.terminate()
         process.wait(timeout=10)
+    for arm in arms.values():
+        arm.pop("texts")
 
     def per_page(arm: dict[str, Any]) -> float:
         return float(arm["server_tokens"]) / rate / float(arm["pages"])
 
-    before, after = per_page(arms["plain"]), per_page(arms["detector"])
+    before, after = per_page(arms["plain"]), per_page(arms["client"])
+    kinds_before = sum(k["tokens_before"] for k in kinds.values())
+    kinds_after = sum(k["tokens_after"] for k in kinds.values())
     figures: dict[str, Any] = {
         "tokens_per_s_per_request": rate,
         "chaos_pages": len(images),
@@ -250,7 +470,7 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         "arms": {
             "before": arms["plain"],
             "before_streamed": arms["streamed"],
-            "after": arms["detector"],
+            "after": arms["client"],
         },
         "gpu_seconds_per_looping_page": {"before": round(before, 4), "after": round(after, 4)},
         "gpu_seconds_total": {
@@ -259,16 +479,23 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         },
         "tokens_per_looping_page": {
             "before": arms["plain"]["server_tokens"] / len(loopy),
-            "after": arms["detector"]["server_tokens"] / len(loopy),
+            "after": arms["client"]["server_tokens"] / len(loopy),
         },
         "wall_seconds_per_looping_page": {
             "before_streamed": round(arms["streamed"]["wall_seconds"] / len(loopy), 3),
-            "after": round(arms["detector"]["wall_seconds"] / len(loopy), 3),
+            "after": round(arms["client"]["wall_seconds"] / len(loopy), 3),
         },
+        "loop_kinds": {
+            "by_kind": kinds,
+            "tokens_before": kinds_before,
+            "tokens_after": kinds_after,
+            "ratio": round(kinds_after / kinds_before, 4),
+        },
+        "faithful": faithful,
         "false_positives": false_positives(),
     }
     say(
-        f"  R = {rate:g} tokens/s per request; {len(loopy)} looping pages:"
+        f"  R = {rate:g} tokens/s per request; {len(loopy)} looping chaos pages:"
         f" GPU-s per looping page {before:.3f} before, {after:.3f} after"
         f" (total {before * len(loopy):.2f} -> {after * len(loopy):.2f} s);"
         f" tokens {figures['tokens_per_looping_page']['before']:.0f}"
@@ -278,24 +505,48 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         f"  wall clock per looping page, streamed: uncut"
         f" {figures['wall_seconds_per_looping_page']['before_streamed']:.3f} s, cut"
         f" {figures['wall_seconds_per_looping_page']['after']:.3f} s;"
-        f" answered after the ladder: {arms['plain']['answered']} / {arms['detector']['answered']}"
+        f" answered after the ladder: {arms['plain']['answered']} / {arms['client']['answered']}"
+    )
+    for name, kind in kinds.items():
+        say(
+            f"  loop kind {name:28} tokens {kind['tokens_before']:>6} -> {kind['tokens_after']:>6}"
+            f" ({kind['ratio']:.3f}), {kind['requests_after']} requests"
+        )
+    say(
+        f"  loop kinds together: {kinds_before} -> {kinds_after} tokens"
+        f" ({figures['loop_kinds']['ratio']:.3f})"
+    )
+    say(
+        f"  faithful pages kept whole: {faithful['kept_whole']} of {faithful['pages']}"
+        f" ({faithful['kept_at_first_temperature_in_one_request']} at the first temperature in"
+        f" one request); the previous rule would have cut {faithful['previous_rule_would_cut']}"
     )
     for name, fp in figures["false_positives"].items():
         longest = fp["longest_chars"]
         say(f"  false positives, {name}: {fp['cut']} of {fp['replies']} (longest {longest} chars)")
-    if arms["plain"]["answered"] != arms["detector"]["answered"]:
+    if arms["plain"]["answered"] != arms["client"]["answered"]:
         raise RuntimeError("streaming changed which pages got an answer")
     targets = {
         "gpu_time_ratio_after_before": target(
             after / before, TARGET_RATIO, higher_is_better=False, unit="ratio"
         ),
+        "loop_kinds_gpu_time_ratio_after_before": target(
+            kinds_after / kinds_before, TARGET_RATIO, higher_is_better=False, unit="ratio"
+        ),
+        "faithful_pages_kept_whole_share": target(
+            faithful["kept_whole"] / faithful["pages"], 1.0, unit="share"
+        ),
     }
     method = (
-        f"chaos test pages (PdfRenderer 1540 px) whose fault-server loop draw is set"
-        f" (seed {CHAOS_SEED}, plength {CHAOS_PLENGTH}); each climbs the temperature ladder"
-        f" {list(TEMPERATURE_LADDER)} against the real fault server streaming {rate:g}"
-        f" tokens/s per request; before = non-streamed, after = stream_completion with the"
-        f" default RepetitionRule; GPU-seconds = the server's generated tokens (/stats) / R"
+        f"against the real fault server streaming {rate:g} tokens/s per request;"
+        f" GPU-seconds = the server's generated tokens (/stats) / R. Chaos pages (Renderer,"
+        f" 200 dpi, at most 1540 px) whose loop draw is set (seed {CHAOS_SEED}, plength"
+        f" {CHAOS_PLENGTH}), each up the ladder {list(TEMPERATURE_LADDER)}: before ="
+        " non-streamed, a loop runs to max_tokens; after = the worker's OcrClient (streamed,"
+        " the repetition rule of the page's size, more tokens for a long page). Loop kinds:"
+        " one A4 page per kind, the loop block 3 characters a token, the same two arms."
+        " Faithful pages: A4 pages whose text repeats, through the OcrClient; the previous"
+        " rule (1,500 characters of verbatim repetition) applied to the same replies"
     )
     return figures, targets, method
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.common import emit, run_child, say, target
 from bench.corpus import FULL_PAGES, QUICK_PAGES, cached_pdf
+from ocrpipe.settings import Settings
 
 LONGEST_SIDE = 1540
 TARGET_SPEEDUP = 5.0
@@ -119,7 +120,7 @@ def _stages(path: Path, pages: int = 8) -> dict[str, Any]:
         for index in range(pages):
             page = document[index]
             width, height = page.get_size()
-            scale = page_scale(width, height, LONGEST_SIDE)
+            scale = page_scale(width, height, LONGEST_SIDE, Settings().render_dpi)
             bitmap = timed("render", lambda: page.render(scale=scale))  # noqa: B023
             image = timed("to_pil", bitmap.to_pil).convert("RGB")
             sizes["png_rgb"] = sizes.get("png_rgb", 0) + timed("png_rgb", lambda: png(image))  # noqa: B023

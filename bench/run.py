@@ -33,6 +33,7 @@ BENCHMARKS = {
     "split": "Splitter at scale: time and peak memory against page count",
     "quality": "OCR quality of the local engine: CER and word F1 per page type",
     "loops": "Repetition loops: GPU time per looping page, non-streamed vs streamed + cut",
+    "image_tokens": "Image tokens per page kind: 1540 px always vs 200 dpi scaled down only",
     "status_scale": "Status of a batch: time, list calls and reads for 2,000 documents",
     "worker_memory": "Worker peak memory with its in-flight limit of the largest pages",
 }

@@ -58,6 +58,7 @@ from bench.stack import (
 )
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.stack import LocalStack
+from ocrpipe.settings import Settings
 from ocrpipe.testing.pdfs import text_pdf
 
 TARGET_RATIO = 0.95
@@ -81,7 +82,8 @@ def page_request() -> bytes:
     try:
         page = document[0]
         width, height = page.get_size()
-        image = page.render(scale=page_scale(width, height, 1540)).to_pil().convert("RGB")
+        scale = page_scale(width, height, 1540, Settings().render_dpi)
+        image = page.render(scale=scale).to_pil().convert("RGB")
         page.close()
     finally:
         document.close()

@@ -15,11 +15,25 @@ state), with ``if_generation_match=G_obj`` (0 while absent). A writer that loses
 reads again and decides again. An older generation that finishes after a newer one is still
 announced (subscribers keep the newest ``source_generation`` per input), but never moves
 latest.json back.
+
+Within a generation, digests have no order: what makes an announcement the newer one is that
+it describes the ``document.md`` that is current. So the worker passes ``is_current`` (does
+document.md still carry this digest?), and an announcement is published only if it holds
+just before the publish, and recorded only if it holds between reading latest.json and the
+conditional write. Two instances racing (one announcing a document built before a retried
+page landed, one announcing the rebuilt document) then end with latest.json describing the
+current document.md: the stale writer either sees the new document.md before it writes, or
+its write lands first and the other's conditional write replaces it. A publish that was in
+flight while document.md changed reports :attr:`Outcome.SUPERSEDED`: the caller announces
+the current document again, so the last notification on the topic is always the current
+one (a duplicate at worst).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+from collections.abc import Callable
 
 from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing, RetryableError
@@ -32,6 +46,14 @@ from ocrpipe.storage import ObjectStore
 logger = logging.getLogger(__name__)
 
 LATEST_ROUNDS = 8  # lost races on latest.json before giving up (and retrying)
+
+
+class Outcome(enum.Enum):
+    """What :func:`announce` did."""
+
+    RECORDED = "recorded"  # published; latest.json records it (or something newer)
+    STALE = "stale"  # document.md changed before the publish: nothing was said
+    SUPERSEDED = "superseded"  # published, then document.md changed: announce the current one
 
 
 def read_latest(store: ObjectStore, bucket: str, name: str) -> tuple[int, records.Latest | None]:
@@ -85,15 +107,25 @@ def announce(
     store: ObjectStore,
     settings: Settings,
     publisher: Publisher,
-) -> None:
+    *,
+    is_current: Callable[[], bool] | None = None,
+) -> Outcome:
     """Publish ``note`` on the documents topic, then advance latest.json to it. A publish
-    failure raises (:class:`RetryableError`) before latest.json moves."""
+    failure raises (:class:`RetryableError`) before latest.json moves. ``is_current``: whether
+    the document ``note`` describes is still the current one (None: always)."""
     doc = DocumentRef(note.source_bucket, note.source_name, note.source_generation)
+    if is_current is not None and not is_current():
+        logger.info("announcement dropped: the document changed since it was built")
+        return Outcome.STALE
     publisher.publish_all(
         settings.documents_topic, [OutgoingMessage(note.encode(), note.attributes())]
     )
     logger.info("document announced: %s", note.state, extra={"reason": note.reason})
-    advance_latest(doc, note, digest, store, settings.output_bucket)
+    if is_current is not None and not is_current():
+        logger.info("the document changed while it was announced; announcing it again")
+        return Outcome.SUPERSEDED
+    advance_latest(doc, note, digest, store, settings.output_bucket, is_current=is_current)
+    return Outcome.RECORDED
 
 
 def advance_latest(
@@ -102,8 +134,12 @@ def advance_latest(
     digest: str | None,
     store: ObjectStore,
     bucket: str,
+    *,
+    is_current: Callable[[], bool] | None = None,
 ) -> bool:
-    """Record ``note`` in latest.json if that moves it forward. True if this call wrote it."""
+    """Record ``note`` in latest.json if that moves it forward and, with ``is_current``, if
+    its document is still the current one when latest.json has been read. True if this call
+    wrote it."""
     name = naming.latest_name(doc.name)
     record = records.latest_record(
         doc,
@@ -118,6 +154,8 @@ def advance_latest(
         object_generation, latest = read_latest(store, bucket, doc.name)
         if not moves_forward(latest, doc, note.state, digest):
             return False
+        if is_current is not None and not is_current():
+            return False  # a newer document.md: its own announcement records it
         written = store.write(
             bucket, name, record, "application/json", if_generation_match=object_generation
         )

@@ -23,8 +23,9 @@
         ├── BadMessage           a push envelope or page message that does not parse
         │   └── RefusedMessage   a well-formed message the splitter did not write (foreign
         │                        image or bucket, page count not the manifest's, ...)
-        └── OcrRejected          the OCR server refused this page for good (4xx, or a
-                                 repetition loop at every temperature)
+        └── OcrRejected          the OCR server refused this page for good (4xx, a
+                                 repetition loop at every temperature, or a reply longer
+                                 than the model's context at every temperature)
 
 Every class carries ``push_status``: the one place that turns an outcome into a push
 response is :func:`push_status_for`.

@@ -22,6 +22,7 @@ from ocrpipe.topology import load_topology
 _TOPOLOGY = load_topology()
 
 DEFAULT_PUSH_KEYS_STALE_S = 6 * 3600.0
+MAX_TEMPERATURE = 2.0  # the highest sampling temperature vLLM's OpenAI API accepts
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 
@@ -44,13 +45,25 @@ class Settings(BaseSettings):
     # OCR server (vLLM's OpenAI-compatible API, or the local engine).
     ocr_url: str = Field("http://127.0.0.1:8000", description="Base URL, without /v1.")
     ocr_model: str = "lightonai/LightOnOCR-2-1B"
-    ocr_max_tokens: int = Field(4096, gt=0)
+    ocr_max_tokens: int = Field(
+        4096,
+        gt=0,
+        description="Tokens asked for a page's reply. A reply that reaches it without a loop"
+        " is asked again with what the model's context leaves (ocr_max_model_len).",
+    )
+    ocr_max_model_len: int = Field(
+        8192,
+        gt=0,
+        description="The model's context in tokens, vLLM's max_model_len: the page image's"
+        " tokens plus the reply. 8192 for LightOnOCR-2-1B as gpu_image serves it (its"
+        " MAX_MODEL_LEN); set it to what the GPU service serves.",
+    )
     ocr_temperatures: tuple[float, ...] = Field(
         (0.2, 0.3, 0.5, 0.8),
         min_length=1,
         description="The temperature of the first request, then one step up per repetition"
-        ' loop (JSON list, e.g. OCRPIPE_OCR_TEMPERATURES="[0.2, 0.3, 0.5, 0.8]"). After the'
-        " last, the page fails as ocr_repetition_loop.",
+        ' loop (JSON list, e.g. OCRPIPE_OCR_TEMPERATURES="[0.2, 0.3, 0.5, 0.8]"), each in'
+        " [0, 2]. After the last, the page fails as ocr_repetition_loop.",
     )
     ocr_top_p: float = Field(0.9, gt=0, le=1)
     ocr_request_timeout_s: float = Field(
@@ -75,7 +88,20 @@ class Settings(BaseSettings):
     )
 
     # Rendering.
-    render_longest_side: int = Field(1540, ge=64, le=10000)
+    render_longest_side: int = Field(
+        1540,
+        ge=64,
+        le=10000,
+        description="The longest side of a page image at most, in pixels (LightOnOCR: 1540)."
+        " Pages larger than that are scaled down to it, smaller ones are never enlarged.",
+    )
+    render_dpi: float = Field(
+        200.0,
+        gt=0,
+        le=1200,
+        description="PDF pages render at this resolution, then are scaled down to"
+        " render_longest_side if larger: LightOn's own client renders at 200 dpi.",
+    )
     render_processes: int = Field(2, ge=1, le=64)
     max_pages: int = Field(2000, gt=0)
     max_input_bytes: int = Field(512 * 1024 * 1024, gt=0)
@@ -175,6 +201,24 @@ class Settings(BaseSettings):
                 hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
             raise ValueError(f"unknown setting in the environment: {', '.join(hints)}")
         return data
+
+    @model_validator(mode="after")
+    def _what_vllm_accepts(self) -> Settings:
+        """Values vLLM answers with 400 on every request would fail every page: refused."""
+        if self.ocr_max_tokens >= self.ocr_max_model_len:
+            raise ValueError(
+                f"ocr_max_tokens={self.ocr_max_tokens} must be below the model's context,"
+                f" ocr_max_model_len={self.ocr_max_model_len}: vLLM answers 400 to a request"
+                " whose max_tokens alone fills the context, so every page would fail"
+            )
+        outside = [t for t in self.ocr_temperatures if not 0 <= t <= MAX_TEMPERATURE]
+        if outside:
+            raise ValueError(
+                f"ocr_temperatures={list(self.ocr_temperatures)} must each be in"
+                f" [0, {MAX_TEMPERATURE:g}], as vLLM accepts them (it answers 400 otherwise);"
+                f" outside: {outside}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _budget_below_ack_deadline(self) -> Settings:

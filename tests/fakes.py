@@ -29,22 +29,30 @@ class FakeClock:
         self.now += seconds
 
 
-def completion(content: str, finish_reason: str = "stop") -> httpx.Response:
-    return httpx.Response(
-        200,
-        json={
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": finish_reason,
-                }
-            ],
-        },
-    )
+def completion(
+    content: str, finish_reason: str = "stop", *, prompt_tokens: int | None = None
+) -> httpx.Response:
+    """A non-streamed chat completion; with ``prompt_tokens``, its usage too."""
+    body: dict[str, object] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish_reason,
+            }
+        ],
+    }
+    if prompt_tokens is not None:
+        tokens = len(content.split())
+        body["usage"] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": tokens,
+            "total_tokens": prompt_tokens + tokens,
+        }
+    return httpx.Response(200, json=body)
 
 
 @dataclass

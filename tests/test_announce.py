@@ -21,9 +21,10 @@ from ocrpipe.errors import StorageUnavailable
 from ocrpipe.messages import PageMessage
 from ocrpipe.operations.retry import plan_unfinished_pages, requeue
 from ocrpipe.pubsub import OutgoingMessage
+from ocrpipe.storage import ObjectInfo
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams, OcrResult
-from ocrpipe.worker.page_work import complete_document, process_page
+from ocrpipe.worker.page_work import KeyedLocks, complete_document, process_page
 from tests.fakes import ScriptedOcrServer, completion
 from tests.test_worker_contract import SETTINGS, envelope, page_text, prepare
 
@@ -112,7 +113,7 @@ def test_one_notification_per_terminal_state(
     def reply(body: dict[str, object]) -> object:
         response = page_text(body)
         if int(response.json()["choices"][0]["message"]["content"].split()[-1]) in looping:
-            return completion("la " * 20, "length")
+            return completion("la " * 20, "repetition")
         return response
 
     server = ScriptedOcrServer([reply])  # type: ignore[list-item]
@@ -150,7 +151,7 @@ def test_a_failed_publish_nacks_and_the_redelivery_announces(
 def test_a_document_rebuilt_after_a_retry_is_announced_again_with_its_new_state() -> None:
     store, publisher = MemoryStore(), MemoryPublisher()
     doc, messages = prepare(store, pages=2)
-    looping = ScriptedOcrServer([completion("la " * 20, "length")])
+    looping = ScriptedOcrServer([completion("la " * 20, "repetition")])
 
     def deliver(message: PageMessage, ocr: ScriptedOcrServer) -> None:
         asyncio.run(process_page(message, store, ocr.client(), SETTINGS, publisher, deadline=1e12))
@@ -207,9 +208,9 @@ def test_document_json_gives_each_page_the_provenance_the_ocr_client_returned() 
         if response.json()["choices"][0]["message"]["content"] == "image 2":
             loops_once["n"] += 1
             if loops_once["n"] == 1:  # page 2 loops at the first temperature, then works
-                return completion("la " * 20, "length")
+                return completion("la " * 20, "repetition")
         if response.json()["choices"][0]["message"]["content"] == "image 3":
-            return completion("la " * 20, "length")  # page 3 loops at every temperature
+            return completion("la " * 20, "repetition")  # page 3 loops at every temperature
         return response
 
     server = ScriptedOcrServer([reply])  # type: ignore[list-item]
@@ -228,7 +229,7 @@ def test_document_json_gives_each_page_the_provenance_the_ocr_client_returned() 
     spent = by_page[3]["provenance"]  # failed for good, but the tokens were spent: billed
     assert by_page[3]["state"] == "failed" and spent is not None
     assert spent["attempts"] == len(SETTINGS.ocr_temperatures)
-    assert spent["finish_reason"] == "length" and spent["model"] == SETTINGS.ocr_model
+    assert spent["finish_reason"] == "repetition" and spent["model"] == SETTINGS.ocr_model
     # The model's text stays byte-exact beside its provenance.
     markdown = store.read("out", naming.document_markdown_name(doc))
     assert markdown[by_page[1]["start"] : by_page[1]["end"]] == b"image 1"
@@ -312,3 +313,90 @@ def test_two_generations_recording_latest_at_once_leave_the_newer(first: str) ->
     assert store.lost == 1  # the race happened, and the precondition caught it
     assert latest(store, "a.pdf")["source"]["generation"] == 9  # type: ignore[index]
     assert wrote[9] is True
+
+
+# --- latest.json and the documents topic never go backwards within a generation ----------
+
+
+class Paused:
+    """Holds instance A's thread at one point until the test lets it go on."""
+
+    def __init__(self) -> None:
+        self.owner: int | None = None
+        self.reached = threading.Event()
+        self.go_on = threading.Event()
+        self.used = False
+
+    def here(self) -> None:
+        if threading.get_ident() == self.owner and not self.used:
+            self.used = True
+            self.reached.set()
+            assert self.go_on.wait(10), "the test never let instance A go on"
+
+
+@dataclass
+class PausedPublisher:
+    """Instance A's publisher: its first publish waits, as a slow Pub/Sub call does."""
+
+    pause: Paused
+    inner: MemoryPublisher
+
+    def publish_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        self.pause.here()
+        return self.inner.publish_all(topic, messages)
+
+
+class PausedStore(MemoryStore):
+    """A store whose first read of latest.json by instance A waits: A has built its
+    announcement from the page results it listed and is about to record it."""
+
+    def __init__(self, pause: Paused) -> None:
+        super().__init__()
+        self.pause = pause
+
+    def stat(self, bucket: str, name: str) -> ObjectInfo | None:
+        if name.endswith("/@latest.json"):
+            self.pause.here()
+        return super().stat(bucket, name)
+
+
+@pytest.mark.parametrize("where", ["publishing", "recording"])
+def test_an_announcement_of_older_page_results_never_replaces_a_newer_one(where: str) -> None:
+    """Two worker instances: A assembles a document whose page 2 failed and is slow to
+    announce it (paused while publishing, or just before it reads latest.json); meanwhile
+    `ocrpipe retry --failed-only` re-queues page 2 and instance B lands it, rebuilds the
+    document and announces it done. When A goes on, the newer state must stay."""
+    pause = Paused()
+    store = PausedStore(pause) if where == "recording" else MemoryStore()
+    topic = MemoryPublisher()
+    publisher_a = PausedPublisher(pause, topic) if where == "publishing" else topic
+    doc, _ = prepare(store, pages=2)
+    store.put("out", naming.page_markdown_name(doc, 1), b"page one")
+    store.put("out", naming.page_error_name(doc, 2),
+              records.error_record(doc, "ocr_repetition_loop", "looped", page=2))  # fmt: skip
+
+    def instance_a() -> bool:
+        pause.owner = threading.get_ident()
+        return complete_document(doc, 2, store, SETTINGS, publisher_a, page=2)
+
+    with ThreadPoolExecutor(1) as pool:
+        a = pool.submit(instance_a)
+        try:
+            assert pause.reached.wait(10), "instance A never reached the announcement"
+            plan = plan_unfinished_pages(store, SETTINGS, doc.name)
+            requeue(plan, store, MemoryPublisher(), SETTINGS)
+            store.put("out", naming.page_markdown_name(doc, 2), b"page two")  # B's OCR landed
+            complete_document(doc, 2, store, SETTINGS, topic, page=2, locks=KeyedLocks())  # B
+        finally:
+            pause.go_on.set()
+        a.result(timeout=10)
+
+    current = store.stat("out", naming.document_markdown_name(doc))
+    assert current is not None and b"page two" in store.read("out", current.name)
+    record = latest(store, doc.name)
+    assert record["state"] == "done"
+    assert record["pages_digest"] == current.metadata["ocrpipe-pages-digest"]
+    states = [n["state"] for n in notes(topic)]
+    assert states[-1] == "done", states  # the last word on the topic is the current document
+    if where == "recording":
+        assert states == ["done"]  # A's stale announcement was never published

@@ -4,9 +4,11 @@ freed at once, the caller's deadline honoured, and malformed streams refused."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -17,9 +19,11 @@ from ocrpipe.local import engine
 from ocrpipe.local.boxes_to_markdown import rect
 from ocrpipe.local.faults import FaultPlan, create_app, serve_in_background
 from ocrpipe.worker.completion_stream import (
+    BYTES_PER_TOKEN,
     REPETITION,
     CompletionRefused,
     MalformedStream,
+    StreamErrorEvent,
     stream_completion,
 )
 from tests.test_engine import BLANK, FakeEngine
@@ -190,13 +194,12 @@ async def test_the_request_asks_for_a_stream_with_usage() -> None:
     ("body", "message"),
     [
         (sse("{not json"), "not JSON"),
-        (sse(json.dumps({"error": {"message": "engine dead"}})), "error mid-stream"),
         (sse(json.dumps({"id": "x"})), "no choices"),
         (sse(chunk("half a rep"), "[DONE]"), "no finish_reason"),
         (sse(chunk("cut off")), "no finish_reason"),
         (sse(json.dumps({"choices": [{"delta": {"content": 5}}]})), "not a string"),
     ],
-    ids=["bad json", "error event", "no choices", "no finish", "no end", "content not text"],
+    ids=["bad json", "no choices", "no finish", "no end", "content not text"],
 )
 async def test_malformed_streams_raise_a_retryable_error(body: bytes, message: str) -> None:
     http, _ = mock(body)
@@ -204,6 +207,20 @@ async def test_malformed_streams_raise_a_retryable_error(body: bytes, message: s
         with pytest.raises(MalformedStream, match=message) as caught:
             await stream_completion(http, CHAT, {"model": "m"})
     assert caught.value.push_status == 503  # retried, never a silent empty page
+
+
+async def test_an_error_event_is_server_trouble_with_what_the_server_said() -> None:
+    error = {"message": "engine dead", "type": "InternalServerError", "param": None, "code": 500}
+    running = {"prompt_tokens": 9, "completion_tokens": 2}
+    http, _ = mock(sse(chunk("half", usage=running), chunk(" a", usage=running),
+                       json.dumps({"error": error}), "[DONE]"))  # fmt: skip
+    async with http:
+        with pytest.raises(StreamErrorEvent) as caught:
+            await stream_completion(http, CHAT, {"model": "m"})
+    assert not isinstance(caught.value, MalformedStream)
+    assert caught.value.push_status == 503
+    assert str(caught.value).endswith("InternalServerError 500: engine dead")
+    assert (caught.value.prompt_tokens, caught.value.completion_tokens) == (9, 2)
 
 
 async def test_a_refused_request_carries_the_response_for_the_caller() -> None:
@@ -226,3 +243,65 @@ async def test_a_server_that_does_not_stream_is_read_whole() -> None:
         "stop",
         2,
     )
+
+
+# --------------------------------------------------------------------- a reply is bounded
+
+
+def endless(make: Callable[[int], bytes]) -> tuple[httpx.AsyncClient, list[int]]:
+    """A server whose body never ends: ``make(i)`` is its i-th piece. Counts what it sent."""
+    sent = [0]
+
+    async def body() -> AsyncIterator[bytes]:
+        for index in itertools.count():
+            piece = make(index)
+            sent[0] += len(piece)
+            yield piece
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://m"), sent
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda i: sse(chunk(f" w{i}")),  # distinct words for ever: nothing to call a loop
+        lambda i: b"data: " + b"x" * 65536 if i == 0 else b"x" * 65536,  # one endless line
+        lambda i: sse(chunk("")),  # events without text for ever
+    ],
+    ids=["words", "one line", "empty events"],
+)
+async def test_a_reply_past_its_bound_is_cut_as_a_loop_with_flat_memory(
+    make: Callable[[int], bytes],
+) -> None:
+    http, sent = endless(make)
+    tracemalloc.start()
+    try:
+        async with http:
+            reply = await stream_completion(http, CHAT, {"model": "m", "max_tokens": 1000})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (reply.cut, reply.overlong, reply.finish_reason) == (True, True, REPETITION)
+    assert len(reply.text.encode()) <= BYTES_PER_TOKEN * 1000
+    assert sent[0] < 4 * 2**20  # stopped reading: not the 20 MB such a server would send
+    assert peak < 2 * 2**20
+
+
+async def test_a_non_streamed_reply_is_bounded_and_judged_like_a_stream() -> None:
+    huge = engine.chat_completion_body("m", "w " * 100_000, "stop", 3, 100_000)
+    looping = engine.chat_completion_body("m", "head\n" + "| a | b |\n" * 1000, "length", 3, 4096)
+    replies = []
+    for body in (huge, looping):
+        http, _ = mock(json.dumps(body).encode(), headers={"content-type": "application/json"})
+        async with http:
+            replies.append(await stream_completion(http, CHAT, {"model": "m", "max_tokens": 1000}))
+    assert (replies[0].cut, replies[0].overlong) == (True, True)
+    assert (replies[1].cut, replies[1].overlong, replies[1].finish_reason) == (
+        True,
+        False,
+        REPETITION,
+    )
+    assert replies[1].text.count("| a | b |") <= 200  # where a stream would have been cut

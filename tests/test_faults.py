@@ -24,14 +24,20 @@ from ocrpipe.local.faults import LOOP_PHRASE, FaultPlan, create_app, main, serve
 CHAT = "/v1/chat/completions"
 
 
-def page(name: str, text: str | None = None) -> bytes:
-    """A small PNG, different for each name, optionally carrying an ``ocrpipe-text`` chunk."""
+def page(
+    name: str, text: str | None = None, loop: str | None = None, size: tuple[int, int] = (56, 84)
+) -> bytes:
+    """A PNG of one colour (small, or ``size``), different for each name, optionally carrying
+    an ``ocrpipe-text`` chunk (its answer) and an ``ocrpipe-loop`` chunk (the block it loops
+    on)."""
     shade = int.from_bytes(hashlib.sha256(name.encode()).digest()[:3], "big")
     info = PngInfo()
     if text is not None:
         info.add_text("ocrpipe-text", text)
+    if loop is not None:
+        info.add_text("ocrpipe-loop", loop)
     out = io.BytesIO()
-    Image.new("RGB", (56, 84), shade).save(out, "PNG", pnginfo=info)
+    Image.new("RGB", size, shade).save(out, "PNG", pnginfo=info)
     return out.getvalue()
 
 
@@ -226,6 +232,8 @@ def test_hang_outlives_the_client_timeout_and_ends_on_disconnect() -> None:
         {"p503": -0.1},
         {"batch_size": -1},
         {"hang_seconds": -1},
+        {"p503": 0.5, "pabort": 0.3, "pstream_error": 0.3},
+        {"first_attempts": -1},
     ],
 )
 def test_impossible_plans_are_refused(plan: dict[str, Any]) -> None:
@@ -317,3 +325,106 @@ def test_cli_takes_a_token_rate_and_refuses_a_negative_one() -> None:
         main(["--tokens-per-s", "-5"])
     assert exc.value.code == 2
     assert FaultPlan(tokens_per_s=0).tokens_per_s == 0
+
+
+# --- replies that break after they started, loops of any shape, endless replies, the context
+
+WORDS_30 = " ".join(f"word{i}" for i in range(1, 31))
+
+
+@pytest.mark.parametrize("reason", ["abort", "error"])
+async def test_a_broken_reply_stops_a_third_of_the_way_then_the_page_answers(
+    connect: Connect, reason: str
+) -> None:
+    image = page(f"broken-{reason}", WORDS_30)
+    plan = FaultPlan(
+        pabort=1.0 if reason == "abort" else 0.0,
+        perror=1.0 if reason == "error" else 0.0,
+        first_attempts=1,
+    )
+    async for client in connect(plan):
+        broken = (await client.post(CHAT, json=chat(image))).json()
+        whole = (await client.post(CHAT, json=chat(image))).json()
+        stats = (await client.get("/stats")).json()
+    assert broken["choices"][0]["finish_reason"] == reason
+    assert broken["usage"]["completion_tokens"] == 10  # a third of 31 tokens, rounded
+    assert whole["choices"][0]["message"]["content"].startswith(
+        broken["choices"][0]["message"]["content"]
+    )
+    assert whole["choices"][0]["message"]["content"].endswith("word30")
+    assert (stats[reason], stats["ok"]) == (1, 1)
+
+
+async def test_an_engine_that_dies_mid_stream_ends_it_with_vllms_error_event(
+    connect: Connect,
+) -> None:
+    image = page("engine-dies", WORDS_30)
+    async for client in connect(FaultPlan(pstream_error=1.0)):
+        streamed = events((await client.post(CHAT, json=chat(image, stream=True))).content)
+        unstreamed = await client.post(CHAT, json=chat(image))
+    *chunks, error, done = streamed[1:]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 10
+    assert error == {
+        "error": {
+            "message": "injected fault: the engine died mid-reply",
+            "type": "InternalServerError",
+            "param": None,
+            "code": 500,
+        }
+    }
+    assert done == "[DONE]"
+    assert unstreamed.status_code == 500
+    assert unstreamed.json()["type"] == "InternalServerError"
+
+
+@pytest.mark.parametrize(
+    ("block", "pieces"),
+    [
+        ("\n", ["\n"]),
+        ("  ", [" ", " "]),
+        ("<tr><td>0</td></tr>\n", ["<tr", "><t", "d>0", "</t", "d><", "/tr", ">\n"]),
+    ],
+    ids=["newline", "spaces", "table row"],
+)
+async def test_a_page_loops_on_the_block_it_carries(
+    connect: Connect, block: str, pieces: list[str]
+) -> None:
+    image = page(f"loop-{block!r}", "Title", loop=block)
+    body = chat(image, max_tokens=40, stream=True)
+    async for client in connect(FaultPlan()):
+        found = events((await client.post(CHAT, json=body)).content)
+        answered = (await client.post(CHAT, json=chat(image, 0.5))).json()
+    deltas = [e["choices"][0]["delta"]["content"] for e in found[1:-1]]
+    assert len(deltas) == 40 and found[-2]["choices"][0]["finish_reason"] == "length"
+    assert deltas[2:] == (pieces * 40)[:38]  # after "page-sha256:..." and "Title"
+    assert answered["choices"][0]["finish_reason"] == "stop"
+
+
+def test_an_endless_reply_ignores_max_tokens_and_stops_when_the_client_leaves() -> None:
+    body = chat(page("endless"), max_tokens=10, stream=True)
+    plan = FaultPlan(endless=True, tokens_per_s=0)
+    with serve_in_background(create_app(plan)) as url, httpx.Client() as client:
+        with client.stream("POST", f"{url}{CHAT}", json=body) as response:
+            pieces = []
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    pieces.append(json.loads(line[6:])["choices"][0]["delta"]["content"])
+                if len(pieces) > 1000:
+                    break
+        deadline = time.monotonic() + 10
+        while (stats := client.get(f"{url}/stats").json())["in_flight"]:
+            assert time.monotonic() < deadline, "the endless reply is still being generated"
+            time.sleep(0.02)
+    assert len(set(pieces[2:])) == len(pieces[2:])  # distinct words: no loop to spot
+    assert (stats["endless"], stats["abandoned"]) == (1, 1)
+
+
+async def test_the_context_clamps_a_reply_and_refuses_max_tokens_as_large_as_it() -> None:
+    image = page("long", " ".join(f"w{i}" for i in range(300)))  # 56 x 84 px: 6 image tokens
+    app = create_app(FaultPlan(), max_model_len=100)
+    async for client in client_for(app):
+        clamped = (await client.post(CHAT, json=chat(image, max_tokens=99))).json()
+        refused = await client.post(CHAT, json=chat(image, max_tokens=100))
+    assert clamped["choices"][0]["finish_reason"] == "length"
+    assert clamped["usage"] == {"prompt_tokens": 6, "completion_tokens": 94, "total_tokens": 100}
+    assert refused.status_code == 400 and "maximum context length" in refused.json()["message"]

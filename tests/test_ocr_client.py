@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import socket
@@ -12,6 +13,7 @@ import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
 from ocrpipe.settings import Settings
@@ -112,8 +114,8 @@ async def test_request_timeout_is_capped_by_the_remaining_budget() -> None:
 async def test_a_repetition_loop_climbs_the_temperature_ladder() -> None:
     server = ScriptedOcrServer(
         [
-            completion("la la la", "length"),
-            completion("la la", "length"),
+            completion("la la la", "repetition"),  # vLLM's repetition_detection ended it
+            completion("| a |\n" * 1000, "length"),  # a loop past a page: cut, unstreamed too
             completion("fine"),
         ]
     )
@@ -121,15 +123,67 @@ async def test_a_repetition_loop_climbs_the_temperature_ladder() -> None:
     result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
     assert result.markdown == "fine" and result.usage.temperature == 0.5
     assert [r["temperature"] for r in server.requests] == [0.2, 0.3, 0.5]
+    assert [r["max_tokens"] for r in server.requests] == [4096] * 3
 
 
 async def test_a_loop_at_every_temperature_fails_the_page_for_good() -> None:
-    server = ScriptedOcrServer([completion("la la la", "length")])
+    server = ScriptedOcrServer([completion("la la la", "repetition")])
     clock = FakeClock()
     with pytest.raises(OcrRejected) as info:
         await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
     assert info.value.reason == "ocr_repetition_loop" and info.value.push_status == 204
     assert [r["temperature"] for r in server.requests] == [0.2, 0.3, 0.5, 0.8]
+
+
+DISTINCT = " ".join(f"word{i}" for i in range(4096))  # a long page's text, cut: no loop
+
+
+async def test_a_long_reply_is_asked_again_with_what_the_context_leaves() -> None:
+    server = ScriptedOcrServer(
+        [completion(DISTINCT, "length", prompt_tokens=2145), completion("whole page")]
+    )
+    clock = FakeClock()
+    client = server.client(clock, max_model_len=8192)
+    result = await client.ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert result.markdown == "whole page"
+    assert [r["temperature"] for r in server.requests] == [0.2, 0.2]
+    assert [r["max_tokens"] for r in server.requests] == [4096, 8192 - 2145]
+    assert (result.usage.attempts, result.usage.temperature) == (2, 0.2)
+    assert client.stats.by_cause == {"long_page": 1}
+
+
+async def test_a_long_reply_that_ends_repeating_itself_gets_more_tokens_one_step_up() -> None:
+    rows = "<tr>" + "<td>0.00</td>" * 10 + "</tr>\n"  # 100 wide rows: a page holds them
+    server = ScriptedOcrServer(
+        [completion("<table>\n" + rows * 100, "length", prompt_tokens=2145), completion("ok")]
+    )
+    clock = FakeClock()
+    client = server.client(clock, max_model_len=8192)
+    result = await client.ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert result.markdown == "ok" and result.usage.temperature == 0.3
+    assert [r["temperature"] for r in server.requests] == [0.2, 0.3]
+    assert [r["max_tokens"] for r in server.requests] == [4096, 8192 - 2145]
+    assert client.stats.by_cause == {"long_reply": 1}
+
+
+async def test_without_usage_the_prompt_is_estimated_from_the_image_size() -> None:
+    server = ScriptedOcrServer([completion(DISTINCT, "length"), completion("whole")])
+    clock = FakeClock()
+    image = io.BytesIO()
+    Image.new("L", (1089, 1540), 255).save(image, "PNG")  # A4 at 1540 px: 39 x 55 tokens
+    await server.client(clock).ocr_page(image.getvalue(), "image/png", deadline=clock.now + 60)
+    assert [r["max_tokens"] for r in server.requests] == [4096, 8192 - (39 * 55 + 55 + 32)]
+
+
+async def test_a_reply_with_no_room_left_in_the_context_climbs_then_fails_as_too_long() -> None:
+    server = ScriptedOcrServer([completion(DISTINCT, "length", prompt_tokens=5000)])
+    clock = FakeClock()
+    with pytest.raises(OcrRejected) as info:
+        await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 60)
+    assert info.value.reason == "ocr_page_too_long" and info.value.push_status == 204
+    assert "max_model_len 8192" in info.value.message
+    assert [r["temperature"] for r in server.requests] == [0.2, 0.3, 0.5, 0.8]
+    assert [r["max_tokens"] for r in server.requests] == [4096, 3192, 3192, 3192]
 
 
 @pytest.mark.parametrize("status", [400, 413, 422])

@@ -16,7 +16,7 @@ from PIL import Image
 from ocrpipe.errors import BadInput
 from ocrpipe.settings import Settings
 from ocrpipe.splitter.rendering.inputs import InputKind
-from ocrpipe.splitter.rendering.page_decoders import MAX_IMAGE_UPSCALE, RenderedPage, image_scale
+from ocrpipe.splitter.rendering.page_decoders import RenderedPage, image_scale
 from ocrpipe.splitter.rendering.renderer import PageFailure, Renderer, RenderLimits
 from ocrpipe.testing import inputs as make
 
@@ -64,15 +64,20 @@ def test_a_multi_page_tiff_is_a_document_of_its_frames(tmp_path: Path) -> None:
     frames = [make.text_image(f"Page {n}", (1000, 1400)) for n in (1, 2, 3)]
     pages = render_all(tmp_path, make.image_bytes(frames, "TIFF"), InputKind.TIFF)
     assert [p.page for p in pages] == [1, 2, 3]
-    assert all(opened(p).size == (1100, 1540) for p in pages)
+    assert all(opened(p).size == (1000, 1400) for p in pages)  # under 1540 px: as they are
 
 
-def test_a_tiny_image_is_not_blown_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "size", [(40, 30), (800, 600), (1540, 1000)], ids=["icon", "screenshot", "at the limit"]
+)
+def test_an_image_is_never_enlarged_like_the_reference_client(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
     (page,) = render_all(
-        tmp_path, make.image_bytes([make.text_image("x", (40, 30))], "PNG"), InputKind.PNG
+        tmp_path, make.image_bytes([make.text_image("x", size)], "PNG"), InputKind.PNG
     )
-    assert opened(page).size == (160, 120)
-    assert image_scale(40, 30, 1540) == MAX_IMAGE_UPSCALE
+    assert opened(page).size == size
+    assert image_scale(*size, 1540) == 1.0
 
 
 def test_transparency_becomes_white_and_16_bit_grey_stays_visible(tmp_path: Path) -> None:
@@ -93,7 +98,7 @@ def test_a_sideways_phone_photo_is_turned_upright(tmp_path: Path) -> None:
     exif[0x0112] = 6  # stored rotated: display after a 90 degree turn clockwise
     data = make.image_bytes([photo], "JPEG", exif=exif)
     (page,) = render_all(tmp_path, data, InputKind.JPEG)
-    assert opened(page).size == (770, 1540)
+    assert opened(page).size == (400, 800)
 
 
 def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:

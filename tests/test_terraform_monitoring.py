@@ -310,7 +310,7 @@ def test_pages_done_counts_each_written_page_once_and_latency_reads_its_duration
 def test_pages_failed_counts_a_page_failed_for_good_with_its_error_record_reason(
     tf: dict[str, Any],
 ) -> None:
-    looping = ScriptedOcrServer([completion("la " * 50, "length")])
+    looping = ScriptedOcrServer([completion("la " * 50, "repetition")])
     store, doc, entries = worker_entries(tf, looping, pushes=[1, 1], pages=1)
     record = json.loads(store.read("out", naming.page_error_name(doc, 1)))
 

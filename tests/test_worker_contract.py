@@ -139,7 +139,7 @@ def test_ocr_unavailable_nacks_with_503(store: MemoryStore) -> None:
 
 
 def test_a_page_that_loops_forever_gets_an_error_record_and_an_ack(store: MemoryStore) -> None:
-    looping = ScriptedOcrServer([completion("la " * 50, "length")])
+    looping = ScriptedOcrServer([completion("la " * 50, "repetition")])
     with TestClient(
         create_app(SETTINGS, store=store, ocr=looping.client(), publisher=MemoryPublisher())
     ) as test_client:

@@ -38,7 +38,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -255,7 +255,14 @@ def token_pieces(text: str) -> list[str]:
 
 
 def completion_events(
-    model: str, content: str, finish_reason: str, prompt_tokens: int, page: PageRequest
+    model: str,
+    content: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    page: PageRequest,
+    *,
+    pieces: Iterable[str] | None = None,
+    error: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """A streamed reply as vLLM sends it, as ``(tokens sent so far, SSE event)`` pairs.
 
@@ -263,6 +270,10 @@ def completion_events(
     token (``delta.content``), the last one carrying ``finish_reason``; then, if
     ``stream_options.include_usage``, a chunk with no choices and the usage; then
     ``data: [DONE]``. With ``continuous_usage_stats`` every chunk carries the usage so far.
+
+    ``pieces`` (one token each, read lazily: it may be endless) replaces the tokens of
+    ``content``. With ``error`` the stream ends as vLLM ends one whose engine failed
+    mid-reply: no finish_reason, then ``data: {"error": error}``, then ``data: [DONE]``.
     """
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -278,18 +289,39 @@ def completion_events(
             chunk["usage"] = _usage(prompt_tokens, tokens)
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
 
-    pieces = token_pieces(content) or [""]
+    source = iter(pieces if pieces is not None else (token_pieces(content) or [""]))
     yield 0, event({"role": "assistant", "content": ""}, None, 0)
     tokens = 0
-    for index, piece in enumerate(pieces):
+    piece = next(source, "")
+    for following in source:  # one piece ahead: the last one carries finish_reason
         tokens += 1 if piece else 0
-        last = index == len(pieces) - 1
-        yield tokens, event({"content": piece}, finish_reason if last else None, tokens)
+        yield tokens, event({"content": piece}, None, tokens)
+        piece = following
+    tokens += 1 if piece else 0
+    if error is not None:
+        yield tokens, event({"content": piece}, None, tokens)
+        yield tokens, f"data: {json.dumps({'error': dict(error)})}\n\n".encode()
+        yield tokens, b"data: [DONE]\n\n"
+        return
+    yield tokens, event({"content": piece}, finish_reason, tokens)
     if page.include_usage:
         usage = {"id": ident, "object": "chat.completion.chunk", "created": created}
         usage |= {"model": model, "choices": [], "usage": _usage(prompt_tokens, tokens)}
         yield tokens, f"data: {json.dumps(usage)}\n\n".encode()
     yield tokens, b"data: [DONE]\n\n"
+
+
+def completion_limit(page: PageRequest, prompt_tokens: int, max_model_len: int) -> int:
+    """The tokens a reply may have, as vLLM decides it: ``max_tokens`` reaching the context
+    alone is refused (400, as vLLM 0.30), and a prompt plus ``max_tokens`` over the context
+    is clamped to what the context leaves (the reply then ends ``length``)."""
+    if page.max_tokens is not None and page.max_tokens >= max_model_len:
+        raise bad_request(
+            f"'max_tokens' is too large: {page.max_tokens}. This model's maximum context length"
+            f" is {max_model_len} tokens and your request has {prompt_tokens} input tokens"
+        )
+    left = max(1, max_model_len - prompt_tokens)
+    return left if page.max_tokens is None else min(page.max_tokens, left)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -428,13 +460,15 @@ def create_app(
             page = parse_chat_request(await request.body(), model_name)
             started = time.perf_counter()
             markdown, width, height = await pool.run(lambda: ocr_page(engine, page.image))
+            prompt_tokens = page.text_tokens + image_tokens(width, height)
+            limit = completion_limit(page, prompt_tokens, max_model_len)
         except ApiError as exc:
             logger.info("chat completion refused: %s %s", exc.status, exc)
             return api_error_response(exc)
         except Exception:
             logger.exception("OCR failed")
             return error_response(500, "InternalServerError", "OCR failed, see the server log")
-        content, completion_tokens, cut = truncate_tokens(markdown, page.max_tokens)
+        content, completion_tokens, cut = truncate_tokens(markdown, limit)
         logger.info(
             "page %dx%d OCR'd in %.0f ms: %d tokens%s",
             width,
@@ -443,7 +477,6 @@ def create_app(
             completion_tokens,
             " (cut)" if cut else "",
         )
-        prompt_tokens = page.text_tokens + image_tokens(width, height)
         finish_reason = "length" if cut else "stop"
         if page.stream:  # the page is OCR'd at once: its tokens follow without a pause
             events = completion_events(model_name, content, finish_reason, prompt_tokens, page)

@@ -14,12 +14,31 @@ What can go wrong, and how each request's fate is decided (:func:`decide`):
   ``sha256(seed, sha256(image), attempt)``, where ``attempt`` counts the requests seen for
   that image (1, 2, ...). Reruns with the same seed give every page the same sequence of
   faults whatever order the pages arrive in.
+- ``abort``, ``error`` (shares ``pabort``, ``perror``): the reply stops after a third of
+  the page's tokens with that ``finish_reason``, as vLLM ends a request it dropped or one
+  that failed. ``stream_error`` (``pstream_error``): a streamed reply stops after a third of
+  its tokens with vLLM's in-stream error event (``data: {"error": {"message", "type",
+  "param", "code"}}``, then ``data: [DONE]``), as when its engine dies mid-reply; unstreamed,
+  a 500. These are drawn with the faults above, from the same draw.
+- ``first_attempts`` N: faults are drawn only for each page's first N requests, so a test
+  can say "fails twice, then answers" without hunting for a seed.
 - ``length``: a page is *loopy* with probability ``plength``, drawn from
-  ``sha256(seed, sha256(image))`` (a property of the page, as real repetition loops are).
-  A loopy page answers a repetition loop with ``finish_reason: "length"`` while the request's
-  temperature is at most 0.2 (or absent), and normally above it, so that a client that raises
-  the temperature succeeds. With ``loop_always`` it loops at every temperature: the page
-  fails after the client's whole temperature ladder.
+  ``sha256(seed, sha256(image))`` (a property of the page, as real repetition loops are), or
+  when its PNG carries the text chunk ``ocrpipe-loop``: the block it loops on, sent three
+  characters per token (a block of whitespace only, one character per token); by default
+  a blank line and "the same line again", a word per token. A loopy page answers its
+  text, then the block again and again, with ``finish_reason: "length"`` while the
+  request's temperature is at most 0.2 (or absent), and normally above it, so that a
+  client that raises the temperature succeeds. With
+  ``loop_always`` it loops at every temperature: the page fails after the client's whole
+  temperature ladder.
+- ``endless``: every reply is the page's text and then distinct words for ever, whatever
+  ``max_tokens`` says (a server that ignores it); unstreamed, eight times the limit.
+- A page whose text chunk repeats itself (a sign-in sheet, a sheet of labels) is answered
+  faithfully, repetition and all: the faithful counterpart of a loop.
+- The context: ``max_tokens`` at or over ``max_model_len`` is refused with 400 (as vLLM
+  0.30), and a prompt plus ``max_tokens`` over it is clamped: the reply ends ``length``
+  where the context ends (:func:`ocrpipe.local.engine.completion_limit`).
 - ``slow_ms`` adds latency to every answered page; ``cold_seconds`` makes everything,
   ``/health`` included, answer 503 for that long after start (cold requests use no attempt
   number); ``batch_size`` K and ``service_time`` S mimic vLLM's continuous batching: at most
@@ -33,7 +52,8 @@ disconnects stops the stream at once, as vLLM aborts a request whose client has 
 tokens sent until then are what it cost. Non-streamed replies are answered as before.
 
 ``GET /stats`` returns the counts by outcome (``ok``, ``503``, ``429``, ``reset``, ``hang``,
-``length``, ``cold``, ``invalid``, ``total``), ``streamed`` (streamed replies started),
+``abort``, ``error``, ``stream_error``, ``endless``, ``length``, ``cold``, ``invalid``,
+``total``), ``streamed`` (streamed replies started),
 ``abandoned`` (streams the client left before the end), ``completion_tokens`` (tokens
 generated, for streams only those sent: with a rate R, ``completion_tokens / R`` is the GPU
 time the replies took) and gauges (``in_flight``, ``max_in_flight``, ``hanging``);
@@ -58,12 +78,13 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import itertools
 import logging
 import socket
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -84,24 +105,36 @@ from ocrpipe.local.engine import (
     bad_request,
     chat_completion_body,
     completion_events,
+    completion_limit,
     error_response,
     image_tokens,
     models_body,
     parse_chat_request,
-    truncate_tokens,
+    token_pieces,
 )
 from ocrpipe.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
-OUTCOMES = ("ok", "503", "429", "reset", "hang", "length", "cold", "invalid")
+OUTCOMES = (
+    "ok", "503", "429", "reset", "hang", "abort", "error", "stream_error", "endless", "length",
+    "cold", "invalid",
+)  # fmt: skip
+# Replies that go wrong after they started: (outcome, the FaultPlan field of its share).
+BROKEN_REPLIES = (("abort", "pabort"), ("error", "perror"), ("stream_error", "pstream_error"))
+BROKEN_SHARE = 1 / 3  # of the page's tokens sent before a broken reply ends
 LOOP_MAX_TEMPERATURE = 0.2
 LOOP_PHRASE = "the same line again"
+DEFAULT_LOOP_BLOCK = f"\n\n{LOOP_PHRASE}"  # sent a word per token
+LOOP_CHARS_PER_TOKEN = 3  # a loop block a page carries
 DEFAULT_LOOP_TOKENS = 4096
+ENDLESS_WHOLE_FACTOR = 8  # a non-streamed endless reply: this many times its token limit
 DEFAULT_TOKENS_PER_S = 5000.0
 PACING_TICK_S = 0.01  # tokens due within this much time are sent together
+MAX_PENDING_EVENTS = 256  # ... but never more events than this at once (endless streams)
 COUNTERS = ("total", "streamed", "abandoned", "completion_tokens")
 PNG_TEXT_KEY = "ocrpipe-text"
+PNG_LOOP_KEY = "ocrpipe-loop"  # a page carrying this text chunk loops on that block
 _TRANSPORT_KEY = "ocrpipe.transport"
 
 T = TypeVar("T")
@@ -118,6 +151,11 @@ class FaultPlan:
     preset: float = 0.0
     phang: float = 0.0
     hang_seconds: float = 3600.0
+    pabort: float = 0.0
+    perror: float = 0.0
+    pstream_error: float = 0.0
+    first_attempts: int = 0
+    endless: bool = False
     plength: float = 0.0
     loop_always: bool = False
     slow_ms: int = 0
@@ -127,12 +165,14 @@ class FaultPlan:
     tokens_per_s: float = DEFAULT_TOKENS_PER_S
 
     def __post_init__(self) -> None:
-        probabilities = {n: getattr(self, n) for n in ("p503", "p429", "preset", "phang")}
+        names = ("p503", "p429", "preset", "phang", *(field for _, field in BROKEN_REPLIES))
+        probabilities = {n: getattr(self, n) for n in names}
         for name, p in {**probabilities, "plength": self.plength}.items():
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}={p} is not a probability")
         if sum(probabilities.values()) > 1.0 + 1e-9:
-            raise ValueError(f"p503 + p429 + preset + phang = {sum(probabilities.values())} > 1")
+            total = sum(probabilities.values())
+            raise ValueError(f"{' + '.join(names)} = {total} > 1")
         for name in (
             "retry_after",
             "hang_seconds",
@@ -145,6 +185,8 @@ class FaultPlan:
                 raise ValueError(f"{name} must not be negative")
         if self.batch_size < 0:
             raise ValueError("batch_size must not be negative (0: unlimited)")
+        if self.first_attempts < 0:
+            raise ValueError("first_attempts must not be negative (0: every attempt)")
 
 
 def _unit(*parts: object) -> float:
@@ -157,17 +199,35 @@ def page_loops(plan: FaultPlan, image_sha: str) -> bool:
     return _unit(plan.seed, "loop", image_sha) < plan.plength
 
 
-def decide(plan: FaultPlan, image_sha: str, attempt: int, temperature: float | None) -> str:
-    """The outcome of one request: one of ``ok 503 429 reset hang length``."""
-    draw = _unit(plan.seed, "fault", image_sha, attempt)
-    edge = 0.0
-    ladder = (("503", plan.p503), ("429", plan.p429), ("reset", plan.preset), ("hang", plan.phang))
-    for outcome, p in ladder:
-        edge += p
-        if draw < edge:
-            return outcome
+def decide(
+    plan: FaultPlan,
+    image_sha: str,
+    attempt: int,
+    temperature: float | None,
+    *,
+    loops: bool = False,
+) -> str:
+    """The outcome of one request: one of ``ok 503 429 reset hang abort error stream_error
+    endless length``. ``loops``: the page loops whatever ``plength`` draws (it carries a
+    loop block)."""
+    if not plan.first_attempts or attempt <= plan.first_attempts:
+        draw = _unit(plan.seed, "fault", image_sha, attempt)
+        edge = 0.0
+        ladder = (
+            ("503", plan.p503),
+            ("429", plan.p429),
+            ("reset", plan.preset),
+            ("hang", plan.phang),
+            *((outcome, getattr(plan, field)) for outcome, field in BROKEN_REPLIES),
+        )
+        for outcome, p in ladder:
+            edge += p
+            if draw < edge:
+                return outcome
+    if plan.endless:
+        return "endless"
     low_temperature = temperature is None or temperature <= LOOP_MAX_TEMPERATURE + 1e-9
-    if page_loops(plan, image_sha) and (low_temperature or plan.loop_always):
+    if (loops or page_loops(plan, image_sha)) and (low_temperature or plan.loop_always):
         return "length"
     return "ok"
 
@@ -248,29 +308,79 @@ async def _reset_connection(request: Request) -> Response:
     return Response(status_code=500)  # never sent: the connection is gone
 
 
-def _reply(page: PageRequest, answer: str, outcome: str) -> tuple[str, int, str]:
-    """(content, completion tokens, finish_reason) of an answered page."""
+@dataclass(frozen=True)
+class _Page:
+    """What the fault server knows of a page: its answer, size and loop block."""
+
+    answer: str
+    width: int
+    height: int
+    loop_block: str | None  # the PNG's loop chunk: the page loops on it
+
+
+def loop_pieces(block: str) -> list[str]:
+    """One copy of a loop block a page carries, as tokens: :data:`LOOP_CHARS_PER_TOKEN`
+    characters each, about what LightOnOCR's tokenizer makes of HTML and Markdown (a tag a
+    token, a digit a token), so that a loop's tokens per row are near a real one's; one
+    character per token for a block of whitespace only (the worst case for a detector)."""
+    if not block.strip():
+        return list(block)
+    step = LOOP_CHARS_PER_TOKEN
+    return [block[i : i + step] for i in range(0, len(block), step)]
+
+
+def _endless(answer: str) -> Iterator[str]:
+    """The answer, then distinct words for ever: a server that ignores max_tokens."""
+    yield from token_pieces(answer)
+    for index in itertools.count(1):
+        yield f" w{index}"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    pieces: Iterable[str]  # one token each; endless for "endless" streams
+    finish_reason: str
+    error: dict[str, Any] | None = None  # an in-stream error event ends the stream
+
+
+def _reply(page: PageRequest, info: _Page, outcome: str, limit: int) -> _Reply:
+    """The tokens of an answered page; ``limit``: what max_tokens and the context allow."""
+    answer = token_pieces(info.answer)
     if outcome == "length":
-        limit = page.max_tokens or DEFAULT_LOOP_TOKENS
-        content, tokens, _ = truncate_tokens(answer + f"\n\n{LOOP_PHRASE}" * limit, limit)
-        return content, tokens, "length"
-    content, tokens, cut = truncate_tokens(answer, page.max_tokens)
-    return content, tokens, "length" if cut else "stop"
+        cap = limit if page.max_tokens is not None else min(limit, DEFAULT_LOOP_TOKENS)
+        block = token_pieces(DEFAULT_LOOP_BLOCK)
+        if info.loop_block is not None:
+            block = loop_pieces(info.loop_block)
+        copies = cap // max(1, len(block)) + 1
+        return _Reply((answer + block * copies)[:cap], "length")
+    if outcome == "endless":
+        return _Reply(_endless(info.answer), "length")
+    if outcome in ("abort", "error", "stream_error"):
+        sent = answer[: max(1, round(len(answer) * BROKEN_SHARE))]
+        if outcome != "stream_error":
+            return _Reply(sent, outcome)
+        error = {"message": "injected fault: the engine died mid-reply", "type":
+                 "InternalServerError", "param": None, "code": 500}  # fmt: skip
+        return _Reply(sent, "", error)
+    if len(answer) > limit:
+        return _Reply(answer[:limit], "length")
+    return _Reply(answer, "stop")
 
 
-def _page_text(page: PageRequest) -> tuple[str, int, int]:
-    """The deterministic answer for a page, and the image's size; 400 if not an image."""
+def _page_text(page: PageRequest) -> _Page:
+    """The deterministic answer for a page, its size and loop block; 400 if not an image."""
     try:
         image = Image.open(io.BytesIO(page.image))  # reads the header and chunks before IDAT
     except Exception as exc:  # Pillow raises many kinds of error on corrupt input
         raise bad_request(f"the image cannot be decoded: {exc}") from exc
     with image:
         text = image.info.get(PNG_TEXT_KEY)
+        loop = image.info.get(PNG_LOOP_KEY)
         width, height = image.size
     answer = f"page-sha256:{hashlib.sha256(page.image).hexdigest()}"
     if isinstance(text, str) and text:
         answer += f"\n\n{text}"
-    return answer, width, height
+    return _Page(answer, width, height, loop if isinstance(loop, str) and loop else None)
 
 
 class _FaultApp(Starlette):
@@ -304,22 +414,24 @@ def create_app(
             return cold_response()
         return JSONResponse(models_body(model_name, created, max_model_len))
 
-    async def serve_page(
-        page: PageRequest, answer: str, prompt_tokens: int, outcome: str
-    ) -> dict[str, Any]:
-        content, tokens, finish_reason = _reply(page, answer, outcome)
+    async def serve_page(reply: _Reply, prompt_tokens: int, limit: int) -> dict[str, Any]:
+        pieces = list(itertools.islice(reply.pieces, ENDLESS_WHOLE_FACTOR * limit))
+        tokens = sum(1 for piece in pieces if piece)
         async with in_service():
             await asyncio.sleep(plan.service_time + plan.slow_ms / 1000)
         state.count("completion_tokens", tokens)
-        return chat_completion_body(model_name, content, finish_reason, prompt_tokens, tokens)
+        content = "".join(pieces)
+        return chat_completion_body(model_name, content, reply.finish_reason, prompt_tokens, tokens)
 
     async def stream_page(
-        page: PageRequest, answer: str, prompt_tokens: int, outcome: str
+        page: PageRequest, reply: _Reply, prompt_tokens: int
     ) -> AsyncIterator[bytes]:
         """The reply's tokens at ``plan.tokens_per_s``, after the page's service time; the
         tokens sent are counted, so a client that leaves early stops the count there."""
-        content, _, finish_reason = _reply(page, answer, outcome)
-        events = completion_events(model_name, content, finish_reason, prompt_tokens, page)
+        events = completion_events(
+            model_name, "", reply.finish_reason, prompt_tokens, page,
+            pieces=reply.pieces, error=reply.error,
+        )  # fmt: skip
         sent, finished = 0, False
         state.count("streamed")
         try:
@@ -329,12 +441,12 @@ def create_app(
                 started, pending, queued = clock(), list[bytes](), 0
                 for tokens, event in events:
                     due = started + tokens / plan.tokens_per_s if plan.tokens_per_s else 0.0
-                    if due - clock() > PACING_TICK_S:
+                    if due - clock() > PACING_TICK_S or len(pending) >= MAX_PENDING_EVENTS:
                         if pending:
                             sent = queued  # handed to the server: counted even if lost
                             yield b"".join(pending)
                             pending.clear()
-                        await asyncio.sleep(due - clock())
+                        await asyncio.sleep(max(0.0, due - clock()))
                     pending.append(event)
                     queued = tokens
                 sent = queued
@@ -370,13 +482,16 @@ def create_app(
             return cold_response()
         try:
             page = parse_chat_request(await request.body(), model_name)
-            answer, width, height = _page_text(page)
+            info = _page_text(page)
+            prompt_tokens = page.text_tokens + image_tokens(info.width, info.height)
+            limit = completion_limit(page, prompt_tokens, max_model_len)
         except ApiError as exc:  # refused before any fault, and without using an attempt
             state.count("invalid")
             return api_error_response(exc)
         image_sha = hashlib.sha256(page.image).hexdigest()
         attempt = state.next_attempt(image_sha)
-        outcome = decide(plan, image_sha, attempt, page.temperature)
+        loops = info.loop_block is not None
+        outcome = decide(plan, image_sha, attempt, page.temperature, loops=loops)
         state.count(outcome)
         logger.info("page %s attempt %d: %s", image_sha[:12], attempt, outcome)
         if outcome == "503":
@@ -393,12 +508,14 @@ def create_app(
         if outcome == "hang":
             finished, response = await _unless_disconnected(request, hang())
             return response if finished and response is not None else Response(status_code=499)
-        prompt_tokens = page.text_tokens + image_tokens(width, height)
+        reply = _reply(page, info, outcome, limit)
         if page.stream:
-            stream = stream_page(page, answer, prompt_tokens, outcome)
+            stream = stream_page(page, reply, prompt_tokens)
             return StreamingResponse(stream, media_type=EVENT_STREAM)
+        if reply.error is not None:
+            return error_response(500, "InternalServerError", str(reply.error["message"]))
         finished, body = await _unless_disconnected(
-            request, serve_page(page, answer, prompt_tokens, outcome)
+            request, serve_page(reply, prompt_tokens, limit)
         )
         if not finished or body is None:
             return Response(status_code=499)  # the client is gone; nothing is sent
@@ -467,6 +584,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", type=float, default=0.0, help="share of connection resets")
     parser.add_argument("--phang", type=float, default=0.0, help="share of hanging requests")
     parser.add_argument("--hang-seconds", type=float, default=3600.0)
+    parser.add_argument(
+        "--pabort", type=float, default=0.0, help="share of replies ended early as 'abort'"
+    )
+    parser.add_argument(
+        "--perror", type=float, default=0.0, help="share of replies ended early as 'error'"
+    )
+    parser.add_argument(
+        "--pstream-error",
+        type=float,
+        default=0.0,
+        help="share of replies whose stream ends early with an error event (500 unstreamed)",
+    )
+    parser.add_argument(
+        "--first-attempts",
+        type=int,
+        default=0,
+        help="draw faults only for each page's first N requests (0: every request)",
+    )
+    parser.add_argument(
+        "--endless", action="store_true", help="replies ignore max_tokens and never end"
+    )
     parser.add_argument(
         "--plength", type=float, default=0.0, help="share of pages that loop at temperature <= 0.2"
     )

@@ -100,6 +100,7 @@ def split_document(
                 kind,
                 processes=settings.render_processes,
                 longest_side=settings.render_longest_side,
+                dpi=settings.render_dpi,
                 limits=RenderLimits.from_settings(settings),
             ) as renderer:
                 page_count = renderer.page_count()

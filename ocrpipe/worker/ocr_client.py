@@ -13,16 +13,31 @@ Two kinds of retry, after olmOCR's split:
 * 401, 403 and 404 mean configuration trouble (IAM still propagating after a deploy, a
   wrong ID-token audience, a wrong URL or model name), not a bad page: they are retried the
   same way and logged at ERROR, so the delivery is nacked and stays replayable.
+* Only a reply that ends ``finish_reason == "stop"`` is a page. vLLM ends a reply it
+  dropped with ``abort`` and one that failed with ``error``, and a stream whose engine died
+  mid-reply with an error event: server trouble, retried like a 503 (the partial text is
+  never written, and it never counts as malformed), logged with what the server said.
+  A finish_reason unknown here is treated the same way.
 * A 200 that does not parse (not UTF-8, not JSON, no choices) is retried at most
   :attr:`OcrParams.malformed_attempts` times per page, then the page is rejected for good
   (``ocr_malformed_reply``): a server that answers garbage would otherwise burn GPU time
   until the budget ends, on every delivery.
-* A reply cut off with ``finish_reason == "length"`` is a repetition loop, not a result:
-  :meth:`OcrClient.ocr_page` asks again one step up the temperature ladder
-  (``Settings.ocr_temperatures``); after the last step the page is rejected for good
-  (:class:`OcrRejected`). Replies are streamed (:mod:`ocrpipe.worker.completion_stream`), so a
-  loop is cut as soon as it repeats itself (``finish_reason == "repetition"``) instead of
-  after ``max_tokens``: the GPU stops generating it at once.
+* A repetition loop is not a result: :meth:`OcrClient.ocr_page` asks again one step up the
+  temperature ladder (``Settings.ocr_temperatures``); after the last step the page is
+  rejected for good (:class:`OcrRejected`, ``ocr_repetition_loop``). Replies are streamed
+  (:mod:`ocrpipe.worker.completion_stream`), so a loop is cut as soon as it repeats past
+  what the page could hold (the rule is sized from the page image, :func:`image_size`; see
+  :mod:`ocrpipe.worker.repetition`), or passes the reply's bound (``finish_reason ==
+  "repetition"``), instead of after ``max_tokens``: the GPU stops generating it at once. A
+  page that really repeats itself is never cut.
+* A long page is not a loop: a reply that reaches ``max_tokens`` (``finish_reason ==
+  "length"``, with no loop a page could not hold in it, or it would have been cut) is asked
+  again at the same temperature with what the model's context leaves
+  (``Settings.ocr_max_model_len`` minus the prompt's tokens, as the server counted them).
+  If its end repeats itself, it may be a loop of rows too long for the detector to judge
+  within ``max_tokens``: the larger request then goes one temperature up, which ends a loop
+  and still keeps a page that repeats. Only a ``length`` with no room left climbs the
+  ladder alone; a page that ends so at every temperature fails as ``ocr_page_too_long``.
 
 Every page's :class:`OcrUsage` (tokens, seconds, attempts, the temperature that worked) is
 what the bill and the page's provenance are made of.
@@ -33,7 +48,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import io
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -52,12 +69,20 @@ from ocrpipe.worker.completion_stream import (
     CompletionRefused,
     MalformedStream,
     StreamedCompletion,
+    StreamErrorEvent,
     stream_completion,
 )
+from ocrpipe.worker.repetition import DEFAULT_RULE, RepetitionRule, repeats_at_end
 
 logger = logging.getLogger(__name__)
 
+FINISHED = "stop"  # the only finish_reason whose text is a page
 LOOP_REASONS = frozenset({"length", "repetition"})  # a loop: cut by vLLM, or by us
+# Anything else (vLLM's abort and error, or a reason unknown here) is server trouble.
+KNOWN_TROUBLE = frozenset({"abort", "error"})
+IMAGE_TOKEN_PX = 28  # a Pixtral encoder's 14 px patches merged 2 x 2
+PROMPT_SIDE = 1540  # the longest side vLLM scales a LightOnOCR image to
+PROMPT_MARGIN = 32  # tokens of the chat template around the image
 MIN_ATTEMPT_SECONDS = 1.0  # no attempt starts with less time than this left
 MAX_BACKOFF_SECONDS = 30.0
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -78,6 +103,7 @@ class AuthHeaders(Protocol):
 class OcrParams:
     model: str
     max_tokens: int
+    max_model_len: int  # the model's context: prompt plus reply
     top_p: float
     temperatures: tuple[float, ...]
     request_timeout_s: float
@@ -90,6 +116,7 @@ class OcrParams:
         values: dict[str, Any] = {
             "model": settings.ocr_model,
             "max_tokens": settings.ocr_max_tokens,
+            "max_model_len": settings.ocr_max_model_len,
             "top_p": settings.ocr_top_p,
             "temperatures": settings.ocr_temperatures,
             "request_timeout_s": settings.ocr_request_timeout_s,
@@ -136,6 +163,7 @@ class MalformedReply(Exception):
 class _PageAttempts:
     """What one :meth:`OcrClient.ocr_page` call has seen so far."""
 
+    rule: RepetitionRule = DEFAULT_RULE  # when a reply runs past what this page holds
     requests: int = 0  # sent for this page, failed and looping ones included
     malformed: int = 0
     prompt_tokens: int = 0
@@ -182,10 +210,20 @@ class OcrClient:
         await self._http.aclose()
 
     async def ocr_page(self, image: bytes, mime: str, *, deadline: float) -> OcrResult:
-        """OCR one page image; ``deadline`` is a value of the client's clock."""
+        """OCR one page image; ``deadline`` is a value of the client's clock.
+
+        A reply that ends ``length`` with no loop in it is a long page: it is asked again at
+        the same temperature with what the model's context leaves (``max_model_len`` minus
+        the prompt's tokens); if it ends repeating itself (:func:`repeats_at_end`: a loop
+        of long rows, or a page that repeats past ``max_tokens``), with those tokens one
+        step up. A loop (cut, or ``repetition``), or a ``length`` with no room left in the
+        context, moves one step up the temperature ladder."""
         data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
-        page = _PageAttempts()
-        temperature, finish_reason = self._params.temperatures[0], ""
+        size = image_size(image)
+        page = _PageAttempts(rule=RepetitionRule.for_page(*size) if size else DEFAULT_RULE)
+        temperatures = self._params.temperatures
+        temperature, finish_reason, max_tokens = temperatures[0], "", self._params.max_tokens
+        looped = False  # some reply was a loop, not only too long for the context
 
         def usage() -> OcrUsage:
             return OcrUsage(
@@ -198,8 +236,10 @@ class OcrClient:
                 ocr_seconds=page.seconds,
             )
 
-        for temperature in self._params.temperatures:
-            payload = self._payload(data_url, temperature)
+        step = 0
+        while step < len(temperatures):
+            temperature = temperatures[step]
+            payload = self._payload(data_url, temperature, max_tokens)
             try:
                 reply = await self._send_with_backoff(payload, deadline, page)
             except OcrRejected as exc:  # refused for good: what it cost so far is billed
@@ -207,24 +247,60 @@ class OcrClient:
                 raise
             page.add(reply)
             finish_reason = reply.finish_reason
-            if reply.finish_reason not in LOOP_REASONS:
+            if finish_reason == FINISHED:
                 return OcrResult(reply.text, usage())
-            self.stats.count(reply.finish_reason)
+            room = self._params.max_model_len - (reply.prompt_tokens or prompt_estimate(size))
+            if finish_reason == "length" and room > max_tokens:
+                # A long page: more tokens, what the model's context leaves. If the reply
+                # ends repeating itself it may also be a loop that runs longer than a page
+                # lets the detector see within max_tokens (rows of over ~100 characters):
+                # then one step up too, which ends a loop and keeps a page that repeats.
+                repeating = repeats_at_end(reply.text) and step + 1 < len(temperatures)
+                logger.info(
+                    "the reply reached max_tokens=%d at temperature %.1f %s; asking again with"
+                    " %d tokens, what the model's context leaves%s",
+                    max_tokens,
+                    temperature,
+                    "repeating itself" if repeating else "without a loop: a long page",
+                    room,
+                    ", one temperature up" if repeating else "",
+                    extra={"reason": "ocr_long_reply" if repeating else "ocr_long_page"},
+                )
+                self.stats.count("long_reply" if repeating else "long_page")
+                self.stats.loop_tokens += reply.completion_tokens if repeating else 0
+                looped = looped or repeating
+                step += 1 if repeating else 0
+                max_tokens = room
+                continue  # a long page is not a loop: the same temperature, unless repeating
+            max_tokens = min(max_tokens, max(1, room))
+            looped = looped or finish_reason != "length"
+            self.stats.count(finish_reason)
             self.stats.loop_tokens += reply.completion_tokens
             logger.warning(
-                "repetition loop at temperature %.1f (%s after %d tokens), raising it",
+                "%s at temperature %.1f (%s after %d tokens), raising it",
+                "repetition loop" if finish_reason != "length" else "no room left in the context",
                 temperature,
-                "cut" if reply.cut else "finish_reason=length",
+                _how(reply),
                 reply.completion_tokens,
-                extra={"reason": reply.finish_reason},
+                extra={"reason": finish_reason},
+            )
+            step += 1
+        if looped:
+            raise OcrRejected(
+                f"the model looped at every temperature {list(temperatures)}",
+                reason="ocr_repetition_loop",
+                usage=usage(),
             )
         raise OcrRejected(
-            f"the model looped at every temperature {list(self._params.temperatures)}",
-            reason="ocr_repetition_loop",
+            f"the reply reached the end of the model's context (max_model_len"
+            f" {self._params.max_model_len} tokens, page image included) at every temperature"
+            f" {list(temperatures)} without repeating itself: more text than the model can"
+            " write for one page, or a loop that changes as it goes",
+            reason="ocr_page_too_long",
             usage=usage(),
         )
 
-    def _payload(self, data_url: str, temperature: float) -> dict[str, Any]:
+    def _payload(self, data_url: str, temperature: float, max_tokens: int) -> dict[str, Any]:
         return {
             "model": self._params.model,
             "messages": [
@@ -232,7 +308,7 @@ class OcrClient:
             ],
             "temperature": temperature,
             "top_p": self._params.top_p,
-            "max_tokens": self._params.max_tokens,
+            "max_tokens": max_tokens,
         }
 
     async def _send_with_backoff(
@@ -305,15 +381,28 @@ class OcrClient:
                     phase = "timeout"
                     self.stats.requests += 1
                     page.requests += 1
-                    return await stream_completion(
+                    reply = await stream_completion(
                         self._http,
                         "/v1/chat/completions",
                         payload,
                         headers=headers,
                         timeout=timeout,
+                        rule=page.rule,
                     )
         except CompletionRefused as exc:
             raise self._refusal(exc.response) from None
+        except StreamErrorEvent as exc:
+            page.prompt_tokens += exc.prompt_tokens or 0
+            page.completion_tokens += exc.completion_tokens
+            page.seconds += exc.seconds
+            self.stats.count("stream_error")
+            logger.warning(
+                "%s after %d tokens; not a page, retrying within the budget",
+                exc,
+                exc.completion_tokens,
+                extra={"reason": exc.reason},
+            )
+            raise AttemptFailed(str(exc), cause="stream_error") from exc
         except MalformedStream as exc:
             raise MalformedReply(str(exc)) from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
@@ -323,6 +412,28 @@ class OcrClient:
         except httpx.TransportError as exc:
             self.stats.count("connection")
             raise AttemptFailed(f"{type(exc).__name__}: {exc}", cause="connection") from exc
+        if reply.finish_reason != FINISHED and reply.finish_reason not in LOOP_REASONS:
+            raise self._broken(reply, page)
+        return reply
+
+    def _broken(self, reply: StreamedCompletion, page: _PageAttempts) -> AttemptFailed:
+        """A reply the server ended without finishing it (vLLM's ``abort``: a request it
+        dropped; ``error``: one that failed; or a reason unknown here): server trouble. Its
+        text is not the page; the tokens it cost are billed to the page."""
+        page.add(reply)
+        reason = reply.finish_reason
+        cause = f"finish_{reason}" if reason in KNOWN_TROUBLE else "finish_unknown"
+        self.stats.count(cause)
+        logger.warning(
+            "the OCR server ended the reply with finish_reason %s after %d tokens; not a page,"
+            " retrying within the budget",
+            reason[:40] or "(empty)",
+            reply.completion_tokens,
+            extra={"reason": f"ocr_{cause}"},
+        )
+        return AttemptFailed(
+            f"the reply ended with finish_reason {reason[:40]!r}, not 'stop'", cause=cause
+        )
 
     async def _auth_headers(self) -> dict[str, str]:
         if self._auth is None:
@@ -360,6 +471,35 @@ class OcrClient:
             f"OCR server refused the page: HTTP {status}: {_snippet(response)}",
             reason=f"ocr_http_{status}",
         )
+
+
+def image_size(image: bytes) -> tuple[int, int] | None:
+    """(width, height) of a page image from its header, or None if it cannot be read (the
+    server will say what is wrong with the image)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(image)) as opened:  # the header only
+            return opened.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def prompt_estimate(size: tuple[int, int] | None) -> int:
+    """The prompt's tokens when the server does not say: a Pixtral encoder's image tokens
+    (the image scaled to at most 1540 px, one token per 28 x 28 px, one break per row) and
+    a margin for the chat template."""
+    width, height = size or (PROMPT_SIDE, PROMPT_SIDE)
+    scale = min(1.0, PROMPT_SIDE / max(width, height, 1))
+    columns = math.ceil(width * scale / IMAGE_TOKEN_PX)
+    rows = math.ceil(height * scale / IMAGE_TOKEN_PX)
+    return columns * rows + rows + PROMPT_MARGIN
+
+
+def _how(reply: StreamedCompletion) -> str:
+    if not reply.cut:
+        return f"finish_reason={reply.finish_reason}"
+    return "past its bound, cut" if reply.overlong else "past what the page holds, cut"
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -29,7 +29,10 @@ Idempotent under at-least-once delivery:
 * a complete, current document is announced (:mod:`ocrpipe.announce`) unless
   ``<key>/@latest.json`` already records its generation, digest and state: the publish
   comes before the delivery is acked, and a failed publish nacks it, so the redelivery
-  announces it;
+  announces it. It is published and recorded only while ``document.md`` is still the one
+  it describes, so an instance that built it before a retried page landed never replaces
+  the newer announcement, and if its publish was in flight meanwhile it announces the
+  current document again;
 * a page of a superseded generation (the input was overwritten or deleted) is dropped.
 
 One function writes permanent page error records (:func:`fail_page`): for a page the OCR
@@ -385,6 +388,7 @@ def complete_document(
     publisher: Publisher,
     *,
     page: int | None = None,
+    locks: KeyedLocks | None = None,
 ) -> bool:
     """Assemble the document if every page is accounted for and ``document.md`` is not
     already built from exactly these page results, then announce it if latest.json does not
@@ -413,8 +417,9 @@ def complete_document(
     # One assembly per document at a time in this process: when a document's last pages
     # land together, the others then find it built instead of each reading every page
     # (measured: ~12 of the ~20 GCS calls per page at 64 in flight). Other instances still
-    # race, which the generation preconditions below settle.
-    with _ASSEMBLING.hold(doc.doc_id):
+    # race, which the generation preconditions below settle. ``locks``: another instance's
+    # table (tests run two instances in one process); None: this process's.
+    with (_ASSEMBLING if locks is None else locks).hold(doc.doc_id):
         return _assemble(doc, page_count, store, settings, publisher)
 
 
@@ -429,7 +434,7 @@ def _assemble(
     prefix = naming.pages_prefix(doc)
     final_name = naming.document_markdown_name(doc)
     index_name = naming.document_index_name(doc)
-    wrote = False
+    wrote = again = False
     for _ in range(ASSEMBLY_ROUNDS):
         listed = store.list(out, prefix)
         results = naming.page_results([(o.name, o.generation) for o in listed], prefix, page_count)
@@ -444,8 +449,13 @@ def _assemble(
             if index is not None and index.metadata.get(DOCUMENT_GENERATION_KEY) == str(
                 current.generation
             ):
-                _announce_current(doc, page_count, results, digest, store, settings, publisher)
-                return wrote
+                said = _announce_current(
+                    doc, page_count, results, digest, store, settings, publisher, again=again
+                )
+                if said is announce.Outcome.RECORDED:
+                    return wrote
+                again = again or said is announce.Outcome.SUPERSEDED
+                continue  # document.md moved on while it was announced: announce the new one
             built = _build(page_count, results, metadata, store, out)
             if built is not None:
                 _write_index(doc, built, current.generation, digest, index_generation, store, out)
@@ -480,13 +490,17 @@ def _announce_current(
     store: ObjectStore,
     settings: Settings,
     publisher: Publisher,
-) -> None:
-    """Announce a complete, current document unless latest.json already records it. The
-    reasons of failed pages come from document.json (read only when some page failed)."""
+    *,
+    again: bool = False,
+) -> announce.Outcome:
+    """Announce a complete, current document unless latest.json already records it (or
+    ``again``: a stale announcement went out after it, so it is said once more). The
+    reasons of failed pages come from document.json (read only when some page failed).
+    Only while document.md is still the one built from ``digest`` (:mod:`ocrpipe.announce`)."""
     failed = sum(1 for r in results.values() if r.state == "failed")
     state = notifications.terminal_state(page_count, failed)
-    if announce.is_announced(doc, state, digest, store, settings):
-        return
+    if not again and announce.is_announced(doc, state, digest, store, settings):
+        return announce.Outcome.RECORDED
     reasons: dict[int, str] = {}
     if failed:
         try:
@@ -500,7 +514,13 @@ def _announce_current(
     note = notifications.assembled(
         doc, settings.output_bucket, page_count=page_count, failed_reasons=reasons
     )
-    announce.announce(note, digest, store, settings, publisher)
+    markdown_name = naming.document_markdown_name(doc)
+
+    def is_current() -> bool:
+        info = store.stat(settings.output_bucket, markdown_name)
+        return info is not None and info.metadata.get(DIGEST_KEY) == digest
+
+    return announce.announce(note, digest, store, settings, publisher, is_current=is_current)
 
 
 @dataclass(frozen=True)

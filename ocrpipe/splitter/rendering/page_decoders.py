@@ -4,12 +4,17 @@ These classes run inside a render process (see :mod:`ocrpipe.splitter.rendering.
 in the splitter's own process: pypdfium2 is not thread-safe, and a hostile file must not be able
 to take the splitter down with it.
 
-Every page comes out with its longer side at ``longest_side`` pixels (1540 for
-LightOnOCR-2-1B), clamped so that an absurd page size never becomes an absurd image:
+Pages come out as LightOn's own client renders them for LightOnOCR: a PDF page at
+``dpi`` (200), an image as it is, each scaled down so that its longer side is at most
+``longest_side`` pixels (1540), never enlarged (an A6 receipt is 828 x 1167 px, not
+1093 x 1540; an 800 x 600 screenshot stays 800 x 600). What the model sees, and what it
+costs (a Pixtral encoder's tokens are ceil(w/28) x ceil(h/28)), is then what the model was
+trained and evaluated on. Absurd page sizes are clamped so that they never become absurd
+images:
 
-* PDF pages are in points and are scaled up or down as needed (:func:`page_scale`);
-* images are scaled down to ``longest_side``, but up by at most :data:`MAX_IMAGE_UPSCALE`
-  (a 40 x 30 px icon becomes 160 x 120, not 1540 x 1155 of blur) (:func:`image_scale`);
+* a page so thin that its short side would fall under :data:`MIN_SHORT_SIDE` px is
+  rendered at the scale that gives that minimum, its long side capped at
+  ``4 * longest_side`` (:func:`page_scale`, :func:`image_scale`);
 * a sliver (longer than :data:`MAX_ASPECT` times its width) is padded with white margin.
 
 Encoding: PDF renders and lossless images (PNG, TIFF without JPEG compression, lossless
@@ -32,7 +37,7 @@ from ocrpipe.errors import BadInput
 from ocrpipe.splitter.rendering.inputs import HEAD_BYTES, InputKind, webp_is_lossy
 
 MIN_SHORT_SIDE = 16
-MAX_IMAGE_UPSCALE = 4.0
+POINTS_PER_INCH = 72.0
 MAX_ASPECT = 8  # longer side : shorter side, after padding
 PNG_COMPRESS_LEVEL = 1  # 1.5-4x faster than Pillow's default for ~10% larger files
 JPEG_QUALITY = 90
@@ -57,28 +62,30 @@ class RenderedPage:
         return "png" if self.mime == "image/png" else "jpg"
 
 
-def page_scale(width_pt: float, height_pt: float, longest_side: int) -> float:
-    """Scale factor (pixels per PDF unit) so that the longer side is ``longest_side`` px.
+def page_scale(width_pt: float, height_pt: float, longest_side: int, dpi: float) -> float:
+    """Scale factor (pixels per PDF unit): ``dpi``, or less so that the longer side is at
+    most ``longest_side`` px (LightOn's client: 200 dpi, at most 1540 px).
 
     A page so thin that its short side would fall under :data:`MIN_SHORT_SIDE` px is
     rendered at the scale that gives that minimum, with the long side capped at
     ``4 * longest_side`` pixels so that a sliver of a page cannot explode in memory.
     """
-    if width_pt <= 0 or height_pt <= 0:
-        raise BadInput(
-            f"page has no area ({width_pt:g} x {height_pt:g} pt)", reason="page_size_invalid"
-        )
-    long_pt, short_pt = max(width_pt, height_pt), min(width_pt, height_pt)
-    scale = longest_side / long_pt
-    if short_pt * scale < MIN_SHORT_SIDE:
-        scale = min(MIN_SHORT_SIDE / short_pt, 4 * longest_side / long_pt)
-    return scale
+    return _scale(width_pt, height_pt, longest_side, dpi / POINTS_PER_INCH)
 
 
 def image_scale(width_px: int, height_px: int, longest_side: int) -> float:
-    """Like :func:`page_scale` for an image in pixels, enlarging by at most
-    :data:`MAX_IMAGE_UPSCALE`."""
-    return min(page_scale(width_px, height_px, longest_side), MAX_IMAGE_UPSCALE)
+    """Like :func:`page_scale` for an image in pixels: as it is, or scaled down."""
+    return _scale(width_px, height_px, longest_side, 1.0)
+
+
+def _scale(width: float, height: float, longest_side: int, natural: float) -> float:
+    if width <= 0 or height <= 0:
+        raise BadInput(f"page has no area ({width:g} x {height:g})", reason="page_size_invalid")
+    long_side, short_side = max(width, height), min(width, height)
+    scale = min(natural, longest_side / long_side)
+    if short_side * scale < MIN_SHORT_SIDE:
+        scale = min(MIN_SHORT_SIDE / short_side, 4 * longest_side / long_side)
+    return scale
 
 
 def _orientations() -> dict[int, Any]:
@@ -99,7 +106,7 @@ def _orientations() -> dict[int, Any]:
 class PageSource(Protocol):
     def page_count(self) -> int: ...
 
-    def render(self, page: int, longest_side: int) -> RenderedPage: ...
+    def render(self, page: int, longest_side: int, dpi: float) -> RenderedPage: ...
 
 
 def open_source(kind: InputKind, path: Path, *, max_image_pixels: int) -> PageSource:
@@ -125,11 +132,11 @@ class PdfSource:
     def page_count(self) -> int:
         return len(self._pdf)
 
-    def render(self, page: int, longest_side: int) -> RenderedPage:
+    def render(self, page: int, longest_side: int, dpi: float) -> RenderedPage:
         pdf_page = self._pdf[page - 1]
         try:
             width, height = pdf_page.get_size()
-            bitmap = pdf_page.render(scale=page_scale(width, height, longest_side))
+            bitmap = pdf_page.render(scale=page_scale(width, height, longest_side, dpi))
             image = _grey_if_neutral(bitmap.to_pil())
             return encode(page, image, lossy=_is_scanned(pdf_page))
         finally:
@@ -221,7 +228,8 @@ class ImageSource:
         self._seek(0)
         return count
 
-    def render(self, page: int, longest_side: int) -> RenderedPage:
+    def render(self, page: int, longest_side: int, dpi: float) -> RenderedPage:
+        """``dpi`` is for PDF pages: an image has its own pixels."""
         from PIL import Image
 
         self._seek(page - 1)

@@ -32,6 +32,7 @@ def serve(
     path: str,
     kind: str,
     longest_side: int,
+    dpi: float,
     memory_bytes: int,
     max_image_pixels: int,
 ) -> None:
@@ -53,7 +54,7 @@ def serve(
             if task[0] == "count":
                 conn.send(("count", source.page_count()))
             else:
-                conn.send(("page", seq, source.render(int(task[2]), longest_side)))
+                conn.send(("page", seq, source.render(int(task[2]), longest_side, dpi)))
         except BadInput as exc:
             conn.send(("fail", seq, exc.reason, exc.message))
         except MemoryError:

@@ -132,10 +132,13 @@ class Renderer:
         *,
         processes: int,
         longest_side: int,
+        dpi: float | None = None,
         limits: RenderLimits | None = None,
     ) -> None:
-        """``limits``: :meth:`RenderLimits.from_settings` of the default settings if None."""
-        self._args = (str(path), kind.value, longest_side)
+        """Pages come out with their longest side at most ``longest_side`` px, PDF pages at
+        ``dpi`` below that. ``dpi`` and ``limits``: the default settings' if None."""
+        dpi = Settings().render_dpi if dpi is None else dpi
+        self._args = (str(path), kind.value, longest_side, dpi)
         self._kind = kind
         self._limits = limits or RenderLimits.from_settings(Settings())
         self._context = multiprocessing.get_context("forkserver")
