@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,6 +218,23 @@ def figure_report(page: PageFigures) -> dict[str, Any]:
         ],
         "figures_not_cropped_count": page.not_cropped_count,
     }
+
+
+def index_generation(data: bytes) -> int | None:
+    """The generation of the ``document.md`` a ``document.json`` describes."""
+    try:
+        return int(json.loads(data)["document"]["generation"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def shift_index_spans(data: bytes, shift: Callable[[int], int]) -> bytes:
+    """``document.json`` with each page's byte range moved by ``shift`` (for a copy of
+    ``document.md`` whose figure links were moved: :mod:`ocrpipe.figure_links`)."""
+    record = json.loads(data)
+    for page in record["pages"]:
+        page["start"], page["end"] = shift(page["start"]), shift(page["end"])
+    return _dump(record)
 
 
 def _number(value: float) -> float | int:
