@@ -20,6 +20,7 @@ from ocr_worker.app import create_app
 from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
+from ocrpipe.operations.bill import parse_pages
 from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.worker.figure_refs import MAX_FIGURES
@@ -154,6 +155,8 @@ def test_figures_are_cropped_written_beside_the_page_and_linked_in_place() -> No
     provenance = index["pages"][0]["provenance"]
     assert provenance["figures"] == 2 and provenance["figures_not_cropped"] == []
     assert provenance["model"] == BBOX_MODEL
+    (billed,) = parse_pages(store.read("out", naming.document_index_name(doc)))
+    assert billed.usage is not None and billed.usage.attempts == 1  # ocrpipe report reads it
     span = index["pages"][0]
     assert document.encode()[span["start"] : span["end"]].decode().startswith("# Quarterly")
 
