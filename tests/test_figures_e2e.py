@@ -5,20 +5,15 @@ and open the folder: every figure of the Markdown is a file in it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 from PIL import Image
 
-from ocrpipe.local.stack import free_ports
-from tests.test_cli_up import OCRPIPE, ctrl_c_as_in_a_terminal
+from tests.test_cli_up import ocrpipe_up
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "figures.pdf"
 BBOX_MODEL = "lightonai/LightOnOCR-2-1B-bbox"
@@ -26,39 +21,16 @@ BBOX_MODEL = "lightonai/LightOnOCR-2-1B-bbox"
 
 @pytest.mark.e2e
 def test_up_with_a_bbox_model_turns_the_samples_figures_into_files(tmp_path: Path) -> None:
-    ports = free_ports()
     shutil.copy(EXAMPLE, tmp_path / "figures.pdf")
-    args = [f"--{name}-port={port}" for name, port in vars(ports).items()]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCRPIPE_")}
-    up = subprocess.Popen([OCRPIPE, "up", "--ocr-model", BBOX_MODEL, *args], cwd=tmp_path,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
-
-    def ocrpipe(*command: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([OCRPIPE, *command], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done
-
-    try:
-        env_file = tmp_path / ".ocrpipe" / "local.env"
-        deadline = time.monotonic() + 180
-        while not env_file.exists():
-            assert up.poll() is None, up.stdout.read() if up.stdout else ""
-            assert time.monotonic() < deadline, "ocrpipe up did not come up"
-            time.sleep(0.3)
-        ocrpipe("submit", "--local", "figures.pdf", "--wait", "--timeout", "240")
-        ocrpipe("get", "--local", "figures.pdf", "-o", "out", "--pages", "--json")
-        ocrpipe("get", "--local", "figures.pdf", "-o", "plain", "--no-figures")
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            output, _ = up.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.terminate()
-            up.communicate(timeout=60)
-            raise
-    assert f"OCR model: {BBOX_MODEL} (figure boxes" in output
+    with ocrpipe_up(tmp_path, "--ocr-model", BBOX_MODEL) as up:
+        for command in (
+            ["submit", "--local", "figures.pdf", "--wait", "--timeout", "240"],
+            ["get", "--local", "figures.pdf", "-o", "out", "--pages", "--json"],
+            ["get", "--local", "figures.pdf", "-o", "plain", "--no-figures"],
+        ):
+            done = up.run(*command)
+            assert done.returncode == 0, done.stdout + done.stderr
+    assert f"OCR model: {BBOX_MODEL} (figure boxes" in up.output
 
     out = tmp_path / "out"
     document = (out / "figures.md").read_text(encoding="utf-8")

@@ -126,20 +126,29 @@ def write_sample(path: Path) -> None:
         ),
     ]
     for title, lines in pages:
-        y = height - 90
-        pdf.setFont("Helvetica-Bold", 22)
-        pdf.drawString(72, y, title)
+        _title(pdf, height - 90, title)
         pdf.setFont("Helvetica", 13)
-        y -= 44
-        for line in lines:
-            if line:
-                pdf.drawString(72, y, line)
-            y -= 24
+        _text(pdf, height - 134, lines, leading=24)
         pdf.showPage()
     pdf.save()
 
 
-FIGURES_SAMPLE_PAGES = [
+def _title(pdf: Canvas, y: float, title: str) -> None:
+    pdf.setFont("Helvetica-Bold", 22)
+    pdf.drawString(72, y, title)
+
+
+def _text(pdf: Canvas, y: float, lines: list[str], *, leading: float) -> float:
+    """``lines`` from ``y`` down, in the current font; an empty line is a gap. Returns the
+    y of the next line."""
+    for line in lines:
+        if line:
+            pdf.drawString(72, y, line)
+        y -= leading
+    return y
+
+
+FIGURES_SAMPLE_PAGES: list[tuple[str, list[str], str, str, list[str]]] = [
     (
         "Annual Report 2026",
         [
@@ -178,15 +187,9 @@ def write_figures_sample(path: Path) -> None:
     pdf = canvas.Canvas(str(path), pagesize=A4, invariant=1)
     width, height = A4
     for title, before, figure, caption, after in FIGURES_SAMPLE_PAGES:
-        y = height - 90
-        pdf.setFont("Helvetica-Bold", 22)
-        pdf.drawString(72, y, title)
+        _title(pdf, height - 90, title)
         pdf.setFont("Helvetica", 12)
-        y -= 40
-        for line in before:
-            pdf.drawString(72, y, line)
-            y -= 20
-        top = y - 10
+        top = _text(pdf, height - 130, before, leading=20) - 10
         box_height = 260.0
         if figure == "chart":
             _bar_chart(pdf, 110, top - box_height, 380, box_height)
@@ -196,10 +199,7 @@ def write_figures_sample(path: Path) -> None:
         pdf.setFont("Helvetica-Oblique", 11)
         pdf.drawString(110, y, caption)
         pdf.setFont("Helvetica", 12)
-        y -= 40
-        for line in after:
-            pdf.drawString(72, y, line)
-            y -= 20
+        _text(pdf, y - 40, after, leading=20)
         pdf.showPage()
     pdf.save()
 
