@@ -25,18 +25,12 @@ from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.worker.figure_refs import MAX_FIGURES
 from tests.fakes import RecordingStore, ScriptedOcrServer, completion
+from tests.test_worker_contract import SETTINGS as PLAIN
 from tests.test_worker_contract import envelope
 
 BBOX_MODEL = "lightonai/LightOnOCR-2-1B-bbox"
-SETTINGS = Settings(
-    verify_push_auth=False,
-    storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
-    input_bucket="in",
-    work_bucket="work",
-    output_bucket="out",
-    ocr_budget_s=5,
-    ocr_model=BBOX_MODEL,
-)
+# The contract tests' settings, serving the bbox model (its entry gives ocr_figure_boxes).
+SETTINGS = Settings(**{**PLAIN.model_dump(exclude={"ocr_figure_boxes"}), "ocr_model": BBOX_MODEL})
 WIDTH, HEIGHT = 1000, 1400
 RED = (220, 30, 30)
 BLUE = (30, 30, 220)
@@ -301,9 +295,8 @@ def test_a_later_delivery_keeps_the_first_figure_and_the_record_describes_the_fi
 
 
 def test_without_a_bbox_model_the_reply_is_written_byte_for_byte() -> None:
-    plain = Settings(**{**SETTINGS.model_dump(exclude={"ocr_figure_boxes"}),
-                        "ocr_model": "lightonai/LightOnOCR-2-1B"})  # fmt: skip
-    assert not plain.ocr_figure_boxes
+    plain = PLAIN
+    assert not plain.ocr_figure_boxes and plain.ocr_model == "lightonai/LightOnOCR-2-1B"
     store = RecordingStore()
     doc, message = prepare(store, page_image())
     deliver(store, message, REPLY, plain)
