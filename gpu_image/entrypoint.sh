@@ -5,15 +5,15 @@
 # no prefix caching (every page is a different image; caching only costs memory).
 #
 # The model (and its context length) is fixed at build time: check-model.sh wrote
-# MODEL_ID, MODEL_REVISION and MODEL_MAX_LEN to MODEL_ENV_FILE. It is served under its own
-# id, the name the worker sends (terraform: var.gpu_model -> OCRPIPE_OCR_MODEL). With
+# MODEL_ID, MODEL_REVISION and MODEL_MAX_LEN, from the model's entry in ocrpipe/models.json,
+# to MODEL_ENV_FILE. It is served under its own id, the name the worker sends (terraform:
+# local.gpu_model -> OCRPIPE_OCR_MODEL). With
 # EXPECTED_MODEL set (terraform sets it), a service deployed with an image of another model
 # refuses to start instead of answering every page with 404 "model not found".
 #
 # Sizing for one L4 (24 GB), all overridable through the environment:
-# * MAX_MODEL_LEN: the model's (8192 for LightOnOCR-2-1B: a page rendered at 1540 px on its
-#   longest side is ~2.4k image tokens, plus at most 4096 generated tokens; 16384 for
-#   LightOnOCR-3-1B).
+# * MAX_MODEL_LEN: the model's entry's (8192 for LightOnOCR-2-1B: a page rendered at 1540 px
+#   on its longest side is ~2.4k image tokens, plus at most 4096 generated tokens).
 # * MAX_NUM_SEQS=32: the decoder's KV cache is ~112 KiB per token, so ~16 GB of KV cache
 #   holds 32 pages at ~4.5k tokens each; the published L4 figure (~0.6 pages/s) was measured
 #   with 32 requests in flight. Cloud Run's concurrency for this service matches it.

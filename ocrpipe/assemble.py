@@ -12,7 +12,9 @@ invisible when the Markdown is rendered::
 
 The markers are for people. A page's text is kept byte for byte as the model wrote it, so
 it may contain ``<!-- page 7 -->`` itself: programs use the byte ranges of
-``document.json`` (:class:`PageSpan`), never the markers.
+``document.json`` (:class:`PageSpan`), never the markers. (With a bbox model, the page's
+Markdown links its figures instead of the model's references, and the worker moves those
+links to the pages' folder before it assembles: :mod:`ocrpipe.figure_links`.)
 
 A page that failed for good keeps its place with a visible note, so the document stays
 aligned with the PDF.

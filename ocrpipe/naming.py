@@ -9,6 +9,9 @@ Output bucket, per document (``<key>`` is the input name made safe, see :func:`n
     <key>/@<generation>/manifest.json        the page plan, written once by the splitter
     <key>/@<generation>/pages/00001.md       one per page, written once by the worker
     <key>/@<generation>/pages/00001.error.json   a page that failed for good
+    <key>/@<generation>/pages/00001.figure-1.png a figure cropped from page 1 (a bbox
+                                             model's; .jpg for a JPEG page), written once
+                                             by the worker before the page's Markdown
     <key>/@<generation>/document.md          all pages in order, by the worker; rebuilt
                                              when a page result lands that it lacks
     <key>/@<generation>/document.json        where each page's text is in document.md
@@ -48,6 +51,7 @@ _PUBLISHED = re.compile(r"^published-(\d+)-(\d+)$")
 _LEASE = re.compile(r"^lease-(\d+)$")
 _PAGE_MD = re.compile(r"^(\d+)\.md$")
 _PAGE_ERR = re.compile(r"^(\d+)\.error\.json$")
+_FIGURE = re.compile(r"^(\d+)\.figure-(\d+)\.(png|jpg)$")
 _ESCAPES = re.compile(r"(?:%[0-9A-F]{2})+")
 
 
@@ -196,8 +200,11 @@ def document_error_name(doc: DocumentRef) -> str:
     return output_prefix(doc) + "error.json"
 
 
+PAGES_FOLDER = "pages/"  # where the pages are, relative to document.md
+
+
 def pages_prefix(doc: DocumentRef) -> str:
-    return output_prefix(doc) + "pages/"
+    return output_prefix(doc) + PAGES_FOLDER
 
 
 def page_group_prefix(doc: DocumentRef, group: int) -> str:
@@ -212,6 +219,43 @@ def page_markdown_name(doc: DocumentRef, page: int) -> str:
 
 def page_error_name(doc: DocumentRef, page: int) -> str:
     return f"{pages_prefix(doc)}{page:0{PAGE_DIGITS}d}.error.json"
+
+
+def figure_basename(page: int, number: int, extension: str) -> str:
+    """``00001.figure-2.png``: figure 2 of page 1, beside the page's Markdown. It is also the
+    link to the figure from the page's Markdown; :func:`figure_link_from_document` is the
+    link from ``document.md``."""
+    return f"{page:0{PAGE_DIGITS}d}.figure-{number}.{extension}"
+
+
+def page_figure_name(doc: DocumentRef, page: int, number: int, extension: str) -> str:
+    return pages_prefix(doc) + figure_basename(page, number, extension)
+
+
+def figure_link_from_document(basename: str) -> str:
+    """The link to a figure from ``document.md``, which is one folder above the pages."""
+    return PAGES_FOLDER + basename
+
+
+@dataclass(frozen=True)
+class FigureObject:
+    page: int
+    number: int
+    name: str  # the object's full name
+    basename: str  # its name inside pages/: the link from the page's Markdown
+
+
+def parse_figure_names(names: Iterable[str], prefix: str) -> dict[tuple[int, int], FigureObject]:
+    """(page, figure number) -> the figure object, from object names under ``pages/``."""
+    figures: dict[tuple[int, int], FigureObject] = {}
+    for full in names:
+        if not full.startswith(prefix):
+            continue
+        base = full[len(prefix) :]
+        if match := _FIGURE.match(base):
+            page, number = int(match.group(1)), int(match.group(2))
+            figures[(page, number)] = FigureObject(page, number, full, base)
+    return figures
 
 
 def work_prefix(doc_id: str) -> str:

@@ -9,20 +9,27 @@
   its text in ``document.md``, its ``provenance`` (the OCR client's usage: model,
   temperature, finish_reason, attempts, prompt_tokens, completion_tokens, ocr_seconds;
   null when unknown, e.g. a page that failed to render), plus the generation and page
-  digest of the ``document.md`` it describes (compare them before slicing);
+  digest of the ``document.md`` it describes (compare them before slicing); with a bbox
+  model, its ``figures`` (page, figure number, object name, box in pixels of the page image
+  and normalised) and, in each page's provenance, how many figures it has and which
+  references were left as text (:func:`figure_report`);
 * ``<key>/@latest.json``: the newest finished generation of one input name, at a name that
   never changes (:func:`latest_record`).
 
 A page's usage is kept as custom metadata of its Markdown or error record
 (:data:`USAGE_KEY`), written in the same request as the object, and read back from the
-listing when the document is assembled.
+listing when the document is assembled. So are, with a bbox model, the figures a page links
+(:data:`PAGE_FIGURES_KEY`, on its Markdown) and where each figure was cut from
+(:data:`FIGURE_KEY`, on the figure). GCS allows 8 KiB of custom metadata per object: a page
+records at most 50 figures (:data:`ocrpipe.worker.figure_refs.MAX_FIGURES`) and lists at
+most :data:`MAX_NOT_CROPPED_LISTED` references left as text, with their count.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +38,10 @@ from ocrpipe.naming import DocumentRef
 
 RECORD_VERSION = 1
 USAGE_KEY = "ocrpipe-usage"  # custom metadata of a page result: the OCR usage, as JSON
+PAGE_FIGURES_KEY = "ocrpipe-figures"  # of a page's Markdown: its figures, what was left
+FIGURE_KEY = "ocrpipe-figure"  # of a figure: its box and the page image's size
+MAX_NOT_CROPPED_LISTED = 20
+_TARGET_CHARS = 100
 
 Usage = dict[str, str | int | float]  # OcrUsage.as_dict()
 
@@ -74,9 +85,12 @@ def document_index_record(
     generation: int,
     digest: str,
     spans: tuple[PageSpan, ...],
-    provenance: Mapping[int, Usage | None] | None = None,
+    provenance: Mapping[int, Mapping[str, Any] | None] | None = None,
+    figures: Sequence[FigureEntry] | None = None,
 ) -> bytes:
-    """``document.json``; ``provenance`` maps page -> its OCR usage (None: unknown)."""
+    """``document.json``; ``provenance`` maps page -> its OCR usage (None: unknown), with
+    its :func:`figure_report` for a bbox model's page; ``figures`` (None: not a bbox model)
+    lists every figure the pages link."""
     provenance = provenance or {}
     pages: list[dict[str, Any]] = []
     for span in spans:
@@ -90,16 +104,141 @@ def document_index_record(
         if span.reason is not None:
             entry["reason"] = span.reason
         pages.append(entry)
-    return _dump(
-        {
-            "schema_version": RECORD_VERSION,
-            "doc_id": doc.doc_id,
-            "source": _source(doc),
-            "document": {"name": markdown_name, "generation": generation, "pages_digest": digest},
-            "page_count": len(spans),
-            "pages": pages,
+    record: dict[str, Any] = {
+        "schema_version": RECORD_VERSION,
+        "doc_id": doc.doc_id,
+        "source": _source(doc),
+        "document": {"name": markdown_name, "generation": generation, "pages_digest": digest},
+        "page_count": len(spans),
+        "pages": pages,
+    }
+    if figures is not None:
+        record["figures"] = [figure.as_dict() for figure in figures]
+    return _dump(record)
+
+
+# --- figures (a bbox model's) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FigureBox:
+    """Where a figure was cut from, as its own metadata records it."""
+
+    box: tuple[int, int, int, int]  # pixels of the page image: left, top, right, bottom
+    box_normalized: tuple[float, float, float, float]  # as the model wrote it (0-1000)
+    image_size: tuple[int, int]  # the page image's width and height
+
+
+@dataclass(frozen=True)
+class FigureEntry:
+    """One figure in ``document.json``; ``where`` is None if its record cannot be read."""
+
+    page: int
+    figure: int
+    name: str  # the object's name in the output bucket
+    where: FigureBox | None
+
+    def as_dict(self) -> dict[str, Any]:
+        where = self.where
+        return {
+            "page": self.page,
+            "figure": self.figure,
+            "name": self.name,
+            "box": list(where.box) if where else None,
+            "box_normalized": list(where.box_normalized) if where else None,
+            "image_size": list(where.image_size) if where else None,
         }
-    )
+
+
+def figure_metadata(where: FigureBox) -> dict[str, str]:
+    """The custom metadata of a figure object."""
+    value = {
+        "box": list(where.box),
+        "box_normalized": [_number(v) for v in where.box_normalized],
+        "image_size": list(where.image_size),
+    }
+    return {FIGURE_KEY: json.dumps(value, separators=(",", ":"))}
+
+
+def parse_figure_metadata(metadata: Mapping[str, str]) -> FigureBox | None:
+    try:
+        raw = json.loads(metadata[FIGURE_KEY])
+        box = tuple(int(v) for v in raw["box"])
+        normalized = tuple(float(v) for v in raw["box_normalized"])
+        size = tuple(int(v) for v in raw["image_size"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    if len(box) != 4 or len(normalized) != 4 or len(size) != 2:
+        return None
+    return FigureBox(box, normalized, size)
+
+
+@dataclass(frozen=True)
+class PageFigures:
+    """What a bbox model's page records of its figures."""
+
+    figures: tuple[int, ...]  # the figure numbers its Markdown links
+    not_cropped: tuple[tuple[int, str, str], ...]  # (reference number, target, reason)
+    not_cropped_count: int  # all of them; only the first few are listed
+
+
+def page_figures_metadata(
+    figures: Sequence[int], not_cropped: Sequence[tuple[int, str, str]]
+) -> dict[str, str]:
+    """The custom metadata of a bbox model's page Markdown (also when it has no figure)."""
+    listed = [
+        [ordinal, target[:_TARGET_CHARS], reason]
+        for ordinal, target, reason in not_cropped[:MAX_NOT_CROPPED_LISTED]
+    ]
+    value = {"figures": list(figures), "not_cropped": listed, "not_cropped_count": len(not_cropped)}
+    return {PAGE_FIGURES_KEY: json.dumps(value, ensure_ascii=False, separators=(",", ":"))}
+
+
+def parse_page_figures(metadata: Mapping[str, str]) -> PageFigures | None:
+    raw_value = metadata.get(PAGE_FIGURES_KEY)
+    if raw_value is None:
+        return None
+    try:
+        raw = json.loads(raw_value)
+        figures = tuple(int(n) for n in raw["figures"])
+        listed = tuple((int(o), str(t), str(r)) for o, t, r in raw["not_cropped"])
+        count = int(raw["not_cropped_count"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    return PageFigures(figures, listed, count)
+
+
+def figure_report(page: PageFigures) -> dict[str, Any]:
+    """What a page's provenance says of its figures in ``document.json``."""
+    return {
+        "figures": len(page.figures),
+        "figures_not_cropped": [
+            {"reference": ordinal, "target": target, "reason": reason}
+            for ordinal, target, reason in page.not_cropped
+        ],
+        "figures_not_cropped_count": page.not_cropped_count,
+    }
+
+
+def index_generation(data: bytes) -> int | None:
+    """The generation of the ``document.md`` a ``document.json`` describes."""
+    try:
+        return int(json.loads(data)["document"]["generation"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def shift_index_spans(data: bytes, shift: Callable[[int], int]) -> bytes:
+    """``document.json`` with each page's byte range moved by ``shift`` (for a copy of
+    ``document.md`` whose figure links were moved: :mod:`ocrpipe.figure_links`)."""
+    record = json.loads(data)
+    for page in record["pages"]:
+        page["start"], page["end"] = shift(page["start"]), shift(page["end"])
+    return _dump(record)
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,11 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ocrpipe.models import SETTINGS_FROM_MODEL, ModelSpec, load_models
 from ocrpipe.topology import load_topology
 
 _TOPOLOGY = load_topology()
+_MODELS = load_models()
 
 DEFAULT_PUSH_KEYS_STALE_S = 6 * 3600.0
 MAX_TEMPERATURE = 2.0  # the highest sampling temperature vLLM's OpenAI API accepts
@@ -44,7 +46,17 @@ class Settings(BaseSettings):
 
     # OCR server (vLLM's OpenAI-compatible API, or the local engine).
     ocr_url: str = Field("http://127.0.0.1:8000", description="Base URL, without /v1.")
-    ocr_model: str = "lightonai/LightOnOCR-2-1B"
+    ocr_model: str = Field(
+        _MODELS.default,
+        description="The model's served name. Its entry in ocrpipe/models.json gives the"
+        " defaults of ocr_max_model_len, ocr_figure_boxes and render_longest_side.",
+    )
+    ocr_figure_boxes: bool = Field(
+        False,
+        description="The model writes a box after each figure reference (LightOnOCR's bbox"
+        " variants): the worker crops each figure into a file beside the page. Default: the"
+        " model's entry in ocrpipe/models.json; false for a model not there.",
+    )
     ocr_max_tokens: int = Field(
         4096,
         gt=0,
@@ -52,11 +64,11 @@ class Settings(BaseSettings):
         " is asked again with what the model's context leaves (ocr_max_model_len).",
     )
     ocr_max_model_len: int = Field(
-        8192,
+        _MODELS.default_model.max_model_len,
         gt=0,
         description="The model's context in tokens, vLLM's max_model_len: the page image's"
-        " tokens plus the reply. 8192 for LightOnOCR-2-1B as gpu_image serves it (its"
-        " MAX_MODEL_LEN); set it to what the GPU service serves.",
+        " tokens plus the reply. Default: the model's entry in ocrpipe/models.json, which"
+        " gpu_image serves it with (its MAX_MODEL_LEN); set it to what the GPU service serves.",
     )
     ocr_temperatures: tuple[float, ...] = Field(
         (0.2, 0.3, 0.5, 0.8),
@@ -89,11 +101,12 @@ class Settings(BaseSettings):
 
     # Rendering.
     render_longest_side: int = Field(
-        1540,
+        _MODELS.default_model.render_longest_side,
         ge=64,
         le=10000,
-        description="The longest side of a page image at most, in pixels (LightOnOCR: 1540)."
-        " Pages larger than that are scaled down to it, smaller ones are never enlarged.",
+        description="The longest side of a page image at most, in pixels (default: the"
+        " model's entry in ocrpipe/models.json). Pages larger than that are scaled down to it,"
+        " smaller ones are never enlarged.",
     )
     render_dpi: float = Field(
         200.0,
@@ -202,6 +215,18 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown setting in the environment: {', '.join(hints)}")
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_model(cls, data: Any) -> Any:
+        """Settings that depend on the model default to its entry in models.json."""
+        if not isinstance(data, dict):
+            return data
+        spec = _MODELS.get(str(data.get("ocr_model", _MODELS.default)))
+        if spec is None:
+            return data
+        defaults = {key: getattr(spec, field) for key, field in SETTINGS_FROM_MODEL.items()}
+        return {**defaults, **data}
+
     @model_validator(mode="after")
     def _what_vllm_accepts(self) -> Settings:
         """Values vLLM answers with 400 on every request would fail every page: refused."""
@@ -243,6 +268,11 @@ class Settings(BaseSettings):
             return self.max_page_image_bytes
         pixels = 2 * self.render_longest_side**2
         return int(pixels * 3 * 1.1) + 64 * 1024
+
+    @property
+    def model(self) -> ModelSpec | None:
+        """``ocr_model``'s entry in ocrpipe/models.json (None for a model not there)."""
+        return _MODELS.get(self.ocr_model)
 
     @property
     def delivery_max_in_flight(self) -> int:

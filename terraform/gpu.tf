@@ -1,5 +1,5 @@
-# vLLM serving var.gpu_model (LightOnOCR-2-1B by default) on one NVIDIA L4 per instance
-# (gpu_image/Dockerfile).
+# vLLM serving local.gpu_model (var.gpu_model, an entry of ocrpipe/models.json; by default
+# the table's default) on one NVIDIA L4 per instance (gpu_image/Dockerfile).
 #
 # * Scales to zero: an idle pipeline costs nothing here; the first page after a pause waits
 #   for a cold start (instance ~5 s + image + model load, 30-90 s observed), which the
@@ -50,7 +50,7 @@ resource "google_cloud_run_v2_service" "gpu" {
       # deployed with an image of another model fail at start, not on every page.
       env {
         name  = "EXPECTED_MODEL"
-        value = var.gpu_model
+        value = local.gpu_model
       }
 
       env {
@@ -103,6 +103,10 @@ resource "google_cloud_run_v2_service" "gpu" {
     precondition {
       condition     = var.gpu_concurrency >= var.gpu_max_num_seqs
       error_message = "gpu_concurrency must be at least gpu_max_num_seqs, or the vLLM batch never fills."
+    }
+    precondition {
+      condition     = contains(keys(local.models.models), local.gpu_model)
+      error_message = "gpu_model must have an entry in ocrpipe/models.json (${join(", ", keys(local.models.models))}): the GPU image is built from it and the worker reads it."
     }
   }
 

@@ -9,6 +9,11 @@ locals {
   # dead-letter policy: the same file ocrpipe.topology and the local stack read.
   topology = jsondecode(file("${path.module}/../ocrpipe/topology.json"))
 
+  # The models ocrpipe knows, one entry each: the same table the worker and the GPU image's
+  # build read. gpu_model must be one of them (gpu.tf); null is the table's default.
+  models    = jsondecode(file("${path.module}/../ocrpipe/models.json"))
+  gpu_model = coalesce(var.gpu_model, local.models.default)
+
   buckets = {
     input  = coalesce(var.bucket_names.input, "${var.project_id}-ocrpipe-input")
     work   = coalesce(var.bucket_names.work, "${var.project_id}-ocrpipe-work")
@@ -37,6 +42,9 @@ locals {
     OCRPIPE_DEAD_LETTER_SUBSCRIPTION = local.topology.dead_letter_subscription
     OCRPIPE_DOCUMENTS_TOPIC          = local.topology.documents_topic
     OCRPIPE_LOG_LEVEL                = var.log_level
+    # Every service resolves the same entry of the model table: the splitter its page
+    # size, the worker whether figures come with boxes.
+    OCRPIPE_OCR_MODEL = local.gpu_model
   }
 
   splitter_env = merge(local.common_env, {
@@ -45,7 +53,6 @@ locals {
 
   worker_env = merge(local.common_env, {
     OCRPIPE_OCR_URL              = google_cloud_run_v2_service.gpu.uri
-    OCRPIPE_OCR_MODEL            = var.gpu_model
     OCRPIPE_OCR_AUTH             = "id-token"
     OCRPIPE_OCR_MAX_IN_FLIGHT    = tostring(var.worker_concurrency)
     OCRPIPE_VERIFY_PUSH_AUTH     = "true"

@@ -251,13 +251,8 @@ variable "alert_gpu_at_max" {
 
 variable "gpu_model" {
   type        = string
-  default     = "lightonai/LightOnOCR-2-1B"
-  description = "The model baked into gpu_image (its MODEL_ID build argument). The worker asks for it by this name (OCRPIPE_OCR_MODEL) and the GPU service refuses to start if its image holds another model."
-
-  validation {
-    condition     = contains(["lightonai/LightOnOCR-2-1B", "lightonai/LightOnOCR-3-1B"], var.gpu_model)
-    error_message = "gpu_model must be a model gpu_image/check-model.sh knows: lightonai/LightOnOCR-2-1B or lightonai/LightOnOCR-3-1B."
-  }
+  default     = null
+  description = "The model baked into gpu_image (its MODEL_ID build argument): an entry of ocrpipe/models.json, whose default it is when null. Every service is told it (OCRPIPE_OCR_MODEL): the worker asks for it by this name and crops figures if its entry says it writes boxes, and the GPU service refuses to start if its image holds another model."
 }
 
 variable "gpu_compile_mode" {

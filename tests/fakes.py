@@ -80,7 +80,7 @@ class ScriptedOcrServer:
     def client(self, clock: FakeClock | None = None, **params: object) -> OcrClient:
         http = httpx.AsyncClient(transport=httpx.MockTransport(self), base_url="http://ocr")
         ocr_params = OcrParams.from_settings(
-            Settings(), model="lightonai/LightOnOCR-2-1B", **params
+            Settings(), **{"model": "lightonai/LightOnOCR-2-1B", **params}
         )
         if clock is None:
             return OcrClient(http, ocr_params)

@@ -10,11 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ocrpipe.local.stack import LocalStack, StackError, find_pubsub_emulator, free_ports
+from ocrpipe.local.stack import LocalStack, Ports, StackError, find_pubsub_emulator, free_ports
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.pdf"
 OCRPIPE = str(Path(sys.executable).with_name("ocrpipe"))
@@ -31,57 +34,83 @@ def ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.e2e
-def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
+@dataclass
+class RunningUp:
+    """An ``ocrpipe up`` run by :func:`ocrpipe_up`; ``output`` and ``returncode`` once stopped."""
+
+    folder: Path
+    env: dict[str, str]
+    ports: Ports
+    output: str = ""
+    returncode: int | None = None
+
+    def run(self, *command: str) -> subprocess.CompletedProcess[str]:
+        """``ocrpipe COMMAND`` in a second shell, in the same folder."""
+        return subprocess.run([OCRPIPE, *command], cwd=self.folder, env=self.env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@contextmanager
+def ocrpipe_up(folder: Path, *options: str) -> Iterator[RunningUp]:
+    """``ocrpipe up OPTIONS`` on free ports in ``folder``, in the foreground as a user runs
+    it, until the block ends; then Ctrl-C (SIGTERM if that does not stop it)."""
     ports = free_ports()
-    shutil.copy(EXAMPLE, tmp_path / "sample.pdf")
     args = [f"--{name}-port={port}" for name, port in vars(ports).items()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCRPIPE_")}
-    up = subprocess.Popen([OCRPIPE, "up", *args], cwd=tmp_path, env=env,
+    up = subprocess.Popen([OCRPIPE, "up", *options, *args], cwd=folder, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
-    follow: subprocess.Popen[str] | None = None
+    running = RunningUp(folder, env, ports)
     try:
-        env_file = tmp_path / ".ocrpipe" / "local.env"
+        env_file = folder / ".ocrpipe" / "local.env"
         deadline = time.monotonic() + 180
         while not env_file.exists():
             assert up.poll() is None, up.stdout.read() if up.stdout else ""
             assert time.monotonic() < deadline, "ocrpipe up did not come up"
             time.sleep(0.3)
-        # A third shell follows the documents as the stack's project owner.
-        follow = subprocess.Popen(
-            [OCRPIPE, "follow", "--local", "--count", "1", "--timeout", "300"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert follow.stderr is not None
-        started = follow.stderr.readline()  # once its subscription exists
-        assert "following ocrpipe-documents" in started, started + follow.stderr.read()
-        submit = subprocess.run(
-            [OCRPIPE, "submit", "--local", "sample.pdf", "--wait", "--timeout", "240"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert submit.returncode == 0, submit.stdout + submit.stderr
-        assert "sample.pdf: done" in submit.stdout
-        assert "gs://ocrpipe-output/sample.pdf/@" in submit.stdout
-        followed, _ = follow.communicate(timeout=300)
-        assert follow.returncode == 0, followed
-        assert followed.startswith("done sample.pdf  ") and "/document.md" in followed
+        yield running
     finally:
-        if follow is not None and follow.poll() is None:
-            follow.kill()
-            follow.communicate()
         up.send_signal(signal.SIGINT)
         try:
-            output, _ = up.communicate(timeout=60)
+            running.output, _ = up.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             up.terminate()  # SIGTERM stops it too: leave no stack behind
             up.communicate(timeout=60)
             raise
-    assert up.returncode == 0, output
-    assert "stopping" in output
+        running.returncode = up.returncode
+
+
+@pytest.mark.e2e
+def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLE, tmp_path / "sample.pdf")
+    follow: subprocess.Popen[str] | None = None
+    with ocrpipe_up(tmp_path) as up:
+        try:
+            # A third shell follows the documents as the stack's project owner.
+            follow = subprocess.Popen(
+                [OCRPIPE, "follow", "--local", "--count", "1", "--timeout", "300"],
+                cwd=tmp_path, env=up.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            assert follow.stderr is not None
+            started = follow.stderr.readline()  # once its subscription exists
+            assert "following ocrpipe-documents" in started, started + follow.stderr.read()
+            submit = up.run("submit", "--local", "sample.pdf", "--wait", "--timeout", "240")
+            assert submit.returncode == 0, submit.stdout + submit.stderr
+            assert "sample.pdf: done" in submit.stdout
+            assert "gs://ocrpipe-output/sample.pdf/@" in submit.stdout
+            followed, _ = follow.communicate(timeout=300)
+            assert follow.returncode == 0, followed
+            assert followed.startswith("done sample.pdf  ") and "/document.md" in followed
+        finally:
+            if follow is not None and follow.poll() is None:
+                follow.kill()
+                follow.communicate()
+    assert up.returncode == 0, up.output
+    assert "stopping" in up.output
     assert not (tmp_path / ".ocrpipe" / "local.env").exists()
     assert not (tmp_path / ".ocrpipe" / "owner.env").exists()
-    assert all(port_is_free(port) for port in vars(ports).values())
+    assert all(port_is_free(port) for port in vars(up.ports).values())
 
 
 def test_a_taken_port_gets_a_clear_message() -> None:

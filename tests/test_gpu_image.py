@@ -8,6 +8,7 @@ shell scripts the image runs are run here against a stand-in ``vllm`` command.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-GPU_IMAGE = Path(__file__).resolve().parents[1] / "gpu_image"
+from ocrpipe.models import MODELS_FILE, load_models
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_IMAGE = ROOT / "gpu_image"
 DOCKERFILE = GPU_IMAGE / "Dockerfile"
 # (vLLM image tag, transformers) pairs the model's makers test: LightOn's own client pins
 # vLLM 0.30.0 with transformers 5.16.1 (5.17 breaks the 1B models on 0.30.0; vLLM 0.27.1
@@ -26,7 +30,7 @@ BASE_USER = {"2000", "vllm", "2000:0", "vllm:0"}  # the vllm/vllm-openai images'
 BASE_HOME = "/home/vllm"
 CACHE_VARS = ("HOME", "HF_HOME", "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR",
               "TORCHINDUCTOR_CACHE_DIR")  # fmt: skip
-MAX_MODEL_LEN = {"lightonai/LightOnOCR-2-1B": "8192", "lightonai/LightOnOCR-3-1B": "16384"}
+TABLE = load_models()
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -83,32 +87,66 @@ def test_everything_the_server_writes_at_run_time_is_writable_by_that_user() -> 
     assert re.search(rf"chown -R 2000:0 {BASE_HOME}(\s|$)", run)
 
 
-def test_model_revision_defaults_to_a_commit() -> None:
+def test_the_model_comes_from_the_model_table() -> None:
     args = dict(
         rest.partition("=")[::2] for word, rest in instructions() if word == "ARG" and "=" in rest
     )
-    assert re.fullmatch(r"[0-9a-f]{40}", args["MODEL_REVISION"]), args.get("MODEL_REVISION")
-    assert args["MODEL_ID"] == "lightonai/LightOnOCR-2-1B"
-    assert "check-model.sh" in runs()
+    # Empty build arguments: the table's default model, the entry's commit and context.
+    assert args["MODEL_ID"] == args["MODEL_REVISION"] == args["MAX_MODEL_LEN"] == '""'
+    assert re.fullmatch(r"[0-9a-f]{40}", TABLE.default_model.revision or "")
+    copies = [rest.split() for word, rest in instructions() if word == "COPY"]
+    assert ["ocrpipe/models.json", "/etc/ocrpipe/models.json"] in copies
+    assert "check-model.sh /etc/ocrpipe/models.json" in runs()
+    assert re.search(r"\. /etc/ocrpipe/model\.env\s+&& hf download", runs())
+    # The context is the repository root; .dockerignore lets in what the image copies.
+    ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    for source, _ in copies:
+        assert f"!{source}" in ignore or f"!{source.split('/')[0]}/" in ignore, source
+    build = (GPU_IMAGE / "cloudbuild.yaml").read_text(encoding="utf-8")
+    assert re.search(r"- --file\n\s+- gpu_image/Dockerfile\n", build)
+    assert re.search(r"- \$\{_IMAGE\}\n\s+- \.\n", build)
 
 
-def check_model(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def check_model(
+    tmp_path: Path, *args: str, models: Path = MODELS_FILE
+) -> subprocess.CompletedProcess[str]:
     out = tmp_path / "model.env"
     return subprocess.run(
-        ["sh", str(GPU_IMAGE / "check-model.sh"), *args, str(out)],
+        ["sh", str(GPU_IMAGE / "check-model.sh"), str(models), *args, str(out)],
         capture_output=True,
         text=True,
         check=False,
     )
 
 
-@pytest.mark.parametrize("model", sorted(MAX_MODEL_LEN))
-def test_the_build_derives_serve_settings_from_the_model(tmp_path: Path, model: str) -> None:
-    done = check_model(tmp_path, model, "a" * 40, "")
+@pytest.mark.parametrize("model", sorted(TABLE.models))
+def test_the_build_derives_serve_settings_from_the_models_entry(tmp_path: Path, model: str) -> None:
+    spec = TABLE.models[model]
+    done = check_model(tmp_path, model, "" if spec.revision else "a" * 40, "")
     assert done.returncode == 0, done.stderr
     written = (tmp_path / "model.env").read_text(encoding="utf-8")
     assert f"MODEL_ID={model}\n" in written
-    assert f"MODEL_MAX_LEN={MAX_MODEL_LEN[model]}\n" in written
+    assert f"MODEL_REVISION={spec.revision or 'a' * 40}\n" in written
+    assert f"MODEL_MAX_LEN={spec.max_model_len}\n" in written
+
+
+def test_no_build_arguments_give_the_tables_default(tmp_path: Path) -> None:
+    done = check_model(tmp_path, "", "", "")
+    assert done.returncode == 0, done.stderr
+    written = (tmp_path / "model.env").read_text(encoding="utf-8")
+    assert f"MODEL_ID={TABLE.default}\n" in written
+    assert f"MODEL_REVISION={TABLE.default_model.revision}\n" in written
+
+
+def test_a_new_model_is_one_entry_in_the_table(tmp_path: Path) -> None:
+    table = json.loads(MODELS_FILE.read_text(encoding="utf-8"))
+    entry = {"revision": "d" * 40, "max_model_len": 32768, "figure_boxes": True}
+    table["models"]["someone/next-ocr"] = {**entry, "render_longest_side": 1540}
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps(table), encoding="utf-8")
+    done = check_model(tmp_path, "someone/next-ocr", "", "", models=models)
+    assert done.returncode == 0, done.stderr
+    assert "MODEL_MAX_LEN=32768\n" in (tmp_path / "model.env").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -116,7 +154,9 @@ def test_the_build_derives_serve_settings_from_the_model(tmp_path: Path, model: 
     [
         ("lightonai/LightOnOCR-2-1B", "main", "", "40-hex"),
         ("lightonai/LightOnOCR-2-1B", "c97bd377", "", "40-hex"),
-        ("someone/other-ocr", "b" * 40, "", "MAX_MODEL_LEN"),
+        ("lightonai/LightOnOCR-3-1B", "", "", "40-hex"),  # its entry has no checked commit
+        ("lightonai/LightOnOCR-2-1B", "", "8k", "not a number"),
+        ("someone/other-ocr", "b" * 40, "4096", "no entry in ocrpipe/models.json"),
     ],
 )
 def test_the_build_fails_on_a_moving_revision_or_an_unknown_model(

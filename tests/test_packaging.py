@@ -71,8 +71,10 @@ def test_requirements_install_the_local_wheel(packaged: Path) -> None:
 def test_wheel_carries_the_shared_core(packaged: Path) -> None:
     wheel = packaged / "wheels" / "ocrpipe-0.1.0-py3-none-any.whl"
     names = set(zipfile.ZipFile(wheel).namelist())
-    # topology.json is read at import time by ocrpipe.settings: a wheel without it breaks.
-    for required in ("ocrpipe/settings.py", "ocrpipe/splitter/split.py", "ocrpipe/topology.json"):
+    # topology.json and models.json are read at import time by ocrpipe.settings: a wheel
+    # without them breaks.
+    for required in ("ocrpipe/settings.py", "ocrpipe/splitter/split.py", "ocrpipe/topology.json",
+                     "ocrpipe/models.json"):  # fmt: skip
         assert required in names
     metadata = zipfile.ZipFile(wheel).read("ocrpipe-0.1.0.dist-info/METADATA").decode()
     assert "Requires-Dist: functions-framework==" in metadata

@@ -154,15 +154,26 @@ def test_the_function_waits_for_its_build_grants_to_propagate(tf: dict[str, Any]
 def test_the_worker_asks_for_the_model_the_gpu_service_is_told_to_serve(
     tf: dict[str, Any],
 ) -> None:
-    assert tf["locals"]["worker_env"]  # parsed
-    text = (TERRAFORM / "main.tf").read_text(encoding="utf-8")
-    assert re.search(r"OCRPIPE_OCR_MODEL\s*=\s*var\.gpu_model\b", text)
+    local = tf["locals"]
+    # Every service (the splitter for its page size, the worker, the CLI) gets the model.
+    assert local["common_env"]["OCRPIPE_OCR_MODEL"] == "${local.gpu_model}"
+    assert "OCRPIPE_OCR_MODEL" not in local["worker_env"]
     gpu = tf["resource"]["google_cloud_run_v2_service"]["gpu"]
     env = {e["name"]: e["value"] for e in gpu["template"][0]["containers"][0]["env"]}
-    assert env["EXPECTED_MODEL"] == "${var.gpu_model}"
+    assert env["EXPECTED_MODEL"] == "${local.gpu_model}"
     assert env["COMPILE_MODE"] == "${var.gpu_compile_mode}"
-    assert tf["variable"]["gpu_model"]["default"] == "lightonai/LightOnOCR-2-1B"
+    assert tf["variable"]["gpu_model"]["default"] is None
     assert tf["variable"]["gpu_compile_mode"]["default"] == "compiled"
+
+
+def test_the_model_comes_from_the_model_table(tf: dict[str, Any]) -> None:
+    local = tf["locals"]
+    assert local["models"] == '${jsondecode(file("${path.module}/../ocrpipe/models.json"))}'
+    assert local["gpu_model"] == "${coalesce(var.gpu_model, local.models.default)}"
+    gpu = tf["resource"]["google_cloud_run_v2_service"]["gpu"]
+    conditions = [c["condition"] for c in gpu["lifecycle"][0]["precondition"]]
+    assert "${contains(keys(local.models.models), local.gpu_model)}" in conditions
+    assert not tf["variable"]["gpu_model"].get("validation")  # no second list of models
 
 
 # --- the worker's memory ---------------------------------------------------------------------

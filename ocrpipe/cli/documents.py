@@ -303,16 +303,25 @@ def get(
         bool,
         typer.Option("--json", help="Also document.json, where it exists: `DIR/<name>.json`."),
     ] = False,
+    figures: Annotated[
+        bool,
+        typer.Option(
+            "--figures/--no-figures",
+            help="A bbox model's figures, as `DIR/<name>/pages/00001.figure-1.png`, linked"
+            " from the local Markdown (default); --no-figures leaves them and the links.",
+        ),
+    ] = True,
     local: LocalOpt = False,
 ) -> None:
     """Download each document's newest finished Markdown as `DIR/<name>.md` (`<name>`: the
-    input name minus its extension), mirroring the input folders. Files already there with
-    the same bytes are not downloaded again; a file with other bytes is replaced, and
-    counted. The whole download is planned first: a name a disk could refuse is escaped
-    (`%XX`), and two documents that would share a file (also on a disk that ignores letter
-    case) both move, each line saying where and why. Nothing is written outside DIR. A
-    document that cannot be written is reported and the rest are written. Exit 1 if a
-    document has no Markdown yet (or was rejected) or could not be written."""
+    input name minus its extension), mirroring the input folders, with its figures (a bbox
+    model's) beside its pages, so the folder renders offline in any Markdown viewer. Files
+    already there with the same bytes are not downloaded again; a file with other bytes is
+    replaced, and counted. The whole download is planned first: a name a disk could refuse
+    is escaped (`%XX`), and two documents that would share a file (also on a disk that
+    ignores letter case) both move, each line saying where and why. Nothing is written
+    outside DIR. A document that cannot be written is reported and the rest are written.
+    Exit 1 if a document has no Markdown yet (or was rejected) or could not be written."""
     settings = load_settings(local)
     if not names and prefix is None:
         err.print("Name at least one document, or give --prefix.", style="red")
@@ -327,7 +336,7 @@ def get(
             missing = results.write_markdown(store, settings, documents, sys.stdout.buffer)
             failed: tuple[results.Missing, ...] = ()
         else:
-            report = _download(store, settings, documents, Path(output), pages, record)
+            report = _download(store, settings, documents, Path(output), pages, record, figures)
             missing, failed = list(report.missing), report.failed
     for item in missing:
         err.print(Text(views.printable(f"{item.name}: no Markdown: {item.why}"), style="yellow"))
@@ -351,8 +360,9 @@ def _download(
     dest: Path,
     pages: bool,
     record: bool,
+    figures: bool,
 ) -> results.GetReport:
-    planned = results.plan(documents, settings, dest, pages=pages, record=record)
+    planned = results.plan(documents, settings, dest, pages=pages, record=record, figures=figures)
     count = len(planned.wanted)
     with batch_views.transfer_progress(err, "downloading") as progress:
         task = progress.add_task("", total=sum(w.info.size for w in planned.wanted), files="")

@@ -48,6 +48,15 @@ def up(
     ocr_url: Annotated[
         str | None, typer.Option(help="Use this vLLM server instead of the local engine.")
     ] = None,
+    ocr_model: Annotated[
+        str | None,
+        typer.Option(
+            help="The model the worker asks for (default: OCRPIPE_OCR_MODEL, or"
+            " ocrpipe/models.json's default). A model that writes figure boxes, such as"
+            " lightonai/LightOnOCR-2-1B-bbox, gets its figures as files; the local engine"
+            " stands in for it."
+        ),
+    ] = None,
     iam: Annotated[
         bool,
         typer.Option(
@@ -82,6 +91,7 @@ def up(
             proxies_port,
         ),
         ocr_url=ocr_url,
+        overrides={"ocr_model": ocr_model} if ocr_model else {},
         iam=iam,
         data_dir=data_dir.resolve() if data_dir else None,
     )  # fmt: skip
@@ -96,6 +106,9 @@ def up(
         if iam:
             LOCAL_USAGE_FILE.write_text("".join(f"{path}\n" for path in stack.usage_files))
         out.print(f"[green]Local stack is up.[/] Logs: {stack.log_dir}")
+        settings = stack.settings
+        figures = " (figure boxes: each figure becomes a file)" if settings.ocr_figure_boxes else ""
+        out.print(f"OCR model: {settings.ocr_model}{figures}", markup=False)
         if stack.recovery is not None:
             out.print(
                 f"Buckets in {data_dir}: re-queued {stack.recovery.requeued_pages} pages and"

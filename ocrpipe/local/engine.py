@@ -12,6 +12,11 @@
 Errors use vLLM's error body ``{"object": "error", "message", "type", "param", "code"}``:
 404 for a model name that is not served, 400 for anything else wrong with the request.
 
+Serving a model whose entry in ``ocrpipe/models.json`` says it writes figure boxes (or with
+``--figure-boxes``), the engine stands in for LightOnOCR's bbox variants: it finds the page's
+non-text regions and references each as they do, ``![image](image_N.png)x1,y1,x2,y2``
+(:mod:`ocrpipe.local.figure_regions`). ``/v1/models`` reports the entry's context length.
+
 rapidocr (3.10, ``Global.use_cls=False``) ships its ONNX models in the wheel and never needs
 the network. One engine is built per process and warmed up before the server listens, so
 ``/health`` answers 200 only when a page can be OCR'd. Pages are OCR'd in a pool of
@@ -52,12 +57,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ocrpipe.local.boxes_to_markdown import TextBox, boxes_to_markdown
+from ocrpipe.local.figure_regions import figure_regions, figures_markdown
 from ocrpipe.logs import configure_logging
+from ocrpipe.models import load_models
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "lightonai/LightOnOCR-2-1B"
-DEFAULT_MAX_MODEL_LEN = 16384
+DEFAULT_MODEL = load_models().default
+DEFAULT_MAX_MODEL_LEN = 16384  # a model not in ocrpipe/models.json
 OWNED_BY = "ocrpipe-local"
 # Pixtral-style vision encoders (LightOnOCR's) see 14 px patches merged 2 x 2: one token per
 # 28 x 28 px. Only used to report a plausible ``usage.prompt_tokens``.
@@ -415,10 +422,16 @@ def decode_image(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
-def ocr_page(engine: OcrEngine, data: bytes) -> tuple[str, int, int]:
-    """Decode, recognize and lay out one page: (Markdown, width, height). Blocking."""
+def ocr_page(engine: OcrEngine, data: bytes, *, figure_boxes: bool = False) -> tuple[str, int, int]:
+    """Decode, recognize and lay out one page: (Markdown, width, height). Blocking. With
+    ``figure_boxes``, as a bbox model: figures referenced with their boxes."""
     image = decode_image(data)
-    return boxes_to_markdown(engine.recognize(image)), image.width, image.height
+    boxes = engine.recognize(image)
+    if figure_boxes:
+        markdown = figures_markdown(boxes, figure_regions(image, boxes), image.size)
+    else:
+        markdown = boxes_to_markdown(boxes)
+    return markdown, image.width, image.height
 
 
 class _Pool:
@@ -445,8 +458,10 @@ def create_app(
     model_name: str = DEFAULT_MODEL,
     threads: int = 1,
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+    figure_boxes: bool = False,
 ) -> Starlette:
-    """The engine server around an already-built engine (build it once per process)."""
+    """The engine server around an already-built engine (build it once per process);
+    ``figure_boxes``: answer as a bbox model."""
     if threads < 1:
         raise ValueError("threads must be at least 1")
     pool = _Pool(threads)
@@ -459,7 +474,9 @@ def create_app(
         try:
             page = parse_chat_request(await request.body(), model_name)
             started = time.perf_counter()
-            markdown, width, height = await pool.run(lambda: ocr_page(engine, page.image))
+            markdown, width, height = await pool.run(
+                lambda: ocr_page(engine, page.image, figure_boxes=figure_boxes)
+            )
             prompt_tokens = page.text_tokens + image_tokens(width, height)
             limit = completion_limit(page, prompt_tokens, max_model_len)
         except ApiError as exc:
@@ -518,11 +535,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", default=DEFAULT_MODEL, help="the served model id")
     parser.add_argument("--threads", type=int, default=1, help="pages OCR'd at once")
-    parser.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
+    parser.add_argument(
+        "--max-model-len", type=int, help="default: the model's entry in ocrpipe/models.json"
+    )
+    parser.add_argument(
+        "--figure-boxes",
+        action=argparse.BooleanOptionalAction,
+        help="answer as a bbox model (default: the model's entry in ocrpipe/models.json)",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+
+    spec = load_models().get(args.model_name)
+    if args.max_model_len is None:
+        args.max_model_len = spec.max_model_len if spec else DEFAULT_MAX_MODEL_LEN
+    if args.figure_boxes is None:
+        args.figure_boxes = spec.figure_boxes if spec else False
 
     configure_logging(args.log_level, service="ocr-engine")
     # Several pages at once share the cores instead of each asking onnxruntime for all of them.
@@ -531,7 +561,11 @@ def main(argv: list[str] | None = None) -> None:
     engine = RapidOcrEngine(intra_op_threads=intra)
     logger.info("rapidocr loaded in %.1f s", time.perf_counter() - started)
     app = create_app(
-        engine, model_name=args.model_name, threads=args.threads, max_model_len=args.max_model_len
+        engine,
+        model_name=args.model_name,
+        threads=args.threads,
+        max_model_len=args.max_model_len,
+        figure_boxes=args.figure_boxes,
     )
     uvicorn.run(
         app, host=args.host, port=args.port, log_level=args.log_level.lower(), log_config=None

@@ -405,13 +405,18 @@ class LocalStack:
             _wait_tcp(port_of(identity), 30, self._died(name))
 
     def start_ocr(self, command: list[str] | None = None, *, wait_healthy: bool = True) -> None:
-        """Start the OCR server on ``ports.ocr``: the local engine, or ``command``.
+        """Start the OCR server on ``ports.ocr``: the local engine, or ``command``. The engine
+        serves the settings' model with their context, and answers as a bbox model if they
+        expect figure boxes.
 
         ``wait_healthy=False`` only waits for the port, for a server that starts cold.
         """
+        settings = self.settings
         command = command or [
             sys.executable, "-m", "ocrpipe.local.engine", "--host", "127.0.0.1",
-            "--port", str(self.ports.ocr), "--model-name", self.settings.ocr_model,
+            "--port", str(self.ports.ocr), "--model-name", settings.ocr_model,
+            "--max-model-len", str(settings.ocr_max_model_len),
+            "--figure-boxes" if settings.ocr_figure_boxes else "--no-figure-boxes",
         ]  # fmt: skip
         self._spawn("ocr", command, {}, identity=None)
         if wait_healthy:

@@ -14,6 +14,12 @@ the plan says so (:class:`Renamed`): first each keeps its extension (``q1.pdf`` 
 name (``Report.pdf~1a2b3c4d.md``); a document that still clashes is not written, and is
 reported.
 
+A bbox model's figures come along (unless ``figures`` is off): a page's figures go beside
+its pages, ``DIR/reports/q1/pages/00001.figure-1.png``, so a downloaded page's links work as
+they are, and the links of the local ``q1.md``, which sits beside that folder, are moved into
+it (``q1/pages/00001.figure-1.png``, :mod:`ocrpipe.figure_links`); so are the byte ranges of
+its ``q1.json``. The local tree renders offline in any Markdown viewer.
+
 "Finished" means the generation has ``document.md`` (done or partial): while a new upload
 of a name is being processed, the previous generation's result is the one fetched. A local
 file whose bytes already match the object (its MD5, or CRC32C, as GCS keeps them) is not
@@ -28,13 +34,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal
+from urllib.parse import quote
 
-from ocrpipe import naming
+from ocrpipe import figure_links, naming, records
 from ocrpipe.errors import ObjectMissing, OcrpipeError
 from ocrpipe.operations import local_paths
 from ocrpipe.operations.batch_status import DocumentObjects, scan_prefix
@@ -52,6 +59,10 @@ class Wanted:
     name: str  # input name of its document
     info: ObjectInfo
     path: Path
+    # Figure links to move in the local copy (document.md's), or, with ``markdown``, the
+    # document.md whose moved links a document.json's byte ranges follow.
+    relink: Mapping[str, str] | None = None
+    markdown: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,7 @@ def plan(
     *,
     pages: bool = False,
     record: bool = False,
+    figures: bool = True,
 ) -> Plan:
     """Which objects go to which local files, for every document at once (pure: no I/O)."""
     missing: list[Missing] = []
@@ -139,15 +151,18 @@ def plan(
         out = [(objects[naming.document_markdown_name(doc)], _sibling(base, ".md"))]
         if record and (info := objects.get(naming.document_json_name(doc))) is not None:
             out.append((info, _sibling(base, ".json")))
+        prefix = naming.pages_prefix(doc)
+        for figure in _figures(chosen[name], figures):
+            out.append((objects[figure.name], base / "pages" / figure.basename))
         if pages:
-            prefix = naming.pages_prefix(doc)
             for number in sorted(naming.parse_page_listing(list(objects), prefix).done):
                 info = objects[naming.page_markdown_name(doc, number)]
                 out.append((info, base / "pages" / info.name[len(prefix) :]))
         return out
 
     def layout(name: str, level: int) -> local_paths.Layout:
-        owned = (local_paths.stem(name, level) / "pages",) if pages else ()
+        has_pages = pages or bool(_figures(chosen[name], figures))
+        owned = (local_paths.stem(name, level) / "pages",) if has_pages else ()
         return local_paths.Layout(tuple(path for _, path in files(name, level)), owned)
 
     levels = dict.fromkeys(chosen, 0)
@@ -162,7 +177,15 @@ def plan(
     wanted: list[Wanted] = []
     renamed: list[Renamed] = []
     for name, level in sorted(levels.items()):
-        found = [Wanted(name, info, dest / path) for info, path in files(name, level)]
+        base = local_paths.stem(name, level)
+        moves = {
+            naming.figure_link_from_document(f.basename): quote(f"{base.name}/pages/{f.basename}")
+            for f in _figures(chosen[name], figures)
+        }
+        found = [
+            _wanted(name, info, dest / path, chosen[name].doc, moves)
+            for info, path in files(name, level)
+        ]
         wanted += found
         if name in cause:
             renamed.append(Renamed(name, found[0].path, cause[name].why))
@@ -170,6 +193,26 @@ def plan(
             why = "escaped (%XX) or shortened to be a name every disk keeps as written"
             renamed.append(Renamed(name, found[0].path, why))
     return Plan(dest, tuple(wanted), tuple(sorted(missing, key=lambda m: m.name)), tuple(renamed))
+
+
+def _figures(chosen: _Chosen, wanted: bool) -> list[naming.FigureObject]:
+    """A bbox model's figures of the chosen generation, by page and number."""
+    if not wanted:
+        return []
+    found = naming.parse_figure_names(chosen.objects, naming.pages_prefix(chosen.doc))
+    return [found[key] for key in sorted(found)]
+
+
+def _wanted(
+    name: str, info: ObjectInfo, path: Path, doc: naming.DocumentRef, moves: Mapping[str, str]
+) -> Wanted:
+    """``info`` to ``path``; document.md and document.json with the figure links moved."""
+    markdown = naming.document_markdown_name(doc)
+    if moves and info.name == markdown:
+        return Wanted(name, info, path, moves)
+    if moves and info.name == naming.document_json_name(doc):
+        return Wanted(name, info, path, moves, markdown)
+    return Wanted(name, info, path)
 
 
 def _sibling(base: PurePosixPath, extension: str) -> PurePosixPath:
@@ -206,8 +249,9 @@ def get_results(
 
     def fetch(item: Wanted) -> tuple[Wanted, Action, str]:
         why = ""
+        fetch_one = _fetch_one if item.relink is None else _fetch_relinked
         try:
-            action: Action = _fetch_one(store, settings.output_bucket, item, root)
+            action: Action = fetch_one(store, settings.output_bucket, item, root)
         except ObjectMissing:
             action, why = "failed", "it changed while downloading: run `ocrpipe get` again"
         except _Outside as exc:
@@ -250,6 +294,48 @@ def _fetch_one(store: ObjectStore, bucket: str, item: Wanted, root: Path) -> Act
     finally:
         Path(partial).unlink(missing_ok=True)
     return "replaced" if replacing else "downloaded"
+
+
+def _fetch_relinked(store: ObjectStore, bucket: str, item: Wanted, root: Path) -> Action:
+    """A document.md (or its document.json) whose local copy has its figure links moved:
+    read, changed, and written only if the local file differs."""
+    assert item.relink is not None
+    folder = item.path.parent
+    _check_inside(folder, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = _read_at(store, bucket, item.info.name, item.info.generation, folder)
+    if item.markdown is None:
+        data, _ = figure_links.relink_bytes(data, item.relink)
+    else:
+        generation = records.index_generation(data)
+        markdown = _read_at(store, bucket, item.markdown, generation, folder)
+        _, edits = figure_links.relink_bytes(markdown, item.relink)
+        data = records.shift_index_spans(data, lambda at: figure_links.shift(at, edits))
+    if item.path.is_file() and item.path.read_bytes() == data:
+        return "unchanged"
+    replacing = item.path.exists() or item.path.is_symlink()
+    handle, partial = tempfile.mkstemp(prefix=".ocrpipe-", suffix=".part", dir=folder)
+    with os.fdopen(handle, "wb") as out:
+        out.write(data)
+    try:
+        Path(partial).replace(item.path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return "replaced" if replacing else "downloaded"
+
+
+def _read_at(
+    store: ObjectStore, bucket: str, name: str, generation: int | None, folder: Path
+) -> bytes:
+    """Object ``name`` at ``generation`` (None: the current one), through a temporary file
+    in ``folder``. Raises ObjectMissing if that generation is gone."""
+    handle, temporary = tempfile.mkstemp(prefix=".ocrpipe-", suffix=".read", dir=folder)
+    os.close(handle)
+    try:
+        store.download(bucket, name, Path(temporary), generation=generation)
+        return Path(temporary).read_bytes()
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 def _check_inside(folder: Path, root: Path) -> None:

@@ -19,7 +19,9 @@ Idempotent under at-least-once delivery:
 * a page whose Markdown or error record exists is not OCR'd again;
 * page objects are created with ``if_generation_match=0``, so a duplicate or a concurrent
   delivery can never write a second copy of a page; the OCR client's usage travels with
-  the page as its custom metadata (``ocrpipe-usage``), written in the same request;
+  the page as its custom metadata (``ocrpipe-usage``), written in the same request; with a
+  bbox model the page's figures are written first (:mod:`ocrpipe.worker.page_figures`),
+  so a page whose Markdown exists has them;
 * every page result that lands checks whether the document is complete and, if so,
   assembles it (:func:`complete_document`). ``document.md`` carries the digest of the page
   results it was built from and is rebuilt, with a generation precondition, whenever a
@@ -53,7 +55,7 @@ from functools import partial
 
 from anyio import to_thread
 
-from ocrpipe import announce, naming, notifications, records
+from ocrpipe import announce, figure_links, naming, notifications, records
 from ocrpipe.assemble import (
     DIGEST_KEY,
     DOCUMENT_GENERATION_KEY,
@@ -68,6 +70,7 @@ from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
 from ocrpipe.usage import OcrUsage
 from ocrpipe.worker.ocr_client import OcrClient, OcrResult
+from ocrpipe.worker.page_figures import save_figures
 
 logger = logging.getLogger(__name__)
 
@@ -273,15 +276,23 @@ def finish_page(
     *,
     ocr_ms: int | None = None,
 ) -> PageOutcome:
-    """Write the page's Markdown (once, with its usage), then finish the document."""
+    """Write the page's Markdown (once, with its usage; with a bbox model, after its
+    figures), then finish the document."""
     doc, page = prepared.doc, prepared.page
+    markdown = result.markdown
+    metadata = records.usage_metadata(result.usage.as_dict())
+    if settings.ocr_figure_boxes:
+        markdown, figures = save_figures(
+            doc, page, markdown, prepared.image, prepared.mime, store, settings.output_bucket
+        )
+        metadata |= figures
     generation = store.write(
         settings.output_bucket,
         naming.page_markdown_name(doc, page),
-        result.markdown.encode(),
+        markdown.encode(),
         "text/markdown",
         if_generation_match=0,
-        metadata=records.usage_metadata(result.usage.as_dict()),
+        metadata=metadata,
     )
     created = generation is not None
     logger.info(
@@ -456,11 +467,11 @@ def _assemble(
                     return wrote
                 again = again or said is announce.Outcome.SUPERSEDED
                 continue  # document.md moved on while it was announced: announce the new one
-            built = _build(page_count, results, metadata, store, out)
+            built = _build(page_count, results, metadata, prefix, store, out)
             if built is not None:
                 _write_index(doc, built, current.generation, digest, index_generation, store, out)
             continue  # look again: document.md may have moved on meanwhile
-        built = _build(page_count, results, metadata, store, out)
+        built = _build(page_count, results, metadata, prefix, store, out)
         if built is None:
             continue  # a page result changed while it was read
         generation = store.write(
@@ -526,33 +537,54 @@ def _announce_current(
 @dataclass(frozen=True)
 class _Built:
     assembly: Assembly
-    provenance: dict[int, records.Usage | None]
+    provenance: dict[int, dict[str, object] | None]
+    figures: list[records.FigureEntry] | None  # None: no page records figures
 
 
 def _build(
     page_count: int,
     results: dict[int, naming.PageResult],
     metadata: Mapping[str, Mapping[str, str]],
+    prefix: str,
     store: ObjectStore,
     out: str,
 ) -> _Built | None:
     """The assembly of ``results`` and each page's provenance (from its result's custom
     metadata), or None if one of them was deleted meanwhile (a retry removing an error
-    record)."""
+    record). A bbox model's page links its figures from beside it; in ``document.md``, one
+    folder up, the links get the pages' folder (:mod:`ocrpipe.figure_links`)."""
     pages: dict[int, str] = {}
     failed: dict[int, str] = {}
-    provenance: dict[int, records.Usage | None] = {}
+    provenance: dict[int, dict[str, object] | None] = {}
+    figures: list[records.FigureEntry] | None = None
+    objects = naming.parse_figure_names(metadata, prefix)
     for number, result in sorted(results.items()):
         try:
             raw = store.read(out, result.name)
         except ObjectMissing:
             return None
-        if result.state == "done":
-            pages[number] = raw.decode()
-        else:
+        page_metadata = metadata.get(result.name, {})
+        usage = records.parse_usage(page_metadata)
+        provenance[number] = dict(usage) if usage is not None else None
+        if result.state != "done":
             failed[number] = records.parse_error_reason(raw)
-        provenance[number] = records.parse_usage(metadata.get(result.name, {}))
-    return _Built(assemble(page_count, pages, failed), provenance)
+            continue
+        pages[number] = raw.decode()
+        page_figures = records.parse_page_figures(page_metadata)
+        if page_figures is None:
+            continue
+        figures = figures if figures is not None else []
+        provenance[number] = {**(provenance[number] or {}), **records.figure_report(page_figures)}
+        moves: dict[str, str] = {}
+        for figure in page_figures.figures:
+            found = objects.get((number, figure))
+            if found is None:
+                continue  # deleted by hand: its link stays as the page has it
+            moves[found.basename] = naming.figure_link_from_document(found.basename)
+            where = records.parse_figure_metadata(metadata.get(found.name, {}))
+            figures.append(records.FigureEntry(number, figure, found.name, where))
+        pages[number] = figure_links.relink(pages[number], moves)
+    return _Built(assemble(page_count, pages, failed), provenance, figures)
 
 
 def _write_index(
@@ -566,7 +598,13 @@ def _write_index(
 ) -> None:
     markdown_name = naming.document_markdown_name(doc)
     record = records.document_index_record(
-        doc, markdown_name, generation, digest, built.assembly.spans, built.provenance
+        doc,
+        markdown_name,
+        generation,
+        digest,
+        built.assembly.spans,
+        built.provenance,
+        built.figures,
     )
     store.write(
         out,
