@@ -10,23 +10,9 @@ import httpx
 
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryStore
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams
-
-
-@dataclass
-class FakeClock:
-    """A monotonic clock that only moves when the code under test sleeps."""
-
-    now: float = 1000.0
-    sleeps: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def completion(

@@ -20,6 +20,7 @@ from ocrpipe.operations.status import (
     wait_for_documents,
 )
 from ocrpipe.settings import Settings
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
@@ -83,12 +84,12 @@ SETTINGS_ENV = {"OCRPIPE_INPUT_BUCKET": "in", "OCRPIPE_WORK_BUCKET": "work",
 def test_waiting_polls_until_finished_or_the_timeout_on_its_own_clock() -> None:
     store = MemoryStore()
     document(store, "slow.pdf", "running")
-    now = [0.0]
+    clock = FakeClock(0.0)
     polls: list[float] = []
 
     def poll(name: str) -> DocumentStatus:
-        polls.append(now[0])
-        if now[0] >= 3:  # the last page lands after 3 s
+        polls.append(clock.now)
+        if clock.now >= 3:  # the last page lands after 3 s
             store.put("out", naming.page_markdown_name(doc, 1), b"one")
             store.put("out", naming.page_markdown_name(doc, 2), b"two")
             store.put("out", naming.document_markdown_name(doc), b"one two")
@@ -96,18 +97,17 @@ def test_waiting_polls_until_finished_or_the_timeout_on_its_own_clock() -> None:
 
     doc = naming.DocumentRef("in", "slow.pdf", store.stat("in", "slow.pdf").generation)  # type: ignore[union-attr]
     finals = wait_for_documents(
-        poll, ["slow.pdf"], timeout=10, interval=1, clock=lambda: now[0],
-        sleep=lambda s: now.__setitem__(0, now[0] + s),
-    )  # fmt: skip
+        poll, ["slow.pdf"], timeout=10, interval=1, clock=clock, sleep=clock.sleep_sync
+    )
     assert polls == [0, 1, 2, 3] and finals["slow.pdf"].state == "done"
     assert documents_verdict(["slow.pdf"], finals) == "ok"
     document(store, "stuck.pdf", "running")
-    now[0] = 0.0
+    clock = FakeClock(0.0)
     assert wait_for_documents(
         lambda n: document_status(store, SETTINGS, n), ["stuck.pdf"], timeout=2.5, interval=1,
-        clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s),
+        clock=clock, sleep=clock.sleep_sync,
     ) == {}  # fmt: skip
-    assert now[0] == 2.5
+    assert clock.now == 2.5
     assert documents_verdict(["stuck.pdf"], {}) == "timeout"
 
 

@@ -15,28 +15,26 @@ from google.auth.exceptions import TransportError
 
 from ocrpipe.errors import OcrUnavailable
 from ocrpipe.settings import Settings
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.worker.id_tokens import REFRESH_BEFORE_EXPIRY_S, IdTokenAuth, auth_for
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams
-from tests.fakes import FakeClock, ScriptedOcrServer, completion
+from tests.fakes import ScriptedOcrServer, completion
 from tests.tokens import SigningKey
 
 KEY = SigningKey("gpu-key")
 GPU_URL = "https://ocr-gpu-abc-ew.a.run.app"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+def wall_clock() -> FakeClock:
+    """The token's clock reads Unix time: tokens carry it in ``iat`` and ``exp``."""
+    return FakeClock(1_800_000_000.0)
 
 
 class Metadata:
     """The metadata server: a fresh one-hour token for the asked audience on each fetch,
     after ``delay`` seconds, or an error while ``failures`` lasts."""
 
-    def __init__(self, clock: Clock, *, delay: float = 0.0, failures: int = 0) -> None:
+    def __init__(self, clock: FakeClock, *, delay: float = 0.0, failures: int = 0) -> None:
         self.clock = clock
         self.delay = delay
         self.failures = failures
@@ -55,7 +53,7 @@ class Metadata:
 
 
 async def test_the_token_is_reused_until_shortly_before_it_expires() -> None:
-    clock = Clock()
+    clock = wall_clock()
     metadata = Metadata(clock)
     auth = IdTokenAuth(GPU_URL, fetch=metadata, clock=clock)
     first = await auth.headers()
@@ -72,7 +70,7 @@ async def test_the_token_is_reused_until_shortly_before_it_expires() -> None:
 
 
 async def test_the_ocr_client_sends_the_token_and_fetches_it_once() -> None:
-    clock = Clock()
+    clock = wall_clock()
     metadata = Metadata(clock)
     server = ScriptedOcrServer([completion("text")])
     http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url=GPU_URL)
@@ -147,7 +145,7 @@ def gpu_client(
 @pytest.mark.timeout(30)
 async def test_a_slow_token_fetch_does_not_stall_the_instance_and_runs_once() -> None:
     """A 2.1 s metadata-server refresh used to block every request on the instance."""
-    clock = Clock()
+    clock = wall_clock()
     metadata = Metadata(clock, delay=2.0)
     client, server = gpu_client(IdTokenAuth(GPU_URL, fetch=metadata, clock=clock))
     async with LoopLag() as lag:
@@ -166,7 +164,7 @@ async def test_a_slow_token_fetch_does_not_stall_the_instance_and_runs_once() ->
 
 @pytest.mark.timeout(30)
 async def test_a_token_near_expiry_is_refreshed_ahead_while_requests_go_on() -> None:
-    clock = Clock()
+    clock = wall_clock()
     metadata = Metadata(clock)
     auth = IdTokenAuth(GPU_URL, fetch=metadata, clock=clock)
     client, server = gpu_client(auth)
@@ -186,7 +184,7 @@ async def test_a_token_near_expiry_is_refreshed_ahead_while_requests_go_on() -> 
 
 
 async def test_a_failed_token_fetch_is_retried_within_the_budget() -> None:
-    clock = Clock()
+    clock = wall_clock()
     metadata = Metadata(clock, failures=1)
     budget = FakeClock()
     client, server = gpu_client(
@@ -198,7 +196,7 @@ async def test_a_failed_token_fetch_is_retried_within_the_budget() -> None:
 
 
 async def test_a_token_fetch_that_keeps_failing_nacks_the_delivery() -> None:
-    clock = Clock()
+    clock = wall_clock()
     metadata = Metadata(clock, failures=10**6)
     budget = FakeClock()
     client, server = gpu_client(

@@ -17,8 +17,9 @@ from PIL import Image
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
 from ocrpipe.settings import Settings
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.worker.ocr_client import MAX_BACKOFF_SECONDS, OcrClient, OcrParams, parse_retry_after
-from tests.fakes import FakeClock, ScriptedOcrServer, completion
+from tests.fakes import ScriptedOcrServer, completion
 
 IMAGE = b"\x89PNG fake image bytes"
 

@@ -21,6 +21,7 @@ from ocr_worker.app import create_app
 from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.settings import Settings
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.worker.push_auth import CertCache, PushVerifier, build_verifier
 from tests.fakes import ScriptedOcrServer, completion
@@ -287,14 +288,6 @@ def test_the_worker_refuses_to_start_verifying_without_audience_or_account(
 
 
 # --- the certificate cache ------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def counting_fetch(keys: KeySet, max_age: int) -> tuple[list[str], Any]:
