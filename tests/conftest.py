@@ -4,16 +4,15 @@ grants of ocrpipe/iam.json), as every stack is unless a test says otherwise."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.operations.status import DocumentStatus, document_status
-from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore
+from ocrpipe.testing.waiting import QUIET_S, stack_activity, stack_alive, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -32,17 +31,21 @@ def unique_name(stem: str, suffix: str = ".pdf") -> str:
 
 
 def wait_until_finished(
-    store: GcsStore,
-    settings: Settings,
-    name: str,
-    timeout: float = 180,
-    on_wait: Callable[[], None] = lambda: None,
+    stack: LocalStack, store: GcsStore, name: str, *, quiet_s: float = QUIET_S
 ) -> DocumentStatus:
-    deadline = time.monotonic() + timeout
-    current = document_status(store, settings, name)
-    while not current.finished_state and time.monotonic() < deadline:
-        on_wait()
-        time.sleep(0.3)
-        current = document_status(store, settings, name)
-    assert current.finished_state, f"{name} still {current.state} after {timeout} s: {current}"
-    return current
+    """Until ``name``'s newest generation is finished (done, partial or failed). Fails only
+    when neither its status nor the stack's work moved for ``quiet_s`` s, or when one of the
+    stack's processes died (named)."""
+
+    def measure() -> tuple[DocumentStatus, tuple[int, ...]]:
+        return document_status(store, stack.settings, name), stack_activity(stack)
+
+    status, _ = wait_for(
+        measure,
+        lambda reading: reading[0].finished_state,
+        what=f"{name} to finish",
+        quiet_s=quiet_s,
+        alive=stack_alive(stack),
+        interval=0.3,
+    )
+    return status

@@ -141,7 +141,7 @@ def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path:
     started = time.monotonic()
     clean = upload_all(stack, store, "clean/")
     for name in clean:
-        assert wait_until_finished(store, settings, name, timeout=300).state == "done"
+        assert wait_until_finished(stack, store, name).state == "done"
     clean_seconds = time.monotonic() - started
     clean_requests = httpx.get(ocr_stats).json()["total"]
 
@@ -168,7 +168,7 @@ def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path:
     meddler = threading.Thread(target=meddle)
     meddler.start()
     try:
-        finals = {name: wait_until_finished(store, settings, name, timeout=600) for name in chaos}
+        finals = {name: wait_until_finished(stack, store, name) for name in chaos}
     finally:
         meddler.join()
     chaos_seconds = time.monotonic() - started

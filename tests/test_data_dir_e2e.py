@@ -76,7 +76,7 @@ def test_a_restarted_stack_finishes_the_batch_once(tmp_path: Path) -> None:
         settings = second.settings
         store = GcsStore.connect(second.project, settings.storage_emulator_host)
         for name in names:
-            assert wait_until_finished(store, settings, name, timeout=240).state == "done"
+            assert wait_until_finished(second, store, name).state == "done"
         pages = [o for o in store.list(settings.output_bucket, "") if o.name.endswith(".md")
                  and "/pages/" in o.name]  # fmt: skip
         assert len(pages) == DOCUMENTS * PAGES

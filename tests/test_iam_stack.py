@@ -98,7 +98,7 @@ def proxy_refusals(stack: LocalStack, proxy: str) -> list[tuple[str, str, str]]:
 
 def test_the_sample_goes_through_with_no_refusal(iam_stack: LocalStack) -> None:
     store, doc = submit_sample(iam_stack)
-    status = wait_until_finished(store, iam_stack.settings, doc.name, timeout=240)
+    status = wait_until_finished(iam_stack, store, doc.name)
     assert status.state == "done", status
     markdown = store.read(iam_stack.settings.output_bucket, naming.document_markdown_name(doc))
     assert markdown.strip()
@@ -149,7 +149,7 @@ def test_the_usage_report_lists_exactly_what_each_identity_needed(
 ) -> None:
     """After one document (the test above, or this one's own when run alone)."""
     store, doc = submit_sample(iam_stack)
-    assert wait_until_finished(store, iam_stack.settings, doc.name, timeout=240).finished_state
+    assert wait_until_finished(iam_stack, store, doc.name).finished_state
     report = iam_stack.iam_usage()
     assert set(report) == set(IDENTITIES)
     assert {i: r["used"] for i, r in report.items()} == expected_usage(iam_stack)
@@ -185,7 +185,7 @@ def test_a_narrowed_grant_breaks_its_path_and_the_proxy_says_why(
 
 def test_a_too_wide_grant_shows_as_granted_but_never_used(widened_stack: LocalStack) -> None:
     store, doc = submit_sample(widened_stack)
-    status = wait_until_finished(store, widened_stack.settings, doc.name, timeout=240)
+    status = wait_until_finished(widened_stack, store, doc.name)
     assert status.state == "done", status
     inp = f"projects/_/buckets/{widened_stack.settings.input_bucket}"
     worker = widened_stack.iam_usage()["worker"]

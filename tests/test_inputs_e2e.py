@@ -79,7 +79,7 @@ def rejected(stack: LocalStack, gcs: GcsStore) -> dict[str, DocumentRef]:
         for reason, (suffix, make_data) in BAD_INPUTS.items()
     }
     for doc in docs.values():
-        wait_until_finished(gcs, stack.settings, doc.name, timeout=60)
+        wait_until_finished(stack, gcs, doc.name)
     wait_for_runs(stack, list(docs.values()))
     return docs
 
@@ -128,7 +128,7 @@ def test_a_file_over_the_size_limit_is_rejected_once(
     limited_stack: LocalStack, limited_gcs: GcsStore
 ) -> None:
     doc = upload(limited_gcs, limited_stack, unique_name("too-big"), b"%PDF-1.7\n" + bytes(2**21))
-    wait_until_finished(limited_gcs, limited_stack.settings, doc.name, timeout=60)
+    wait_until_finished(limited_stack, limited_gcs, doc.name)
     wait_for_runs(limited_stack, [doc])
     assert_rejected_once(limited_stack, limited_gcs, doc, "file_too_large")
 
@@ -138,7 +138,7 @@ def test_a_page_that_renders_forever_gets_a_timeout_record(
 ) -> None:
     settings = limited_stack.settings
     doc = upload(limited_gcs, limited_stack, unique_name("slow"), make.slow_page_pdf(["x"], 1))
-    status = wait_until_finished(limited_gcs, settings, doc.name, timeout=60)
+    status = wait_until_finished(limited_stack, limited_gcs, doc.name)
     wait_for_runs(limited_stack, [doc])
     assert status.state == "failed" and status.page_count == 1 and list(status.page_errors) == [1]
     record = json.loads(limited_gcs.read(settings.output_bucket, naming.page_error_name(doc, 1)))
@@ -153,7 +153,7 @@ def test_a_page_that_fails_to_render_fails_alone(stack: LocalStack, gcs: GcsStor
     settings = stack.settings
     texts = ["Page one of three", "Page two is broken", "Page three of three"]
     doc = upload(gcs, stack, unique_name("one-bad-page"), make.missing_page_pdf(texts, 2))
-    status = wait_until_finished(gcs, settings, doc.name, timeout=120)
+    status = wait_until_finished(stack, gcs, doc.name)
     assert (status.state, status.page_count, status.done, status.failed) == ("partial", 3, 2, 1)
     record = json.loads(gcs.read(settings.output_bucket, naming.page_error_name(doc, 2)))
     assert (record["reason"], record["page"]) == ("page_render_failed", 2)
@@ -171,7 +171,7 @@ def test_a_document_whose_only_page_fails_to_render_is_finished_by_the_worker(
     stack: LocalStack, gcs: GcsStore
 ) -> None:
     doc = upload(gcs, stack, unique_name("all-bad"), make.missing_page_pdf(["gone"], 1))
-    status = wait_until_finished(gcs, stack.settings, doc.name, timeout=60)
+    status = wait_until_finished(stack, gcs, doc.name)
     assert status.state == "failed" and list(status.page_errors) == [1]
     assert status.markdown_uri is not None  # assembled, so it reached a final state
     assert entries(stack, "worker", doc), "the worker wrote the record and assembled it"
@@ -221,7 +221,7 @@ def images(stack: LocalStack, gcs: GcsStore) -> dict[str, DocumentRef]:
         for key, case in IMAGES.items()
     }
     for doc in docs.values():
-        wait_until_finished(gcs, stack.settings, doc.name, timeout=180)
+        wait_until_finished(stack, gcs, doc.name)
     return docs
 
 
@@ -245,7 +245,7 @@ def test_absurd_page_sizes_are_clamped_not_crashed(stack: LocalStack, gcs: GcsSt
     doc = upload(
         gcs, stack, unique_name("odd-sizes"), make.sized_pages_pdf([(1, 10000), (14400, 14400)])
     )
-    status = wait_until_finished(gcs, settings, doc.name, timeout=120)
+    status = wait_until_finished(stack, gcs, doc.name)
     assert status.finished_state and status.page_count == 2
     sizes = []
     for page in (1, 2):

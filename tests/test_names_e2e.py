@@ -57,7 +57,7 @@ def documents(stack: LocalStack, gcs: GcsStore) -> dict[str, tuple[DocumentRef, 
         blob.upload_from_string(text_pages_pdf([text]), content_type="application/pdf")
         docs[name] = (DocumentRef(stack.settings.input_bucket, name, int(blob.generation)), text)
     for name in docs:
-        wait_until_finished(gcs, stack.settings, name, timeout=240)
+        wait_until_finished(stack, gcs, name)
     return docs
 
 

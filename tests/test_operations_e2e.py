@@ -306,7 +306,7 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
             break
         time.sleep(3)
     for doc in docs:
-        final = wait_until_finished(store, settings, doc.name, timeout=30)
+        final = wait_until_finished(stack, store, doc.name)
         assert final.state == "done", final
 
     # Every page exactly once: each Markdown object exists, and since the OCR server was
@@ -342,7 +342,7 @@ def test_failed_pages_and_whole_documents_are_retried(
     doc = upload(stack, store, "retry", 2)
     name = doc.name
 
-    final = wait_until_finished(store, settings, name, timeout=120)
+    final = wait_until_finished(stack, store, name)
     assert final.state == "failed"
     assert ocrpipe(stack, "wait", name, "--timeout", "30").exit_code == cli.Exit.FAILED
     status = json_of(ocrpipe(stack, "status", name, "--json"))
@@ -363,7 +363,7 @@ def test_failed_pages_and_whole_documents_are_retried(
     # Failed pages only: the same generation, every page written once more, then assembled.
     retried = ocrpipe(stack, "retry", name, "--failed-only")
     assert retried.exit_code == 0, retried.output
-    final = wait_until_finished(store, settings, name, timeout=120)
+    final = wait_until_finished(stack, store, name)
     assert (final.state, final.generation, final.done, final.failed) == (
         "done", doc.generation, 2, 0)  # fmt: skip
     objects = outputs(stack, store, doc)
@@ -376,7 +376,7 @@ def test_failed_pages_and_whole_documents_are_retried(
     # The whole document: a new generation, processed from scratch; the old one stays.
     whole = ocrpipe(stack, "retry", name)
     assert whole.exit_code == 0, whole.output
-    final = wait_until_finished(store, settings, name, timeout=120)
+    final = wait_until_finished(stack, store, name)
     assert final.state == "done" and final.generation is not None
     assert final.generation > doc.generation
     assert outputs(stack, store, doc) == objects
