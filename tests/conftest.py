@@ -11,7 +11,7 @@ import pytest
 
 from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.operations.status import DocumentStatus, document_status
-from ocrpipe.storage import GcsStore
+from ocrpipe.storage import GcsStore, ObjectInfo
 from ocrpipe.testing.waiting import QUIET_S, stack_activity, stack_alive, wait_for
 
 
@@ -49,3 +49,15 @@ def wait_until_finished(
         interval=0.3,
     )
     return status
+
+
+def wait_for_object(stack: LocalStack, store: GcsStore, bucket: str, name: str) -> ObjectInfo:
+    """Until ``name`` exists in ``bucket``; fails like :func:`wait_until_finished`."""
+    info, _ = wait_for(
+        lambda: (store.stat(bucket, name), stack_activity(stack)),
+        lambda reading: reading[0] is not None,
+        what=f"gs://{bucket}/{name}",
+        alive=stack_alive(stack),
+    )
+    assert info is not None
+    return info

@@ -4,6 +4,8 @@ store, and usage errors through typer's runner."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +243,14 @@ def test_help_keeps_the_placeholders_it_names() -> None:
     shown = CliRunner().invoke(cli.app, ["get", "--help"], env={"COLUMNS": "200"})
     assert "DIR/<name>/pages/00001.md" in shown.output
     assert "DIR/<name>.json" in shown.output
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    """``python -m ocrpipe.cli`` is how tests and scripts start the CLI in a process of its
+    own (when cli.py became a package, the form stopped working and an end-to-end test that
+    started replays that way went on killing processes that had already failed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ocrpipe.cli", "dlq", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "replay" in done.stdout

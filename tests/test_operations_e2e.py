@@ -21,7 +21,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +38,9 @@ from ocrpipe.operations.pull import PubSubPullSubscription, Received
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, publisher_client, subscriber_client
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
+from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
 from ocrpipe.topology import load_topology
-from tests.conftest import unique_name, wait_until_finished
+from tests.conftest import unique_name, wait_for_object, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -128,6 +128,55 @@ def dead_letters(stack: LocalStack, names: set[str]) -> list[dlq.DeadLetter]:
         subscription.close()
 
 
+# Where a replay process is killed: at once, or when the operator's Pub/Sub proxy records its
+# first call needing this permission.
+REPLAY_KILL_POINTS = (
+    ("its start", None),
+    ("its first publish", "pubsub.topics.publish"),
+    ("its first pull", "pubsub.subscriptions.consume"),
+)
+
+
+def pubsub_usage_size(stack: LocalStack) -> int:
+    path = stack.usage_files[0]
+    return path.stat().st_size if path.exists() else 0
+
+
+def operator_called(stack: LocalStack, since: int, permission: str) -> bool:
+    """Whether the operator made a Pub/Sub call needing ``permission`` (recorded by its proxy
+    after byte ``since`` of the usage file)."""
+    lines = stack.usage_files[0].read_bytes()[since:].decode().splitlines()
+    return any(
+        decision["identity"] == "operator" and decision["permission"] == permission
+        for decision in (json.loads(line) for line in lines if line.endswith("}"))
+    )
+
+
+def kill_replay_at(stack: LocalStack, point: str, permission: str | None) -> None:
+    """Start ``ocrpipe dlq replay`` and SIGKILL it once it makes its first call needing
+    ``permission`` (``None``: at once); fail if it exits before."""
+    since = pubsub_usage_size(stack)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ocrpipe.cli", "dlq", "replay"],
+        env=settings_env(stack.settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if permission is not None:
+            reached, code = wait_for(
+                lambda: (operator_called(stack, since, permission), process.poll()),
+                lambda reading: reading[0] or reading[1] is not None,
+                what=f"a replay run to reach {point}",
+                alive=stack_alive(stack),
+                interval=0.01,
+            )
+            assert reached, f"a replay run exited with {code} before {point}"
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
 def gcs_log_size(stack: LocalStack) -> int:
     assert stack.log_dir is not None
     return (stack.log_dir / "gcs.log").stat().st_size
@@ -212,9 +261,13 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
     two_pages = docs[1].name
 
     # 1. Every page keeps failing until Pub/Sub gives up on it.
-    deadline = time.monotonic() + 240
-    while len(letters := dead_letters(stack, names)) < 4 and time.monotonic() < deadline:
-        time.sleep(2)
+    letters = wait_for(
+        lambda: dead_letters(stack, names),
+        lambda found: len(found) >= 4,
+        what="four dead-lettered pages",
+        alive=stack_alive(stack),
+        interval=2,
+    )
     assert len(letters) == 4, letters
 
     # 2. `dlq list` shows them with what Pub/Sub added, and consumes nothing.
@@ -274,37 +327,35 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
     [(killed_name, killed_page)] = dying.sent
     killed_doc = next(d for d in docs if d.name == killed_name)
     page_md = naming.page_markdown_name(killed_doc, killed_page)
-    deadline = time.monotonic() + 60
-    while store.stat(settings.output_bucket, page_md) is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert store.stat(settings.output_bucket, page_md) is not None
-    deadline = time.monotonic() + 90
-    while len(left := dead_letters(stack, names)) < 3 and time.monotonic() < deadline:
-        time.sleep(2)
+    wait_for_object(stack, store, settings.output_bucket, page_md)  # the dead run's publish
+    left = wait_for(
+        lambda: dead_letters(stack, names),
+        lambda found: len(found) >= 3,
+        what="the dead run's leases to run out",
+        alive=stack_alive(stack),
+        interval=2,
+    )
     assert (killed_name, killed_page) in {(d.name, d.page) for d in left}
 
-    # Replay processes killed (SIGKILL) at arbitrary points: starting, pulling, publishing.
-    for delay in (0.4, 0.8, 1.2, 1.6, 2.4):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ocrpipe.cli", "dlq", "replay"],
-            env=settings_env(settings),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(delay)
-        process.kill()
-        process.wait(timeout=10)
+    # Replay processes killed (SIGKILL) at points they are seen to reach: before any call,
+    # at the first publish (it holds leases, some pages sent, none acked), at the first pull.
+    for point, permission in REPLAY_KILL_POINTS:
+        kill_replay_at(stack, point, permission)
 
     # 5. Replay until every document is done: what a killed run leased comes back after
     # dlq.LEASE_SECONDS (or the subscription's ack deadline), and nothing is lost.
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
+    def replay_then_states() -> list[str]:
         result = ocrpipe(stack, "dlq", "replay", "--doc", "tests/dlq-*", "--json")
         assert result.exit_code == 0, result.output
-        states = {json_of(ocrpipe(stack, "status", d.name, "--json"))["state"] for d in docs}
-        if states == {"done"}:
-            break
-        time.sleep(3)
+        return sorted(json_of(ocrpipe(stack, "status", d.name, "--json"))["state"] for d in docs)
+
+    wait_for(
+        lambda: (replay_then_states(), stack_activity(stack)),
+        lambda reading: set(reading[0]) == {"done"},
+        what="replays to finish every document",
+        alive=stack_alive(stack),
+        interval=3,
+    )
     for doc in docs:
         final = wait_until_finished(stack, store, doc.name)
         assert final.state == "done", final
@@ -327,8 +378,7 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
 
     # 6. A second replay changes nothing.
     again_report = json_of(ocrpipe(stack, "dlq", "replay", "--doc", "tests/dlq-*", "--json"))
-    assert (again_report["replayed"], again_report["failed"]) == (0, 0)
-    time.sleep(2)
+    assert (again_report["replayed"], again_report["failed"]) == (0, 0)  # it published nothing
     for doc in docs:
         assert all(written[n] == g for n, g in outputs(stack, store, doc).items() if n in written)
     assert ocrpipe(stack, "wait", *sorted(names), "--timeout", "10").exit_code == cli.Exit.OK
