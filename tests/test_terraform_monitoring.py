@@ -22,7 +22,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import httpx
 import pytest
 from starlette.testclient import TestClient
@@ -36,9 +35,9 @@ from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.topology import TOPOLOGY_FILE
 from tests.fakes import ScriptedOcrServer, completion
+from tests.terraform import TERRAFORM, load_terraform
 
 ROOT = Path(__file__).resolve().parents[1]
-TERRAFORM = ROOT / "terraform"
 OPERATIONS = ROOT / "docs" / "OPERATIONS.md"
 TOPOLOGY = json.loads(TOPOLOGY_FILE.read_text(encoding="utf-8"))
 
@@ -56,39 +55,9 @@ USER_METRIC = "logging.googleapis.com/user/"
 # --- terraform, parsed and resolved --------------------------------------------------------
 
 
-def _unquote(text: str) -> str:
-    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        return text[1:-1].replace('\\"', '"')
-    return text
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            _unquote(k): _clean(v)
-            for k, v in value.items()
-            if k not in ("__is_block__", "__comments__")
-        }
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return _unquote(value) if isinstance(value, str) else value
-
-
 @pytest.fixture(scope="module")
 def tf() -> dict[str, Any]:
-    merged: dict[str, Any] = {"resource": {}, "variable": {}, "locals": {}, "output": {}}
-    for path in sorted(TERRAFORM.glob("*.tf")):
-        with path.open(encoding="utf-8") as handle:
-            doc = _clean(hcl2.load(handle))
-        for block in doc.get("resource", []):
-            for rtype, named in block.items():
-                merged["resource"].setdefault(rtype, {}).update(named)
-        for kind in ("variable", "output"):
-            for block in doc.get(kind, []):
-                merged[kind].update(block)
-        for block in doc.get("locals", []):
-            merged["locals"].update(block)
-    return merged
+    return load_terraform()
 
 
 def resolve(text: str, tf: dict[str, Any]) -> str:
