@@ -5,7 +5,6 @@ with tokens signed here and the certificate set served by a real local HTTP serv
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import threading
 import time
@@ -18,11 +17,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming, records
-from ocrpipe.messages import PageMessage
 from ocrpipe.settings import Settings
 from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import push_envelope, ready_document
 from ocrpipe.worker.push_auth import CertCache, PushVerifier, build_verifier
 from tests.fakes import ScriptedOcrServer, completion
 from tests.tokens import AUDIENCE, PUSH_ACCOUNT, KeySet, SigningKey
@@ -116,29 +114,9 @@ def client(certs: CertServer, store: MemoryStore, ocr: ScriptedOcrServer) -> Ite
 
 
 def page_envelope(store: MemoryStore) -> dict[str, Any]:
-    generation = store.put("in", "a.pdf", b"%PDF-1.7", "application/pdf")
-    doc = naming.DocumentRef("in", "a.pdf", generation)
-    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, 1))  # splitter's
-    image = naming.page_image_name(doc.doc_id, 1, "png")
-    store.put("work", image, b"png bytes", "image/png")
-    message = PageMessage(
-        doc_id=doc.doc_id,
-        source_bucket="in",
-        source_name="a.pdf",
-        source_generation=generation,
-        page=1,
-        page_count=1,
-        image_uri=f"gs://work/{image}",
-        image_mime="image/png",
-    )
-    return {
-        "message": {
-            "data": base64.b64encode(message.encode()).decode(),
-            "attributes": message.attributes(),
-            "messageId": "1",
-        },
-        "subscription": "projects/p/subscriptions/ocrpipe-pages-push",
-    }
+    """A push of the one page of a document stored as the splitter leaves it."""
+    _, (message,) = ready_document(store, 1, name="a.pdf", image=lambda _: b"png bytes")
+    return push_envelope(message)
 
 
 def outputs(store: MemoryStore) -> list[str]:

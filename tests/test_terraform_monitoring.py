@@ -27,12 +27,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming, records
+from ocrpipe import naming
 from ocrpipe.logs import JsonFormatter
-from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
-from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
 from ocrpipe.topology import TOPOLOGY_FILE
 from tests.fakes import ScriptedOcrServer, completion
 from tests.terraform import TERRAFORM, load_terraform
@@ -148,15 +147,6 @@ def series(resource: str, metric: str, **labels: str) -> dict[str, Any]:
 
 # --- real worker log lines ----------------------------------------------------------------
 
-SETTINGS = Settings(
-    verify_push_auth=False,
-    storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
-    input_bucket="in",
-    work_bucket="work",
-    output_bucket="out",
-    ocr_budget_s=5,
-)
-
 
 class Lines(logging.Handler):
     def __init__(self) -> None:
@@ -181,43 +171,6 @@ def cloud_run_entry(line: str, service: str) -> dict[str, Any]:
     }
 
 
-def _messages(store: MemoryStore, pages: int) -> tuple[DocumentRef, list[PageMessage]]:
-    generation = store.put("in", "docs/a.pdf", b"%PDF-1.7 ...", "application/pdf")
-    doc = DocumentRef("in", "docs/a.pdf", generation)
-    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
-    messages = []
-    for page in range(1, pages + 1):
-        image = naming.page_image_name(doc.doc_id, page, "png")
-        store.put("work", image, f"image {page}".encode(), "image/png")
-        messages.append(
-            PageMessage(
-                doc_id=doc.doc_id,
-                source_bucket="in",
-                source_name="docs/a.pdf",
-                source_generation=generation,
-                page=page,
-                page_count=pages,
-                image_uri=f"gs://work/{image}",
-                image_mime="image/png",
-            )
-        )
-    return doc, messages
-
-
-def _push(client: TestClient, message: PageMessage) -> int:
-    envelope = {
-        "message": {
-            "data": base64.b64encode(message.encode()).decode(),
-            "attributes": message.attributes(),
-            "messageId": "1",
-            "publishTime": "2026-11-26T00:00:00Z",
-        },
-        "subscription": "projects/p/subscriptions/ocrpipe-pages-push",
-    }
-    status: int = client.post("/", json=envelope).status_code
-    return status
-
-
 def worker_entries(
     tf: dict[str, Any], server: ScriptedOcrServer, pushes: list[int], pages: int
 ) -> tuple[MemoryStore, DocumentRef, list[dict[str, Any]]]:
@@ -225,14 +178,14 @@ def worker_entries(
     store = MemoryStore()
     lines = Lines()
     with TestClient(
-        create_app(SETTINGS, store=store, ocr=server.client(), publisher=MemoryPublisher())
+        create_app(WORKER_SETTINGS, store=store, ocr=server.client(), publisher=MemoryPublisher())
     ) as client:
         root = logging.getLogger()
         root.addHandler(lines)
         try:
-            doc, messages = _messages(store, pages)
+            doc, messages = ready_document(store, pages)
             for page in pushes:
-                assert _push(client, messages[page - 1]) == 204
+                assert client.post("/", json=push_envelope(messages[page - 1])).status_code == 204
         finally:
             root.removeHandler(lines)
     service = resolve(tf["locals"]["worker_service_name"], tf)
