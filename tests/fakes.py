@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -39,6 +41,18 @@ def completion(
             "total_tokens": prompt_tokens + tokens,
         }
     return httpx.Response(200, json=body)
+
+
+def request_image(body: Mapping[str, Any]) -> bytes:
+    """The page image an OCR request carries (its ``data:`` URL decoded)."""
+    url = str(body["messages"][0]["content"][0]["image_url"]["url"])
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def echo_image(body: Mapping[str, Any]) -> httpx.Response:
+    """Answers an OCR request with its image's bytes as the page's text (the images of
+    :func:`~ocrpipe.testing.pushes.ready_document` read ``image 1``, ``image 2``, ...)."""
+    return completion(request_image(body).decode())
 
 
 @dataclass

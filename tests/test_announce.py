@@ -26,8 +26,7 @@ from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams, OcrResult
 from ocrpipe.worker.page_work import KeyedLocks, complete_document, process_page
-from tests.fakes import ScriptedOcrServer, completion
-from tests.test_worker_contract import page_text
+from tests.fakes import ScriptedOcrServer, completion, echo_image
 
 
 @dataclass
@@ -53,7 +52,7 @@ def store() -> MemoryStore:
 
 @pytest.fixture
 def server() -> ScriptedOcrServer:
-    return ScriptedOcrServer([page_text])
+    return ScriptedOcrServer([echo_image])
 
 
 @pytest.fixture
@@ -112,7 +111,7 @@ def test_one_notification_per_terminal_state(
     store: MemoryStore, publisher: MemoryPublisher, looping: tuple[int, ...], state: str
 ) -> None:
     def reply(body: dict[str, object]) -> object:
-        response = page_text(body)
+        response = echo_image(body)
         if int(response.json()["choices"][0]["message"]["content"].split()[-1]) in looping:
             return completion("la " * 20, "repetition")
         return response
@@ -159,7 +158,7 @@ def test_a_document_rebuilt_after_a_retry_is_announced_again_with_its_new_state(
             process_page(message, store, ocr.client(), WORKER_SETTINGS, publisher, deadline=1e12)
         )
 
-    deliver(messages[0], ScriptedOcrServer([page_text]))
+    deliver(messages[0], ScriptedOcrServer([echo_image]))
     deliver(messages[1], looping)
     assert [n["state"] for n in notes(publisher)] == ["partial"]
     first_digest = latest(store, doc.name)["pages_digest"]
@@ -168,7 +167,7 @@ def test_a_document_rebuilt_after_a_retry_is_announced_again_with_its_new_state(
     retried = MemoryPublisher()
     requeue(plan, store, retried, WORKER_SETTINGS)
     [(_, again)] = retried.published
-    deliver(PageMessage.decode(again.data), ScriptedOcrServer([page_text]))
+    deliver(PageMessage.decode(again.data), ScriptedOcrServer([echo_image]))
     assert [n["state"] for n in notes(publisher)] == ["partial", "done"]
     record = latest(store, doc.name)
     assert record["state"] == "done" and record["pages_digest"] != first_digest
@@ -209,7 +208,7 @@ def test_document_json_gives_each_page_the_provenance_the_ocr_client_returned() 
     loops_once = {"n": 0}
 
     def reply(body: dict[str, object]) -> object:
-        response = page_text(body)
+        response = echo_image(body)
         if response.json()["choices"][0]["message"]["content"] == "image 2":
             loops_once["n"] += 1
             if loops_once["n"] == 1:  # page 2 loops at the first temperature, then works

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -74,27 +73,12 @@ async def test_the_local_engine_streams_the_same_markdown() -> None:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
-            body = {
-                "model": engine.DEFAULT_MODEL,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": _data_url(BLANK)}}],
-                    }
-                ],
-                "max_tokens": 4096,
-            }
+            body = chat(BLANK)
             plain = (await http.post(CHAT, json=body)).json()
             streamed = await stream_completion(http, CHAT, body)
     assert streamed.text == plain["choices"][0]["message"]["content"] != ""
     assert (streamed.finish_reason, streamed.cut) == ("stop", False)
     assert streamed.completion_tokens == plain["usage"]["completion_tokens"]
-
-
-def _data_url(image: bytes) -> str:
-    import base64
-
-    return f"data:image/png;base64,{base64.b64encode(image).decode()}"
 
 
 async def test_a_loop_is_cut_early_and_the_server_stops_generating(

@@ -4,7 +4,6 @@ connection resets and hangs against a live uvicorn server."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import io
 import json
@@ -20,9 +19,12 @@ from starlette.applications import Starlette
 
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.faults import LOOP_PHRASE, FaultPlan, create_app, main, serve_in_background
+from ocrpipe.settings import Settings
 from ocrpipe.testing.waiting import wait_for
+from ocrpipe.worker.ocr_client import OcrParams, image_data_url
 
 CHAT = "/v1/chat/completions"
+OCR = OcrParams.from_settings(Settings())  # the model, top_p and max_tokens the worker sends
 
 
 def page(
@@ -43,16 +45,8 @@ def page(
 
 
 def chat(image: bytes, temperature: float = 0.2, **extra: Any) -> dict[str, Any]:
-    url = f"data:image/png;base64,{base64.b64encode(image).decode()}"
-    return {
-        "model": DEFAULT_MODEL,
-        "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
-        ],
-        "temperature": temperature,
-        "max_tokens": 4096,
-        **extra,
-    }
+    """The worker's request for ``image`` at ``temperature``, with ``extra`` fields."""
+    return {**OCR.request(image_data_url(image), temperature), **extra}
 
 
 def sha(image: bytes) -> str:

@@ -19,7 +19,7 @@ from ocrpipe.errors import OcrRejected, OcrUnavailable
 from ocrpipe.settings import Settings
 from ocrpipe.testing.clock import FakeClock
 from ocrpipe.worker.ocr_client import MAX_BACKOFF_SECONDS, OcrClient, OcrParams, parse_retry_after
-from tests.fakes import ScriptedOcrServer, completion
+from tests.fakes import ScriptedOcrServer, completion, request_image
 
 IMAGE = b"\x89PNG fake image bytes"
 
@@ -461,14 +461,12 @@ async def test_a_looping_page_is_cut_while_streaming_then_answered_one_step_up()
 async def test_each_page_counts_its_own_attempts_when_pages_run_concurrently() -> None:
     """Usage is billed per page: pages answered at once report 1 attempt each even while
     another page of the same client is retried meanwhile (3 attempts)."""
-    flaky_url = "data:image/png;base64," + base64.b64encode(b"flaky").decode()
     flaky_done = asyncio.Event()
     flaky_attempts = 0
 
     async def answer(request: httpx.Request) -> httpx.Response:
         nonlocal flaky_attempts
-        body = json.loads(request.content)
-        if body["messages"][0]["content"][0]["image_url"]["url"] != flaky_url:
+        if request_image(json.loads(request.content)) != b"flaky":
             await flaky_done.wait()  # the other pages stay in flight through the retries
             return completion("ok")
         flaky_attempts += 1

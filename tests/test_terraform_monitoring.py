@@ -15,14 +15,12 @@ the lines an operator expects to count.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -33,7 +31,7 @@ from ocrpipe.naming import DocumentRef
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
 from ocrpipe.topology import TOPOLOGY_FILE
-from tests.fakes import ScriptedOcrServer, completion
+from tests.fakes import ScriptedOcrServer, completion, echo_image
 from tests.terraform import TERRAFORM, load_terraform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,11 +195,6 @@ def log_metric(tf: dict[str, Any], name: str) -> dict[str, Any]:
     return body
 
 
-def echo_page(body: dict[str, object]) -> httpx.Response:
-    url = body["messages"][0]["content"][0]["image_url"]["url"]  # type: ignore[index]
-    return completion(base64.b64decode(url.split(",", 1)[1]).decode())
-
-
 # --- tests: log-based metrics -------------------------------------------------------------
 
 
@@ -210,7 +203,7 @@ def test_pages_done_counts_each_written_page_once_and_latency_reads_its_duration
 ) -> None:
     # Page 1 twice (a duplicate delivery writes nothing), then page 2.
     store, doc, entries = worker_entries(
-        tf, ScriptedOcrServer([echo_page]), pushes=[1, 1, 2], pages=2
+        tf, ScriptedOcrServer([echo_image]), pushes=[1, 1, 2], pages=2
     )
     assert store.stat("out", naming.document_markdown_name(doc)) is not None
 
@@ -250,7 +243,7 @@ def test_pages_failed_counts_a_page_failed_for_good_with_its_error_record_reason
 
 
 def test_log_metrics_ignore_other_services(tf: dict[str, Any]) -> None:
-    _, _, entries = worker_entries(tf, ScriptedOcrServer([echo_page]), pushes=[1], pages=1)
+    _, _, entries = worker_entries(tf, ScriptedOcrServer([echo_image]), pushes=[1], pages=1)
     gpu = resolve(tf["locals"]["gpu_service_name"], tf)
     elsewhere = [
         {**e, "resource": {**e["resource"], "labels": {"service_name": gpu}}} for e in entries

@@ -19,12 +19,7 @@ from ocrpipe.operations.status import invalid_messages
 from ocrpipe.storage import ObjectInfo
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
-from tests.fakes import RecordingStore, ScriptedOcrServer, completion
-
-
-def page_text(body: dict[str, object]) -> httpx.Response:
-    url = body["messages"][0]["content"][0]["image_url"]["url"]  # type: ignore[index]
-    return completion(base64.b64decode(url.split(",", 1)[1]).decode())
+from tests.fakes import RecordingStore, ScriptedOcrServer, completion, echo_image
 
 
 @pytest.fixture
@@ -34,7 +29,7 @@ def store() -> RecordingStore:
 
 @pytest.fixture
 def server() -> ScriptedOcrServer:
-    return ScriptedOcrServer([page_text])
+    return ScriptedOcrServer([echo_image])
 
 
 @pytest.fixture
