@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from bench.common import REPO, TreeMemory, say, target
+from ocrpipe.local.readiness import exited, http_answers, wait_until_ready
 from ocrpipe.local.stack import fault_server_command, free_port
 
 IN_FLIGHT = 32  # OCRPIPE_OCR_MAX_IN_FLIGHT's default, and terraform's worker_concurrency
@@ -117,17 +118,8 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
 
 
 def wait_up(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+    healthy = http_answers(f"{url}/health", lambda status: status == 200)
+    wait_until_ready(healthy, what=f"{url} did not come up", timeout=timeout, died=exited(process))
 
 
 async def push_all(url: str, bodies: list[dict[str, Any]]) -> list[int]:

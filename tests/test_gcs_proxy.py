@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pytest
 from google.api_core.exceptions import Forbidden
 
 from ocrpipe.errors import AccessDenied, RetryableError
+from ocrpipe.local.readiness import exited, http_answers, wait_until_ready
 from ocrpipe.local.stack import fake_gcs_server_binary, free_port
 from ocrpipe.storage import GcsStore
 
@@ -32,16 +32,9 @@ def own_doc() -> str:
     return f"report-{uuid.uuid4().hex[:8]}.pdf/@1712"
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"{process.args!r} exited with {process.returncode}"
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} did not answer")
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path | None = None) -> None:
+    answers = http_answers(url, lambda _: True)
+    wait_until_ready(answers, what=f"{url} did not answer", timeout=30, died=exited(process, log))
 
 
 @dataclass
@@ -100,7 +93,7 @@ def start_proxy(
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     proxied = Proxied(upstream, ports, usage, buckets, log)
-    wait_http(proxied.url("worker") + "/", process)
+    wait_http(proxied.url("worker") + "/", process, log)
     return process, proxied
 
 

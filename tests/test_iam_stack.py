@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from ocrpipe.local.stack import IDENTITIES, LocalStack, free_ports
 from ocrpipe.naming import DocumentRef
 from ocrpipe.operations.status import document_status
 from ocrpipe.storage import GcsStore
+from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
 from tests.conftest import unique_name, wait_until_finished
 
 pytestmark = pytest.mark.e2e
@@ -156,15 +156,6 @@ def test_the_usage_report_lists_exactly_what_each_identity_needed(
     assert {i: r["refused"] for i, r in report.items() if r["refused"]} == {}
 
 
-def poll(condition: Callable[[], bool], timeout: float = 240) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
-
-
 def test_a_narrowed_grant_breaks_its_path_and_the_proxy_says_why(
     narrowed_stack: LocalStack,
 ) -> None:
@@ -175,7 +166,13 @@ def test_a_narrowed_grant_breaks_its_path_and_the_proxy_says_why(
     def refused() -> list[tuple[str, str, str]]:
         return proxy_refusals(narrowed_stack, "gcs-proxy")
 
-    assert poll(lambda: ("worker", "storage.objects.list", output) in refused()), refused()
+    wait_for(
+        lambda: (refused(), stack_activity(narrowed_stack)),
+        lambda reading: ("worker", "storage.objects.list", output) in reading[0],
+        what="the worker's list on the output bucket to be refused",
+        alive=stack_alive(narrowed_stack),
+        interval=0.5,
+    )
     # The worker's delivery failed (it is retried, then dead-lettered): no document.
     status = document_status(store, settings, doc.name)
     assert status.state != "done", status

@@ -62,19 +62,6 @@ def wait_for(
     return reading
 
 
-def wait_until(
-    condition: Callable[[], bool],
-    *,
-    what: str,
-    quiet_s: float = QUIET_S,
-    alive: Callable[[], str | None] | None = None,
-    interval: float = 0.05,
-) -> None:
-    """Until ``condition()`` holds, for a condition with no progress to show (a server that
-    starts, a flag that is set): it gets ``quiet_s`` s in all."""
-    wait_for(condition, bool, what=what, quiet_s=quiet_s, alive=alive, interval=interval)
-
-
 def stack_alive(stack: LocalStack) -> Callable[[], str | None]:
     """For ``alive``: the first of the stack's processes that has exited, named, with the end
     of its log."""
