@@ -177,6 +177,19 @@ def kill_replay_at(stack: LocalStack, point: str, permission: str | None) -> Non
         process.wait(timeout=30)
 
 
+def wait_for_dead_letters(stack: LocalStack, names: set[str], count: int) -> list[dlq.DeadLetter]:
+    """Until at least ``count`` of ``names``' pages are in the dead-letter subscription (on
+    progress: the stack's deliveries move the wait too)."""
+    letters, _ = wait_for(
+        lambda: (dead_letters(stack, names), stack_activity(stack)),
+        lambda reading: len(reading[0]) >= count,
+        what=f"{count} dead-lettered pages",
+        alive=stack_alive(stack),
+        interval=2,
+    )
+    return letters
+
+
 def gcs_log_size(stack: LocalStack) -> int:
     assert stack.log_dir is not None
     return (stack.log_dir / "gcs.log").stat().st_size
@@ -261,13 +274,7 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
     two_pages = docs[1].name
 
     # 1. Every page keeps failing until Pub/Sub gives up on it.
-    letters = wait_for(
-        lambda: dead_letters(stack, names),
-        lambda found: len(found) >= 4,
-        what="four dead-lettered pages",
-        alive=stack_alive(stack),
-        interval=2,
-    )
+    letters = wait_for_dead_letters(stack, names, 4)
     assert len(letters) == 4, letters
 
     # 2. `dlq list` shows them with what Pub/Sub added, and consumes nothing.
@@ -328,13 +335,7 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
     killed_doc = next(d for d in docs if d.name == killed_name)
     page_md = naming.page_markdown_name(killed_doc, killed_page)
     wait_for_object(stack, store, settings.output_bucket, page_md)  # the dead run's publish
-    left = wait_for(
-        lambda: dead_letters(stack, names),
-        lambda found: len(found) >= 3,
-        what="the dead run's leases to run out",
-        alive=stack_alive(stack),
-        interval=2,
-    )
+    left = wait_for_dead_letters(stack, names, 3)  # once the dead run's leases run out
     assert (killed_name, killed_page) in {(d.name, d.page) for d in left}
 
     # Replay processes killed (SIGKILL) at points they are seen to reach: before any call,
