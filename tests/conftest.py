@@ -1,6 +1,7 @@
-"""Shared fixtures. The local stack (real emulators) starts once per session, on free
-ports, only for tests that ask for it, with IAM enforced (the authorizing proxies and the
-grants of ocrpipe/iam.json), as every stack is unless a test says otherwise."""
+"""Shared fixtures: the worker app on an in-memory store, and the local stack. The local
+stack (real emulators) starts once per session, on free ports, only for tests that ask for
+it, with IAM enforced (the authorizing proxies and the grants of ocrpipe/iam.json), as every
+stack is unless a test says otherwise."""
 
 from __future__ import annotations
 
@@ -8,11 +9,49 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from starlette.testclient import TestClient
 
+from ocr_worker.app import create_app
 from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.operations.status import DocumentStatus, document_status
 from ocrpipe.storage import GcsStore, ObjectInfo
+from ocrpipe.testing.memory import MemoryPublisher
+from ocrpipe.testing.pushes import WORKER_SETTINGS
 from ocrpipe.testing.waiting import QUIET_S, stack_activity, stack_alive, wait_for
+from tests.fakes import RecordingStore, ScriptedOcrServer, echo_image
+
+# --- the worker app on an in-memory store (test_worker_contract, test_announce; a module
+# that means something else by these names defines its own) ------------------------------
+
+
+@pytest.fixture
+def store() -> RecordingStore:
+    """What the worker reads and writes; it records its reads and listings."""
+    return RecordingStore()
+
+
+@pytest.fixture
+def server() -> ScriptedOcrServer:
+    """The OCR server: each page's text is its image's bytes."""
+    return ScriptedOcrServer([echo_image])
+
+
+@pytest.fixture
+def publisher() -> MemoryPublisher:
+    return MemoryPublisher()
+
+
+@pytest.fixture
+def client(
+    store: RecordingStore, server: ScriptedOcrServer, publisher: MemoryPublisher
+) -> Iterator[TestClient]:
+    """The worker app, pushed to through Starlette's test client."""
+    app = create_app(WORKER_SETTINGS, store=store, ocr=server.client(), publisher=publisher)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+# --- the local stack ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -43,30 +43,6 @@ class FlakyPublisher:
         if self.calls <= self.fail_times:
             raise StorageUnavailable("publishing failed: deadline exceeded")
         return self.inner.publish_all(topic, messages)
-
-
-@pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
-
-
-@pytest.fixture
-def server() -> ScriptedOcrServer:
-    return ScriptedOcrServer([echo_image])
-
-
-@pytest.fixture
-def publisher() -> MemoryPublisher:
-    return MemoryPublisher()
-
-
-@pytest.fixture
-def client(
-    store: MemoryStore, server: ScriptedOcrServer, publisher: MemoryPublisher
-) -> Iterator[TestClient]:
-    app = create_app(WORKER_SETTINGS, store=store, ocr=server.client(), publisher=publisher)
-    with TestClient(app) as test_client:
-        yield test_client
 
 
 def notes(publisher: MemoryPublisher) -> list[dict[str, object]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -19,32 +18,7 @@ from ocrpipe.operations.status import invalid_messages
 from ocrpipe.storage import ObjectInfo
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
-from tests.fakes import RecordingStore, ScriptedOcrServer, completion, echo_image
-
-
-@pytest.fixture
-def store() -> RecordingStore:
-    return RecordingStore()
-
-
-@pytest.fixture
-def server() -> ScriptedOcrServer:
-    return ScriptedOcrServer([echo_image])
-
-
-@pytest.fixture
-def publisher() -> MemoryPublisher:
-    return MemoryPublisher()
-
-
-@pytest.fixture
-def client(
-    store: MemoryStore, server: ScriptedOcrServer, publisher: MemoryPublisher
-) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(WORKER_SETTINGS, store=store, ocr=server.client(), publisher=publisher)
-    ) as test_client:
-        yield test_client
+from tests.fakes import RecordingStore, ScriptedOcrServer, completion
 
 
 def test_pages_then_document(client: TestClient, store: MemoryStore) -> None:
