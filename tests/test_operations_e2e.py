@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -342,17 +343,24 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
     # at the first publish (it holds leases, some pages sent, none acked), at the first pull.
     for point, permission in REPLAY_KILL_POINTS:
         kill_replay_at(stack, point, permission)
+    # What the killed runs leased is hidden until the lease lapses: dlq.LEASE_SECONDS once a
+    # run set it, the subscription's ack deadline for what it had only pulled. Pub/Sub's own
+    # clock decides, so this is a lower bound on waiting, not a race.
+    hidden_s = max(dlq.LEASE_SECONDS, load_topology().dead_letter_ack_deadline_seconds)
+    leases_lapsed_at = time.monotonic() + hidden_s + 5
 
-    # 5. Replay until every document is done: what a killed run leased comes back after
-    # dlq.LEASE_SECONDS (or the subscription's ack deadline), and nothing is lost.
-    def replay_then_states() -> list[str]:
+    # 5. Replay until every document is done and a replay ran after the killed runs' leases
+    # lapsed: what they leased comes back then, and nothing is lost.
+    def replay_then_states() -> tuple[list[str], bool]:
+        lapsed = time.monotonic() > leases_lapsed_at
         result = ocrpipe(stack, "dlq", "replay", "--doc", "tests/dlq-*", "--json")
         assert result.exit_code == 0, result.output
-        return sorted(json_of(ocrpipe(stack, "status", d.name, "--json"))["state"] for d in docs)
+        states = [json_of(ocrpipe(stack, "status", d.name, "--json"))["state"] for d in docs]
+        return sorted(states), lapsed
 
     wait_for(
         lambda: (replay_then_states(), stack_activity(stack)),
-        lambda reading: set(reading[0]) == {"done"},
+        lambda reading: set(reading[0][0]) == {"done"} and reading[0][1],
         what="replays to finish every document",
         alive=stack_alive(stack),
         interval=3,
