@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ocrpipe.topology import TOPOLOGY_FILE, load_topology
-from tests.terraform import TERRAFORM, load_terraform
+from tests.terraform import load_terraform
 
 DAY_S = 86400
 

@@ -51,7 +51,7 @@ def ready_document(
     doc = DocumentRef(settings.input_bucket, name, generation)
     manifest = records.manifest_record(doc, pages)
     store.put(settings.output_bucket, naming.manifest_name(doc), manifest)
-    extension = "png" if mime == "image/png" else "jpg"
+    extension = naming.IMAGE_EXTENSIONS[mime]
     messages = []
     for page in range(1, pages + 1):
         image_name = naming.page_image_name(doc.doc_id, page, extension)
