@@ -16,23 +16,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-
+from ocrpipe.local.readiness import exited, http_answers, wait_until_ready
 from ocrpipe.local.stack import fake_gcs_server_binary, free_port
 from ocrpipe.storage import GcsStore
 
 PROJECT = "bench-proxy"
-
-
-def _wait(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -76,8 +64,16 @@ def main() -> None:
         env=env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait(f"{upstream}/storage/v1/b")
-        _wait(f"http://127.0.0.1:{proxy_port}/")
+        for url, process in (
+            (f"{upstream}/storage/v1/b", gcs),
+            (f"http://127.0.0.1:{proxy_port}/", proxy),
+        ):
+            wait_until_ready(
+                http_answers(url, lambda _: True),
+                what=f"{url} did not answer",
+                timeout=30,
+                died=exited(process),
+            )
         direct = GcsStore.connect(PROJECT, upstream)
         direct.client.create_bucket(bucket)
         proxied = GcsStore.connect(PROJECT, f"http://127.0.0.1:{proxy_port}")

@@ -41,7 +41,6 @@ corpus and the bad-input corpus (:func:`corpora`); the target is none.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import io
 import logging
@@ -65,7 +64,7 @@ from ocrpipe.settings import Settings
 from ocrpipe.testing import inputs
 from ocrpipe.testing.pdfs import WORDS, page_text, text_pdf
 from ocrpipe.worker.completion_stream import stream_completion
-from ocrpipe.worker.ocr_client import OcrClient, OcrParams
+from ocrpipe.worker.ocr_client import OcrClient, OcrParams, image_data_url
 from ocrpipe.worker.repetition import RepetitionDetector
 
 TEMPERATURE_LADDER = Settings().ocr_temperatures
@@ -98,16 +97,9 @@ def chaos_pages(documents: int) -> list[bytes]:
 
 
 def body(image: bytes, temperature: float) -> dict[str, Any]:
-    url = f"data:image/png;base64,{base64.b64encode(image).decode()}"
-    return {
-        "model": DEFAULT_MODEL,
-        "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
-        ],
-        "temperature": temperature,
-        "top_p": 0.9,
-        "max_tokens": MAX_TOKENS,
-    }
+    """The worker's request for ``image`` at ``temperature``."""
+    params = OcrParams.from_settings(Settings(), max_tokens=MAX_TOKENS)
+    return params.request(image_data_url(image), temperature)
 
 
 async def ladder(http: httpx.AsyncClient, image: bytes, mode: str) -> dict[str, Any]:

@@ -31,7 +31,6 @@ cost per page bounds what it can feed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import time
@@ -56,10 +55,10 @@ from bench.stack import (
     wait_all,
     wait_split,
 )
-from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.stack import LocalStack
 from ocrpipe.settings import Settings
 from ocrpipe.testing.pdfs import text_pdf
+from ocrpipe.worker.ocr_client import OcrParams, image_data_url
 
 TARGET_RATIO = 0.95
 # Worker CPU per page with 64 pages in flight (K=32: 64 pushes open, 64 OCR requests), in the
@@ -89,16 +88,8 @@ def page_request() -> bytes:
         document.close()
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
-    url = f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
-    body = {
-        "model": DEFAULT_MODEL,
-        "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
-        ],
-        "temperature": 0.2,
-        "top_p": 0.9,
-        "max_tokens": 4096,
-    }
+    params = OcrParams.from_settings(Settings())
+    body = params.request(image_data_url(buffer.getvalue()), params.temperatures[0])
     return json.dumps(body).encode()
 
 

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from bench.common import say, target
 from ocrpipe import naming, records
+from ocrpipe.local.readiness import exited, tcp_accepts, wait_until_ready
 from ocrpipe.local.stack import fake_gcs_server_binary
 from ocrpipe.operations.batch_status import batch_status
 from ocrpipe.settings import Settings
@@ -52,23 +53,16 @@ def gcs_emulator() -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            _wait_listening(port, process)
+            wait_until_ready(
+                tcp_accepts(port),
+                what="fake-gcs-server did not start",
+                timeout=30,
+                died=exited(process),
+            )
             yield url
         finally:
             process.terminate()
             process.wait(10)
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("fake-gcs-server did not start") from None
-            time.sleep(0.05)
 
 
 class Counting(ForwardingStore):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
+import json
 import os
 import re
 import signal
@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from bench.common import REPO, TreeMemory, say, target
+from ocrpipe.local.readiness import exited, http_answers, wait_until_ready
 from ocrpipe.local.stack import fault_server_command, free_port
 
 IN_FLIGHT = 32  # OCRPIPE_OCR_MAX_IN_FLIGHT's default, and terraform's worker_concurrency
@@ -75,9 +76,9 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
     import uvicorn
 
     from ocr_worker.app import create_app
-    from ocrpipe import naming, records
     from ocrpipe.settings import Settings
     from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+    from ocrpipe.testing.pushes import push_envelope, ready_document
 
     class CopyingStore(MemoryStore):
         """A GCS download returns fresh bytes for every read: so does this store."""
@@ -87,11 +88,6 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
 
     store = CopyingStore()
     png = page_png(flavour)
-    generation = store.put("in", "big.pdf", b"%PDF-1.7", "application/pdf")
-    doc = naming.DocumentRef("in", "big.pdf", generation)
-    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, in_flight + 1))
-    for page in range(1, in_flight + 2):  # one more for the warm-up
-        store.put("work", naming.page_image_name(doc.doc_id, page, "png"), png, "image/png")
     settings = Settings(
         verify_push_auth=False,
         storage_emulator_host="http://127.0.0.1:9",  # unverified only on emulators (in memory)
@@ -103,7 +99,12 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
         ocr_budget_s=120,
         log_level="WARNING",
     )
-    sys.stdout.write(f"{doc.doc_id} {generation} {len(png)}\n")
+    pages = in_flight + 1  # one more for the warm-up
+    _, messages = ready_document(
+        store, pages, name="big.pdf", settings=settings, image=lambda _: png
+    )
+    pushes = [push_envelope(message, str(message.page)) for message in messages]
+    sys.stdout.write(json.dumps({"png_bytes": len(png), "pushes": pushes}) + "\n")
     sys.stdout.flush()
     uvicorn.run(
         create_app(settings, store=store, publisher=MemoryPublisher()),
@@ -116,31 +117,9 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
 # --- the driver -----------------------------------------------------------------------------
 
 
-def push_body(doc_id: str, generation: int, page: int, pages: int) -> dict[str, Any]:
-    from ocrpipe import naming
-    from ocrpipe.messages import PageMessage
-
-    image = naming.page_image_name(doc_id, page, "png")
-    message = PageMessage(
-        doc_id=doc_id, source_bucket="in", source_name="big.pdf", source_generation=generation,
-        page=page, page_count=pages, image_uri=f"gs://work/{image}", image_mime="image/png",
-    )  # fmt: skip
-    data = base64.b64encode(message.encode()).decode()
-    return {"message": {"data": data, "messageId": str(page)}, "subscription": "s"}
-
-
 def wait_up(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+    healthy = http_answers(f"{url}/health", lambda status: status == 200)
+    wait_until_ready(healthy, what=f"{url} did not come up", timeout=timeout, died=exited(process))
 
 
 async def push_all(url: str, bodies: list[dict[str, Any]]) -> list[int]:
@@ -173,15 +152,15 @@ def measure(flavour: str, in_flight: int, hold_s: float) -> dict[str, Any]:
     )  # fmt: skip
     try:
         assert worker.stdout is not None
-        doc_id, generation, png_bytes = worker.stdout.readline().split()
+        prepared = json.loads(worker.stdout.readline())  # the stored pages, as pushes
+        pushes, png_bytes = prepared["pushes"], prepared["png_bytes"]
         ocr_url, worker_url = f"http://127.0.0.1:{ocr_port}", f"http://127.0.0.1:{worker_port}"
         wait_up(ocr_url, ocr)
         wait_up(worker_url, worker)
-        pages = in_flight + 1
         # One page first: imports, pools and buffers that any busy worker has.
-        warm = asyncio.run(push_all(worker_url, [push_body(doc_id, int(generation), 1, pages)]))
+        warm = asyncio.run(push_all(worker_url, pushes[:1]))
         baseline = vm_rss_mib(worker.pid)
-        bodies = [push_body(doc_id, int(generation), p, pages) for p in range(2, pages + 1)]
+        bodies = pushes[1:]
         started = time.monotonic()
         with TreeMemory(worker.pid, interval=0.05) as memory:
             statuses = asyncio.run(push_all(worker_url, bodies))

@@ -1,6 +1,7 @@
-"""Pub/Sub: the :class:`Publisher` protocol, the real adapter, a fake for tests, and the
-client factories (emulator-aware). The local stack's admin calls are in
-:mod:`ocrpipe.local.pubsub_admin`; terraform does them in production."""
+"""Pub/Sub: the :class:`Publisher` protocol, the real adapter, publishing many messages in
+batches (:func:`publish_batched`), and the client factories (emulator-aware). The local
+stack's admin calls are in :mod:`ocrpipe.local.pubsub_admin`; terraform does them in
+production."""
 
 from __future__ import annotations
 
@@ -22,6 +23,24 @@ class Publisher(Protocol):
     def publish_all(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
         """Publish and wait until every message is confirmed; return their ids in order."""
         ...
+
+
+# Messages per publish call when many go out at once (the splitter's pages, a retry, a
+# recovery): each batch is confirmed before the next is sent.
+PUBLISH_BATCH = 100
+
+
+def publish_batched(
+    publisher: Publisher,
+    topic: str,
+    messages: Sequence[OutgoingMessage],
+    batch: int = PUBLISH_BATCH,
+) -> int:
+    """Publish ``messages`` to ``topic``, ``batch`` at a time; how many were published."""
+    published = 0
+    for start in range(0, len(messages), batch):
+        published += len(publisher.publish_all(topic, messages[start : start + batch]))
+    return published
 
 
 class PubSubPublisher:

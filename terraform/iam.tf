@@ -3,15 +3,12 @@
 # The pipeline's bucket, topic and subscription grants are not written here: they come from
 # ocrpipe/iam.json, the file the local stack's authorizing proxies enforce, so what runs
 # locally and what is deployed are the same grants (tests/test_terraform.py checks the
-# wiring). In short (docs/DEPLOY.md, "Who may do what", has the table):
+# wiring). docs/DEPLOY.md, "Who may do what", has them as a table, which
+# tests/test_grant_table.py checks against iam.json. Written here, the grants that are not
+# in iam.json:
 #
-#   splitter  reads input, owns its work in work, creates manifest.json / error.json in
-#             output (nothing else there, no list), publishes to the pages topic
-#   worker    reads input (is this generation still current?) and work, owns output,
-#             invokes the GPU service
-#   trigger   Eventarc's identity ("eventarc" in iam.json): no data access; the only
-#             invoker of the splitter
-#   operators var.operators: submit, status, retry, dlq list/replay (the CLI's grants)
+#   worker    invokes the GPU service
+#   trigger   Eventarc's identity ("eventarc" in iam.json): the only invoker of the splitter
 #   gpu       nothing: the model is in the image
 #   push      the identity Pub/Sub's OIDC token names; the only invoker of the worker
 #   builder   Cloud Build identity for the splitter's source build

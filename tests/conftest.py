@@ -1,19 +1,57 @@
-"""Shared fixtures. The local stack (real emulators) starts once per session, on free
-ports, only for tests that ask for it, with IAM enforced (the authorizing proxies and the
-grants of ocrpipe/iam.json), as every stack is unless a test says otherwise."""
+"""Shared fixtures: the worker app on an in-memory store, and the local stack. The local
+stack (real emulators) starts once per session, on free ports, only for tests that ask for
+it, with IAM enforced (the authorizing proxies and the grants of ocrpipe/iam.json), as every
+stack is unless a test says otherwise."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from starlette.testclient import TestClient
 
+from ocr_worker.app import create_app
 from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.operations.status import DocumentStatus, document_status
-from ocrpipe.settings import Settings
-from ocrpipe.storage import GcsStore
+from ocrpipe.storage import GcsStore, ObjectInfo
+from ocrpipe.testing.memory import MemoryPublisher
+from ocrpipe.testing.pushes import WORKER_SETTINGS
+from ocrpipe.testing.waiting import QUIET_S, stack_activity, stack_alive, wait_for
+from tests.fakes import RecordingStore, ScriptedOcrServer, echo_image
+
+# --- the worker app on an in-memory store (test_worker_contract, test_announce; a module
+# that means something else by these names defines its own) ------------------------------
+
+
+@pytest.fixture
+def store() -> RecordingStore:
+    """What the worker reads and writes; it records its reads and listings."""
+    return RecordingStore()
+
+
+@pytest.fixture
+def server() -> ScriptedOcrServer:
+    """The OCR server: each page's text is its image's bytes."""
+    return ScriptedOcrServer([echo_image])
+
+
+@pytest.fixture
+def publisher() -> MemoryPublisher:
+    return MemoryPublisher()
+
+
+@pytest.fixture
+def client(
+    store: RecordingStore, server: ScriptedOcrServer, publisher: MemoryPublisher
+) -> Iterator[TestClient]:
+    """The worker app, pushed to through Starlette's test client."""
+    app = create_app(WORKER_SETTINGS, store=store, ocr=server.client(), publisher=publisher)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+# --- the local stack ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -32,17 +70,33 @@ def unique_name(stem: str, suffix: str = ".pdf") -> str:
 
 
 def wait_until_finished(
-    store: GcsStore,
-    settings: Settings,
-    name: str,
-    timeout: float = 180,
-    on_wait: Callable[[], None] = lambda: None,
+    stack: LocalStack, store: GcsStore, name: str, *, quiet_s: float = QUIET_S
 ) -> DocumentStatus:
-    deadline = time.monotonic() + timeout
-    current = document_status(store, settings, name)
-    while not current.finished_state and time.monotonic() < deadline:
-        on_wait()
-        time.sleep(0.3)
-        current = document_status(store, settings, name)
-    assert current.finished_state, f"{name} still {current.state} after {timeout} s: {current}"
-    return current
+    """Until ``name``'s newest generation is finished (done, partial or failed). Fails only
+    when neither its status nor the stack's work moved for ``quiet_s`` s, or when one of the
+    stack's processes died (named)."""
+
+    def measure() -> tuple[DocumentStatus, tuple[int, ...]]:
+        return document_status(store, stack.settings, name), stack_activity(stack)
+
+    status, _ = wait_for(
+        measure,
+        lambda reading: reading[0].finished_state,
+        what=f"{name} to finish",
+        quiet_s=quiet_s,
+        alive=stack_alive(stack),
+        interval=0.3,
+    )
+    return status
+
+
+def wait_for_object(stack: LocalStack, store: GcsStore, bucket: str, name: str) -> ObjectInfo:
+    """Until ``name`` exists in ``bucket``; fails like :func:`wait_until_finished`."""
+    info, _ = wait_for(
+        lambda: (store.stat(bucket, name), stack_activity(stack)),
+        lambda reading: reading[0] is not None,
+        what=f"gs://{bucket}/{name}",
+        alive=stack_alive(stack),
+    )
+    assert info is not None
+    return info

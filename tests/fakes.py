@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryStore
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams
-
-
-@dataclass
-class FakeClock:
-    """A monotonic clock that only moves when the code under test sleeps."""
-
-    now: float = 1000.0
-    sleeps: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def completion(
@@ -53,6 +41,18 @@ def completion(
             "total_tokens": prompt_tokens + tokens,
         }
     return httpx.Response(200, json=body)
+
+
+def request_image(body: Mapping[str, Any]) -> bytes:
+    """The page image an OCR request carries (its ``data:`` URL decoded)."""
+    url = str(body["messages"][0]["content"][0]["image_url"]["url"])
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+def echo_image(body: Mapping[str, Any]) -> httpx.Response:
+    """Answers an OCR request with its image's bytes as the page's text (the images of
+    :func:`~ocrpipe.testing.pushes.ready_document` read ``image 1``, ``image 2``, ...)."""
+    return completion(request_image(body).decode())
 
 
 @dataclass

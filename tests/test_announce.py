@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,10 +23,10 @@ from ocrpipe.operations.retry import plan_unfinished_pages, requeue
 from ocrpipe.pubsub import OutgoingMessage
 from ocrpipe.storage import ObjectInfo
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams, OcrResult
 from ocrpipe.worker.page_work import KeyedLocks, complete_document, process_page
-from tests.fakes import ScriptedOcrServer, completion
-from tests.test_worker_contract import SETTINGS, envelope, page_text, prepare
+from tests.fakes import ScriptedOcrServer, completion, echo_image
 
 
 @dataclass
@@ -45,35 +45,11 @@ class FlakyPublisher:
         return self.inner.publish_all(topic, messages)
 
 
-@pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
-
-
-@pytest.fixture
-def server() -> ScriptedOcrServer:
-    return ScriptedOcrServer([page_text])
-
-
-@pytest.fixture
-def publisher() -> MemoryPublisher:
-    return MemoryPublisher()
-
-
-@pytest.fixture
-def client(
-    store: MemoryStore, server: ScriptedOcrServer, publisher: MemoryPublisher
-) -> Iterator[TestClient]:
-    app = create_app(SETTINGS, store=store, ocr=server.client(), publisher=publisher)
-    with TestClient(app) as test_client:
-        yield test_client
-
-
 def notes(publisher: MemoryPublisher) -> list[dict[str, object]]:
     """The document notifications published, decoded (each checked against its schema)."""
     found = []
     for topic, message in publisher.published:
-        assert topic == SETTINGS.documents_topic
+        assert topic == WORKER_SETTINGS.documents_topic
         note = notifications.DocumentNotification.model_validate_json(message.data)
         assert message.attributes == note.attributes()
         found.append(json.loads(message.data))
@@ -87,11 +63,11 @@ def latest(store: MemoryStore, name: str) -> dict[str, object]:
 def test_a_document_is_announced_once_when_done_and_latest_json_points_at_it(
     store: MemoryStore, server: ScriptedOcrServer, publisher: MemoryPublisher, client: TestClient
 ) -> None:
-    doc, messages = prepare(store, pages=2)
-    assert client.post("/", json=envelope(messages[0])).status_code == 204
+    doc, messages = ready_document(store, pages=2)
+    assert client.post("/", json=push_envelope(messages[0])).status_code == 204
     assert publisher.published == []  # not finished yet: nothing said
     for message in (messages[1], messages[1], messages[0]):  # the last page, then duplicates
-        assert client.post("/", json=envelope(message)).status_code == 204
+        assert client.post("/", json=push_envelope(message)).status_code == 204
     [note] = notes(publisher)
     assert (note["doc_id"], note["state"], note["pages_done"]) == (doc.doc_id, "done", 2)
     assert note["outputs"]["document_md"] == f"gs://out/{naming.document_markdown_name(doc)}"  # type: ignore[index]
@@ -111,18 +87,18 @@ def test_one_notification_per_terminal_state(
     store: MemoryStore, publisher: MemoryPublisher, looping: tuple[int, ...], state: str
 ) -> None:
     def reply(body: dict[str, object]) -> object:
-        response = page_text(body)
+        response = echo_image(body)
         if int(response.json()["choices"][0]["message"]["content"].split()[-1]) in looping:
             return completion("la " * 20, "repetition")
         return response
 
     server = ScriptedOcrServer([reply])  # type: ignore[list-item]
-    doc, messages = prepare(store, pages=3)
+    doc, messages = ready_document(store, pages=3)
     with TestClient(
-        create_app(SETTINGS, store=store, ocr=server.client(), publisher=publisher)
+        create_app(WORKER_SETTINGS, store=store, ocr=server.client(), publisher=publisher)
     ) as client:
         for message in messages:
-            assert client.post("/", json=envelope(message)).status_code == 204
+            assert client.post("/", json=push_envelope(message)).status_code == 204
     [note] = notes(publisher)
     assert (note["state"], note["pages_failed"]) == (state, len(looping))
     assert note["reason"] == ("ocr_repetition_loop" if looping else None)
@@ -133,15 +109,15 @@ def test_a_failed_publish_nacks_and_the_redelivery_announces(
     store: MemoryStore, server: ScriptedOcrServer
 ) -> None:
     flaky = FlakyPublisher(fail_times=1)
-    doc, [message] = prepare(store, pages=1)
+    doc, [message] = ready_document(store, pages=1)
     with TestClient(
-        create_app(SETTINGS, store=store, ocr=server.client(), publisher=flaky)
+        create_app(WORKER_SETTINGS, store=store, ocr=server.client(), publisher=flaky)
     ) as client:
-        assert client.post("/", json=envelope(message)).status_code == 503
+        assert client.post("/", json=push_envelope(message)).status_code == 503
         assert store.stat("out", naming.document_markdown_name(doc)) is not None
         assert store.stat("out", naming.latest_name(doc.name)) is None  # the outbox is open
-        assert client.post("/", json=envelope(message)).status_code == 204  # redelivery
-        assert client.post("/", json=envelope(message)).status_code == 204  # and a duplicate
+        assert client.post("/", json=push_envelope(message)).status_code == 204  # redelivery
+        assert client.post("/", json=push_envelope(message)).status_code == 204  # and a duplicate
     assert len(server.requests) == 1  # the page was OCR'd once
     [note] = notes(flaky.inner)
     assert note["doc_id"] == doc.doc_id and note["state"] == "done"
@@ -150,22 +126,24 @@ def test_a_failed_publish_nacks_and_the_redelivery_announces(
 
 def test_a_document_rebuilt_after_a_retry_is_announced_again_with_its_new_state() -> None:
     store, publisher = MemoryStore(), MemoryPublisher()
-    doc, messages = prepare(store, pages=2)
+    doc, messages = ready_document(store, pages=2)
     looping = ScriptedOcrServer([completion("la " * 20, "repetition")])
 
     def deliver(message: PageMessage, ocr: ScriptedOcrServer) -> None:
-        asyncio.run(process_page(message, store, ocr.client(), SETTINGS, publisher, deadline=1e12))
+        asyncio.run(
+            process_page(message, store, ocr.client(), WORKER_SETTINGS, publisher, deadline=1e12)
+        )
 
-    deliver(messages[0], ScriptedOcrServer([page_text]))
+    deliver(messages[0], ScriptedOcrServer([echo_image]))
     deliver(messages[1], looping)
     assert [n["state"] for n in notes(publisher)] == ["partial"]
     first_digest = latest(store, doc.name)["pages_digest"]
 
-    plan = plan_unfinished_pages(store, SETTINGS, doc.name)  # `ocrpipe retry --failed-only`
+    plan = plan_unfinished_pages(store, WORKER_SETTINGS, doc.name)  # `ocrpipe retry --failed-only`
     retried = MemoryPublisher()
-    requeue(plan, store, retried, SETTINGS)
+    requeue(plan, store, retried, WORKER_SETTINGS)
     [(_, again)] = retried.published
-    deliver(PageMessage.decode(again.data), ScriptedOcrServer([page_text]))
+    deliver(PageMessage.decode(again.data), ScriptedOcrServer([echo_image]))
     assert [n["state"] for n in notes(publisher)] == ["partial", "done"]
     record = latest(store, doc.name)
     assert record["state"] == "done" and record["pages_digest"] != first_digest
@@ -173,12 +151,14 @@ def test_a_document_rebuilt_after_a_retry_is_announced_again_with_its_new_state(
 
 def test_a_page_that_failed_to_render_finishes_and_announces_without_provenance() -> None:
     store, publisher = MemoryStore(), MemoryPublisher()
-    doc, _ = prepare(store, pages=1)
+    doc, _ = ready_document(store, pages=1)
     store.put("work", naming.render_failure_name(doc.doc_id, 1),
               records.render_failure_record("page_render_failed", "boom"))  # fmt: skip
     message = PageMessage.failed_render(doc, 1, 1, "page_render_failed", "boom")
     never = ScriptedOcrServer([completion("never asked")])
-    asyncio.run(process_page(message, store, never.client(), SETTINGS, publisher, deadline=1e12))
+    asyncio.run(
+        process_page(message, store, never.client(), WORKER_SETTINGS, publisher, deadline=1e12)
+    )
     [note] = notes(publisher)
     assert (note["state"], note["reason"]) == ("failed", "page_render_failed")
     index = json.loads(store.read("out", naming.document_index_name(doc)))
@@ -200,11 +180,11 @@ class RecordingOcr(OcrClient):
 
 def test_document_json_gives_each_page_the_provenance_the_ocr_client_returned() -> None:
     store, publisher = MemoryStore(), MemoryPublisher()
-    doc, messages = prepare(store, pages=3)
+    doc, messages = ready_document(store, pages=3)
     loops_once = {"n": 0}
 
     def reply(body: dict[str, object]) -> object:
-        response = page_text(body)
+        response = echo_image(body)
         if response.json()["choices"][0]["message"]["content"] == "image 2":
             loops_once["n"] += 1
             if loops_once["n"] == 1:  # page 2 loops at the first temperature, then works
@@ -215,9 +195,9 @@ def test_document_json_gives_each_page_the_provenance_the_ocr_client_returned() 
 
     server = ScriptedOcrServer([reply])  # type: ignore[list-item]
     http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url="http://ocr")
-    ocr = RecordingOcr(http, OcrParams.from_settings(SETTINGS))
+    ocr = RecordingOcr(http, OcrParams.from_settings(WORKER_SETTINGS))
     for message in messages:
-        asyncio.run(process_page(message, store, ocr, SETTINGS, publisher, deadline=1e12))
+        asyncio.run(process_page(message, store, ocr, WORKER_SETTINGS, publisher, deadline=1e12))
 
     index = json.loads(store.read("out", naming.document_index_name(doc)))
     by_page = {entry["page"]: entry for entry in index["pages"]}
@@ -225,11 +205,11 @@ def test_document_json_gives_each_page_the_provenance_the_ocr_client_returned() 
         usage = ocr.returned[f"image {page}".encode()].usage.as_dict()
         assert by_page[page]["provenance"] == usage
     assert by_page[2]["provenance"]["attempts"] == 2
-    assert by_page[2]["provenance"]["temperature"] == SETTINGS.ocr_temperatures[1]
+    assert by_page[2]["provenance"]["temperature"] == WORKER_SETTINGS.ocr_temperatures[1]
     spent = by_page[3]["provenance"]  # failed for good, but the tokens were spent: billed
     assert by_page[3]["state"] == "failed" and spent is not None
-    assert spent["attempts"] == len(SETTINGS.ocr_temperatures)
-    assert spent["finish_reason"] == "repetition" and spent["model"] == SETTINGS.ocr_model
+    assert spent["attempts"] == len(WORKER_SETTINGS.ocr_temperatures)
+    assert spent["finish_reason"] == "repetition" and spent["model"] == WORKER_SETTINGS.ocr_model
     # The model's text stays byte-exact beside its provenance.
     markdown = store.read("out", naming.document_markdown_name(doc))
     assert markdown[by_page[1]["start"] : by_page[1]["end"]] == b"image 1"
@@ -249,9 +229,9 @@ def finished(store: MemoryStore, name: str, generation: int) -> naming.DocumentR
 def test_an_older_generation_finishing_after_a_newer_one_does_not_move_latest() -> None:
     store, publisher = MemoryStore(), MemoryPublisher()
     old, new = finished(store, "a.pdf", 5), finished(store, "a.pdf", 9)
-    complete_document(new, 1, store, SETTINGS, publisher)
+    complete_document(new, 1, store, WORKER_SETTINGS, publisher)
     assert latest(store, "a.pdf")["source"]["generation"] == 9  # type: ignore[index]
-    complete_document(old, 1, store, SETTINGS, publisher)  # late
+    complete_document(old, 1, store, WORKER_SETTINGS, publisher)  # late
     record = latest(store, "a.pdf")
     assert record["source"]["generation"] == 9  # type: ignore[index]
     assert record["document_md"] == f"gs://out/{naming.document_markdown_name(new)}"
@@ -260,7 +240,7 @@ def test_an_older_generation_finishing_after_a_newer_one_does_not_move_latest() 
     # A newer generation rejected as a whole moves it forward.
     rejected = naming.DocumentRef("in", "a.pdf", 12)
     note = notifications.rejected(rejected, "out", reason="not_a_pdf")
-    announce.announce(note, None, store, SETTINGS, publisher)
+    announce.announce(note, None, store, WORKER_SETTINGS, publisher)
     assert latest(store, "a.pdf")["state"] == "failed"
     assert latest(store, "a.pdf")["error"] == note.outputs.error
 
@@ -370,23 +350,25 @@ def test_an_announcement_of_older_page_results_never_replaces_a_newer_one(where:
     store = PausedStore(pause) if where == "recording" else MemoryStore()
     topic = MemoryPublisher()
     publisher_a = PausedPublisher(pause, topic) if where == "publishing" else topic
-    doc, _ = prepare(store, pages=2)
+    doc, _ = ready_document(store, pages=2)
     store.put("out", naming.page_markdown_name(doc, 1), b"page one")
     store.put("out", naming.page_error_name(doc, 2),
               records.error_record(doc, "ocr_repetition_loop", "looped", page=2))  # fmt: skip
 
     def instance_a() -> bool:
         pause.owner = threading.get_ident()
-        return complete_document(doc, 2, store, SETTINGS, publisher_a, page=2)
+        return complete_document(doc, 2, store, WORKER_SETTINGS, publisher_a, page=2)
 
     with ThreadPoolExecutor(1) as pool:
         a = pool.submit(instance_a)
         try:
             assert pause.reached.wait(10), "instance A never reached the announcement"
-            plan = plan_unfinished_pages(store, SETTINGS, doc.name)
-            requeue(plan, store, MemoryPublisher(), SETTINGS)
+            plan = plan_unfinished_pages(store, WORKER_SETTINGS, doc.name)
+            requeue(plan, store, MemoryPublisher(), WORKER_SETTINGS)
             store.put("out", naming.page_markdown_name(doc, 2), b"page two")  # B's OCR landed
-            complete_document(doc, 2, store, SETTINGS, topic, page=2, locks=KeyedLocks())  # B
+            complete_document(
+                doc, 2, store, WORKER_SETTINGS, topic, page=2, locks=KeyedLocks()
+            )  # B
         finally:
             pause.go_on.set()
         a.result(timeout=10)

@@ -4,7 +4,6 @@ ETA on a fake clock, the wait loop, and what a status costs in list calls and re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 
@@ -12,21 +11,11 @@ from ocrpipe import naming, records
 from ocrpipe.operations.batch_status import batch_status, scan_prefix, verdict, wait_for_batch
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryStore
 from ocrpipe.testing.stores import ForwardingStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
-
-
-@dataclass
-class Clock:
-    now: float = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_document(
@@ -124,7 +113,7 @@ def test_states_pages_and_failures_of_a_folder() -> None:
 
 
 def test_rate_and_eta_from_the_page_times() -> None:
-    clock = Clock()
+    clock = FakeClock(10_000.0)
     store = MemoryStore(clock=clock)
     docs = [make_document(store, f"b/{n}.pdf", "splitting") for n in range(4)]
     for doc in docs:  # split: 10 pages each
@@ -148,7 +137,7 @@ def test_rate_and_eta_from_the_page_times() -> None:
 
 
 def test_rate_counts_from_the_first_upload_when_the_batch_is_younger_than_the_window() -> None:
-    clock = Clock()
+    clock = FakeClock(10_000.0)
     store = MemoryStore(clock=clock)
     doc = make_document(store, "young/a.pdf", "splitting")
     store.put("out", naming.manifest_name(doc), records.manifest_record(doc, 4))
@@ -222,14 +211,14 @@ def test_the_output_listing_finds_every_name_under_a_prefix(prefix: str) -> None
 
 
 def test_wait_polls_until_every_document_is_finished() -> None:
-    clock = Clock()
+    clock = FakeClock(10_000.0)
     store = MemoryStore(clock=clock)
     doc = make_document(store, "w/a.pdf", "running")
     make_document(store, "w/b.pdf", "done")
     seen: list[int] = []
 
     def sleep(seconds: float) -> None:
-        clock.sleep(seconds)
+        clock.sleep_sync(seconds)
         if clock.now > 10_010:  # the last page lands after ten seconds
             store.create("out", naming.page_markdown_name(doc, 2), b"two", "text/markdown")
             store.create("out", naming.document_markdown_name(doc), b"one two", "text/markdown")
@@ -250,7 +239,7 @@ def test_wait_polls_until_every_document_is_finished() -> None:
 
 
 def test_wait_gives_up_at_the_timeout() -> None:
-    clock = Clock()
+    clock = FakeClock(10_000.0)
     store = MemoryStore()
     make_document(store, "t/a.pdf", "running")
     final, finished = wait_for_batch(
@@ -258,7 +247,7 @@ def test_wait_gives_up_at_the_timeout() -> None:
         timeout=30,
         interval=4,
         clock=clock,
-        sleep=clock.sleep,
+        sleep=clock.sleep_sync,
     )
     assert not finished
     assert clock.now - 10_000 == pytest.approx(30)
@@ -280,12 +269,12 @@ def test_verdicts(states: list[str], allow_partial: bool, expected: str) -> None
     store = MemoryStore()
     for n, state in enumerate(states):
         make_document(store, f"v/{n}.pdf", state)
-    clock = Clock()
+    clock = FakeClock(10_000.0)
     final, finished = wait_for_batch(
         lambda: batch_status(store, SETTINGS, "v/"),
         timeout=1,
         clock=clock,
-        sleep=clock.sleep,
+        sleep=clock.sleep_sync,
     )
     assert verdict(final, finished=finished, allow_partial=allow_partial) == expected
 

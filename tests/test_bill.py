@@ -4,7 +4,6 @@ worker writes them, GPU time estimated two ways, and the cost per 1,000 pages.""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -13,17 +12,15 @@ from ocrpipe import naming
 from ocrpipe.operations import bill
 from ocrpipe.operations.batch_status import scan_prefix
 from ocrpipe.settings import Settings
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
 
 
-@dataclass
-class Clock:
-    now: float = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+def wall_clock() -> FakeClock:
+    """Object update times are Unix times: the bill shows them as dates."""
+    return FakeClock(1_800_000_000.0)
 
 
 def provenance(
@@ -52,7 +49,7 @@ def page(number: int, prov: dict[str, Any] | None, state: str = "done") -> dict[
 
 def finished(
     store: MemoryStore,
-    clock: Clock,
+    clock: FakeClock,
     name: str,
     pages: list[dict[str, Any]],
     *,
@@ -94,7 +91,7 @@ def run(store: MemoryStore, prefix: str = "", settings: Settings = SETTINGS) -> 
 
 
 def test_tokens_seconds_attempts_and_retries_are_summed_over_documents() -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     finished(store, clock, "b/one.pdf", [page(1, provenance()), page(2, provenance(seconds=12))])
     finished(
@@ -117,7 +114,7 @@ def test_tokens_seconds_attempts_and_retries_are_summed_over_documents() -> None
 
 
 def test_pages_without_provenance_are_counted_as_unknown_and_left_out_of_the_sums() -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     missing = page(2, None)
     null = page(3, None, state="failed") | {"provenance": None}
@@ -136,7 +133,7 @@ def test_pages_without_provenance_are_counted_as_unknown_and_left_out_of_the_sum
 
 
 def test_a_document_without_document_json_counts_its_pages_from_the_listing() -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     finished(store, clock, "old.pdf", [page(1, None), page(2, None, "failed")], record=False)
     total = run(store)
@@ -150,7 +147,7 @@ def test_a_document_without_document_json_counts_its_pages_from_the_listing() ->
 
 
 def test_only_the_latest_finished_generation_counts() -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     finished(store, clock, "re.pdf", [page(1, provenance(prompt=111))])
     finished(store, clock, "re.pdf", [page(1, provenance(prompt=222)), page(2, provenance())])
@@ -162,7 +159,7 @@ def test_only_the_latest_finished_generation_counts() -> None:
 
 
 def test_documents_not_finished_are_named_and_not_counted() -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     finished(store, clock, "a.pdf", [page(1, provenance())])
     store.put("in", "b.pdf", b"%PDF-")  # uploaded, nothing written yet
@@ -172,7 +169,7 @@ def test_documents_not_finished_are_named_and_not_counted() -> None:
 
 
 def test_concurrency_estimate_divides_request_seconds_by_the_requests_at_the_gpus() -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     finished(store, clock, "a.pdf", [page(n, provenance(seconds=48.0)) for n in range(1, 5)])
     one = run(store).estimate("concurrency")
@@ -186,7 +183,7 @@ def test_concurrency_estimate_divides_request_seconds_by_the_requests_at_the_gpu
 
 
 def test_wall_clock_estimate_is_the_time_some_page_was_at_the_gpu_times_instances() -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     t0 = clock.now
     # Pages 1-3 overlap in [t0, t0 + 60]; page 4 runs alone 100 s later, after a pause.
@@ -209,7 +206,7 @@ def test_wall_clock_estimate_is_the_time_some_page_was_at_the_gpu_times_instance
 
 
 def test_cost_is_gpu_hours_times_the_price_and_per_1000_pages_divides_by_known_pages() -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     t0 = clock.now
     pages = [page(1, provenance(seconds=3600)), page(2, provenance(seconds=3600)), page(3, None)]
@@ -235,7 +232,7 @@ def test_the_published_l4_figures_give_about_66_cents_per_1000_pages() -> None:
 
 
 def test_an_unreadable_document_json_falls_back_to_the_listing() -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     doc = finished(store, clock, "a.pdf", [page(1, provenance())], record=False)
     store.put("out", naming.document_index_name(doc), b"<html>not json</html>")

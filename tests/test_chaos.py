@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +28,8 @@ from ocrpipe.naming import DocumentRef
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, subscriber_client
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
-from tests.conftest import wait_until_finished
+from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
+from tests.conftest import wait_for_object, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +122,24 @@ def dead_letters(stack: LocalStack) -> int:
     return len(response.received_messages)
 
 
+def chaos_pages(store: GcsStore, bucket: str) -> int:
+    """Pages of the chaos run written so far."""
+    pages = (o.name for o in store.list(bucket, "chaos/") if "/pages/" in o.name)
+    return sum(1 for name in pages if name.endswith(".md"))
+
+
+def wait_for_pages(stack: LocalStack, store: GcsStore, count: int) -> int:
+    """Until the chaos run has written at least ``count`` pages; how many it has."""
+    bucket = stack.settings.output_bucket
+    written, _ = wait_for(
+        lambda: (chaos_pages(store, bucket), stack_activity(stack)),
+        lambda reading: reading[0] >= count,
+        what=f"{count} pages of the chaos run",
+        alive=stack_alive(stack),
+    )
+    return written
+
+
 def output_uploads(stack: LocalStack, since: int) -> Counter[str]:
     """Status codes of uploads to the output bucket logged after byte offset ``since``."""
     assert stack.log_dir is not None
@@ -141,7 +159,7 @@ def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path:
     started = time.monotonic()
     clean = upload_all(stack, store, "clean/")
     for name in clean:
-        assert wait_until_finished(store, settings, name, timeout=300).state == "done"
+        assert wait_until_finished(stack, store, name).state == "done"
     clean_seconds = time.monotonic() - started
     clean_requests = httpx.get(ocr_stats).json()["total"]
 
@@ -151,26 +169,24 @@ def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path:
     started = time.monotonic()
     chaos = upload_all(stack, store, "chaos/")
 
-    def meddle() -> None:
-        time.sleep(8)
-        for index in (0, 5, 11):  # duplicate finalize events
-            resend_finalize(stack, store, f"chaos/doc-{index:02d}.pdf")
-        time.sleep(27)  # after the cold start: pages are flowing
+    # Meddling, each step once the run has reached it (a fixed schedule meddled with a run
+    # that a busy machine had not yet started, or one that a fast one had finished).
+    for index in (0, 5, 11):  # duplicate finalize events, once the document is split
+        name = f"chaos/doc-{index:02d}.pdf"
+        manifest = naming.manifest_name(DocumentRef(settings.input_bucket, name, chaos[name]))
+        wait_for_object(stack, store, settings.output_bucket, manifest)
+        resend_finalize(stack, store, name)
+    killed_at = []
+    for more in (20, 40):  # the worker killed twice while pages flow, after the cold start
+        killed_at.append(wait_for_pages(stack, store, more))
         stack.kill("worker")
         stack.start_worker()
-        for index, page in ((1, 1), (2, 3), (7, 2)):  # duplicate page messages
-            name = f"chaos/doc-{index:02d}.pdf"
-            resend_page(stack, store, name, chaos[name], page, PAGES[index])
-        time.sleep(6)
-        stack.kill("worker")
-        stack.start_worker()
-
-    meddler = threading.Thread(target=meddle)
-    meddler.start()
-    try:
-        finals = {name: wait_until_finished(store, settings, name, timeout=600) for name in chaos}
-    finally:
-        meddler.join()
+        if more == 20:
+            for index, page in ((1, 1), (2, 3), (7, 2)):  # duplicate page messages
+                name = f"chaos/doc-{index:02d}.pdf"
+                resend_page(stack, store, name, chaos[name], page, PAGES[index])
+    assert killed_at[-1] < sum(PAGES), "the run was over before the worker was killed"
+    finals = {name: wait_until_finished(stack, store, name) for name in chaos}
     chaos_seconds = time.monotonic() - started
     stats = httpx.get(ocr_stats).json()
 

@@ -4,6 +4,8 @@ store, and usage errors through typer's runner."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from ocrpipe.operations.status import (
     wait_for_documents,
 )
 from ocrpipe.settings import Settings
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryStore
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
@@ -83,12 +86,12 @@ SETTINGS_ENV = {"OCRPIPE_INPUT_BUCKET": "in", "OCRPIPE_WORK_BUCKET": "work",
 def test_waiting_polls_until_finished_or_the_timeout_on_its_own_clock() -> None:
     store = MemoryStore()
     document(store, "slow.pdf", "running")
-    now = [0.0]
+    clock = FakeClock(0.0)
     polls: list[float] = []
 
     def poll(name: str) -> DocumentStatus:
-        polls.append(now[0])
-        if now[0] >= 3:  # the last page lands after 3 s
+        polls.append(clock.now)
+        if clock.now >= 3:  # the last page lands after 3 s
             store.put("out", naming.page_markdown_name(doc, 1), b"one")
             store.put("out", naming.page_markdown_name(doc, 2), b"two")
             store.put("out", naming.document_markdown_name(doc), b"one two")
@@ -96,18 +99,17 @@ def test_waiting_polls_until_finished_or_the_timeout_on_its_own_clock() -> None:
 
     doc = naming.DocumentRef("in", "slow.pdf", store.stat("in", "slow.pdf").generation)  # type: ignore[union-attr]
     finals = wait_for_documents(
-        poll, ["slow.pdf"], timeout=10, interval=1, clock=lambda: now[0],
-        sleep=lambda s: now.__setitem__(0, now[0] + s),
-    )  # fmt: skip
+        poll, ["slow.pdf"], timeout=10, interval=1, clock=clock, sleep=clock.sleep_sync
+    )
     assert polls == [0, 1, 2, 3] and finals["slow.pdf"].state == "done"
     assert documents_verdict(["slow.pdf"], finals) == "ok"
     document(store, "stuck.pdf", "running")
-    now[0] = 0.0
+    clock = FakeClock(0.0)
     assert wait_for_documents(
         lambda n: document_status(store, SETTINGS, n), ["stuck.pdf"], timeout=2.5, interval=1,
-        clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s),
+        clock=clock, sleep=clock.sleep_sync,
     ) == {}  # fmt: skip
-    assert now[0] == 2.5
+    assert clock.now == 2.5
     assert documents_verdict(["stuck.pdf"], {}) == "timeout"
 
 
@@ -241,3 +243,14 @@ def test_help_keeps_the_placeholders_it_names() -> None:
     shown = CliRunner().invoke(cli.app, ["get", "--help"], env={"COLUMNS": "200"})
     assert "DIR/<name>/pages/00001.md" in shown.output
     assert "DIR/<name>.json" in shown.output
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    """``python -m ocrpipe.cli`` is how tests and scripts start the CLI in a process of its
+    own (when cli.py became a package, the form stopped working and an end-to-end test that
+    started replays that way went on killing processes that had already failed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ocrpipe.cli", "dlq", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "replay" in done.stdout

@@ -12,7 +12,7 @@ from ocrpipe import cli
 from ocrpipe.cli.report import report_batch
 from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryStore
-from tests.test_bill import Clock, finished, page, provenance
+from tests.test_bill import finished, page, provenance, wall_clock
 
 SETTINGS = Settings(input_bucket="in", work_bucket="work", output_bucket="out")
 OFFLINE_ENV = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
@@ -22,7 +22,7 @@ runner = CliRunner()
 def batch() -> MemoryStore:
     """Two finished documents under batch/ (one page without usage), one still running, and
     one outside the prefix."""
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     t0 = clock.now
     finished(
@@ -52,7 +52,7 @@ def l4_batch(documents: int = 20, pages: int = 50) -> MemoryStore:
     32 at a time, each at the GPU for 32 / 0.6 s; every 33rd page loops once (a cut reply,
     then 0.3), two loop through the whole ladder and fail, one fails to render (no
     provenance). Result objects are written when each page ends."""
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     slots = [clock.now] * 32
     number = 0
@@ -170,7 +170,7 @@ def test_an_unknown_name_exits_1_after_billing_the_others(
 def test_usage_unknown_everywhere_says_so_and_gives_no_estimate(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    clock = Clock()
+    clock = wall_clock()
     store = MemoryStore(clock)
     finished(store, clock, "old.pdf", [page(1, None)], record=False)
     code = report_batch(store, SETTINGS, [], "", as_json=False)
@@ -208,7 +208,7 @@ def test_a_bill_costs_two_listings_and_one_read_per_finished_document(
 ) -> None:
     from tests.fakes import RecordingStore
 
-    clock = Clock()
+    clock = wall_clock()
     store = RecordingStore()
     for n in range(5):
         finished(store, clock, f"batch/{n}.pdf", [page(1, provenance()), page(2, provenance())])

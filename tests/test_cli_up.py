@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ocrpipe.local.readiness import wait_until_ready
 from ocrpipe.local.stack import LocalStack, Ports, StackError, find_pubsub_emulator, free_ports
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.pdf"
@@ -61,13 +61,18 @@ def ocrpipe_up(folder: Path, *options: str) -> Iterator[RunningUp]:
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
     running = RunningUp(folder, env, ports)
+
+    def up_exited() -> str | None:
+        if up.poll() is None:
+            return None
+        return f"ocrpipe up exited with {up.returncode}: {up.stdout.read() if up.stdout else ''}"
+
     try:
-        env_file = folder / ".ocrpipe" / "local.env"
-        deadline = time.monotonic() + 180
-        while not env_file.exists():
-            assert up.poll() is None, up.stdout.read() if up.stdout else ""
-            assert time.monotonic() < deadline, "ocrpipe up did not come up"
-            time.sleep(0.3)
+        env_file = folder / ".ocrpipe" / "local.env"  # written once every part answers
+        wait_until_ready(  # ocrpipe up stops itself when a part does not start in its time
+            env_file.exists, what="ocrpipe up did not come up", timeout=300, died=up_exited,
+            interval=0.3,
+        )  # fmt: skip
         yield running
     finally:
         up.send_signal(signal.SIGINT)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -27,7 +26,7 @@ from ocrpipe.worker.completion_stream import (
     stream_completion,
 )
 from tests.test_engine import BLANK, FakeEngine
-from tests.test_faults import CHAT, chat, page
+from tests.test_faults import CHAT, LONG_LOOP_TOKENS, chat, page, settled
 
 TRICKY = (
     "# Überschrift — 價格\n\n<table><tr><td>1\u00a0234,50 €</td><td>  x </td></tr></table>\n\n"
@@ -49,19 +48,6 @@ def fault_server() -> Iterator[Callable[[FaultPlan], str]]:
     yield start
     for server in reversed(with_servers):
         server.__exit__(None, None, None)
-
-
-async def stats(http: httpx.AsyncClient) -> dict[str, int]:
-    return dict((await http.get("/stats")).json())
-
-
-async def settled(http: httpx.AsyncClient) -> dict[str, int]:
-    """The stats once no request is being served any more."""
-    deadline = time.monotonic() + 10
-    while (current := await stats(http))["in_flight"]:
-        assert time.monotonic() < deadline, "the server is still generating"
-        await asyncio.sleep(0.02)
-    return current
 
 
 @pytest.mark.parametrize("text", TEXTS, ids=["plain", "tricky", "empty", "trailing"])
@@ -87,16 +73,7 @@ async def test_the_local_engine_streams_the_same_markdown() -> None:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
-            body = {
-                "model": engine.DEFAULT_MODEL,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": _data_url(BLANK)}}],
-                    }
-                ],
-                "max_tokens": 4096,
-            }
+            body = chat(BLANK)
             plain = (await http.post(CHAT, json=body)).json()
             streamed = await stream_completion(http, CHAT, body)
     assert streamed.text == plain["choices"][0]["message"]["content"] != ""
@@ -104,26 +81,23 @@ async def test_the_local_engine_streams_the_same_markdown() -> None:
     assert streamed.completion_tokens == plain["usage"]["completion_tokens"]
 
 
-def _data_url(image: bytes) -> str:
-    import base64
-
-    return f"data:image/png;base64,{base64.b64encode(image).decode()}"
-
-
 async def test_a_loop_is_cut_early_and_the_server_stops_generating(
     fault_server: Callable[[FaultPlan], str],
 ) -> None:
+    """The reply is cut after a few hundred tokens of a 12,000-token loop (6 s at 2000
+    tokens/s): a client that read on, or a server that went on generating after the client
+    left, would count the whole loop."""
     url = fault_server(FaultPlan(plength=1.0, tokens_per_s=2000))
+    loop = chat(page("loopy"), 0.2, max_tokens=LONG_LOOP_TOKENS)
     async with httpx.AsyncClient(base_url=url) as http:
-        cut = await stream_completion(http, CHAT, chat(page("loopy"), 0.2))
-        after = await settled(http)
+        cut = await stream_completion(http, CHAT, loop)
+        after = settled(url)
         answered = await stream_completion(http, CHAT, chat(page("loopy"), 0.3))
     assert (cut.cut, cut.finish_reason) == (True, REPETITION)
     assert "the same line again" in cut.text
-    assert 250 <= cut.completion_tokens <= 500  # of the 4096 the loop would have run to
-    assert cut.seconds < 1.0  # 4096 tokens at 2000/s would take 2 s
+    assert 250 <= cut.completion_tokens <= 500  # where the rule cuts this loop, read or not
     assert after["abandoned"] == 1
-    assert after["completion_tokens"] <= cut.completion_tokens + 2000 * 0.05  # one tick more
+    assert cut.completion_tokens <= after["completion_tokens"] < LONG_LOOP_TOKENS
     assert (answered.finish_reason, answered.cut) == ("stop", False)
 
 
@@ -133,7 +107,7 @@ async def test_without_a_rule_a_loop_runs_to_max_tokens(
     url = fault_server(FaultPlan(plength=1.0, tokens_per_s=20000))
     async with httpx.AsyncClient(base_url=url) as http:
         reply = await stream_completion(http, CHAT, chat(page("loopy"), 0.2), rule=None)
-        after = await settled(http)
+        after = settled(url)
     assert (reply.finish_reason, reply.cut, reply.completion_tokens) == ("length", False, 4096)
     assert after["completion_tokens"] == 4096
     assert after["abandoned"] == 0
@@ -142,16 +116,28 @@ async def test_without_a_rule_a_loop_runs_to_max_tokens(
 async def test_the_callers_deadline_cancels_the_stream_and_the_server_request(
     fault_server: Callable[[FaultPlan], str],
 ) -> None:
-    url = fault_server(FaultPlan(plength=1.0, tokens_per_s=100))  # 41 s to reach 4096 tokens
+    """The loop would take two minutes (12,000 tokens at 100 tokens/s) and nothing cuts it
+    but the caller's cancel scope, whose deadline strikes once the reply is streaming: a
+    cancel that did not close the response would leave the call, and the server's
+    generation, running to the end."""
+    url = fault_server(FaultPlan(plength=1.0, tokens_per_s=100))
+    loop = chat(page("slow"), 0.2, max_tokens=LONG_LOOP_TOKENS)
+
+    async def strike_once_streaming(deadline: anyio.CancelScope) -> None:
+        async with httpx.AsyncClient(base_url=url) as watcher:
+            while (await watcher.get("/stats")).json()["streamed"] == 0:
+                await asyncio.sleep(0.02)
+        deadline.deadline = anyio.current_time()  # the caller's deadline strikes now
+
     async with httpx.AsyncClient(base_url=url) as http:
-        started = time.monotonic()
         with pytest.raises(TimeoutError):
-            with anyio.fail_after(0.5):
-                await stream_completion(http, CHAT, chat(page("slow"), 0.2), rule=None)
-        assert time.monotonic() - started < 2
-        after = await settled(http)
+            with anyio.fail_after(600) as deadline:
+                strike = asyncio.create_task(strike_once_streaming(deadline))
+                await stream_completion(http, CHAT, loop, rule=None)
+        await strike
+        after = settled(url)
     assert after["abandoned"] == 1
-    assert after["completion_tokens"] < 100
+    assert after["completion_tokens"] < LONG_LOOP_TOKENS
 
 
 # ------------------------------------------------------------- protocol, without a server

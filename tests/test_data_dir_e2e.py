@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -18,6 +17,7 @@ from ocrpipe import naming
 from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
+from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
 from tests.conftest import wait_until_finished
 
 pytestmark = pytest.mark.e2e
@@ -57,14 +57,15 @@ def test_a_restarted_stack_finishes_the_batch_once(tmp_path: Path) -> None:
         bucket = store.client.bucket(settings.input_bucket)
         for index, name in enumerate(names[:-1]):
             bucket.blob(name).upload_from_string(text_pdf(PAGES, seed=index, lines=2)[0])
-        deadline = time.monotonic() + 120
-        while pages_done(store, settings.output_bucket) < 12:
-            assert time.monotonic() < deadline, "no progress before the stop"
-            time.sleep(0.2)
+        wait_for(
+            lambda: (pages_done(store, settings.output_bucket), stack_activity(first)),
+            lambda reading: reading[0] >= 12,
+            what="12 pages done before the stop",
+            alive=stack_alive(first),
+        )
         # The last input arrives while the splitter is down: only its finalize event knew.
         first.kill("splitter")
         bucket.blob(names[-1]).upload_from_string(text_pdf(PAGES, seed=99, lines=2)[0])
-        time.sleep(1)
         done_at_stop = pages_done(store, settings.output_bucket)
     assert done_at_stop < DOCUMENTS * PAGES, "the batch finished before the stop"
 
@@ -76,7 +77,7 @@ def test_a_restarted_stack_finishes_the_batch_once(tmp_path: Path) -> None:
         settings = second.settings
         store = GcsStore.connect(second.project, settings.storage_emulator_host)
         for name in names:
-            assert wait_until_finished(store, settings, name, timeout=240).state == "done"
+            assert wait_until_finished(second, store, name).state == "done"
         pages = [o for o in store.list(settings.output_bucket, "") if o.name.endswith(".md")
                  and "/pages/" in o.name]  # fmt: skip
         assert len(pages) == DOCUMENTS * PAGES

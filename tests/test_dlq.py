@@ -15,17 +15,10 @@ from ocrpipe.naming import DocumentRef
 from ocrpipe.operations import dead_letters as dlq
 from ocrpipe.operations.pull import Received
 from ocrpipe.pubsub import OutgoingMessage
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryPublisher, MemorySubscription
 
 PAGES_TOPIC = "ocrpipe-pages"
-
-
-@dataclass
-class Clock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def page_message(name: str, page: int, page_count: int = 9) -> PageMessage:
@@ -59,12 +52,12 @@ def dead_letter(sub: MemorySubscription, name: str, page: int, **extra: str) -> 
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def sub(clock: Clock) -> MemorySubscription:
+def sub(clock: FakeClock) -> MemorySubscription:
     # batch=2: like the emulator, a pull returns fewer messages than are available.
     subscription = MemorySubscription(ack_deadline=60, batch=2, clock=clock)
     for name, page in [("a.pdf", 1), ("a.pdf", 3), ("b.pdf", 2), ("reports/c.pdf", 1)]:
@@ -124,7 +117,7 @@ def test_listing_stops_at_the_limit(sub: MemorySubscription) -> None:
     assert available(sub) == 4
 
 
-def test_a_long_listing_renews_its_leases_and_sees_each_message_once(clock: Clock) -> None:
+def test_a_long_listing_renews_its_leases_and_sees_each_message_once(clock: FakeClock) -> None:
     sub = MemorySubscription(ack_deadline=60, batch=1, clock=clock)
     for page in range(1, 8):
         dead_letter(sub, "long.pdf", page)
@@ -228,7 +221,7 @@ class Killed(BaseException):
 
 
 def test_a_replay_killed_between_publish_and_ack_loses_nothing(
-    sub: MemorySubscription, clock: Clock
+    sub: MemorySubscription, clock: FakeClock
 ) -> None:
     publisher = MemoryPublisher()
 

@@ -35,7 +35,7 @@ def test_a_three_page_pdf_becomes_markdown(stack: LocalStack, gcs: GcsStore) -> 
     blob = gcs.client.bucket(settings.input_bucket).blob(name)
     blob.upload_from_string(data, content_type="application/pdf")
 
-    status = wait_until_finished(gcs, settings, name, timeout=240)
+    status = wait_until_finished(stack, gcs, name)
     assert status.state == "done", status
     assert (status.page_count, status.done, status.failed) == (3, 3, 0)
 

@@ -23,10 +23,10 @@ from ocrpipe.naming import DocumentRef
 from ocrpipe.operations.bill import parse_pages
 from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import WORKER_SETTINGS as PLAIN
+from ocrpipe.testing.pushes import push_envelope, ready_document
 from ocrpipe.worker.figure_refs import MAX_FIGURES
 from tests.fakes import RecordingStore, ScriptedOcrServer, completion
-from tests.test_worker_contract import SETTINGS as PLAIN
-from tests.test_worker_contract import envelope
 
 BBOX_MODEL = "lightonai/LightOnOCR-2-1B-bbox"
 # The contract tests' settings, serving the bbox model (its entry gives ocr_figure_boxes).
@@ -52,21 +52,7 @@ def page_image(fmt: str = "PNG", size: tuple[int, int] = (WIDTH, HEIGHT)) -> byt
 def prepare(
     store: MemoryStore, image: bytes, mime: str = "image/png", name: str = "docs/fig.pdf"
 ) -> tuple[DocumentRef, PageMessage]:
-    generation = store.put("in", name, b"%PDF-1.7 ...", "application/pdf")
-    doc = DocumentRef("in", name, generation)
-    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, 1))
-    image_name = naming.page_image_name(doc.doc_id, 1, naming.IMAGE_EXTENSIONS[mime])
-    store.put("work", image_name, image, mime)
-    message = PageMessage(
-        doc_id=doc.doc_id,
-        source_bucket="in",
-        source_name=name,
-        source_generation=generation,
-        page=1,
-        page_count=1,
-        image_uri=f"gs://work/{image_name}",
-        image_mime=mime,
-    )
+    doc, (message,) = ready_document(store, 1, name=name, image=lambda _: image, mime=mime)
     return doc, message
 
 
@@ -81,7 +67,7 @@ def deliver(
         publisher=MemoryPublisher(),
     )
     with TestClient(app) as client:
-        assert client.post("/", json=envelope(message)).status_code == 204
+        assert client.post("/", json=push_envelope(message)).status_code == 204
     return server
 
 

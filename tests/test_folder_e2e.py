@@ -6,7 +6,6 @@ nothing."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -21,6 +20,8 @@ from ocrpipe.operations.pull import PubSubPullSubscription
 from ocrpipe.pubsub import subscriber_client
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
+from ocrpipe.testing.waiting import stack_alive, wait_for
+from tests.stack_logs import entries
 
 pytestmark = pytest.mark.e2e
 
@@ -125,7 +126,8 @@ def test_a_folder_in_a_folder_out(
 
     # Told when done: one terminal notification per document once duplicates are dropped
     # by doc_id, the rejected one included; each latest.json points at its generation.
-    states = _notifications(documents, prefix, expected=len(generations))
+    refs = [DocumentRef(settings.input_bucket, n, g) for n, g in generations.items()]
+    states = _notifications(documents, stack, refs)
     for name, generation in generations.items():
         doc = DocumentRef(settings.input_bucket, name, generation)
         assert states[doc.doc_id] == {"failed" if name == prefix + REJECTED else "done"}, name
@@ -146,27 +148,48 @@ def test_a_folder_in_a_folder_out(
     assert len(states) == len(generations)
 
 
+def _announced(stack: LocalStack, docs: list[DocumentRef]) -> int:
+    """How many announcements of ``docs`` the splitter and the worker logged (each logs one
+    ``document announced`` line per message it published on the documents topic)."""
+    return sum(
+        1
+        for doc in docs
+        for service in ("splitter", "worker")
+        for entry in entries(stack, service, doc)
+        if str(entry["message"]).startswith("document announced")
+    )
+
+
 def _notifications(
-    subscription: PubSubPullSubscription, prefix: str, *, expected: int, timeout: float = 60
+    subscription: PubSubPullSubscription, stack: LocalStack, docs: list[DocumentRef]
 ) -> dict[str, set[str]]:
-    """doc_id -> the states announced for it, for documents under ``prefix`` (others may
-    share the session's stack). Pulls until ``expected`` documents were heard of, then a
-    little longer to catch late duplicates of another state."""
+    """doc_id -> the states announced for it, for ``docs`` (others may share the session's
+    stack). Pulls until each document was heard of and every announcement logged for them
+    has arrived, a late one of another state included."""
+    wanted = {doc.doc_id for doc in docs}
     states: dict[str, set[str]] = {}
-    deadline = time.monotonic() + timeout
-    quiet_until: float | None = None
-    while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
-        received = subscription.pull(100)
-        for message in received:
+    received = 0
+
+    def pull() -> tuple[int, int, int]:
+        nonlocal received
+        messages = subscription.pull(100)
+        for message in messages:
             body = json.loads(message.data)
-            if body["source_name"].startswith(prefix):
+            if body["doc_id"] in wanted:
                 assert message.attributes["doc_id"] == body["doc_id"]
                 assert message.attributes["state"] == body["state"]
                 states.setdefault(body["doc_id"], set()).add(body["state"])
-        if received:
-            subscription.ack([m.ack_id for m in received])
-        if len(states) >= expected and quiet_until is None:
-            quiet_until = time.monotonic() + 3
+                received += 1
+        if messages:
+            subscription.ack([m.ack_id for m in messages])
+        return len(states), received, _announced(stack, docs)
+
+    wait_for(
+        pull,
+        lambda reading: reading[0] == len(wanted) and reading[1] >= reading[2],
+        what="the documents topic to carry every announcement",
+        alive=stack_alive(stack),
+    )
     return states
 
 

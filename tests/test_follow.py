@@ -7,8 +7,8 @@ from ocrpipe import notifications
 from ocrpipe.naming import DocumentRef
 from ocrpipe.notifications import DocumentNotification
 from ocrpipe.operations.follow import Follower, follow
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemorySubscription
-from tests.fakes import FakeClock
 
 
 def note(name: str, state: str = "done") -> DocumentNotification:

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,24 +19,22 @@ import pytest
 from google.api_core.exceptions import Forbidden
 
 from ocrpipe.errors import AccessDenied, RetryableError
+from ocrpipe.local.readiness import exited, http_answers, wait_until_ready
 from ocrpipe.local.stack import fake_gcs_server_binary, free_port
 from ocrpipe.storage import GcsStore
 
 IDENTITIES = ("splitter", "worker", "operator", "eventarc", "creator")
 PROJECT = "proxy-test"
-DOC = "report.pdf/@1712"
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"{process.args!r} exited with {process.returncode}"
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} did not answer")
+def own_doc() -> str:
+    """A document folder of the test's own: no test reads what another wrote."""
+    return f"report-{uuid.uuid4().hex[:8]}.pdf/@1712"
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path | None = None) -> None:
+    answers = http_answers(url, lambda _: True)
+    wait_until_ready(answers, what=f"{url} did not answer", timeout=30, died=exited(process, log))
 
 
 @dataclass
@@ -96,7 +93,7 @@ def start_proxy(
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     proxied = Proxied(upstream, ports, usage, buckets, log)
-    wait_http(proxied.url("worker") + "/", process)
+    wait_http(proxied.url("worker") + "/", process, log)
     return process, proxied
 
 
@@ -120,13 +117,13 @@ def proxy(
 
 
 def test_allowed_calls_go_through(proxy: Proxied) -> None:
-    out = proxy.buckets["output"]
+    out, doc = proxy.buckets["output"], own_doc()
     splitter, worker = proxy.store("splitter"), proxy.store("worker")
-    assert splitter.create(out, f"{DOC}/manifest.json", b'{"pages": 2}', "application/json")
-    assert worker.create(out, f"{DOC}/pages/00001.md", b"# one", "text/markdown")
-    names = [o.name for o in worker.list(out, f"{DOC}/pages/")]
-    assert names == [f"{DOC}/pages/00001.md"]
-    assert worker.read(out, f"{DOC}/manifest.json") == b'{"pages": 2}'
+    assert splitter.create(out, f"{doc}/manifest.json", b'{"pages": 2}', "application/json")
+    assert worker.create(out, f"{doc}/pages/00001.md", b"# one", "text/markdown")
+    names = [o.name for o in worker.list(out, f"{doc}/pages/")]
+    assert names == [f"{doc}/pages/00001.md"]
+    assert worker.read(out, f"{doc}/manifest.json") == b'{"pages": 2}'
 
 
 def test_a_repeated_create_only_write_reads_as_already_there(proxy: Proxied) -> None:
@@ -137,17 +134,17 @@ def test_a_repeated_create_only_write_reads_as_already_there(proxy: Proxied) -> 
 
 
 def test_a_refused_call_gets_gcs_403_and_surfaces_as_access_denied(proxy: Proxied) -> None:
-    out = proxy.buckets["output"]
+    out, doc = proxy.buckets["output"], own_doc()
     splitter = proxy.store("splitter")
     with pytest.raises(AccessDenied) as caught:
-        splitter.create(out, f"{DOC}/pages/00002.md", b"# two", "text/markdown")
+        splitter.create(out, f"{doc}/pages/00002.md", b"# two", "text/markdown")
     assert caught.value.permission == "storage.objects.create"
-    assert caught.value.resource == f"gs://{out}/{DOC}/pages/00002.md"
+    assert caught.value.resource == f"gs://{out}/{doc}/pages/00002.md"
     assert isinstance(caught.value, RetryableError) and caught.value.push_status == 503
     assert f"ocrpipe-splitter@{PROJECT}.iam.gserviceaccount.com" in str(caught.value)
 
     with pytest.raises(AccessDenied) as listed:
-        splitter.list(out, f"{DOC}/pages/")
+        splitter.list(out, f"{doc}/pages/")
     assert listed.value.permission == "storage.objects.list"
 
     raw = httpx.get(f"{proxy.url('splitter')}/storage/v1/b/{out}/o", params={"prefix": "x/"})
@@ -169,9 +166,10 @@ def test_a_refused_call_gets_gcs_403_and_surfaces_as_access_denied(proxy: Proxie
 
 
 def test_usage_file_records_every_decision(proxy: Proxied) -> None:
-    work = proxy.buckets["work"]
+    work, out = proxy.buckets["work"], proxy.buckets["output"]
     with pytest.raises(AccessDenied):
         proxy.store("worker").create(work, "pages/d1/00009.png", b"x", "image/png")
+    assert proxy.store("worker").list(out, f"{own_doc()}/pages/") == []
     decisions = proxy.decisions()
     assert {
         "allowed": False,
@@ -180,7 +178,10 @@ def test_usage_file_records_every_decision(proxy: Proxied) -> None:
         "resource": f"projects/_/buckets/{work}/objects/pages/d1/00009.png",
         "grant": None,
     } in decisions
-    assert any(d["allowed"] and d["identity"] == "worker" for d in decisions)
+    assert any(
+        d["allowed"] and d["identity"] == "worker" and d["resource"] == f"projects/_/buckets/{out}"
+        for d in decisions
+    )
 
 
 def test_downloads_after_a_stat_still_go_through_the_proxy(proxy: Proxied) -> None:
@@ -245,7 +246,7 @@ def test_resumable_uploads_and_rewrites_are_authorized(proxy: Proxied) -> None:
 
 
 def test_calls_the_proxy_cannot_map_are_refused(proxy: Proxied) -> None:
-    out = proxy.buckets["output"]
+    out, doc = proxy.buckets["output"], own_doc()
     for method, path in [
         ("GET", f"/storage/v1/b/{out}/iam"),
         ("POST", "/batch/storage/v1"),
@@ -256,7 +257,7 @@ def test_calls_the_proxy_cannot_map_are_refused(proxy: Proxied) -> None:
     # An upload whose query names an allowed object and whose metadata names another.
     smuggled = httpx.post(
         f"{proxy.url('splitter')}/upload/storage/v1/b/{out}/o",
-        params={"uploadType": "multipart", "name": f"{DOC}/manifest.json"},
+        params={"uploadType": "multipart", "name": f"{doc}/manifest.json"},
         headers={"content-type": 'multipart/related; boundary="b"'},
         content=b'--b\r\ncontent-type: application/json\r\n\r\n{"name": "x/@1/document.md"}'
         b"\r\n--b\r\ncontent-type: text/plain\r\n\r\nhi\r\n--b--\r\n",
@@ -269,13 +270,15 @@ def test_calls_the_proxy_cannot_map_are_refused(proxy: Proxied) -> None:
 def test_overrides_take_one_permission_away(
     upstream: tuple[str, GcsStore], proxy: Proxied, tmp_path: Path
 ) -> None:
+    out, doc = proxy.buckets["output"], own_doc()
+    assert proxy.store("splitter").create(out, f"{doc}/manifest.json", b"{}", "application/json")
     overrides = {"worker": {"revoke": [{"bucket": "output", "permission": "storage.objects.list"}]}}
     process, narrowed = start_proxy(upstream[0], tmp_path, proxy.buckets, overrides)
     try:
         worker = narrowed.store("worker")
         with pytest.raises(AccessDenied):
-            worker.list(proxy.buckets["output"], f"{DOC}/pages/")
-        assert worker.read(proxy.buckets["output"], f"{DOC}/manifest.json") == b'{"pages": 2}'
+            worker.list(out, f"{doc}/pages/")
+        assert worker.read(out, f"{doc}/manifest.json") == b"{}"  # the rest is still granted
     finally:
         process.terminate()
         process.wait(10)

@@ -13,14 +13,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming, records
-from ocrpipe.messages import PageMessage
+from ocrpipe import naming
 from ocrpipe.naming import DocumentRef
 from ocrpipe.operations import get as results
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import push_envelope, ready_document
 from tests.fakes import ScriptedOcrServer, completion
 from tests.test_figures_worker import SETTINGS, page_image
-from tests.test_worker_contract import envelope
 
 NAME = "reports/Grüße (q1).pdf"
 REPLIES = [
@@ -34,21 +33,15 @@ _IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 
 def processed(store: MemoryStore, name: str = NAME) -> DocumentRef:
     """``name`` with one page per reply, each delivered to the real worker app."""
-    pages = len(REPLIES)
-    generation = store.put("in", name, b"%PDF-1.7 ...", "application/pdf")
-    doc = DocumentRef("in", name, generation)
-    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
+    doc, messages = ready_document(store, len(REPLIES), name=name, image=lambda _: page_image())
     server = ScriptedOcrServer([completion(reply) for reply in REPLIES])
     app = create_app(
         SETTINGS, store=store, ocr=server.client(model=SETTINGS.ocr_model),
         publisher=MemoryPublisher(),
     )  # fmt: skip
     with TestClient(app) as client:
-        for page in range(1, pages + 1):
-            image = naming.page_image_name(doc.doc_id, page, "png")
-            store.put("work", image, page_image(), "image/png")
-            message = PageMessage.for_image(doc, page, pages, "work", image)
-            assert client.post("/", json=envelope(message)).status_code == 204
+        for message in messages:
+            assert client.post("/", json=push_envelope(message)).status_code == 204
     return doc
 
 

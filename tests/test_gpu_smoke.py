@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from ocrpipe.local.readiness import NotReady, exited, http_answers, wait_until_ready
 from ocrpipe.local.stack import free_port
 
 SMOKE = Path(__file__).resolve().parents[1] / "gpu_image" / "smoke.py"
@@ -39,17 +38,14 @@ def engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     """Fail at once, with the engine's own words, if it dies instead of starting."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the OCR engine exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the OCR engine did not answer /health within 120 s:\n{log.read_text()}")
+    healthy = http_answers(f"{url}/health", lambda status: status == 200)
+    try:
+        wait_until_ready(
+            healthy, what="the OCR engine did not answer /health", timeout=120,
+            died=exited(process), interval=0.2,
+        )  # fmt: skip
+    except NotReady as exc:
+        pytest.fail(f"{exc}\n{log.read_text()}")
 
 
 def smoke(*args: str) -> subprocess.CompletedProcess[str]:

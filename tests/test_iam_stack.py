@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from ocrpipe.local.stack import IDENTITIES, LocalStack, free_ports
 from ocrpipe.naming import DocumentRef
 from ocrpipe.operations.status import document_status
 from ocrpipe.storage import GcsStore
+from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
 from tests.conftest import unique_name, wait_until_finished
 
 pytestmark = pytest.mark.e2e
@@ -98,7 +98,7 @@ def proxy_refusals(stack: LocalStack, proxy: str) -> list[tuple[str, str, str]]:
 
 def test_the_sample_goes_through_with_no_refusal(iam_stack: LocalStack) -> None:
     store, doc = submit_sample(iam_stack)
-    status = wait_until_finished(store, iam_stack.settings, doc.name, timeout=240)
+    status = wait_until_finished(iam_stack, store, doc.name)
     assert status.state == "done", status
     markdown = store.read(iam_stack.settings.output_bucket, naming.document_markdown_name(doc))
     assert markdown.strip()
@@ -149,20 +149,11 @@ def test_the_usage_report_lists_exactly_what_each_identity_needed(
 ) -> None:
     """After one document (the test above, or this one's own when run alone)."""
     store, doc = submit_sample(iam_stack)
-    assert wait_until_finished(store, iam_stack.settings, doc.name, timeout=240).finished_state
+    assert wait_until_finished(iam_stack, store, doc.name).finished_state
     report = iam_stack.iam_usage()
     assert set(report) == set(IDENTITIES)
     assert {i: r["used"] for i, r in report.items()} == expected_usage(iam_stack)
     assert {i: r["refused"] for i, r in report.items() if r["refused"]} == {}
-
-
-def poll(condition: Callable[[], bool], timeout: float = 240) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 def test_a_narrowed_grant_breaks_its_path_and_the_proxy_says_why(
@@ -175,7 +166,13 @@ def test_a_narrowed_grant_breaks_its_path_and_the_proxy_says_why(
     def refused() -> list[tuple[str, str, str]]:
         return proxy_refusals(narrowed_stack, "gcs-proxy")
 
-    assert poll(lambda: ("worker", "storage.objects.list", output) in refused()), refused()
+    wait_for(
+        lambda: (refused(), stack_activity(narrowed_stack)),
+        lambda reading: ("worker", "storage.objects.list", output) in reading[0],
+        what="the worker's list on the output bucket to be refused",
+        alive=stack_alive(narrowed_stack),
+        interval=0.5,
+    )
     # The worker's delivery failed (it is retried, then dead-lettered): no document.
     status = document_status(store, settings, doc.name)
     assert status.state != "done", status
@@ -185,7 +182,7 @@ def test_a_narrowed_grant_breaks_its_path_and_the_proxy_says_why(
 
 def test_a_too_wide_grant_shows_as_granted_but_never_used(widened_stack: LocalStack) -> None:
     store, doc = submit_sample(widened_stack)
-    status = wait_until_finished(store, widened_stack.settings, doc.name, timeout=240)
+    status = wait_until_finished(widened_stack, store, doc.name)
     assert status.state == "done", status
     inp = f"projects/_/buckets/{widened_stack.settings.input_bucket}"
     worker = widened_stack.iam_usage()["worker"]

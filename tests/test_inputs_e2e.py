@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,11 +21,9 @@ from ocrpipe.storage import GcsStore
 from ocrpipe.testing import inputs as make
 from ocrpipe.testing.pdfs import text_pdf
 from tests.conftest import unique_name, wait_until_finished
-from tests.stack_logs import entries, splitter_runs
+from tests.stack_logs import entries, split_answers
 
 pytestmark = pytest.mark.e2e
-
-REDELIVERY_WAIT_S = 2.5  # a nacked push comes back ~1 s later on the emulator
 
 BAD_INPUTS: dict[str, tuple[str, Callable[[], bytes]]] = {
     "empty_file": (".pdf", lambda: b""),
@@ -43,13 +40,6 @@ def upload(gcs: GcsStore, stack: LocalStack, name: str, data: bytes) -> Document
     blob = gcs.client.bucket(stack.settings.input_bucket).blob(name)
     blob.upload_from_string(data)
     return DocumentRef(stack.settings.input_bucket, name, int(blob.generation))
-
-
-def wait_for_runs(stack: LocalStack, docs: list[DocumentRef], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while any(splitter_runs(stack, d) == 0 for d in docs) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(REDELIVERY_WAIT_S)
 
 
 def assert_rejected_once(stack: LocalStack, gcs: GcsStore, doc: DocumentRef, reason: str) -> None:
@@ -69,7 +59,7 @@ def assert_rejected_once(stack: LocalStack, gcs: GcsStore, doc: DocumentRef, rea
     assert gcs.stat(settings.output_bucket, naming.manifest_name(doc)) is None
     assert entries(stack, "worker", doc) == []
     # Handled once: acknowledged, not retried.
-    assert splitter_runs(stack, doc) == 1
+    assert split_answers(stack, [doc]) == {doc.name: ["ack"]}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +69,7 @@ def rejected(stack: LocalStack, gcs: GcsStore) -> dict[str, DocumentRef]:
         for reason, (suffix, make_data) in BAD_INPUTS.items()
     }
     for doc in docs.values():
-        wait_until_finished(gcs, stack.settings, doc.name, timeout=60)
-    wait_for_runs(stack, list(docs.values()))
+        wait_until_finished(stack, gcs, doc.name)
     return docs
 
 
@@ -96,8 +85,8 @@ def test_every_bad_input_is_handled_under_the_production_grants_without_a_refusa
 ) -> None:
     """IAM is enforced on this stack: rejecting a bad file (error.json, @latest.json, the
     documents notification) needs nothing the splitter is not granted."""
-    for reason, doc in rejected.items():
-        assert splitter_runs(stack, doc) == 1, reason
+    answers = split_answers(stack, list(rejected.values()))
+    assert answers == {doc.name: ["ack"] for doc in rejected.values()}
     refused = {i: r["refused"] for i, r in stack.iam_usage().items() if r["refused"]}
     assert refused == {}
     used = stack.iam_usage()["splitter"]["used"]
@@ -128,8 +117,7 @@ def test_a_file_over_the_size_limit_is_rejected_once(
     limited_stack: LocalStack, limited_gcs: GcsStore
 ) -> None:
     doc = upload(limited_gcs, limited_stack, unique_name("too-big"), b"%PDF-1.7\n" + bytes(2**21))
-    wait_until_finished(limited_gcs, limited_stack.settings, doc.name, timeout=60)
-    wait_for_runs(limited_stack, [doc])
+    wait_until_finished(limited_stack, limited_gcs, doc.name)
     assert_rejected_once(limited_stack, limited_gcs, doc, "file_too_large")
 
 
@@ -138,22 +126,21 @@ def test_a_page_that_renders_forever_gets_a_timeout_record(
 ) -> None:
     settings = limited_stack.settings
     doc = upload(limited_gcs, limited_stack, unique_name("slow"), make.slow_page_pdf(["x"], 1))
-    status = wait_until_finished(limited_gcs, settings, doc.name, timeout=60)
-    wait_for_runs(limited_stack, [doc])
+    status = wait_until_finished(limited_stack, limited_gcs, doc.name)
     assert status.state == "failed" and status.page_count == 1 and list(status.page_errors) == [1]
     record = json.loads(limited_gcs.read(settings.output_bucket, naming.page_error_name(doc, 1)))
     assert record["reason"] == "page_render_timeout" and record["page"] == 1
     # No image: the splitter remembered the failure in the work bucket, the worker wrote it.
     work = {o.name for o in limited_gcs.list(settings.work_bucket, f"pages/{doc.doc_id}/0")}
     assert work == {naming.render_failure_name(doc.doc_id, 1)}
-    assert splitter_runs(limited_stack, doc) == 1
+    assert split_answers(limited_stack, [doc]) == {doc.name: ["ack"]}
 
 
 def test_a_page_that_fails_to_render_fails_alone(stack: LocalStack, gcs: GcsStore) -> None:
     settings = stack.settings
     texts = ["Page one of three", "Page two is broken", "Page three of three"]
     doc = upload(gcs, stack, unique_name("one-bad-page"), make.missing_page_pdf(texts, 2))
-    status = wait_until_finished(gcs, settings, doc.name, timeout=120)
+    status = wait_until_finished(stack, gcs, doc.name)
     assert (status.state, status.page_count, status.done, status.failed) == ("partial", 3, 2, 1)
     record = json.loads(gcs.read(settings.output_bucket, naming.page_error_name(doc, 2)))
     assert (record["reason"], record["page"]) == ("page_render_failed", 2)
@@ -164,14 +151,14 @@ def test_a_page_that_fails_to_render_fails_alone(stack: LocalStack, gcs: GcsStor
     document = gcs.read(settings.output_bucket, naming.document_markdown_name(doc)).decode()
     assert "one of three" in document and "three of three" in document
     assert "page_render_failed" in document
-    assert splitter_runs(stack, doc) == 1
+    assert split_answers(stack, [doc]) == {doc.name: ["ack"]}
 
 
 def test_a_document_whose_only_page_fails_to_render_is_finished_by_the_worker(
     stack: LocalStack, gcs: GcsStore
 ) -> None:
     doc = upload(gcs, stack, unique_name("all-bad"), make.missing_page_pdf(["gone"], 1))
-    status = wait_until_finished(gcs, stack.settings, doc.name, timeout=60)
+    status = wait_until_finished(stack, gcs, doc.name)
     assert status.state == "failed" and list(status.page_errors) == [1]
     assert status.markdown_uri is not None  # assembled, so it reached a final state
     assert entries(stack, "worker", doc), "the worker wrote the record and assembled it"
@@ -221,7 +208,7 @@ def images(stack: LocalStack, gcs: GcsStore) -> dict[str, DocumentRef]:
         for key, case in IMAGES.items()
     }
     for doc in docs.values():
-        wait_until_finished(gcs, stack.settings, doc.name, timeout=180)
+        wait_until_finished(stack, gcs, doc.name)
     return docs
 
 
@@ -245,7 +232,7 @@ def test_absurd_page_sizes_are_clamped_not_crashed(stack: LocalStack, gcs: GcsSt
     doc = upload(
         gcs, stack, unique_name("odd-sizes"), make.sized_pages_pdf([(1, 10000), (14400, 14400)])
     )
-    status = wait_until_finished(gcs, settings, doc.name, timeout=120)
+    status = wait_until_finished(stack, gcs, doc.name)
     assert status.finished_state and status.page_count == 2
     sizes = []
     for page in (1, 2):
@@ -254,4 +241,4 @@ def test_absurd_page_sizes_are_clamped_not_crashed(stack: LocalStack, gcs: GcsSt
             sizes.append(image.size)
     assert sizes[0] == (770, 6160)  # the sliver: long side capped, padded white to 1:8
     assert sizes[1] == (1540, 1540)
-    assert splitter_runs(stack, doc) == 1
+    assert split_answers(stack, [doc]) == {doc.name: ["ack"]}

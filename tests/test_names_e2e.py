@@ -15,7 +15,7 @@ from ocrpipe.operations.status import document_status
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.inputs import text_pages_pdf
 from tests.conftest import wait_until_finished
-from tests.stack_logs import entries, splitter_runs
+from tests.stack_logs import entries, split_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,7 @@ def documents(stack: LocalStack, gcs: GcsStore) -> dict[str, tuple[DocumentRef, 
         blob.upload_from_string(text_pages_pdf([text]), content_type="application/pdf")
         docs[name] = (DocumentRef(stack.settings.input_bucket, name, int(blob.generation)), text)
     for name in docs:
-        wait_until_finished(gcs, stack.settings, name, timeout=240)
+        wait_until_finished(stack, gcs, name)
     return docs
 
 
@@ -87,7 +87,7 @@ def test_every_name_is_processed_into_its_own_prefix(
         assert all(len(n.encode()) <= MAX_NAME_BYTES for n in found)
         document = gcs.read(settings.output_bucket, naming.document_markdown_name(doc)).decode()
         assert text in document, (name, document)
-        assert splitter_runs(stack, doc) == 1
+        assert split_answers(stack, [doc]) == {doc.name: ["ack"]}
 
 
 def test_long_names_are_shortened_without_colliding(

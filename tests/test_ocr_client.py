@@ -17,8 +17,9 @@ from PIL import Image
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
 from ocrpipe.settings import Settings
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.worker.ocr_client import MAX_BACKOFF_SECONDS, OcrClient, OcrParams, parse_retry_after
-from tests.fakes import FakeClock, ScriptedOcrServer, completion
+from tests.fakes import ScriptedOcrServer, completion, request_image
 
 IMAGE = b"\x89PNG fake image bytes"
 
@@ -330,15 +331,17 @@ async def test_a_retry_after_date_is_capped_at_the_remaining_budget() -> None:
 
 
 class TricklingServer:
-    """A real HTTP server that answers 200 and then sends its body one byte every 0.5 s:
-    each byte resets a read timeout, so only a wall-clock deadline stops the request."""
+    """A real HTTP server that answers 200 and then sends its body one byte every 0.1 s, for
+    as long as the client stays: each byte resets a read timeout, so only a wall-clock
+    deadline stops the request. :attr:`client_left` is set when the client hangs up."""
 
-    def __init__(self, body_bytes: int = 20, interval: float = 0.5) -> None:
+    def __init__(self, body_bytes: int = 10**6, interval: float = 0.1) -> None:
         self._body_bytes = body_bytes
         self._interval = interval
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         self._stop = threading.Event()
+        self.client_left = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -368,97 +371,102 @@ class TricklingServer:
                         return
                     conn.sendall(b" ")
             except OSError:
-                return  # the client gave up and closed the connection
+                self.client_left.set()  # the client gave up and closed the connection
 
     def close(self) -> None:
         self._stop.set()
         self._sock.close()
 
 
-@pytest.mark.timeout(30)
 async def test_the_budget_is_a_wall_clock_limit_even_for_a_server_that_trickles() -> None:
-    """A server sending one byte every 0.5 s kept a 3 s budget busy for 10 s."""
+    """A server sending one byte every 0.5 s kept a 3 s budget busy for 10 s. This one
+    trickles for days: without the wall-clock limit the request would never end; with it,
+    the client gives up when the budget does and hangs up on the server."""
     server = TricklingServer()
     client = OcrClient.create(
         server.url, OcrParams.from_settings(Settings(), model="m", request_timeout_s=300)
     )
-    started = time.monotonic()
     try:
         with pytest.raises(OcrUnavailable) as info:
-            await client.ocr_page(IMAGE, "image/png", deadline=started + 3)
+            async with asyncio.timeout(60):  # the request never ends without its limit
+                await client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 3)
+        hung_up = await asyncio.to_thread(server.client_left.wait, 60)
     finally:
         await client.aclose()
         server.close()
-    elapsed = time.monotonic() - started
-    assert elapsed < 3.5, f"a 3 s budget took {elapsed:.1f} s"
+    assert hung_up, "the client gave up but never closed the connection"
     assert info.value.push_status == 503 and client.stats.by_cause == {"timeout": 1}
 
 
-@pytest.mark.timeout(30)
 async def test_waiting_for_an_in_flight_slot_counts_against_the_budget() -> None:
+    """A page waiting for a slot used to wait outside its budget. Here the only slot is held
+    until the test ends: without the limit the second page would wait for ever."""
+    holding, release = asyncio.Event(), asyncio.Event()
     calls = 0
 
     async def handler(request: httpx.Request) -> httpx.Response:
         nonlocal calls
         calls += 1
-        if calls == 1:
-            await asyncio.sleep(5)  # holds the only slot
+        holding.set()
+        await release.wait()  # holds the only slot
         return completion("ok")
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://ocr")
     client = OcrClient(http, OcrParams.from_settings(Settings(), model="m", max_in_flight=1))
-    first = asyncio.create_task(client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 60))
-    await asyncio.sleep(0.05)
-    started = time.monotonic()
+    slow = client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 600)
+    first = asyncio.create_task(slow)
+    await holding.wait()
     try:
         with pytest.raises(OcrUnavailable):
-            await client.ocr_page(IMAGE, "image/png", deadline=started + 2)
-        elapsed = time.monotonic() - started
+            async with asyncio.timeout(60):  # the wait never ends without the budget's limit
+                await client.ocr_page(IMAGE, "image/png", deadline=time.monotonic() + 3)
     finally:
-        first.cancel()
+        release.set()
+        await first
         await http.aclose()
-    assert elapsed < 2.5, f"a 2 s budget took {elapsed:.1f} s"
     assert calls == 1  # the page that never got a slot sent nothing
+    assert client.stats.by_cause == {"slot_wait": 1}
 
 
 async def test_a_looping_page_is_cut_while_streaming_then_answered_one_step_up() -> None:
     """Against the real fault server: the loop at temperature 0.2 is cut long before
-    max_tokens, the next temperature answers, and the usage counts every token read."""
+    max_tokens, the next temperature answers, and the usage counts every token read. The
+    loop runs to 12,000 tokens (6 s at 2000 tokens/s): a client that did not cut it, or a
+    server that went on generating after the cut, would count all of them."""
     from ocrpipe.local.faults import FaultPlan, create_app, serve_in_background
-    from tests.test_faults import page
+    from tests.test_faults import LONG_LOOP_TOKENS, page, settled
 
-    plan = FaultPlan(seed=1, plength=1.0, tokens_per_s=20000)
+    plan = FaultPlan(seed=1, plength=1.0, tokens_per_s=2000)
     image = page("loops", "The real text of the page.")
+    params = OcrParams.from_settings(Settings(), max_tokens=LONG_LOOP_TOKENS)
     with serve_in_background(create_app(plan)) as url:
-        client = OcrClient.create(url, OcrParams.from_settings(Settings()))
+        client = OcrClient.create(url, params)
         try:
-            result = await client.ocr_page(image, "image/png", deadline=time.monotonic() + 20)
+            result = await client.ocr_page(image, "image/png", deadline=time.monotonic() + 60)
         finally:
             await client.aclose()
-        async with httpx.AsyncClient(base_url=url) as http:
-            served = (await http.get("/stats")).json()
+        served = settled(url)
     assert result.markdown.endswith("The real text of the page.")
     assert "page-sha256" in result.markdown  # the fault server's own answer, not a loop
     assert result.usage.temperature == 0.3 and result.usage.finish_reason == "stop"
     assert result.usage.attempts == 2
     assert client.stats.by_cause == {"repetition": 1}
-    # The loop was cut: far fewer tokens than the 4096 a non-streamed loop would cost.
+    # The loop was cut where the rule cuts it: a few hundred tokens.
     assert 0 < client.stats.loop_tokens < 1000
     assert result.usage.completion_tokens > client.stats.loop_tokens
-    assert served["streamed"] == 2 and served["completion_tokens"] < 1100
+    assert (served["streamed"], served["abandoned"]) == (2, 1)
+    assert served["completion_tokens"] < LONG_LOOP_TOKENS
 
 
 async def test_each_page_counts_its_own_attempts_when_pages_run_concurrently() -> None:
     """Usage is billed per page: pages answered at once report 1 attempt each even while
     another page of the same client is retried meanwhile (3 attempts)."""
-    flaky_url = "data:image/png;base64," + base64.b64encode(b"flaky").decode()
     flaky_done = asyncio.Event()
     flaky_attempts = 0
 
     async def answer(request: httpx.Request) -> httpx.Response:
         nonlocal flaky_attempts
-        body = json.loads(request.content)
-        if body["messages"][0]["content"][0]["image_url"]["url"] != flaky_url:
+        if request_image(json.loads(request.content)) != b"flaky":
             await flaky_done.wait()  # the other pages stay in flight through the retries
             return completion("ok")
         flaky_attempts += 1

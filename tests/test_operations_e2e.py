@@ -39,8 +39,9 @@ from ocrpipe.operations.pull import PubSubPullSubscription, Received
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, publisher_client, subscriber_client
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
+from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
 from ocrpipe.topology import load_topology
-from tests.conftest import unique_name, wait_until_finished
+from tests.conftest import unique_name, wait_for_object, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -128,6 +129,68 @@ def dead_letters(stack: LocalStack, names: set[str]) -> list[dlq.DeadLetter]:
         subscription.close()
 
 
+# Where a replay process is killed: at once, or when the operator's Pub/Sub proxy records its
+# first call needing this permission.
+REPLAY_KILL_POINTS = (
+    ("its start", None),
+    ("its first publish", "pubsub.topics.publish"),
+    ("its first pull", "pubsub.subscriptions.consume"),
+)
+
+
+def pubsub_usage_size(stack: LocalStack) -> int:
+    path = stack.usage_files[0]
+    return path.stat().st_size if path.exists() else 0
+
+
+def operator_called(stack: LocalStack, since: int, permission: str) -> bool:
+    """Whether the operator made a Pub/Sub call needing ``permission`` (recorded by its proxy
+    after byte ``since`` of the usage file)."""
+    lines = stack.usage_files[0].read_bytes()[since:].decode().splitlines()
+    return any(
+        decision["identity"] == "operator" and decision["permission"] == permission
+        for decision in (json.loads(line) for line in lines if line.endswith("}"))
+    )
+
+
+def kill_replay_at(stack: LocalStack, point: str, permission: str | None) -> None:
+    """Start ``ocrpipe dlq replay`` and SIGKILL it once it makes its first call needing
+    ``permission`` (``None``: at once); fail if it exits before."""
+    since = pubsub_usage_size(stack)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ocrpipe.cli", "dlq", "replay"],
+        env=settings_env(stack.settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if permission is not None:
+            reached, code = wait_for(
+                lambda: (operator_called(stack, since, permission), process.poll()),
+                lambda reading: reading[0] or reading[1] is not None,
+                what=f"a replay run to reach {point}",
+                alive=stack_alive(stack),
+                interval=0.01,
+            )
+            assert reached, f"a replay run exited with {code} before {point}"
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def wait_for_dead_letters(stack: LocalStack, names: set[str], count: int) -> list[dlq.DeadLetter]:
+    """Until at least ``count`` of ``names``' pages are in the dead-letter subscription (on
+    progress: the stack's deliveries move the wait too)."""
+    letters, _ = wait_for(
+        lambda: (dead_letters(stack, names), stack_activity(stack)),
+        lambda reading: len(reading[0]) >= count,
+        what=f"{count} dead-lettered pages",
+        alive=stack_alive(stack),
+        interval=2,
+    )
+    return letters
+
+
 def gcs_log_size(stack: LocalStack) -> int:
     assert stack.log_dir is not None
     return (stack.log_dir / "gcs.log").stat().st_size
@@ -212,9 +275,7 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
     two_pages = docs[1].name
 
     # 1. Every page keeps failing until Pub/Sub gives up on it.
-    deadline = time.monotonic() + 240
-    while len(letters := dead_letters(stack, names)) < 4 and time.monotonic() < deadline:
-        time.sleep(2)
+    letters = wait_for_dead_letters(stack, names, 4)
     assert len(letters) == 4, letters
 
     # 2. `dlq list` shows them with what Pub/Sub added, and consumes nothing.
@@ -274,39 +335,38 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
     [(killed_name, killed_page)] = dying.sent
     killed_doc = next(d for d in docs if d.name == killed_name)
     page_md = naming.page_markdown_name(killed_doc, killed_page)
-    deadline = time.monotonic() + 60
-    while store.stat(settings.output_bucket, page_md) is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert store.stat(settings.output_bucket, page_md) is not None
-    deadline = time.monotonic() + 90
-    while len(left := dead_letters(stack, names)) < 3 and time.monotonic() < deadline:
-        time.sleep(2)
+    wait_for_object(stack, store, settings.output_bucket, page_md)  # the dead run's publish
+    left = wait_for_dead_letters(stack, names, 3)  # once the dead run's leases run out
     assert (killed_name, killed_page) in {(d.name, d.page) for d in left}
 
-    # Replay processes killed (SIGKILL) at arbitrary points: starting, pulling, publishing.
-    for delay in (0.4, 0.8, 1.2, 1.6, 2.4):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ocrpipe.cli", "dlq", "replay"],
-            env=settings_env(settings),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(delay)
-        process.kill()
-        process.wait(timeout=10)
+    # Replay processes killed (SIGKILL) at points they are seen to reach: before any call,
+    # at the first publish (it holds leases, some pages sent, none acked), at the first pull.
+    for point, permission in REPLAY_KILL_POINTS:
+        kill_replay_at(stack, point, permission)
+    # What the killed runs leased is hidden until the lease lapses: dlq.LEASE_SECONDS once a
+    # run set it, the subscription's ack deadline for what it had only pulled. Pub/Sub's own
+    # clock decides, so this is a lower bound on waiting, not a race.
+    hidden_s = max(dlq.LEASE_SECONDS, load_topology().dead_letter_ack_deadline_seconds)
+    leases_lapsed_at = time.monotonic() + hidden_s + 5
 
-    # 5. Replay until every document is done: what a killed run leased comes back after
-    # dlq.LEASE_SECONDS (or the subscription's ack deadline), and nothing is lost.
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
+    # 5. Replay until every document is done and a replay ran after the killed runs' leases
+    # lapsed: what they leased comes back then, and nothing is lost.
+    def replay_then_states() -> tuple[list[str], bool]:
+        lapsed = time.monotonic() > leases_lapsed_at
         result = ocrpipe(stack, "dlq", "replay", "--doc", "tests/dlq-*", "--json")
         assert result.exit_code == 0, result.output
-        states = {json_of(ocrpipe(stack, "status", d.name, "--json"))["state"] for d in docs}
-        if states == {"done"}:
-            break
-        time.sleep(3)
+        states = [json_of(ocrpipe(stack, "status", d.name, "--json"))["state"] for d in docs]
+        return sorted(states), lapsed
+
+    wait_for(
+        lambda: (replay_then_states(), stack_activity(stack)),
+        lambda reading: set(reading[0][0]) == {"done"} and reading[0][1],
+        what="replays to finish every document",
+        alive=stack_alive(stack),
+        interval=3,
+    )
     for doc in docs:
-        final = wait_until_finished(store, settings, doc.name, timeout=30)
+        final = wait_until_finished(stack, store, doc.name)
         assert final.state == "done", final
 
     # Every page exactly once: each Markdown object exists, and since the OCR server was
@@ -327,8 +387,7 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
 
     # 6. A second replay changes nothing.
     again_report = json_of(ocrpipe(stack, "dlq", "replay", "--doc", "tests/dlq-*", "--json"))
-    assert (again_report["replayed"], again_report["failed"]) == (0, 0)
-    time.sleep(2)
+    assert (again_report["replayed"], again_report["failed"]) == (0, 0)  # it published nothing
     for doc in docs:
         assert all(written[n] == g for n, g in outputs(stack, store, doc).items() if n in written)
     assert ocrpipe(stack, "wait", *sorted(names), "--timeout", "10").exit_code == cli.Exit.OK
@@ -342,7 +401,7 @@ def test_failed_pages_and_whole_documents_are_retried(
     doc = upload(stack, store, "retry", 2)
     name = doc.name
 
-    final = wait_until_finished(store, settings, name, timeout=120)
+    final = wait_until_finished(stack, store, name)
     assert final.state == "failed"
     assert ocrpipe(stack, "wait", name, "--timeout", "30").exit_code == cli.Exit.FAILED
     status = json_of(ocrpipe(stack, "status", name, "--json"))
@@ -363,7 +422,7 @@ def test_failed_pages_and_whole_documents_are_retried(
     # Failed pages only: the same generation, every page written once more, then assembled.
     retried = ocrpipe(stack, "retry", name, "--failed-only")
     assert retried.exit_code == 0, retried.output
-    final = wait_until_finished(store, settings, name, timeout=120)
+    final = wait_until_finished(stack, store, name)
     assert (final.state, final.generation, final.done, final.failed) == (
         "done", doc.generation, 2, 0)  # fmt: skip
     objects = outputs(stack, store, doc)
@@ -376,7 +435,7 @@ def test_failed_pages_and_whole_documents_are_retried(
     # The whole document: a new generation, processed from scratch; the old one stays.
     whole = ocrpipe(stack, "retry", name)
     assert whole.exit_code == 0, whole.output
-    final = wait_until_finished(store, settings, name, timeout=120)
+    final = wait_until_finished(stack, store, name)
     assert final.state == "done" and final.generation is not None
     assert final.generation > doc.generation
     assert outputs(stack, store, doc) == objects

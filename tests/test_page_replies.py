@@ -27,8 +27,8 @@ from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import push_envelope
 from tests.test_faults import page
-from tests.test_worker_contract import envelope
 
 BASE = {
     "verify_push_auth": False,
@@ -85,7 +85,7 @@ class Worker:
         return doc, messages
 
     def deliver(self, message: PageMessage) -> int:
-        status: int = self.client.post("/", json=envelope(message)).status_code
+        status: int = self.client.post("/", json=push_envelope(message)).status_code
         return status
 
     def fault_stats(self) -> dict[str, int]:

@@ -5,7 +5,6 @@ with tokens signed here and the certificate set served by a real local HTTP serv
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import threading
 import time
@@ -18,10 +17,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming, records
-from ocrpipe.messages import PageMessage
 from ocrpipe.settings import Settings
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import push_envelope, ready_document
 from ocrpipe.worker.push_auth import CertCache, PushVerifier, build_verifier
 from tests.fakes import ScriptedOcrServer, completion
 from tests.tokens import AUDIENCE, PUSH_ACCOUNT, KeySet, SigningKey
@@ -115,29 +114,9 @@ def client(certs: CertServer, store: MemoryStore, ocr: ScriptedOcrServer) -> Ite
 
 
 def page_envelope(store: MemoryStore) -> dict[str, Any]:
-    generation = store.put("in", "a.pdf", b"%PDF-1.7", "application/pdf")
-    doc = naming.DocumentRef("in", "a.pdf", generation)
-    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, 1))  # splitter's
-    image = naming.page_image_name(doc.doc_id, 1, "png")
-    store.put("work", image, b"png bytes", "image/png")
-    message = PageMessage(
-        doc_id=doc.doc_id,
-        source_bucket="in",
-        source_name="a.pdf",
-        source_generation=generation,
-        page=1,
-        page_count=1,
-        image_uri=f"gs://work/{image}",
-        image_mime="image/png",
-    )
-    return {
-        "message": {
-            "data": base64.b64encode(message.encode()).decode(),
-            "attributes": message.attributes(),
-            "messageId": "1",
-        },
-        "subscription": "projects/p/subscriptions/ocrpipe-pages-push",
-    }
+    """A push of the one page of a document stored as the splitter leaves it."""
+    _, (message,) = ready_document(store, 1, name="a.pdf", image=lambda _: b"png bytes")
+    return push_envelope(message)
 
 
 def outputs(store: MemoryStore) -> list[str]:
@@ -289,14 +268,6 @@ def test_the_worker_refuses_to_start_verifying_without_audience_or_account(
 # --- the certificate cache ------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def counting_fetch(keys: KeySet, max_age: int) -> tuple[list[str], Any]:
     calls: list[str] = []
 
@@ -349,18 +320,31 @@ async def test_a_rotated_key_is_picked_up_with_one_extra_fetch() -> None:
 
 
 class FlakyKeyEndpoint:
-    """Serves ``keys`` until ``failing`` is set, then refuses connections; optionally slow."""
+    """Serves ``keys`` until ``failing`` is set, then refuses connections. After :meth:`hold`
+    a call waits (:attr:`holding` is set meanwhile) until :meth:`release`: a slow endpoint
+    that stays slow exactly as long as the test needs."""
 
-    def __init__(self, keys: KeySet, *, max_age: int = 300, delay: float = 0.0) -> None:
+    def __init__(self, keys: KeySet, *, max_age: int = 300) -> None:
         self.keys = keys
         self.max_age = max_age
-        self.delay = delay
         self.failing = False
         self.calls = 0
+        self.holding = threading.Event()
+        self._released = threading.Event()
+        self._released.set()
+
+    def hold(self) -> None:
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
 
     def __call__(self, url: str) -> httpx.Response:
         self.calls += 1
-        time.sleep(self.delay)
+        if not self._released.is_set():
+            self.holding.set()
+            self._released.wait(30)
+            self.holding.clear()
         if self.failing:
             raise httpx.ConnectError("connection refused")
         return httpx.Response(
@@ -414,23 +398,29 @@ async def test_stale_keys_are_kept_only_for_a_bounded_time_then_pushes_get_503()
     assert denied is not None and denied.status == 503
 
 
-@pytest.mark.timeout(30)
 async def test_one_key_fetch_serves_many_concurrent_requests_and_none_at_all_is_503() -> None:
-    """Every request used to refetch, one at a time, and answered 401 to valid pushes."""
+    """Every request used to refetch, one at a time, and answered 401 to valid pushes. Ten
+    requests arrive while one slow fetch (held) is under way: all ten wait for that fetch."""
     keys = KeySet()
-    endpoint = FlakyKeyEndpoint(keys, delay=0.3)
+    endpoint = FlakyKeyEndpoint(keys)
     endpoint.failing = True
-    cache = CertCache("https://certs", fetch=endpoint)
+    clock = FakeClock()
+    cache = CertCache("https://certs", fetch=endpoint, clock=clock)
     verifier = PushVerifier(audience=AUDIENCE, service_account=PUSH_ACCOUNT, certs=cache)
     headers = {"authorization": f"Bearer {keys.keys[0].token()}"}
-    started = time.monotonic()
-    answers = await asyncio.gather(*(verifier.check(headers) for _ in range(10)))
+    endpoint.hold()
+    checks = asyncio.gather(*(verifier.check(headers) for _ in range(10)))
+    await asyncio.to_thread(endpoint.holding.wait, 30)
+    calls_while_held = endpoint.calls
+    endpoint.release()
+    answers = await checks
+    assert calls_while_held == 1  # ten requests, one fetch under way
     assert [a.status if a else 204 for a in answers] == [503] * 10  # Pub/Sub redelivers
-    assert endpoint.calls == 1 and time.monotonic() - started < 1.0
+    assert endpoint.calls == 1
     endpoint.failing = False
     answers = await asyncio.gather(*(verifier.check(headers) for _ in range(10)))
     assert endpoint.calls == 1  # backing off after the failure
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)  # past the first backoff (1 s)
     answers = await asyncio.gather(*(verifier.check(headers) for _ in range(10)))
     assert answers == [None] * 10 and endpoint.calls == 2
 

@@ -42,7 +42,7 @@ def test_delivery_keeps_the_gpu_batch_full(batching_stack: LocalStack) -> None:
         blob = store.client.bucket(settings.input_bucket).blob(name)
         blob.upload_from_string(text_pdf(BATCH, seed=40 + index, lines=2)[0])
     for name in names:
-        assert wait_until_finished(store, settings, name, timeout=300).state == "done"
+        assert wait_until_finished(batching_stack, store, name).state == "done"
     stats = httpx.get(f"{settings.ocr_url}/stats", timeout=10).json()
     print(f"at the OCR server (K={BATCH}): at most {stats['max_in_flight']} pages in service")
     # The emulator's own push never had more than 2 pages at the server.

@@ -10,13 +10,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
+from ocrpipe.local.readiness import exited, http_answers, wait_until_ready
 from ocrpipe.local.stack import fake_gcs_server_binary, free_port
 from ocrpipe.storage import GcsStore
 
@@ -31,15 +30,8 @@ def gcs_url() -> Iterator[str]:
     command += ["-port", str(port), "-backend", "memory", "-external-url", url]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/storage/v1/b", params={"project": "p"}, timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.05)
+        answers = http_answers(f"{url}/storage/v1/b?project=p", lambda _: True)
+        wait_until_ready(answers, what="fake-gcs-server", timeout=30, died=exited(server))
         yield url
     finally:
         server.terminate()

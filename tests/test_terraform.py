@@ -1,30 +1,23 @@
-"""Structural checks of terraform/ parsed with python-hcl2.
+"""Structural checks of terraform/ parsed with python-hcl2 (tests/terraform.py).
 
-Static only: nothing here runs ``terraform validate`` or ``plan`` (no provider downloads on
-this machine or CI). The tests pin the decisions a reviewer would otherwise have to re-read
-the HCL for: names and numbers from ocrpipe/topology.json, the dead-letter wiring, the GPU
-shape, least-privilege IAM, and that terraform sets only settings ocrpipe defines.
-
-python-hcl2 8.x keeps HCL's quoting: string literals arrive as ``'"text"'``, expressions as
-``'${expr}'`` and block labels as ``'"name"'``. :func:`_clean` strips the literal quotes and
-the ``__is_block__`` / ``__comments__`` markers so the tests compare plain values.
+The tests pin the decisions a reviewer would otherwise have to re-read the HCL for: names
+and numbers from ocrpipe/topology.json, the dead-letter wiring, the GPU shape,
+least-privilege IAM, and that terraform sets only settings ocrpipe defines.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-import hcl2
 import pytest
 
 from ocrpipe.local.iam.policy import GRANTS_FILE, ROLE_PERMISSIONS, Authorizer
 from ocrpipe.settings import Settings
 from ocrpipe.topology import TOPOLOGY_FILE
+from tests.terraform import TERRAFORM, load_terraform
 
-TERRAFORM = Path(__file__).resolve().parents[1] / "terraform"
 EXPECTED_FILES = {
     "versions.tf", "variables.tf", "outputs.tf", "main.tf", "apis.tf", "storage.tf",
     "pubsub.tf", "iam.tf", "functions.tf", "worker.tf", "gpu.tf", "monitoring.tf",
@@ -39,43 +32,9 @@ WRITE_ROLES = {
 }
 
 
-def _unquote(text: str) -> str:
-    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        return text[1:-1].replace('\\"', '"')
-    return text
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            _unquote(k): _clean(v)
-            for k, v in value.items()
-            if k not in ("__is_block__", "__comments__")
-        }
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return _unquote(value) if isinstance(value, str) else value
-
-
 @pytest.fixture(scope="module")
 def tf() -> dict[str, Any]:
-    """Every .tf file merged: {"resource": {type: {name: body}}, "variable": {...}, ...}."""
-    merged: dict[str, Any] = {"resource": {}, "data": {}, "variable": {}, "output": {}}
-    merged["locals"] = {}
-    for path in sorted(TERRAFORM.glob("*.tf")):
-        with path.open(encoding="utf-8") as handle:
-            doc = _clean(hcl2.load(handle))
-        for kind in ("resource", "data"):
-            for block in doc.get(kind, []):
-                for rtype, named in block.items():
-                    merged[kind].setdefault(rtype, {}).update(named)
-        for kind in ("variable", "output"):
-            for block in doc.get(kind, []):
-                merged[kind].update(block)
-        for block in doc.get("locals", []):
-            merged["locals"].update(block)
-        merged.setdefault("terraform", []).extend(doc.get("terraform", []))
-    return merged
+    return load_terraform()
 
 
 def res(tf: dict[str, Any], rtype: str, name: str) -> dict[str, Any]:

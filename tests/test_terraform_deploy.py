@@ -1,42 +1,24 @@
 """Structural checks of what a first deployment needs beyond the topology: page images
 that outlive every message that can still name them, and a splitter build that can read
-its own source (see tests/test_terraform.py for how the HCL is parsed)."""
+its own source (tests/terraform.py parses the HCL)."""
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-import hcl2
 import pytest
 
 from ocrpipe.topology import TOPOLOGY_FILE, load_topology
-from tests.test_terraform import _clean
+from tests.terraform import load_terraform
 
-TERRAFORM = Path(__file__).resolve().parents[1] / "terraform"
 DAY_S = 86400
 
 
 @pytest.fixture(scope="module")
 def tf() -> dict[str, Any]:
-    """Every .tf file merged: {"resource": {type: {name: body}}, "variable": {...}, ...}."""
-    merged: dict[str, Any] = {"resource": {}, "data": {}, "variable": {}, "locals": {}}
-    merged["terraform"] = []
-    for path in sorted(TERRAFORM.glob("*.tf")):
-        with path.open(encoding="utf-8") as handle:
-            doc = _clean(hcl2.load(handle))
-        for kind in ("resource", "data"):
-            for block in doc.get(kind, []):
-                for rtype, named in block.items():
-                    merged[kind].setdefault(rtype, {}).update(named)
-        for block in doc.get("variable", []):
-            merged["variable"].update(block)
-        for block in doc.get("locals", []):
-            merged["locals"].update(block)
-        merged["terraform"].extend(doc.get("terraform", []))
-    return merged
+    return load_terraform()
 
 
 def topology_seconds(expr: str) -> int:

@@ -15,30 +15,26 @@ the lines an operator expects to count.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
-import hcl2
-import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming, records
+from ocrpipe import naming
 from ocrpipe.logs import JsonFormatter
-from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
-from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
 from ocrpipe.topology import TOPOLOGY_FILE
-from tests.fakes import ScriptedOcrServer, completion
+from tests.fakes import ScriptedOcrServer, completion, echo_image
+from tests.terraform import TERRAFORM, load_terraform
 
 ROOT = Path(__file__).resolve().parents[1]
-TERRAFORM = ROOT / "terraform"
 OPERATIONS = ROOT / "docs" / "OPERATIONS.md"
 TOPOLOGY = json.loads(TOPOLOGY_FILE.read_text(encoding="utf-8"))
 
@@ -56,39 +52,9 @@ USER_METRIC = "logging.googleapis.com/user/"
 # --- terraform, parsed and resolved --------------------------------------------------------
 
 
-def _unquote(text: str) -> str:
-    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        return text[1:-1].replace('\\"', '"')
-    return text
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            _unquote(k): _clean(v)
-            for k, v in value.items()
-            if k not in ("__is_block__", "__comments__")
-        }
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return _unquote(value) if isinstance(value, str) else value
-
-
 @pytest.fixture(scope="module")
 def tf() -> dict[str, Any]:
-    merged: dict[str, Any] = {"resource": {}, "variable": {}, "locals": {}, "output": {}}
-    for path in sorted(TERRAFORM.glob("*.tf")):
-        with path.open(encoding="utf-8") as handle:
-            doc = _clean(hcl2.load(handle))
-        for block in doc.get("resource", []):
-            for rtype, named in block.items():
-                merged["resource"].setdefault(rtype, {}).update(named)
-        for kind in ("variable", "output"):
-            for block in doc.get(kind, []):
-                merged[kind].update(block)
-        for block in doc.get("locals", []):
-            merged["locals"].update(block)
-    return merged
+    return load_terraform()
 
 
 def resolve(text: str, tf: dict[str, Any]) -> str:
@@ -179,15 +145,6 @@ def series(resource: str, metric: str, **labels: str) -> dict[str, Any]:
 
 # --- real worker log lines ----------------------------------------------------------------
 
-SETTINGS = Settings(
-    verify_push_auth=False,
-    storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
-    input_bucket="in",
-    work_bucket="work",
-    output_bucket="out",
-    ocr_budget_s=5,
-)
-
 
 class Lines(logging.Handler):
     def __init__(self) -> None:
@@ -212,43 +169,6 @@ def cloud_run_entry(line: str, service: str) -> dict[str, Any]:
     }
 
 
-def _messages(store: MemoryStore, pages: int) -> tuple[DocumentRef, list[PageMessage]]:
-    generation = store.put("in", "docs/a.pdf", b"%PDF-1.7 ...", "application/pdf")
-    doc = DocumentRef("in", "docs/a.pdf", generation)
-    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
-    messages = []
-    for page in range(1, pages + 1):
-        image = naming.page_image_name(doc.doc_id, page, "png")
-        store.put("work", image, f"image {page}".encode(), "image/png")
-        messages.append(
-            PageMessage(
-                doc_id=doc.doc_id,
-                source_bucket="in",
-                source_name="docs/a.pdf",
-                source_generation=generation,
-                page=page,
-                page_count=pages,
-                image_uri=f"gs://work/{image}",
-                image_mime="image/png",
-            )
-        )
-    return doc, messages
-
-
-def _push(client: TestClient, message: PageMessage) -> int:
-    envelope = {
-        "message": {
-            "data": base64.b64encode(message.encode()).decode(),
-            "attributes": message.attributes(),
-            "messageId": "1",
-            "publishTime": "2026-11-26T00:00:00Z",
-        },
-        "subscription": "projects/p/subscriptions/ocrpipe-pages-push",
-    }
-    status: int = client.post("/", json=envelope).status_code
-    return status
-
-
 def worker_entries(
     tf: dict[str, Any], server: ScriptedOcrServer, pushes: list[int], pages: int
 ) -> tuple[MemoryStore, DocumentRef, list[dict[str, Any]]]:
@@ -256,14 +176,14 @@ def worker_entries(
     store = MemoryStore()
     lines = Lines()
     with TestClient(
-        create_app(SETTINGS, store=store, ocr=server.client(), publisher=MemoryPublisher())
+        create_app(WORKER_SETTINGS, store=store, ocr=server.client(), publisher=MemoryPublisher())
     ) as client:
         root = logging.getLogger()
         root.addHandler(lines)
         try:
-            doc, messages = _messages(store, pages)
+            doc, messages = ready_document(store, pages)
             for page in pushes:
-                assert _push(client, messages[page - 1]) == 204
+                assert client.post("/", json=push_envelope(messages[page - 1])).status_code == 204
         finally:
             root.removeHandler(lines)
     service = resolve(tf["locals"]["worker_service_name"], tf)
@@ -275,11 +195,6 @@ def log_metric(tf: dict[str, Any], name: str) -> dict[str, Any]:
     return body
 
 
-def echo_page(body: dict[str, object]) -> httpx.Response:
-    url = body["messages"][0]["content"][0]["image_url"]["url"]  # type: ignore[index]
-    return completion(base64.b64decode(url.split(",", 1)[1]).decode())
-
-
 # --- tests: log-based metrics -------------------------------------------------------------
 
 
@@ -288,7 +203,7 @@ def test_pages_done_counts_each_written_page_once_and_latency_reads_its_duration
 ) -> None:
     # Page 1 twice (a duplicate delivery writes nothing), then page 2.
     store, doc, entries = worker_entries(
-        tf, ScriptedOcrServer([echo_page]), pushes=[1, 1, 2], pages=2
+        tf, ScriptedOcrServer([echo_image]), pushes=[1, 1, 2], pages=2
     )
     assert store.stat("out", naming.document_markdown_name(doc)) is not None
 
@@ -328,7 +243,7 @@ def test_pages_failed_counts_a_page_failed_for_good_with_its_error_record_reason
 
 
 def test_log_metrics_ignore_other_services(tf: dict[str, Any]) -> None:
-    _, _, entries = worker_entries(tf, ScriptedOcrServer([echo_page]), pushes=[1], pages=1)
+    _, _, entries = worker_entries(tf, ScriptedOcrServer([echo_image]), pushes=[1], pages=1)
     gpu = resolve(tf["locals"]["gpu_service_name"], tf)
     elsewhere = [
         {**e, "resource": {**e["resource"], "labels": {"service_name": gpu}}} for e in entries

@@ -7,20 +7,18 @@ pushes one or two at a time, so this drives the worker directly, as Cloud Run wo
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 
 import httpx
 from PIL import Image
 
 from ocr_worker.app import build_ocr_client, create_app
-from ocrpipe import naming, records
+from ocrpipe import naming
 from ocrpipe.local.faults import FaultPlan, serve_in_background
 from ocrpipe.local.faults import create_app as create_fault_app
-from ocrpipe.messages import PageMessage
-from ocrpipe.naming import DocumentRef
 from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import push_envelope, ready_document
 
 PAGES = 96
 MAX_IN_FLIGHT = 16
@@ -36,20 +34,8 @@ def png(page: int) -> bytes:
 async def test_the_worker_keeps_its_in_flight_limit_full_and_never_exceeds_it() -> None:
     plan = FaultPlan(batch_size=BATCH, service_time=0.3)
     store = MemoryStore()
-    generation = store.put("in", "big.pdf", b"%PDF-1.7", "application/pdf")
-    doc = DocumentRef("in", "big.pdf", generation)
-    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, PAGES))  # splitter's
-    bodies = []
-    for page in range(1, PAGES + 1):
-        image = naming.page_image_name(doc.doc_id, page, "png")
-        store.put("work", image, png(page), "image/png")
-        message = PageMessage(
-            doc_id=doc.doc_id, source_bucket="in", source_name="big.pdf",
-            source_generation=generation, page=page, page_count=PAGES,
-            image_uri=f"gs://work/{image}", image_mime="image/png",
-        )  # fmt: skip
-        bodies.append({"message": {"data": base64.b64encode(message.encode()).decode(),
-                                   "messageId": str(page)}, "subscription": "s"})  # fmt: skip
+    doc, messages = ready_document(store, PAGES, name="big.pdf", image=png)
+    bodies = [push_envelope(message, str(message.page)) for message in messages]
 
     with serve_in_background(create_fault_app(plan)) as url:
         settings = Settings(

@@ -5,102 +5,27 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming, records
+from ocrpipe import naming
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.operations.status import invalid_messages
-from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
+from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
 from tests.fakes import RecordingStore, ScriptedOcrServer, completion
-
-SETTINGS = Settings(
-    verify_push_auth=False,
-    storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
-    input_bucket="in",
-    work_bucket="work",
-    output_bucket="out",
-    ocr_budget_s=5,
-)
-
-
-def envelope(message: PageMessage) -> dict[str, object]:
-    return {
-        "message": {
-            "data": base64.b64encode(message.encode()).decode(),
-            "attributes": message.attributes(),
-            "messageId": "1",
-            "publishTime": "2026-11-26T00:00:00Z",
-        },
-        "subscription": "projects/local-project/subscriptions/ocrpipe-pages-push",
-    }
-
-
-def prepare(store: MemoryStore, pages: int = 2) -> tuple[DocumentRef, list[PageMessage]]:
-    generation = store.put("in", "docs/a.pdf", b"%PDF-1.7 ...", "application/pdf")
-    doc = DocumentRef("in", "docs/a.pdf", generation)
-    store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
-    messages = []
-    for page in range(1, pages + 1):
-        image = naming.page_image_name(doc.doc_id, page, "png")
-        store.put("work", image, f"image {page}".encode(), "image/png")
-        messages.append(
-            PageMessage(
-                doc_id=doc.doc_id,
-                source_bucket="in",
-                source_name="docs/a.pdf",
-                source_generation=generation,
-                page=page,
-                page_count=pages,
-                image_uri=f"gs://work/{image}",
-                image_mime="image/png",
-            )
-        )
-    return doc, messages
-
-
-def page_text(body: dict[str, object]) -> httpx.Response:
-    url = body["messages"][0]["content"][0]["image_url"]["url"]  # type: ignore[index]
-    return completion(base64.b64decode(url.split(",", 1)[1]).decode())
-
-
-@pytest.fixture
-def store() -> RecordingStore:
-    return RecordingStore()
-
-
-@pytest.fixture
-def server() -> ScriptedOcrServer:
-    return ScriptedOcrServer([page_text])
-
-
-@pytest.fixture
-def publisher() -> MemoryPublisher:
-    return MemoryPublisher()
-
-
-@pytest.fixture
-def client(
-    store: MemoryStore, server: ScriptedOcrServer, publisher: MemoryPublisher
-) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(SETTINGS, store=store, ocr=server.client(), publisher=publisher)
-    ) as test_client:
-        yield test_client
 
 
 def test_pages_then_document(client: TestClient, store: MemoryStore) -> None:
-    doc, messages = prepare(store)
-    assert client.post("/", json=envelope(messages[1])).status_code == 204
+    doc, messages = ready_document(store)
+    assert client.post("/", json=push_envelope(messages[1])).status_code == 204
     assert store.stat("out", naming.document_markdown_name(doc)) is None
-    assert client.post("/", json=envelope(messages[0])).status_code == 204
+    assert client.post("/", json=push_envelope(messages[0])).status_code == 204
     assert store.read("out", naming.page_markdown_name(doc, 1)) == b"image 1"
     assert store.read("out", naming.document_markdown_name(doc)).decode() == (
         "<!-- page 1 -->\n\nimage 1\n\n<!-- page 2 -->\n\nimage 2\n"
@@ -110,41 +35,41 @@ def test_pages_then_document(client: TestClient, store: MemoryStore) -> None:
 def test_a_duplicate_delivery_writes_nothing_twice(
     client: TestClient, store: MemoryStore, server: ScriptedOcrServer, publisher: MemoryPublisher
 ) -> None:
-    doc, messages = prepare(store, pages=1)
+    doc, messages = ready_document(store, pages=1)
     for _ in range(3):
-        assert client.post("/", json=envelope(messages[0])).status_code == 204
+        assert client.post("/", json=push_envelope(messages[0])).status_code == 204
     assert len(server.requests) == 1
     output_writes = [name for bucket, name in store.writes if bucket == "out"]
     assert sorted(output_writes) == sorted(
         [
-            naming.manifest_name(doc),  # the splitter's, from prepare()
+            naming.manifest_name(doc),  # the splitter's, from ready_document()
             naming.page_markdown_name(doc, 1),
             naming.document_markdown_name(doc),
             naming.document_index_name(doc),
             naming.latest_name(doc.name),
         ]
     )
-    assert [topic for topic, _ in publisher.published] == [SETTINGS.documents_topic]
+    assert [topic for topic, _ in publisher.published] == [WORKER_SETTINGS.documents_topic]
 
 
 def test_ocr_unavailable_nacks_with_503(store: MemoryStore) -> None:
     down = ScriptedOcrServer([httpx.Response(503)])
-    settings = SETTINGS.model_copy(update={"ocr_budget_s": 1.5})
+    settings = WORKER_SETTINGS.model_copy(update={"ocr_budget_s": 1.5})
     with TestClient(
         create_app(settings, store=store, ocr=down.client(), publisher=MemoryPublisher())
     ) as test_client:
-        _, messages = prepare(store, pages=1)
-        assert test_client.post("/", json=envelope(messages[0])).status_code == 503
+        _, messages = ready_document(store, pages=1)
+        assert test_client.post("/", json=push_envelope(messages[0])).status_code == 503
     assert not [n for b, n in store.writes if b == "out" and not n.endswith("manifest.json")]
 
 
 def test_a_page_that_loops_forever_gets_an_error_record_and_an_ack(store: MemoryStore) -> None:
     looping = ScriptedOcrServer([completion("la " * 50, "repetition")])
     with TestClient(
-        create_app(SETTINGS, store=store, ocr=looping.client(), publisher=MemoryPublisher())
+        create_app(WORKER_SETTINGS, store=store, ocr=looping.client(), publisher=MemoryPublisher())
     ) as test_client:
-        doc, messages = prepare(store, pages=1)
-        assert test_client.post("/", json=envelope(messages[0])).status_code == 204
+        doc, messages = ready_document(store, pages=1)
+        assert test_client.post("/", json=push_envelope(messages[0])).status_code == 204
     record = json.loads(store.read("out", naming.page_error_name(doc, 1)))
     assert record["reason"] == "ocr_repetition_loop" and record["page"] == 1
     assert "Page 1 failed" in store.read("out", naming.document_markdown_name(doc)).decode()
@@ -162,9 +87,9 @@ def test_an_undecodable_delivery_is_kept_and_acked(
 def test_a_page_of_a_superseded_generation_is_dropped(
     client: TestClient, store: MemoryStore, server: ScriptedOcrServer
 ) -> None:
-    doc, messages = prepare(store, pages=1)
+    doc, messages = ready_document(store, pages=1)
     store.put("in", "docs/a.pdf", b"%PDF-1.7 newer", "application/pdf")
-    assert client.post("/", json=envelope(messages[0])).status_code == 204
+    assert client.post("/", json=push_envelope(messages[0])).status_code == 204
     assert server.requests == []
     assert store.stat("out", naming.page_markdown_name(doc, 1)) is None
 
@@ -179,13 +104,15 @@ def test_two_instances_finishing_the_last_pages_at_once_assemble_exactly_once() 
     from ocrpipe.worker.page_work import complete_document
 
     store = MemoryStore()
-    doc, _ = prepare(store, pages=2)
+    doc, _ = ready_document(store, pages=2)
     store.put("out", naming.page_markdown_name(doc, 1), b"one")
     store.put("out", naming.page_markdown_name(doc, 2), b"two")
     publisher = MemoryPublisher()
     with ThreadPoolExecutor(8) as pool:
         results = list(
-            pool.map(lambda _: complete_document(doc, 2, store, SETTINGS, publisher), range(8))
+            pool.map(
+                lambda _: complete_document(doc, 2, store, WORKER_SETTINGS, publisher), range(8)
+            )
         )
     assert sorted(results) == [False] * 7 + [True]
     final = naming.document_markdown_name(doc)
@@ -219,7 +146,7 @@ def test_a_long_document_is_assembled_once_at_its_last_page_without_quadratic_li
     results = []
     for page in order:
         store.put("out", naming.page_markdown_name(doc, page), f"page {page}".encode())
-        results.append(complete_document(doc, pages, store, SETTINGS, publisher, page=page))
+        results.append(complete_document(doc, pages, store, WORKER_SETTINGS, publisher, page=page))
     assert results == [False] * (pages - 1) + [True]
     text = store.read("out", naming.document_markdown_name(doc)).decode()
     assert text.count("<!-- page ") == pages and "page 1000" in text
@@ -253,7 +180,7 @@ def forged(message: PageMessage, **changes: object) -> PageMessage:
 def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read(
     tamper: str, reason: str, store: RecordingStore, server: ScriptedOcrServer
 ) -> None:
-    doc, messages = prepare(store, pages=2)
+    doc, messages = ready_document(store, pages=2)
     first = messages[0]
     if tamper == "image_in_another_bucket":
         store.put("secrets", "payroll.png", b"salaries", "image/png")
@@ -275,13 +202,13 @@ def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read
     else:
         assert first.image_uri is not None
         image = first.image_uri.split("/", 3)[3]
-        store.put("work", image, b"x" * (SETTINGS.page_image_limit + 1), "image/png")
+        store.put("work", image, b"x" * (WORKER_SETTINGS.page_image_limit + 1), "image/png")
         bad = first
     reads_before = len(store.reads)
     with TestClient(
-        create_app(SETTINGS, store=store, ocr=server.client(), publisher=MemoryPublisher())
+        create_app(WORKER_SETTINGS, store=store, ocr=server.client(), publisher=MemoryPublisher())
     ) as test_client:
-        assert test_client.post("/", json=envelope(bad)).status_code == 204
+        assert test_client.post("/", json=push_envelope(bad)).status_code == 204
     assert server.requests == []
     read_since = store.reads[reads_before:]
     assert not [r for r in read_since if r[0] in ("work", "secrets")], read_since
@@ -293,7 +220,7 @@ def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read
     assert isinstance(body, str)
     assert json.loads(base64.b64decode(body))["message"]["messageId"] == "1"
     # ...and an operator sees it in `ocrpipe status`.
-    shown = invalid_messages(store, SETTINGS)
+    shown = invalid_messages(store, WORKER_SETTINGS)
     assert shown.count == 1 and shown.newest[0].reason == reason
     assert (shown.newest[0].doc_id, shown.newest[0].page) == (bad.doc_id, bad.page)
 
@@ -301,10 +228,10 @@ def test_a_message_the_splitter_did_not_write_is_refused_recorded_and_never_read
 def test_a_message_of_a_newer_schema_is_nacked_and_nothing_is_dropped(
     client: TestClient, store: MemoryStore, server: ScriptedOcrServer
 ) -> None:
-    _, messages = prepare(store, pages=1)
+    _, messages = ready_document(store, pages=1)
     data = {**json.loads(messages[0].encode()), "schema_version": 99, "new_field": 1}
-    body = envelope(messages[0])
-    body["message"]["data"] = base64.b64encode(json.dumps(data).encode()).decode()  # type: ignore[index]
+    body = push_envelope(messages[0])
+    body["message"]["data"] = base64.b64encode(json.dumps(data).encode()).decode()
     assert client.post("/", json=body).status_code == 503
     assert refused(store) == [] and server.requests == []
     assert not [n for b, n in store.writes if b == "out" and "/pages/" in n]
@@ -313,10 +240,10 @@ def test_a_message_of_a_newer_schema_is_nacked_and_nothing_is_dropped(
 def test_a_replay_whose_page_image_expired_ends_with_a_page_error_record(
     client: TestClient, store: MemoryStore, server: ScriptedOcrServer
 ) -> None:
-    doc, messages = prepare(store, pages=1)
+    doc, messages = ready_document(store, pages=1)
     assert messages[0].image_uri is not None
     store.delete("work", messages[0].image_uri.split("/", 3)[3])  # the lifecycle rule ran
-    assert client.post("/", json=envelope(messages[0])).status_code == 204
+    assert client.post("/", json=push_envelope(messages[0])).status_code == 204
     assert server.requests == []
     record = json.loads(store.read("out", naming.page_error_name(doc, 1)))
     assert record["reason"] == "page_image_expired" and record["page"] == 1

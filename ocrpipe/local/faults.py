@@ -112,6 +112,7 @@ from ocrpipe.local.engine import (
     parse_chat_request,
     token_pieces,
 )
+from ocrpipe.local.readiness import wait_until_ready
 from ocrpipe.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -556,11 +557,13 @@ def serve_in_background(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
+        wait_until_ready(
+            lambda: bool(server.started),
+            what="uvicorn did not start",
+            timeout=30,
+            died=lambda: None if thread.is_alive() else "uvicorn's thread ended",
+            interval=0.01,
+        )
         yield f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     finally:
         server.should_exit = True

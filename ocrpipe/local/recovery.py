@@ -35,11 +35,9 @@ from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.messages import PageMessage
 from ocrpipe.operations.status import assembly_stale
-from ocrpipe.pubsub import OutgoingMessage, Publisher
+from ocrpipe.pubsub import OutgoingMessage, Publisher, publish_batched
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
-
-PUBLISH_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -132,13 +130,8 @@ def _page_message(
 
 
 def _publish(publisher: Publisher, settings: Settings, messages: Iterable[PageMessage]) -> int:
-    batch = [OutgoingMessage(m.encode(), m.attributes()) for m in messages]
-    published = 0
-    for start in range(0, len(batch), PUBLISH_BATCH):
-        published += len(
-            publisher.publish_all(settings.pages_topic, batch[start : start + PUBLISH_BATCH])
-        )
-    return published
+    pages = [OutgoingMessage(m.encode(), m.attributes()) for m in messages]
+    return publish_batched(publisher, settings.pages_topic, pages)
 
 
 def notification_sender(

@@ -39,10 +39,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import httpx
-
 from ocrpipe.local.iam.policy import Authorizer, Decision, grant_identities, usage_report
 from ocrpipe.local.pubsub_admin import ensure_push_subscription, ensure_topic, ensure_topology
+from ocrpipe.local.readiness import NotReady, http_answers, log_says, tcp_accepts, wait_until_ready
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore
 from ocrpipe.topology import load_topology
@@ -669,15 +668,7 @@ def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:
 
 
 def _wait_tcp(port: int, timeout: float, died: Callable[[], str | None]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if reason := died():
-            raise StackError(reason)
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise StackError(f"nothing answered on port {port} within {timeout:.0f} s")
+    _wait(tcp_accepts(port), f"nothing answered on port {port}", timeout, died)
 
 
 def _wait_log(
@@ -685,28 +676,20 @@ def _wait_log(
 ) -> None:
     """Until ``text`` appears in the log at ``path`` after byte ``since`` (for a child
     that has no port to wait on)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if reason := died():
-            raise StackError(reason)
-        if path.exists() and text.encode() in path.read_bytes()[since:]:
-            return
-        time.sleep(0.1)
-    raise StackError(f"{path.stem} did not start within {timeout:.0f} s")
+    _wait(log_says(path, text, since), f"{path.stem} did not start", timeout, died)
 
 
 def _wait_http(url: str, timeout: float, died: Callable[[], str | None]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if reason := died():
-            raise StackError(reason)
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise StackError(f"{url} did not answer within {timeout:.0f} s")
+    _wait(http_answers(url), f"{url} did not answer", timeout, died)
+
+
+def _wait(
+    probe: Callable[[], bool], what: str, timeout: float, died: Callable[[], str | None]
+) -> None:
+    try:
+        wait_until_ready(probe, what=what, timeout=timeout, died=died)
+    except NotReady as exc:
+        raise StackError(str(exc)) from None
 
 
 __all__ = [

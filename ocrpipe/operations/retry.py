@@ -33,11 +33,9 @@ from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing, RetryRefused
 from ocrpipe.messages import PageMessage
 from ocrpipe.operations.status import assembly_stale
-from ocrpipe.pubsub import OutgoingMessage, Publisher
+from ocrpipe.pubsub import OutgoingMessage, Publisher, publish_batched
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
-
-PUBLISH_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -110,12 +108,8 @@ def requeue(plan: RetryPlan, store: ObjectStore, publisher: Publisher, settings:
     Returns how many page messages were published."""
     for name in plan.remove:
         store.delete(settings.output_bucket, name)
-    published = 0
-    batch = [OutgoingMessage(m.encode(), m.attributes()) for m in plan.messages]
-    for start in range(0, len(batch), PUBLISH_BATCH):
-        chunk = batch[start : start + PUBLISH_BATCH]
-        published += len(publisher.publish_all(settings.pages_topic, chunk))
-    return published
+    pages = [OutgoingMessage(m.encode(), m.attributes()) for m in plan.messages]
+    return publish_batched(publisher, settings.pages_topic, pages)
 
 
 def reprocess(store: ObjectStore, settings: Settings, name: str) -> int:

@@ -37,7 +37,7 @@ from ocrpipe import announce, naming, notifications, records
 from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.logs import log_context
 from ocrpipe.messages import PageMessage
-from ocrpipe.pubsub import OutgoingMessage, Publisher
+from ocrpipe.pubsub import PUBLISH_BATCH, OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
 from ocrpipe.splitter import split_lease
 from ocrpipe.splitter.rendering import inputs
@@ -48,7 +48,6 @@ from ocrpipe.topology import load_topology
 
 logger = logging.getLogger(__name__)
 
-PUBLISH_BATCH = 100
 UPLOADS_IN_FLIGHT = 8
 LEASE_MARGIN_S = 180.0  # beyond the budget and one page timeout: one publish, and slack
 # The longest a batch's publish may take: the publisher's own timeout.

@@ -15,7 +15,7 @@ event again; a finalize event may also arrive twice. The work bucket says what i
 An image alone does not mean "published": an image uploaded just before a crash is
 published by the next attempt without being rendered again. Pages inside a ``published``
 range are never published again. A crash between a batch's publish and its marker is the
-one case where pages go out twice: at most one batch (:data:`ocrpipe.splitter.split.PUBLISH_BATCH`
+one case where pages go out twice: at most one batch (:data:`ocrpipe.pubsub.PUBLISH_BATCH`
 pages) per crash, which the worker absorbs (it writes each page once).
 
 The lease keeps two attempts from publishing at the same time (a duplicate event, or a

@@ -125,6 +125,26 @@ class OcrParams:
         }
         return cls(**{**values, **overrides})
 
+    def request(
+        self, data_url: str, temperature: float, max_tokens: int | None = None
+    ) -> dict[str, Any]:
+        """The chat completion request for one page, the way LightOnOCR-2-1B expects it:
+        the image alone as the user message (no text, no system prompt); ``max_tokens``
+        defaults to :attr:`max_tokens` (a long page is asked again with more)."""
+        image = {"type": "image_url", "image_url": {"url": data_url}}
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": [image]}],
+            "temperature": temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens if max_tokens is None else max_tokens,
+        }
+
+
+def image_data_url(image: bytes, mime: str = "image/png") -> str:
+    """A page image as the ``data:`` URL an OCR request carries."""
+    return f"data:{mime};base64,{base64.b64encode(image).decode()}"
+
 
 @dataclass(frozen=True)
 class OcrResult:
@@ -218,7 +238,7 @@ class OcrClient:
         of long rows, or a page that repeats past ``max_tokens``), with those tokens one
         step up. A loop (cut, or ``repetition``), or a ``length`` with no room left in the
         context, moves one step up the temperature ladder."""
-        data_url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
+        data_url = image_data_url(image, mime)  # once per page, for every request
         size = image_size(image)
         page = _PageAttempts(rule=RepetitionRule.for_page(*size) if size else DEFAULT_RULE)
         temperatures = self._params.temperatures
@@ -239,7 +259,7 @@ class OcrClient:
         step = 0
         while step < len(temperatures):
             temperature = temperatures[step]
-            payload = self._payload(data_url, temperature, max_tokens)
+            payload = self._params.request(data_url, temperature, max_tokens)
             try:
                 reply = await self._send_with_backoff(payload, deadline, page)
             except OcrRejected as exc:  # refused for good: what it cost so far is billed
@@ -299,17 +319,6 @@ class OcrClient:
             reason="ocr_page_too_long",
             usage=usage(),
         )
-
-    def _payload(self, data_url: str, temperature: float, max_tokens: int) -> dict[str, Any]:
-        return {
-            "model": self._params.model,
-            "messages": [
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}}]}
-            ],
-            "temperature": temperature,
-            "top_p": self._params.top_p,
-            "max_tokens": max_tokens,
-        }
 
     async def _send_with_backoff(
         self, payload: dict[str, Any], deadline: float, page: _PageAttempts
