@@ -73,6 +73,9 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 IMAGE_TOKEN = "<|image_pad|>"
+# The prompt's tokens besides the image's: <|im_start|> system <|im_end|> \n <|im_start|> user
+# \n <|im_end|> \n <|im_start|> assistant \n. Each is one token in Qwen's vocabulary too.
+TEMPLATE_TOKENS = 12
 IMAGE_BREAK_TOKEN = "<|vision_pad|>"
 IMAGE_END_TOKEN = "<|vision_end|>"
 BPE_VOCAB = 480  # learned tokens (256 bytes + merges); the specials follow
