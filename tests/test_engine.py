@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import math
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,7 @@ from PIL import Image
 from rapidfuzz.distance import Levenshtein
 
 from ocrpipe.local.boxes_to_markdown import TextBox, rect
-from ocrpipe.local.engine import DEFAULT_MODEL, RapidOcrEngine, create_app
+from ocrpipe.local.engine import DEFAULT_MODEL, RapidOcrEngine, create_app, image_tokens
 
 PARAGRAPHS = (
     "Quarterly Report 2024",
@@ -189,11 +190,43 @@ async def test_max_tokens_cuts_the_reply_with_finish_reason_length(
 async def test_wrong_model_is_404_in_vllm_error_shape(fake_client: httpx.AsyncClient) -> None:
     response = await fake_client.post("/v1/chat/completions", json=chat(BLANK, model="gpt-4o"))
     assert response.status_code == 404
-    body = response.json()
-    assert body["object"] == "error"
+    body = vllm_error(response)
     assert body["type"] == "NotFoundError"
-    assert body["code"] == 404
+    assert body["param"] == "model"
     assert "gpt-4o" in body["message"]
+
+
+def vllm_error(response: httpx.Response) -> dict[str, Any]:
+    """vLLM's error body (0.30): ``{"error": {"message", "type", "param", "code"}}``, as
+    tests/test_vllm_contract.py sees the real server send it."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["code"] == response.status_code
+    return dict(error)
+
+
+def vllm_image_tokens(width: int, height: int) -> int:
+    """What vLLM counts for LightOnOCR (measured in tests/test_vllm_contract.py): the
+    longest side scaled down, never up, to 1540 px, then one token per 28 x 28 px."""
+    ratio = max(width / 1540, height / 1540)
+    if ratio > 1:
+        width, height = math.floor(width / ratio), math.floor(height / ratio)
+    return math.ceil(width / 28) * math.ceil(height / 28)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(1089, 1540), (1190, 1540), (1540, 866), (411, 1540), (1540, 1540), (6160, 770),
+     (770, 6160), (6160, 1540), (16, 128), (160, 120), (3000, 2000)],
+    ids=["A4", "Letter", "slide", "receipt", "square", "sliver", "tall sliver", "4:1 strip",
+         "thinnest", "icon", "large photo"],
+)  # fmt: skip
+def test_prompt_tokens_of_an_image_are_vllms(size: tuple[int, int]) -> None:
+    """Every size the renderer produces (slivers up to 4 x 1540 px long) and images sent as
+    they are: the local engine bills what vLLM would."""
+    assert image_tokens(*size) == vllm_image_tokens(*size)
 
 
 def text_only() -> dict[str, Any]:
@@ -224,15 +257,15 @@ async def test_bad_requests_are_400(
 ) -> None:
     response = await fake_client.post("/v1/chat/completions", json=payload)
     assert response.status_code == 400
-    body = response.json()
-    assert (body["object"], body["type"], body["code"]) == ("error", "BadRequestError", 400)
+    body = vllm_error(response)
+    assert body["type"] == "BadRequestError"
     assert message in body["message"]
 
 
 async def test_invalid_json_is_400(fake_client: httpx.AsyncClient) -> None:
     response = await fake_client.post("/v1/chat/completions", content=b"{not json")
     assert response.status_code == 400
-    assert response.json()["type"] == "BadRequestError"
+    assert vllm_error(response)["type"] == "BadRequestError"
 
 
 async def test_health_answers_while_a_page_is_being_ocrd() -> None:

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.faults import LOOP_PHRASE, FaultPlan, create_app, main, serve_in_background
+from tests.test_engine import vllm_error
 
 CHAT = "/v1/chat/completions"
 
@@ -130,16 +131,14 @@ async def test_429_carries_retry_after(connect: Connect) -> None:
         response = await client.post(CHAT, json=chat(page("busy")))
     assert response.status_code == 429
     assert response.headers["retry-after"] == "7"
-    assert response.json()["object"] == "error"
-    assert response.json()["code"] == 429
+    assert vllm_error(response)["code"] == 429
 
 
 async def test_503_has_a_vllm_like_error_body(connect: Connect) -> None:
     async for client in connect(FaultPlan(p503=1.0)):
         response = await client.post(CHAT, json=chat(page("down")))
     assert response.status_code == 503
-    body = response.json()
-    assert (body["object"], body["code"]) == ("error", 503)
+    assert vllm_error(response)["code"] == 503
 
 
 async def test_cold_period_answers_503_then_recovers(connect: Connect) -> None:
@@ -193,7 +192,7 @@ async def test_requests_are_validated_like_the_engine(connect: Connect) -> None:
         )
         models = await client.get("/v1/models")
     assert wrong_model.status_code == 404
-    assert wrong_model.json()["type"] == "NotFoundError"
+    assert vllm_error(wrong_model)["type"] == "NotFoundError"
     assert no_image.status_code == 400
     assert models.json()["data"][0]["id"] == DEFAULT_MODEL
 
@@ -374,7 +373,7 @@ async def test_an_engine_that_dies_mid_stream_ends_it_with_vllms_error_event(
     }
     assert done == "[DONE]"
     assert unstreamed.status_code == 500
-    assert unstreamed.json()["type"] == "InternalServerError"
+    assert vllm_error(unstreamed)["type"] == "InternalServerError"
 
 
 @pytest.mark.parametrize(
@@ -427,4 +426,5 @@ async def test_the_context_clamps_a_reply_and_refuses_max_tokens_as_large_as_it(
         refused = await client.post(CHAT, json=chat(image, max_tokens=100))
     assert clamped["choices"][0]["finish_reason"] == "length"
     assert clamped["usage"] == {"prompt_tokens": 6, "completion_tokens": 94, "total_tokens": 100}
-    assert refused.status_code == 400 and "maximum context length" in refused.json()["message"]
+    assert refused.status_code == 400
+    assert "maximum context length" in vllm_error(refused)["message"]
