@@ -9,8 +9,9 @@
   with ``"stream": true``, as vLLM's Server-Sent Events (:func:`completion_events`), whose
   ``delta.content`` pieces add up to exactly the non-streamed ``message.content``.
 
-Errors use vLLM's error body ``{"object": "error", "message", "type", "param", "code"}``:
-404 for a model name that is not served, 400 for anything else wrong with the request.
+Errors use vLLM's error body (0.30) ``{"error": {"message", "type", "param", "code"}}``:
+404 for a model name that is not served (``param`` ``"model"``), 400 for anything else wrong
+with the request.
 
 Serving a model whose entry in ``ocrpipe/models.json`` says it writes figure boxes (or with
 ``--figure-boxes``), the engine stands in for LightOnOCR's bbox variants: it finds the page's
@@ -66,9 +67,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = load_models().default
 DEFAULT_MAX_MODEL_LEN = 16384  # a model not in ocrpipe/models.json
 OWNED_BY = "ocrpipe-local"
-# Pixtral-style vision encoders (LightOnOCR's) see 14 px patches merged 2 x 2: one token per
-# 28 x 28 px. Only used to report a plausible ``usage.prompt_tokens``.
+# LightOnOCR's Pixtral encoder sees 14 px patches merged 2 x 2: one token per 28 x 28 px,
+# after vLLM scales the image down (never up) so that its longest side is at most
+# IMAGE_MAX_SIDE (the model's vision_config.image_size). Used for ``usage.prompt_tokens``.
 IMAGE_TOKEN_PX = 28
+IMAGE_MAX_SIDE = 1540
 
 _DATA_URL = re.compile(r"data:(image/[A-Za-z0-9.+-]+);base64,(.*)", re.DOTALL)
 _TOKEN = re.compile(r"\S+")
@@ -138,12 +141,14 @@ class PageRequest:
 
 
 class ApiError(Exception):
-    """An answer in vLLM's error shape; ``kind`` is the ``type`` field."""
+    """An answer in vLLM's error shape; ``kind`` is the ``type`` field, ``param`` the
+    request field at fault, if one is."""
 
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    def __init__(self, status: int, kind: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.param = param
 
 
 def bad_request(message: str) -> ApiError:
@@ -151,14 +156,19 @@ def bad_request(message: str) -> ApiError:
 
 
 def error_response(
-    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    kind: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    param: str | None = None,
 ) -> JSONResponse:
-    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
-    return JSONResponse(body, status_code=status, headers=headers)
+    error = {"message": message, "type": kind, "param": param, "code": status}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def api_error_response(exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.kind, str(exc))
+    return error_response(exc.status, exc.kind, str(exc), param=exc.param)
 
 
 def parse_chat_request(body: bytes, model_name: str) -> PageRequest:
@@ -172,7 +182,9 @@ def parse_chat_request(body: bytes, model_name: str) -> PageRequest:
         )
         raise bad_request(f"invalid chat completion request: {problems}") from exc
     if request.model != model_name:
-        raise ApiError(404, "NotFoundError", f"The model `{request.model}` does not exist.")
+        raise ApiError(
+            404, "NotFoundError", f"The model `{request.model}` does not exist.", param="model"
+        )
 
     images: list[str] = []
     text_tokens = 0
@@ -227,6 +239,12 @@ def truncate_tokens(text: str, limit: int | None) -> tuple[str, int, bool]:
 
 
 def image_tokens(width: int, height: int) -> int:
+    """vLLM's count for LightOnOCR (vllm/model_executor/models/pixtral.py,
+    ``get_patch_grid_size``): scaled down by the ratio that fits the longest side in
+    :data:`IMAGE_MAX_SIDE` (floored), then ceil(w/28) x ceil(h/28)."""
+    ratio = max(width / IMAGE_MAX_SIDE, height / IMAGE_MAX_SIDE)
+    if ratio > 1:
+        width, height = math.floor(width / ratio), math.floor(height / ratio)
     return math.ceil(width / IMAGE_TOKEN_PX) * math.ceil(height / IMAGE_TOKEN_PX)
 
 
