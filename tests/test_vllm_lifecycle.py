@@ -6,7 +6,9 @@ own, started and killed here; the session's server (``vllm``) is left alone."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -44,8 +46,9 @@ async def watch(server: VllmServer) -> None:
 
 
 async def test_a_page_sent_while_vllm_loads_is_answered_once_it_is_ready(
-    starting_vllm: VllmServer,
+    starting_vllm: VllmServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="ocrpipe")
     client = ocr_client(starting_vllm)
     try:
         page = asyncio.ensure_future(
@@ -66,6 +69,9 @@ async def test_a_page_sent_while_vllm_loads_is_answered_once_it_is_ready(
     assert result.usage.attempts == refused + 1
     # Only the one reply was read and billed.
     assert result.usage.prompt_tokens == image_tokens(600, 800) + TEMPLATE_TOKENS
+    # The wait was not silent: the worker said the server refused, and for how long.
+    assert re.search(r"refuses connections.*waited \d+ s", caplog.text)
+    assert re.search(r"answers again after \d+ s", caplog.text)
 
 
 async def test_when_the_engine_dies_mid_reply_the_stream_ends_with_an_error_event(
