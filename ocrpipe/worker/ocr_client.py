@@ -85,6 +85,7 @@ PROMPT_SIDE = 1540  # the longest side vLLM scales a LightOnOCR image to
 PROMPT_MARGIN = 32  # tokens of the chat template around the image
 MIN_ATTEMPT_SECONDS = 1.0  # no attempt starts with less time than this left
 MAX_BACKOFF_SECONDS = 30.0
+REFUSED_LOG_EVERY_S = 30.0  # a WARNING while the OCR server refuses connections
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Not the page's fault: who may call the GPU service, or where it is, is misconfigured.
 CONFIGURATION_STATUS = frozenset({401, 403, 404})
@@ -195,6 +196,8 @@ class OcrClient:
         self._sleep = sleep
         self._in_flight = asyncio.Semaphore(params.max_in_flight)
         self.stats = RetryStats()
+        self._refused_since: float | None = None  # the first of the refusals going on
+        self._refused_logged: float | None = None
 
     @classmethod
     def create(
@@ -389,7 +392,9 @@ class OcrClient:
                         timeout=timeout,
                         rule=page.rule,
                     )
+            self._answered()
         except CompletionRefused as exc:
+            self._answered()
             raise self._refusal(exc.response) from None
         except StreamErrorEvent as exc:
             page.prompt_tokens += exc.prompt_tokens or 0
@@ -411,6 +416,8 @@ class OcrClient:
             raise AttemptFailed(f"no complete answer within {timeout:.1f} s", cause=cause) from exc
         except httpx.TransportError as exc:
             self.stats.count("connection")
+            if isinstance(exc, httpx.ConnectError):
+                self._refused(exc)
             raise AttemptFailed(f"{type(exc).__name__}: {exc}", cause="connection") from exc
         if reply.finish_reason != FINISHED and reply.finish_reason not in LOOP_REASONS:
             raise self._broken(reply, page)
@@ -434,6 +441,32 @@ class OcrClient:
         return AttemptFailed(
             f"the reply ended with finish_reason {reason[:40]!r}, not 'stop'", cause=cause
         )
+
+    def _refused(self, exc: httpx.ConnectError) -> None:
+        """A connection refused: vLLM listens only once its model is loaded. Said at once,
+        then every :data:`REFUSED_LOG_EVERY_S` while it lasts, with how long it has."""
+        now = self._clock()
+        if self._refused_since is None:
+            self._refused_since = now
+        if self._refused_logged is None or now - self._refused_logged >= REFUSED_LOG_EVERY_S:
+            self._refused_logged = now
+            logger.warning(
+                "the OCR server at %s refuses connections (%s): not listening yet (a model"
+                " still loading) or down; waited %d s so far, retrying within the budget",
+                self._http.base_url,
+                exc,
+                now - self._refused_since,
+                extra={"reason": "ocr_connection_refused"},
+            )
+
+    def _answered(self) -> None:
+        """An HTTP answer: the server listens (again)."""
+        if self._refused_since is not None:
+            logger.info(
+                "the OCR server answers again after %d s of refused connections",
+                self._clock() - self._refused_since,
+            )
+            self._refused_since = self._refused_logged = None
 
     async def _auth_headers(self) -> dict[str, str]:
         if self._auth is None:
