@@ -10,6 +10,7 @@ import re
 import httpx
 import pytest
 
+from ocrpipe.errors import OcrRejected
 from tests.fakes import FakeClock, ScriptedOcrServer, completion
 
 IMAGE = b"\x89PNG fake image bytes"
@@ -42,3 +43,40 @@ async def test_refused_connections_are_logged_with_how_long_the_client_has_waite
     assert seconds == sorted(seconds) and seconds[-1] >= total - 60  # then as it goes on
     assert len(seconds) < 12  # not once per attempt: at most every 30 s
     assert re.search(r"answers again after \d+ s", caplog.text)
+
+
+def vllm_500(message: str) -> httpx.Response:
+    error = {"message": message, "type": "InternalServerError", "param": None, "code": 500}
+    return httpx.Response(500, json={"error": error})
+
+
+async def test_the_same_500_for_a_page_three_times_is_a_permanent_failure() -> None:
+    """vLLM answers 500 for an image it cannot take (over PIL's pixel limit, measured in
+    tests/test_vllm_contract.py), the same every time: retrying it until the budget ends,
+    then again on each of the ten deliveries, only burns time."""
+    bomb = vllm_500("Image size (400000000 pixels) exceeds limit of 178956970 pixels")
+    server = ScriptedOcrServer([bomb])
+    clock = FakeClock()
+    started = clock.now
+    with pytest.raises(OcrRejected) as info:
+        await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 500)
+    assert info.value.reason == "ocr_http_500"
+    assert info.value.usage is not None and info.value.usage.attempts == 3
+    assert len(server.requests) == 3 and clock.now - started < 60
+
+
+async def test_500s_that_change_are_retried_until_they_stop() -> None:
+    """A 500 whose answer differs from the last (an engine restarting, a real transient
+    fault) stays retryable."""
+    server = ScriptedOcrServer(
+        [
+            vllm_500("engine step failed (1)"),
+            vllm_500("engine step failed (2)"),
+            vllm_500("engine step failed (3)"),
+            vllm_500("engine step failed (4)"),
+            completion("ok"),
+        ]
+    )
+    clock = FakeClock()
+    result = await server.client(clock).ocr_page(IMAGE, "image/png", deadline=clock.now + 500)
+    assert result.markdown == "ok" and result.usage.attempts == 5
