@@ -22,6 +22,9 @@ Two kinds of retry, after olmOCR's split:
   :attr:`OcrParams.malformed_attempts` times per page, then the page is rejected for good
   (``ocr_malformed_reply``): a server that answers garbage would otherwise burn GPU time
   until the budget ends, on every delivery.
+* The same HTTP 500 body for one page :data:`SAME_500_LIMIT` times in a row fails the page
+  for good (``ocr_http_500``): vLLM's 500 for an image it cannot take never changes. A 500
+  whose body changes is transport trouble like any other.
 * A repetition loop is not a result: :meth:`OcrClient.ocr_page` asks again one step up the
   temperature ladder (``Settings.ocr_temperatures``); after the last step the page is
   rejected for good (:class:`OcrRejected`, ``ocr_repetition_loop``). Replies are streamed
@@ -86,6 +89,7 @@ PROMPT_MARGIN = 32  # tokens of the chat template around the image
 MIN_ATTEMPT_SECONDS = 1.0  # no attempt starts with less time than this left
 MAX_BACKOFF_SECONDS = 30.0
 REFUSED_LOG_EVERY_S = 30.0  # a WARNING while the OCR server refuses connections
+SAME_500_LIMIT = 3  # the same 500 body this many times in a row: the page fails for good
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Not the page's fault: who may call the GPU service, or where it is, is misconfigured.
 CONFIGURATION_STATUS = frozenset({401, 403, 404})
@@ -167,6 +171,8 @@ class _PageAttempts:
     rule: RepetitionRule = DEFAULT_RULE  # when a reply runs past what this page holds
     requests: int = 0  # sent for this page, failed and looping ones included
     malformed: int = 0
+    last_500: str | None = None  # the body of the last answer, if it was a 500
+    same_500: int = 0  # answers in a row with that body
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -395,6 +401,7 @@ class OcrClient:
             self._answered()
         except CompletionRefused as exc:
             self._answered()
+            self._same_500_again(exc.response, page)
             raise self._refusal(exc.response) from None
         except StreamErrorEvent as exc:
             page.prompt_tokens += exc.prompt_tokens or 0
@@ -441,6 +448,25 @@ class OcrClient:
         return AttemptFailed(
             f"the reply ended with finish_reason {reason[:40]!r}, not 'stop'", cause=cause
         )
+
+    def _same_500_again(self, response: httpx.Response, page: _PageAttempts) -> None:
+        """The page fails for good once the server has answered it with the same 500 body
+        :data:`SAME_500_LIMIT` times in a row: vLLM's answer to an image it cannot take
+        (over PIL's pixel limit) never changes, and retrying it would only burn the budget
+        on every delivery until the message is dead-lettered."""
+        if response.status_code != 500:
+            page.last_500, page.same_500 = None, 0
+            return
+        body = response.text
+        page.same_500 = page.same_500 + 1 if body == page.last_500 else 1
+        page.last_500 = body
+        if page.same_500 >= SAME_500_LIMIT:
+            self.stats.count("500")
+            raise OcrRejected(
+                f"the OCR server answered this page {page.same_500} times with the same"
+                f" HTTP 500: {_snippet(response)}",
+                reason="ocr_http_500",
+            )
 
     def _refused(self, exc: httpx.ConnectError) -> None:
         """A connection refused: vLLM listens only once its model is loaded. Said at once,
