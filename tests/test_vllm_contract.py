@@ -14,6 +14,8 @@ import base64
 import io
 import json
 import math
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -24,7 +26,7 @@ from PIL import Image, ImageDraw
 from ocrpipe.errors import OcrRejected, OcrUnavailable
 from ocrpipe.settings import Settings
 from ocrpipe.testing.tiny_lightonocr import IMAGE_SIZE, TEMPLATE_TOKENS
-from ocrpipe.testing.vllm_server import VllmServer
+from ocrpipe.testing.vllm_server import GPU_IMAGE, VllmServer
 from ocrpipe.worker.completion_stream import CompletionRefused, stream_completion
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams
 
@@ -235,3 +237,17 @@ def test_image_tokens_are_ceil_w_28_times_ceil_h_28_after_scaling_to_1540(
     )
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["prompt_tokens"] == image_tokens(*size) + TEMPLATE_TOKENS
+
+
+def test_the_gpu_smoke_test_passes_against_vllm_all_but_its_text_check(vllm: VllmServer) -> None:
+    """gpu_image/smoke.py, the script a real deployment is checked with, against vLLM's own
+    server: health, the model list and one OCR request pass; only reading the known sentence
+    fails, since this model cannot read."""
+    smoke = [sys.executable, str(GPU_IMAGE / "smoke.py"), "--url", vllm.url, "--model",
+             vllm.model_id, "--wait", "60"]  # fmt: skip
+    passed = subprocess.run([*smoke, "--no-text-check"], capture_output=True, text=True)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "smoke test passed" in passed.stdout
+    read = subprocess.run(smoke, capture_output=True, text=True)
+    assert read.returncode == 1
+    assert "ok  GET /v1/models" in read.stdout and "FAIL" in read.stderr
