@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ocrpipe.worker.context_fit import ContextTooShort, check_ocr_context
 from PIL import Image, ImageDraw
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
@@ -251,3 +252,17 @@ def test_the_gpu_smoke_test_passes_against_vllm_all_but_its_text_check(vllm: Vll
     read = subprocess.run(smoke, capture_output=True, text=True)
     assert read.returncode == 1
     assert "ok  GET /v1/models" in read.stdout and "FAIL" in read.stderr
+
+
+async def test_the_worker_reads_vllms_context_length_and_checks_its_settings(
+    vllm: VllmServer,
+) -> None:
+    fits = Settings(ocr_url=vllm.url, ocr_model=vllm.model_id)
+    too_long = Settings(ocr_url=vllm.url, ocr_model=vllm.model_id, ocr_max_tokens=6000)
+    client = ocr_client(vllm)
+    try:
+        assert await check_ocr_context(client, fits) == 8192
+        with pytest.raises(ContextTooShort, match="OCRPIPE_OCR_MAX_TOKENS=6000"):
+            await check_ocr_context(client, too_long)
+    finally:
+        await client.aclose()
