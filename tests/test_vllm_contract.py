@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-from ocrpipe.worker.context_fit import ContextTooShort, check_ocr_context
 from PIL import Image, ImageDraw
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
@@ -29,6 +28,7 @@ from ocrpipe.settings import Settings
 from ocrpipe.testing.tiny_lightonocr import IMAGE_SIZE, TEMPLATE_TOKENS
 from ocrpipe.testing.vllm_server import GPU_IMAGE, VllmServer
 from ocrpipe.worker.completion_stream import CompletionRefused, stream_completion
+from ocrpipe.worker.context_fit import ContextTooShort, check_ocr_context
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams
 
 pytestmark = pytest.mark.vllm

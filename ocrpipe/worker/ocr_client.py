@@ -218,6 +218,19 @@ class OcrClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def served_max_model_len(self, *, timeout: float) -> int | None:
+        """The context length vLLM serves this client's model with (``max_model_len`` of
+        its card in ``GET /v1/models``), or None if the server does not say. HTTP and
+        transport errors propagate; a missing credential raises :class:`OcrUnavailable`."""
+        headers = await self._auth_headers()
+        response = await self._http.get("/v1/models", headers=headers, timeout=timeout)
+        response.raise_for_status()
+        for card in response.json().get("data") or []:
+            if isinstance(card, dict) and card.get("id") == self._params.model:
+                value = card.get("max_model_len")
+                return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return None
+
     async def ocr_page(self, image: bytes, mime: str, *, deadline: float) -> OcrResult:
         """OCR one page image; ``deadline`` is a value of the client's clock.
 
