@@ -78,3 +78,11 @@ def test_the_served_context_length_is_read_from_v1_models() -> None:
     with TestClient(app):
         pass
     assert server.gets == ["/v1/models"]
+
+
+def test_a_context_setting_longer_than_the_served_one_is_refused() -> None:
+    """OCRPIPE_OCR_MAX_MODEL_LEN sizes the second request of a long page (what the context
+    leaves): above what vLLM serves, that request would be refused or clamped."""
+    with pytest.raises(ContextTooShort, match="OCRPIPE_OCR_MAX_MODEL_LEN=16384"):
+        check_fit(settings(ocr_max_model_len=16384), 8192)
+    check_fit(settings(ocr_max_model_len=8192), 16384)  # a shorter setting only wastes room
