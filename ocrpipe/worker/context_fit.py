@@ -9,8 +9,10 @@ takes for a repetition loop (measured: tests/test_vllm_contract.py).
 
 :func:`check_ocr_context` asks the server once at start and raises :class:`ContextTooShort`
 (the worker does not start) when ``OCRPIPE_OCR_MAX_TOKENS`` plus the largest page's prompt
-does not fit. A server that cannot be asked (a GPU service scaled to zero, not up yet) does
-not keep the worker from starting: it logs a WARNING and starts unchecked.
+does not fit, or when ``OCRPIPE_OCR_MAX_MODEL_LEN`` (what the client sizes a long page's
+second request with) is more than the server serves. A server that cannot be asked (a GPU
+service scaled to zero, not up yet) does not keep the worker from starting: it logs a
+WARNING and starts unchecked.
 """
 
 from __future__ import annotations
@@ -47,8 +49,17 @@ def largest_prompt_tokens(settings: Settings) -> int:
 
 
 def check_fit(settings: Settings, max_model_len: int) -> None:
-    """Raise :class:`ContextTooShort` unless the largest page's prompt plus ``max_tokens``
-    fits in ``max_model_len``."""
+    """Raise :class:`ContextTooShort` unless ``OCRPIPE_OCR_MAX_MODEL_LEN`` (what the client
+    sizes a long page's second request with) is at most the served ``max_model_len`` and the
+    largest page's prompt plus ``max_tokens`` fits in it."""
+    if settings.ocr_max_model_len > max_model_len:
+        raise ContextTooShort(
+            f"OCRPIPE_OCR_MAX_MODEL_LEN={settings.ocr_max_model_len} is more than the"
+            f" {max_model_len}-token context the OCR server serves {settings.ocr_model} with"
+            f" (max_model_len in GET {settings.ocr_url}/v1/models): a long page's second"
+            " request would ask for more than fits. Set OCRPIPE_OCR_MAX_MODEL_LEN to"
+            f" {max_model_len}."
+        )
     prompt = largest_prompt_tokens(settings)
     if settings.ocr_max_tokens + prompt > max_model_len:
         raise ContextTooShort(
