@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from rapidfuzz.distance import Levenshtein
 
 from ocrpipe.local.boxes_to_markdown import TextBox, rect
 from ocrpipe.local.engine import DEFAULT_MODEL, RapidOcrEngine, create_app, image_tokens
+from ocrpipe.local.faults import serve_in_background
 
 PARAGRAPHS = (
     "Quarterly Report 2024",
@@ -92,10 +94,12 @@ class FakeEngine:
         self.boxes = boxes
         self.started = threading.Event()
         self.release = threading.Event()
+        self.calls = 0  # pages recognized (started)
         if not block:
             self.release.set()
 
     def recognize(self, image: Image.Image) -> list[TextBox]:
+        self.calls += 1
         self.started.set()
         self.release.wait(timeout=30)
         return self.boxes
@@ -279,3 +283,41 @@ async def test_health_answers_while_a_page_is_being_ocrd() -> None:
         engine.release.set()
         response = await ocr
         assert response.json()["choices"][0]["message"]["content"] == "one two three\nfour five six"
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds (the test's own timeout bounds it)."""
+    while not condition():
+        await asyncio.sleep(0.02)
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in record.getMessage() for record in caplog.records)
+
+
+async def test_a_page_whose_client_has_gone_is_dropped_before_it_is_ocrd(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As vLLM aborts a request whose client disconnected: a worker that gave up on a page
+    (its budget ran out, the delivery was redelivered) must not leave the engine OCR'ing it
+    while the pages that are wanted wait behind it."""
+    caplog.set_level(logging.DEBUG, logger="ocrpipe.local.engine")
+    engine = FakeEngine(SENTENCE, block=True)
+    with serve_in_background(create_app(engine, threads=1)) as url:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=60) as first,
+            httpx.AsyncClient(base_url=url, timeout=60) as second,
+        ):
+            wanted = asyncio.ensure_future(first.post("/v1/chat/completions", json=chat(BLANK)))
+            await wait_for(engine.started.is_set)  # the only OCR thread is busy
+            abandoned = asyncio.ensure_future(
+                second.post("/v1/chat/completions", json=chat(BLANK, stream=True))
+            )
+            await wait_for(lambda: logged(caplog, "waiting for an OCR thread") >= 2)
+            abandoned.cancel()  # the client goes away: its connection closes
+            await asyncio.gather(abandoned, return_exceptions=True)
+            await wait_for(lambda: logged(caplog, "client has gone") >= 1)
+            engine.release.set()
+            assert (await wanted).status_code == 200
+    assert engine.calls == 1  # the abandoned page was never OCR'd
+    assert "socket.send() raised exception" not in caplog.text
