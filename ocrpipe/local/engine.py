@@ -26,6 +26,10 @@ is needed around the engine: onnxruntime's ``InferenceSession.run`` may be calle
 threads at once, and rapidocr keeps no per-call state on shared objects (its models load
 lazily under their own locks, and the warm-up loads them anyway).
 
+A client that disconnects before its reply (a worker whose budget ran out) is let go as vLLM
+lets it go: its page is dropped from the queue if no thread has taken it yet, and a page
+already being OCR'd finishes without its reply being sent (:class:`ClientGone`).
+
 The request-parsing and reply-building helpers here are shared with the fault-injecting
 server (:mod:`ocrpipe.local.faults`), so both speak the same dialect.
 """
@@ -56,6 +60,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive
 
 from ocrpipe.local.boxes_to_markdown import TextBox, boxes_to_markdown
 from ocrpipe.local.figure_regions import figure_regions, figures_markdown
@@ -452,17 +457,48 @@ def ocr_page(engine: OcrEngine, data: bytes, *, figure_boxes: bool = False) -> t
     return markdown, image.width, image.height
 
 
+class ClientGone(Exception):
+    """The client disconnected before its page's reply: nothing is sent."""
+
+
+async def until_disconnected(receive: Receive) -> None:
+    """Return when the client disconnects (the request body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 class _Pool:
     """The OCR worker threads, started on first use and stopped with the app."""
 
     def __init__(self, threads: int) -> None:
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
+        self.pending = 0  # requests waiting for a thread or being OCR'd
 
-    async def run(self, fn: Callable[[], tuple[str, int, int]]) -> tuple[str, int, int]:
+    async def run(
+        self, fn: Callable[[], tuple[str, int, int]], receive: Receive
+    ) -> tuple[str, int, int]:
+        """``fn`` in an OCR thread, unless the client goes away first (:class:`ClientGone`):
+        a page still waiting for a thread is then never OCR'd, as vLLM aborts a request whose
+        client disconnected; one already being OCR'd finishes, unsent."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="ocr")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        future = self._executor.submit(fn)
+        result = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(until_disconnected(receive))
+        self.pending += 1
+        logger.debug("page waiting for an OCR thread (%d pending)", self.pending)
+        try:
+            waiting: set[asyncio.Future[Any]] = {result, gone}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.pending -= 1
+            gone.cancel()
+        if result.done():
+            return result.result()
+        started = not future.cancel()  # a page not started yet is dropped from the queue
+        result.cancel()
+        raise ClientGone("being OCR'd, its reply dropped" if started else "dropped unread")
 
     def close(self) -> None:
         if self._executor is not None:
@@ -493,13 +529,16 @@ def create_app(
             page = parse_chat_request(await request.body(), model_name)
             started = time.perf_counter()
             markdown, width, height = await pool.run(
-                lambda: ocr_page(engine, page.image, figure_boxes=figure_boxes)
+                lambda: ocr_page(engine, page.image, figure_boxes=figure_boxes), request.receive
             )
             prompt_tokens = page.text_tokens + image_tokens(width, height)
             limit = completion_limit(page, prompt_tokens, max_model_len)
         except ApiError as exc:
             logger.info("chat completion refused: %s %s", exc.status, exc)
             return api_error_response(exc)
+        except ClientGone as exc:
+            logger.info("the client has gone: page %s", exc)
+            return Response(status_code=499)  # nobody reads it
         except Exception:
             logger.exception("OCR failed")
             return error_response(500, "InternalServerError", "OCR failed, see the server log")
