@@ -7,7 +7,10 @@ import base64
 import io
 import logging
 import math
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +22,7 @@ from rapidfuzz.distance import Levenshtein
 from ocrpipe.local.boxes_to_markdown import TextBox, rect
 from ocrpipe.local.engine import DEFAULT_MODEL, RapidOcrEngine, create_app, image_tokens
 from ocrpipe.local.faults import serve_in_background
+from ocrpipe.local.stack import free_port
 
 PARAGRAPHS = (
     "Quarterly Report 2024",
@@ -321,3 +325,31 @@ async def test_a_page_whose_client_has_gone_is_dropped_before_it_is_ocrd(
             assert (await wanted).status_code == 200
     assert engine.calls == 1  # the abandoned page was never OCR'd
     assert "socket.send() raised exception" not in caplog.text
+
+
+def test_the_engine_refuses_connections_until_it_can_ocr_then_is_healthy() -> None:
+    """vLLM's cold start (tests/test_vllm_contract.py): nothing listens while the model
+    loads, then /health is 200; never a 503 in between. The engine loads rapidocr first."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ocrpipe.local.engine", "--port", str(port), "--log-level",
+         "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    refused, answered = 0, []
+    try:
+        while True:
+            assert process.poll() is None, "the engine exited while loading"
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code
+            except httpx.ConnectError:
+                refused += 1
+                time.sleep(0.05)
+                continue
+            answered.append(status)
+            if status == 200:
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert refused > 0 and answered == [200]
