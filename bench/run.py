@@ -36,6 +36,7 @@ BENCHMARKS = {
     "image_tokens": "Image tokens per page kind: 1540 px always vs 200 dpi scaled down only",
     "status_scale": "Status of a batch: time, list calls and reads for 2,000 documents",
     "worker_memory": "Worker peak memory with its in-flight limit of the largest pages",
+    "prompt_tokens": "Prompt tokens per page kind, counted by vLLM's real server (CPU build)",
 }
 
 Runner = Callable[[bool], tuple[dict[str, Any], dict[str, Any], str]]

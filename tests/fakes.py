@@ -65,8 +65,19 @@ class ScriptedOcrServer:
     script: list[httpx.Response | Exception | Callable[[dict[str, object]], httpx.Response]]
     requests: list[dict[str, object]] = field(default_factory=list)
     headers: list[httpx.Headers] = field(default_factory=list)
+    # GET /v1/models answers the model with this max_model_len (None: the connection is
+    # refused, as a server that is not up yet).
+    max_model_len: int | None = 16384
+    gets: list[str] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.gets.append(request.url.path)
+            if self.max_model_len is None:
+                raise httpx.ConnectError("[Errno 111] Connection refused")
+            card = {"id": "lightonai/LightOnOCR-2-1B", "object": "model"}
+            card["max_model_len"] = self.max_model_len  # type: ignore[assignment]
+            return httpx.Response(200, json={"object": "list", "data": [card]})
         body = json.loads(request.content)
         self.requests.append(body)
         self.headers.append(request.headers)

@@ -4,6 +4,7 @@ worker writes them, GPU time estimated two ways, and the cost per 1,000 pages.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -255,3 +256,30 @@ def test_union_length_counts_overlaps_once(
     intervals: list[tuple[float, float]], length: float
 ) -> None:
     assert bill.union_length(intervals) == pytest.approx(length)
+
+
+def test_prompt_tokens_a_server_did_not_report_are_estimated_from_vllms_count() -> None:
+    """A server that sends no usage leaves prompt_tokens 0 in the provenance: the bill counts
+    those requests at what vLLM counts for a page (an A4 page at 1540 px), and says so."""
+    clock = wall_clock()
+    store = MemoryStore(clock)
+    finished(
+        store,
+        clock,
+        "n/none.pdf",
+        [page(1, provenance(prompt=0)), page(2, provenance(prompt=0, attempts=2))],
+    )
+    finished(store, clock, "n/some.pdf", [page(1, provenance(prompt=1500))])
+    total = run(store, "n/")
+    assert total.prompt_tokens_estimated == 3 * bill.PROMPT_TOKENS_PER_REQUEST
+    assert total.prompt_tokens == 1500 + 3 * bill.PROMPT_TOKENS_PER_REQUEST
+    assert total.as_dict()["usage"]["prompt_tokens_estimated"] == total.prompt_tokens_estimated
+
+
+def test_the_estimate_is_the_a4_figure_measured_from_vllm() -> None:
+    """One owner: bench/results/prompt_tokens.json, written by bench/prompt_tokens.py from
+    vLLM's real server."""
+    measured = json.loads(
+        (Path(__file__).resolve().parents[1] / "bench/results/prompt_tokens.json").read_text()
+    )
+    assert bill.PROMPT_TOKENS_PER_REQUEST == measured["figures"]["A4"]["prompt_tokens"] == 2157

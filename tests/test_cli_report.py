@@ -111,6 +111,7 @@ def test_json_sums_the_prefix_and_gives_both_estimates(capsys: pytest.CaptureFix
     }
     assert data["usage"] == {
         "prompt_tokens": 4500,
+        "prompt_tokens_estimated": 0,
         "completion_tokens": 1800,
         "ocr_seconds": 110.0,
         "attempts": 5,

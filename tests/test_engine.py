@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
+import math
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -15,7 +20,9 @@ from PIL import Image
 from rapidfuzz.distance import Levenshtein
 
 from ocrpipe.local.boxes_to_markdown import TextBox, rect
-from ocrpipe.local.engine import DEFAULT_MODEL, RapidOcrEngine, create_app
+from ocrpipe.local.engine import DEFAULT_MODEL, RapidOcrEngine, create_app, image_tokens
+from ocrpipe.local.faults import serve_in_background
+from ocrpipe.local.stack import free_port
 
 PARAGRAPHS = (
     "Quarterly Report 2024",
@@ -91,10 +98,12 @@ class FakeEngine:
         self.boxes = boxes
         self.started = threading.Event()
         self.release = threading.Event()
+        self.calls = 0  # pages recognized (started)
         if not block:
             self.release.set()
 
     def recognize(self, image: Image.Image) -> list[TextBox]:
+        self.calls += 1
         self.started.set()
         self.release.wait(timeout=30)
         return self.boxes
@@ -189,11 +198,43 @@ async def test_max_tokens_cuts_the_reply_with_finish_reason_length(
 async def test_wrong_model_is_404_in_vllm_error_shape(fake_client: httpx.AsyncClient) -> None:
     response = await fake_client.post("/v1/chat/completions", json=chat(BLANK, model="gpt-4o"))
     assert response.status_code == 404
-    body = response.json()
-    assert body["object"] == "error"
+    body = vllm_error(response)
     assert body["type"] == "NotFoundError"
-    assert body["code"] == 404
+    assert body["param"] == "model"
     assert "gpt-4o" in body["message"]
+
+
+def vllm_error(response: httpx.Response) -> dict[str, Any]:
+    """vLLM's error body (0.30): ``{"error": {"message", "type", "param", "code"}}``, as
+    tests/test_vllm_contract.py sees the real server send it."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["code"] == response.status_code
+    return dict(error)
+
+
+def vllm_image_tokens(width: int, height: int) -> int:
+    """What vLLM counts for LightOnOCR (measured in tests/test_vllm_contract.py): the
+    longest side scaled down, never up, to 1540 px, then one token per 28 x 28 px."""
+    ratio = max(width / 1540, height / 1540)
+    if ratio > 1:
+        width, height = math.floor(width / ratio), math.floor(height / ratio)
+    return math.ceil(width / 28) * math.ceil(height / 28)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(1089, 1540), (1190, 1540), (1540, 866), (411, 1540), (1540, 1540), (6160, 770),
+     (770, 6160), (6160, 1540), (16, 128), (160, 120), (3000, 2000)],
+    ids=["A4", "Letter", "slide", "receipt", "square", "sliver", "tall sliver", "4:1 strip",
+         "thinnest", "icon", "large photo"],
+)  # fmt: skip
+def test_prompt_tokens_of_an_image_are_vllms(size: tuple[int, int]) -> None:
+    """Every size the renderer produces (slivers up to 4 x 1540 px long) and images sent as
+    they are: the local engine bills what vLLM would."""
+    assert image_tokens(*size) == vllm_image_tokens(*size)
 
 
 def text_only() -> dict[str, Any]:
@@ -224,15 +265,15 @@ async def test_bad_requests_are_400(
 ) -> None:
     response = await fake_client.post("/v1/chat/completions", json=payload)
     assert response.status_code == 400
-    body = response.json()
-    assert (body["object"], body["type"], body["code"]) == ("error", "BadRequestError", 400)
+    body = vllm_error(response)
+    assert body["type"] == "BadRequestError"
     assert message in body["message"]
 
 
 async def test_invalid_json_is_400(fake_client: httpx.AsyncClient) -> None:
     response = await fake_client.post("/v1/chat/completions", content=b"{not json")
     assert response.status_code == 400
-    assert response.json()["type"] == "BadRequestError"
+    assert vllm_error(response)["type"] == "BadRequestError"
 
 
 async def test_health_answers_while_a_page_is_being_ocrd() -> None:
@@ -246,3 +287,69 @@ async def test_health_answers_while_a_page_is_being_ocrd() -> None:
         engine.release.set()
         response = await ocr
         assert response.json()["choices"][0]["message"]["content"] == "one two three\nfour five six"
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds (the test's own timeout bounds it)."""
+    while not condition():
+        await asyncio.sleep(0.02)
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in record.getMessage() for record in caplog.records)
+
+
+async def test_a_page_whose_client_has_gone_is_dropped_before_it_is_ocrd(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As vLLM aborts a request whose client disconnected: a worker that gave up on a page
+    (its budget ran out, the delivery was redelivered) must not leave the engine OCR'ing it
+    while the pages that are wanted wait behind it."""
+    caplog.set_level(logging.DEBUG, logger="ocrpipe.local.engine")
+    engine = FakeEngine(SENTENCE, block=True)
+    with serve_in_background(create_app(engine, threads=1)) as url:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=60) as first,
+            httpx.AsyncClient(base_url=url, timeout=60) as second,
+        ):
+            wanted = asyncio.ensure_future(first.post("/v1/chat/completions", json=chat(BLANK)))
+            await wait_for(engine.started.is_set)  # the only OCR thread is busy
+            abandoned = asyncio.ensure_future(
+                second.post("/v1/chat/completions", json=chat(BLANK, stream=True))
+            )
+            await wait_for(lambda: logged(caplog, "waiting for an OCR thread") >= 2)
+            abandoned.cancel()  # the client goes away: its connection closes
+            await asyncio.gather(abandoned, return_exceptions=True)
+            await wait_for(lambda: logged(caplog, "client has gone") >= 1)
+            engine.release.set()
+            assert (await wanted).status_code == 200
+    assert engine.calls == 1  # the abandoned page was never OCR'd
+    assert "socket.send() raised exception" not in caplog.text
+
+
+def test_the_engine_refuses_connections_until_it_can_ocr_then_is_healthy() -> None:
+    """vLLM's cold start (tests/test_vllm_contract.py): nothing listens while the model
+    loads, then /health is 200; never a 503 in between. The engine loads rapidocr first."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ocrpipe.local.engine", "--port", str(port), "--log-level",
+         "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    refused, answered = 0, []
+    try:
+        while True:
+            assert process.poll() is None, "the engine exited while loading"
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code
+            except httpx.ConnectError:
+                refused += 1
+                time.sleep(0.05)
+                continue
+            answered.append(status)
+            if status == 200:
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert refused > 0 and answered == [200]

@@ -22,6 +22,7 @@ from ocrpipe.local.faults import LOOP_PHRASE, FaultPlan, create_app, main, serve
 from ocrpipe.settings import Settings
 from ocrpipe.testing.waiting import wait_for
 from ocrpipe.worker.ocr_client import OcrParams, image_data_url
+from tests.test_engine import vllm_error
 
 CHAT = "/v1/chat/completions"
 OCR = OcrParams.from_settings(Settings())  # the model, top_p and max_tokens the worker sends
@@ -129,7 +130,7 @@ async def test_stats_count_outcomes_and_reset_starts_a_new_run(connect: Connect)
         assert stats["ok"] == first.count(200)
         assert stats["503"] == first.count(503)
         assert stats["429"] == first.count(429)
-        assert stats["reset"] == stats["hang"] == stats["length"] == stats["cold"] == 0
+        assert stats["reset"] == stats["hang"] == stats["length"] == 0
 
         reset = await client.post("/stats/reset")
         assert reset.status_code == 200
@@ -142,29 +143,39 @@ async def test_429_carries_retry_after(connect: Connect) -> None:
         response = await client.post(CHAT, json=chat(page("busy")))
     assert response.status_code == 429
     assert response.headers["retry-after"] == "7"
-    assert response.json()["object"] == "error"
-    assert response.json()["code"] == 429
+    assert vllm_error(response)["code"] == 429
 
 
 async def test_503_has_a_vllm_like_error_body(connect: Connect) -> None:
     async for client in connect(FaultPlan(p503=1.0)):
         response = await client.post(CHAT, json=chat(page("down")))
     assert response.status_code == 503
-    body = response.json()
-    assert (body["object"], body["code"]) == ("error", 503)
+    assert vllm_error(response)["code"] == 503
 
 
-async def test_cold_period_answers_503_then_recovers(connect: Connect) -> None:
-    async for client in connect(FaultPlan(cold_seconds=0.5)):
-        assert (await client.get("/health")).status_code == 503
-        assert (await client.post(CHAT, json=chat(page("early")))).status_code == 503
-        deadline = time.monotonic() + 30
-        while (await client.get("/health")).status_code != 200:
-            assert time.monotonic() < deadline, "still cold"
-            await asyncio.sleep(0.05)
-        assert (await client.post(CHAT, json=chat(page("early")))).status_code == 200
-        stats = (await client.get("/stats")).json()
-    assert (stats["cold"], stats["ok"], stats["total"]) == (1, 1, 2)
+def test_a_cold_start_refuses_connections_then_serves() -> None:
+    """As vLLM does (tests/test_vllm_contract.py): nothing listens while the model loads, so
+    a connection is refused, never answered 503; then the server answers."""
+    plan = FaultPlan(cold_seconds=1.0)
+    with (
+        serve_in_background(create_app(plan), cold_seconds=plan.cold_seconds) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        with pytest.raises(httpx.ConnectError):
+            client.get("/health")
+        refused = 0
+        while True:
+            try:
+                health = client.get("/health")
+                break
+            except httpx.ConnectError:
+                refused += 1
+                time.sleep(0.05)
+        assert health.status_code == 200
+        assert client.post(CHAT, json=chat(page("early"))).status_code == 200
+        stats = client.get("/stats").json()
+    assert (stats["ok"], stats["total"]) == (1, 1)
+    assert "cold" not in stats  # nothing reaches the app while it is cold
 
 
 async def test_loop_fault_is_length_at_low_temperature_and_ok_above(connect: Connect) -> None:
@@ -205,7 +216,7 @@ async def test_requests_are_validated_like_the_engine(connect: Connect) -> None:
         )
         models = await client.get("/v1/models")
     assert wrong_model.status_code == 404
-    assert wrong_model.json()["type"] == "NotFoundError"
+    assert vllm_error(wrong_model)["type"] == "NotFoundError"
     assert no_image.status_code == 400
     assert models.json()["data"][0]["id"] == DEFAULT_MODEL
 
@@ -386,7 +397,7 @@ async def test_an_engine_that_dies_mid_stream_ends_it_with_vllms_error_event(
     }
     assert done == "[DONE]"
     assert unstreamed.status_code == 500
-    assert unstreamed.json()["type"] == "InternalServerError"
+    assert vllm_error(unstreamed)["type"] == "InternalServerError"
 
 
 @pytest.mark.parametrize(
@@ -436,4 +447,5 @@ async def test_the_context_clamps_a_reply_and_refuses_max_tokens_as_large_as_it(
         refused = await client.post(CHAT, json=chat(image, max_tokens=100))
     assert clamped["choices"][0]["finish_reason"] == "length"
     assert clamped["usage"] == {"prompt_tokens": 6, "completion_tokens": 94, "total_tokens": 100}
-    assert refused.status_code == 400 and "maximum context length" in refused.json()["message"]
+    assert refused.status_code == 400
+    assert "maximum context length" in vllm_error(refused)["message"]

@@ -117,8 +117,13 @@ def _print_bill(total: bill.Bill, prefix: str | None) -> None:
     if not total.pages_with_usage:
         out.print("no GPU estimate: no page has recorded usage", markup=False)
         return
+    guessed = (
+        f" ({total.prompt_tokens_estimated:,} of them estimated: the server reported none)"
+        if total.prompt_tokens_estimated
+        else ""
+    )
     out.print(
-        f"tokens: {total.prompt_tokens:,} prompt, {total.completion_tokens:,} completion;"
+        f"tokens: {total.prompt_tokens:,} prompt{guessed}, {total.completion_tokens:,} completion;"
         f" OCR: {total.ocr_seconds:,.1f} s in requests, {total.attempts} attempts"
         f" ({total.retries} retries), {total.loop_retries} page(s) kept at a higher"
         " temperature (repetition loop)",

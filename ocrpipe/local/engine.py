@@ -9,8 +9,9 @@
   with ``"stream": true``, as vLLM's Server-Sent Events (:func:`completion_events`), whose
   ``delta.content`` pieces add up to exactly the non-streamed ``message.content``.
 
-Errors use vLLM's error body ``{"object": "error", "message", "type", "param", "code"}``:
-404 for a model name that is not served, 400 for anything else wrong with the request.
+Errors use vLLM's error body (0.30) ``{"error": {"message", "type", "param", "code"}}``:
+404 for a model name that is not served (``param`` ``"model"``), 400 for anything else wrong
+with the request.
 
 Serving a model whose entry in ``ocrpipe/models.json`` says it writes figure boxes (or with
 ``--figure-boxes``), the engine stands in for LightOnOCR's bbox variants: it finds the page's
@@ -24,6 +25,10 @@ the network. One engine is built per process and warmed up before the server lis
 is needed around the engine: onnxruntime's ``InferenceSession.run`` may be called from several
 threads at once, and rapidocr keeps no per-call state on shared objects (its models load
 lazily under their own locks, and the warm-up loads them anyway).
+
+A client that disconnects before its reply (a worker whose budget ran out) is let go as vLLM
+lets it go: its page is dropped from the queue if no thread has taken it yet, and a page
+already being OCR'd finishes without its reply being sent (:class:`ClientGone`).
 
 The request-parsing and reply-building helpers here are shared with the fault-injecting
 server (:mod:`ocrpipe.local.faults`), so both speak the same dialect.
@@ -55,6 +60,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive
 
 from ocrpipe.local.boxes_to_markdown import TextBox, boxes_to_markdown
 from ocrpipe.local.figure_regions import figure_regions, figures_markdown
@@ -66,9 +72,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = load_models().default
 DEFAULT_MAX_MODEL_LEN = 16384  # a model not in ocrpipe/models.json
 OWNED_BY = "ocrpipe-local"
-# Pixtral-style vision encoders (LightOnOCR's) see 14 px patches merged 2 x 2: one token per
-# 28 x 28 px. Only used to report a plausible ``usage.prompt_tokens``.
+# LightOnOCR's Pixtral encoder sees 14 px patches merged 2 x 2: one token per 28 x 28 px,
+# after vLLM scales the image down (never up) so that its longest side is at most
+# IMAGE_MAX_SIDE (the model's vision_config.image_size). Used for ``usage.prompt_tokens``.
 IMAGE_TOKEN_PX = 28
+IMAGE_MAX_SIDE = 1540
 
 _DATA_URL = re.compile(r"data:(image/[A-Za-z0-9.+-]+);base64,(.*)", re.DOTALL)
 _TOKEN = re.compile(r"\S+")
@@ -138,12 +146,14 @@ class PageRequest:
 
 
 class ApiError(Exception):
-    """An answer in vLLM's error shape; ``kind`` is the ``type`` field."""
+    """An answer in vLLM's error shape; ``kind`` is the ``type`` field, ``param`` the
+    request field at fault, if one is."""
 
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    def __init__(self, status: int, kind: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.param = param
 
 
 def bad_request(message: str) -> ApiError:
@@ -151,14 +161,19 @@ def bad_request(message: str) -> ApiError:
 
 
 def error_response(
-    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    kind: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    param: str | None = None,
 ) -> JSONResponse:
-    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
-    return JSONResponse(body, status_code=status, headers=headers)
+    error = {"message": message, "type": kind, "param": param, "code": status}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def api_error_response(exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.kind, str(exc))
+    return error_response(exc.status, exc.kind, str(exc), param=exc.param)
 
 
 def parse_chat_request(body: bytes, model_name: str) -> PageRequest:
@@ -172,7 +187,9 @@ def parse_chat_request(body: bytes, model_name: str) -> PageRequest:
         )
         raise bad_request(f"invalid chat completion request: {problems}") from exc
     if request.model != model_name:
-        raise ApiError(404, "NotFoundError", f"The model `{request.model}` does not exist.")
+        raise ApiError(
+            404, "NotFoundError", f"The model `{request.model}` does not exist.", param="model"
+        )
 
     images: list[str] = []
     text_tokens = 0
@@ -227,6 +244,12 @@ def truncate_tokens(text: str, limit: int | None) -> tuple[str, int, bool]:
 
 
 def image_tokens(width: int, height: int) -> int:
+    """vLLM's count for LightOnOCR (vllm/model_executor/models/pixtral.py,
+    ``get_patch_grid_size``): scaled down by the ratio that fits the longest side in
+    :data:`IMAGE_MAX_SIDE` (floored), then ceil(w/28) x ceil(h/28)."""
+    ratio = max(width / IMAGE_MAX_SIDE, height / IMAGE_MAX_SIDE)
+    if ratio > 1:
+        width, height = math.floor(width / ratio), math.floor(height / ratio)
     return math.ceil(width / IMAGE_TOKEN_PX) * math.ceil(height / IMAGE_TOKEN_PX)
 
 
@@ -434,17 +457,48 @@ def ocr_page(engine: OcrEngine, data: bytes, *, figure_boxes: bool = False) -> t
     return markdown, image.width, image.height
 
 
+class ClientGone(Exception):
+    """The client disconnected before its page's reply: nothing is sent."""
+
+
+async def until_disconnected(receive: Receive) -> None:
+    """Return when the client disconnects (the request body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 class _Pool:
     """The OCR worker threads, started on first use and stopped with the app."""
 
     def __init__(self, threads: int) -> None:
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
+        self.pending = 0  # requests waiting for a thread or being OCR'd
 
-    async def run(self, fn: Callable[[], tuple[str, int, int]]) -> tuple[str, int, int]:
+    async def run(
+        self, fn: Callable[[], tuple[str, int, int]], receive: Receive
+    ) -> tuple[str, int, int]:
+        """``fn`` in an OCR thread, unless the client goes away first (:class:`ClientGone`):
+        a page still waiting for a thread is then never OCR'd, as vLLM aborts a request whose
+        client disconnected; one already being OCR'd finishes, unsent."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="ocr")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        future = self._executor.submit(fn)
+        result = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(until_disconnected(receive))
+        self.pending += 1
+        logger.debug("page waiting for an OCR thread (%d pending)", self.pending)
+        try:
+            waiting: set[asyncio.Future[Any]] = {result, gone}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.pending -= 1
+            gone.cancel()
+        if result.done():
+            return result.result()
+        started = not future.cancel()  # a page not started yet is dropped from the queue
+        result.cancel()
+        raise ClientGone("being OCR'd, its reply dropped" if started else "dropped unread")
 
     def close(self) -> None:
         if self._executor is not None:
@@ -475,13 +529,16 @@ def create_app(
             page = parse_chat_request(await request.body(), model_name)
             started = time.perf_counter()
             markdown, width, height = await pool.run(
-                lambda: ocr_page(engine, page.image, figure_boxes=figure_boxes)
+                lambda: ocr_page(engine, page.image, figure_boxes=figure_boxes), request.receive
             )
             prompt_tokens = page.text_tokens + image_tokens(width, height)
             limit = completion_limit(page, prompt_tokens, max_model_len)
         except ApiError as exc:
             logger.info("chat completion refused: %s %s", exc.status, exc)
             return api_error_response(exc)
+        except ClientGone as exc:
+            logger.info("the client has gone: page %s", exc)
+            return Response(status_code=499)  # nobody reads it
         except Exception:
             logger.exception("OCR failed")
             return error_response(500, "InternalServerError", "OCR failed, see the server log")

@@ -39,10 +39,12 @@ What can go wrong, and how each request's fate is decided (:func:`decide`):
 - The context: ``max_tokens`` at or over ``max_model_len`` is refused with 400 (as vLLM
   0.30), and a prompt plus ``max_tokens`` over it is clamped: the reply ends ``length``
   where the context ends (:func:`ocrpipe.local.engine.completion_limit`).
-- ``slow_ms`` adds latency to every answered page; ``cold_seconds`` makes everything,
-  ``/health`` included, answer 503 for that long after start (cold requests use no attempt
-  number); ``batch_size`` K and ``service_time`` S mimic vLLM's continuous batching: at most
-  K pages are served at once, each takes S seconds, the others queue.
+- ``slow_ms`` adds latency to every answered page; ``cold_seconds``: the server does not
+  listen for that long after start (a connection is refused, as vLLM refuses them while its
+  model loads; it never answers 503 for it), then serves (:func:`main`,
+  :func:`serve_in_background`); ``batch_size`` K and ``service_time`` S mimic vLLM's
+  continuous batching: at most K pages are served at once, each takes S seconds, the others
+  queue.
 
 Streaming: a request with ``"stream": true`` gets its reply (a normal answer or a loop) as
 vLLM's Server-Sent Events (:func:`ocrpipe.local.engine.completion_events`), one token per
@@ -52,7 +54,7 @@ disconnects stops the stream at once, as vLLM aborts a request whose client has 
 tokens sent until then are what it cost. Non-streamed replies are answered as before.
 
 ``GET /stats`` returns the counts by outcome (``ok``, ``503``, ``429``, ``reset``, ``hang``,
-``abort``, ``error``, ``stream_error``, ``endless``, ``length``, ``cold``, ``invalid``,
+``abort``, ``error``, ``stream_error``, ``endless``, ``length``, ``invalid``,
 ``total``), ``streamed`` (streamed replies started),
 ``abandoned`` (streams the client left before the end), ``completion_tokens`` (tokens
 generated, for streams only those sent: with a rate R, ``completion_tokens / R`` is the GPU
@@ -119,7 +121,7 @@ logger = logging.getLogger(__name__)
 
 OUTCOMES = (
     "ok", "503", "429", "reset", "hang", "abort", "error", "stream_error", "endless", "length",
-    "cold", "invalid",
+    "invalid",
 )  # fmt: skip
 # Replies that go wrong after they started: (outcome, the FaultPlan field of its share).
 BROKEN_REPLIES = (("abort", "pabort"), ("error", "perror"), ("stream_error", "pstream_error"))
@@ -249,9 +251,6 @@ class _State:
     def restart(self) -> None:
         self.started = time.monotonic()
         self._batch = None  # a semaphore belongs to one event loop
-
-    def is_cold(self) -> bool:
-        return time.monotonic() - self.started < self.plan.cold_seconds
 
     def batch(self) -> asyncio.Semaphore:
         if self._batch is None:
@@ -404,15 +403,10 @@ def create_app(
     state = _State(plan)
     created = int(time.time())
 
-    def cold_response() -> Response:
-        return error_response(503, "ServiceUnavailableError", "the OCR server is starting")
-
     async def health(_: Request) -> Response:
-        return Response(status_code=503 if state.is_cold() else 200)
+        return Response(status_code=200)
 
     async def models(_: Request) -> Response:
-        if state.is_cold():
-            return cold_response()
         return JSONResponse(models_body(model_name, created, max_model_len))
 
     async def serve_page(reply: _Reply, prompt_tokens: int, limit: int) -> dict[str, Any]:
@@ -478,9 +472,6 @@ def create_app(
 
     async def chat_completions(request: Request) -> Response:
         state.count("total")
-        if state.is_cold():
-            state.count("cold")
-            return cold_response()
         try:
             page = parse_chat_request(await request.body(), model_name)
             info = _page_text(page)
@@ -545,8 +536,12 @@ def create_app(
 
 
 @contextlib.contextmanager
-def serve_in_background(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread on a free port; yields the base URL."""
+def serve_in_background(
+    app: Any, host: str = "127.0.0.1", *, cold_seconds: float = 0.0
+) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread on a free port; yields the base URL. With
+    ``cold_seconds`` the URL comes at once and the port refuses connections for that long
+    (bound, not listening), as vLLM's does while its model loads."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -554,16 +549,23 @@ def serve_in_background(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+
+    def serve() -> None:
+        time.sleep(cold_seconds)
+        if not server.should_exit:
+            server.run(sockets=[sock])
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        wait_until_ready(
-            lambda: bool(server.started),
-            what="uvicorn did not start",
-            timeout=30,
-            died=lambda: None if thread.is_alive() else "uvicorn's thread ended",
-            interval=0.01,
-        )
+        if not cold_seconds:  # a cold server refuses connections until it serves
+            wait_until_ready(
+                lambda: bool(server.started),
+                what="uvicorn did not start",
+                timeout=30,
+                died=lambda: None if thread.is_alive() else "uvicorn's thread ended",
+                interval=0.01,
+            )
         yield f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     finally:
         server.should_exit = True
@@ -615,7 +617,12 @@ def _parser() -> argparse.ArgumentParser:
         "--loop-always", action="store_true", help="looping pages loop at every temperature"
     )
     parser.add_argument("--slow-ms", type=int, default=0, help="latency added to every answer")
-    parser.add_argument("--cold-seconds", type=float, default=0.0, help="503 for this long")
+    parser.add_argument(
+        "--cold-seconds",
+        type=float,
+        default=0.0,
+        help="refuse connections for this long after start, as vLLM while it loads",
+    )
     parser.add_argument("--batch-size", type=int, default=0, help="pages served at once (0: any)")
     parser.add_argument("--service-time", type=float, default=0.0, help="seconds per page")
     parser.add_argument(
@@ -639,6 +646,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args["log_level"], service="ocr-faults")
     logger.info("fault plan: %s", plan)
     app = create_app(plan, model_name=args["model_name"])
+    if plan.cold_seconds:  # nothing listens meanwhile: connections are refused, as vLLM's
+        logger.info("cold start: not listening for %.0f s", plan.cold_seconds)
+        time.sleep(plan.cold_seconds)
     uvicorn.run(
         app,
         host=args["host"],

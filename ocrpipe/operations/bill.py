@@ -20,6 +20,10 @@ the seconds overlap. Two estimators, both over the pages with usage:
   x GPU instances. Right when every instance was busy with this batch, and only with it;
   idle gaps between pages are left out.
 
+A server that reports no usage (a page's ``prompt_tokens`` recorded as 0) would make the
+prompt total too low: those requests are counted at :data:`PROMPT_TOKENS_PER_REQUEST`, what
+vLLM counts for an A4 page, and the bill says how many tokens are such estimates.
+
 Neither counts a cold start (~1-2 min of billed GPU time before the first page) nor the idle
 minutes before Cloud Run removes an instance. Cost = GPU hours x the price of a GPU instance
 hour; per 1,000 pages divides by the pages with usage.
@@ -37,6 +41,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ocrpipe import naming
 from ocrpipe.operations.batch_status import DocumentObjects
 from ocrpipe.settings import Settings
+
+# The prompt of one request for an A4 page rendered at 1540 px, as vLLM 0.30 counts it for
+# LightOnOCR: 2,145 image tokens (ceil(1089/28) x ceil(1540/28)) and 12 of chat template.
+# Measured: bench/prompt_tokens.py, bench/results/prompt_tokens.json (which tests/test_bill.py
+# checks this against), docs/PERFORMANCE.md section 11 (Letter 2,377; receipt 837; slide
+# 1,717; sliver 397).
+PROMPT_TOKENS_PER_REQUEST = 2157
 
 
 class _Provenance(BaseModel):
@@ -189,7 +200,8 @@ class Bill:
     pages_done: int
     pages_failed: int
     pages_with_usage: int
-    prompt_tokens: int
+    prompt_tokens: int  # estimates included
+    prompt_tokens_estimated: int  # for requests whose server reported no usage
     completion_tokens: int
     ocr_seconds: float
     attempts: int
@@ -237,6 +249,7 @@ class Bill:
             },
             "usage": {
                 "prompt_tokens": self.prompt_tokens,
+                "prompt_tokens_estimated": self.prompt_tokens_estimated,
                 "completion_tokens": self.completion_tokens,
                 "ocr_seconds": round(self.ocr_seconds, 3),
                 "attempts": self.attempts,
@@ -289,6 +302,7 @@ def summarise(
     starts = [start for start, _ in intervals] + [p.end for p in pages if p.end is not None]
     ends = [p.end for p in pages if p.end is not None]
     ocr_seconds = sum(u.ocr_seconds for _, u in known)
+    estimated = sum(u.attempts * PROMPT_TOKENS_PER_REQUEST for _, u in known if not u.prompt_tokens)
     busy = union_length(intervals)
     instances = settings.gpu_instances
     concurrency = (settings.gpu_concurrent_requests or settings.ocr_max_in_flight) * instances
@@ -317,7 +331,8 @@ def summarise(
         pages_done=sum(1 for p in pages if p.state == "done"),
         pages_failed=sum(1 for p in pages if p.state != "done"),
         pages_with_usage=len(known),
-        prompt_tokens=sum(u.prompt_tokens for _, u in known),
+        prompt_tokens=sum(u.prompt_tokens for _, u in known) + estimated,
+        prompt_tokens_estimated=estimated,
         completion_tokens=sum(u.completion_tokens for _, u in known),
         ocr_seconds=ocr_seconds,
         attempts=sum(u.attempts for _, u in known),

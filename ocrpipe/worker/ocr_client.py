@@ -22,6 +22,9 @@ Two kinds of retry, after olmOCR's split:
   :attr:`OcrParams.malformed_attempts` times per page, then the page is rejected for good
   (``ocr_malformed_reply``): a server that answers garbage would otherwise burn GPU time
   until the budget ends, on every delivery.
+* The same HTTP 500 body for one page :data:`SAME_500_LIMIT` times in a row fails the page
+  for good (``ocr_http_500``): vLLM's 500 for an image it cannot take never changes. A 500
+  whose body changes is transport trouble like any other.
 * A repetition loop is not a result: :meth:`OcrClient.ocr_page` asks again one step up the
   temperature ladder (``Settings.ocr_temperatures``); after the last step the page is
   rejected for good (:class:`OcrRejected`, ``ocr_repetition_loop``). Replies are streamed
@@ -85,6 +88,8 @@ PROMPT_SIDE = 1540  # the longest side vLLM scales a LightOnOCR image to
 PROMPT_MARGIN = 32  # tokens of the chat template around the image
 MIN_ATTEMPT_SECONDS = 1.0  # no attempt starts with less time than this left
 MAX_BACKOFF_SECONDS = 30.0
+REFUSED_LOG_EVERY_S = 30.0  # a WARNING while the OCR server refuses connections
+SAME_500_LIMIT = 3  # the same 500 body this many times in a row: the page fails for good
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Not the page's fault: who may call the GPU service, or where it is, is misconfigured.
 CONFIGURATION_STATUS = frozenset({401, 403, 404})
@@ -186,6 +191,8 @@ class _PageAttempts:
     rule: RepetitionRule = DEFAULT_RULE  # when a reply runs past what this page holds
     requests: int = 0  # sent for this page, failed and looping ones included
     malformed: int = 0
+    last_500: str | None = None  # the body of the last answer, if it was a 500
+    same_500: int = 0  # answers in a row with that body
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -215,6 +222,8 @@ class OcrClient:
         self._sleep = sleep
         self._in_flight = asyncio.Semaphore(params.max_in_flight)
         self.stats = RetryStats()
+        self._refused_since: float | None = None  # the first of the refusals going on
+        self._refused_logged: float | None = None
 
     @classmethod
     def create(
@@ -228,6 +237,19 @@ class OcrClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def served_max_model_len(self, *, timeout: float) -> int | None:
+        """The context length vLLM serves this client's model with (``max_model_len`` of
+        its card in ``GET /v1/models``), or None if the server does not say. HTTP and
+        transport errors propagate; a missing credential raises :class:`OcrUnavailable`."""
+        headers = await self._auth_headers()
+        response = await self._http.get("/v1/models", headers=headers, timeout=timeout)
+        response.raise_for_status()
+        for card in response.json().get("data") or []:
+            if isinstance(card, dict) and card.get("id") == self._params.model:
+                value = card.get("max_model_len")
+                return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return None
 
     async def ocr_page(self, image: bytes, mime: str, *, deadline: float) -> OcrResult:
         """OCR one page image; ``deadline`` is a value of the client's clock.
@@ -398,7 +420,10 @@ class OcrClient:
                         timeout=timeout,
                         rule=page.rule,
                     )
+            self._answered()
         except CompletionRefused as exc:
+            self._answered()
+            self._same_500_again(exc.response, page)
             raise self._refusal(exc.response) from None
         except StreamErrorEvent as exc:
             page.prompt_tokens += exc.prompt_tokens or 0
@@ -420,6 +445,8 @@ class OcrClient:
             raise AttemptFailed(f"no complete answer within {timeout:.1f} s", cause=cause) from exc
         except httpx.TransportError as exc:
             self.stats.count("connection")
+            if isinstance(exc, httpx.ConnectError):
+                self._refused(exc)
             raise AttemptFailed(f"{type(exc).__name__}: {exc}", cause="connection") from exc
         if reply.finish_reason != FINISHED and reply.finish_reason not in LOOP_REASONS:
             raise self._broken(reply, page)
@@ -443,6 +470,51 @@ class OcrClient:
         return AttemptFailed(
             f"the reply ended with finish_reason {reason[:40]!r}, not 'stop'", cause=cause
         )
+
+    def _same_500_again(self, response: httpx.Response, page: _PageAttempts) -> None:
+        """The page fails for good once the server has answered it with the same 500 body
+        :data:`SAME_500_LIMIT` times in a row: vLLM's answer to an image it cannot take
+        (over PIL's pixel limit) never changes, and retrying it would only burn the budget
+        on every delivery until the message is dead-lettered."""
+        if response.status_code != 500:
+            page.last_500, page.same_500 = None, 0
+            return
+        body = response.text
+        page.same_500 = page.same_500 + 1 if body == page.last_500 else 1
+        page.last_500 = body
+        if page.same_500 >= SAME_500_LIMIT:
+            self.stats.count("500")
+            raise OcrRejected(
+                f"the OCR server answered this page {page.same_500} times with the same"
+                f" HTTP 500: {_snippet(response)}",
+                reason="ocr_http_500",
+            )
+
+    def _refused(self, exc: httpx.ConnectError) -> None:
+        """A connection refused: vLLM listens only once its model is loaded. Said at once,
+        then every :data:`REFUSED_LOG_EVERY_S` while it lasts, with how long it has."""
+        now = self._clock()
+        if self._refused_since is None:
+            self._refused_since = now
+        if self._refused_logged is None or now - self._refused_logged >= REFUSED_LOG_EVERY_S:
+            self._refused_logged = now
+            logger.warning(
+                "the OCR server at %s refuses connections (%s): not listening yet (a model"
+                " still loading) or down; waited %d s so far, retrying within the budget",
+                self._http.base_url,
+                exc,
+                now - self._refused_since,
+                extra={"reason": "ocr_connection_refused"},
+            )
+
+    def _answered(self) -> None:
+        """An HTTP answer: the server listens (again)."""
+        if self._refused_since is not None:
+            logger.info(
+                "the OCR server answers again after %d s of refused connections",
+                self._clock() - self._refused_since,
+            )
+            self._refused_since = self._refused_logged = None
 
     async def _auth_headers(self) -> dict[str, str]:
         if self._auth is None:
