@@ -38,8 +38,10 @@ from ocrpipe.testing.pdfs import WORDS
 # The id the worker sends and vLLM serves it under (--served-model-name), beside the real
 # model's: the tests never confuse the two.
 MODEL_ID = "ocrpipe/tiny-lightonocr"
-# LightOnOCR-2-1B's context length: what vLLM is started with (--max-model-len) in production.
-MAX_MODEL_LEN = 8192
+# The context vLLM serves the production default model with (--max-model-len), from its
+# entry in ocrpipe/models.json: 8192 for LightOnOCR-2-1B.
+_MODELS = json.loads((Path(__file__).resolve().parents[1] / "models.json").read_text())
+MAX_MODEL_LEN: int = _MODELS["models"][_MODELS["default"]]["max_model_len"]
 IMAGE_SIZE = 1540  # the longest side vLLM scales a page to (vision_config.image_size)
 PATCH_SIZE = 14
 SPATIAL_MERGE_SIZE = 2

