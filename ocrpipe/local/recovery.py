@@ -11,11 +11,16 @@ missing, for the current generation of every input:
 * a manifest and no current ``document.md``: every page with neither Markdown nor an error
   record is published again, from its page image (or its render failure record) in the
   work bucket. A page with neither (the split stopped before rendering it) means the split
-  is unfinished: the finalize event is sent again too, and the splitter publishes the
-  pages it had not published. The split leases of these documents are released first:
-  the attempts that held them stopped with the stack. A document whose pages all have a
-  result but whose ``document.md`` is missing or out of date gets its last page published
-  again: the worker finds it answered, and its completion check assembles the document.
+  is unfinished: the finalize event is sent again, and the resumed split publishes every
+  page outside a ``published`` range itself, so the recovery publishes only the pages
+  inside one (their messages were lost). The split leases of these documents are released
+  first: the attempts that held them stopped with the stack. A document whose pages all
+  have a result but whose ``document.md`` is missing or out of date, or whose
+  ``@latest.json`` does not record it (the stack stopped between assembly and
+  announcement), gets its last page published again: the worker finds it answered, and its
+  completion check assembles and announces the document;
+* an ``error.json`` (the input was rejected) that ``@latest.json`` does not record: the
+  rejection is announced, as the splitter would have.
 
 Duplicates are harmless (a page published twice is written once); every step is what
 ``ocrpipe retry --failed-only`` (:mod:`ocrpipe.operations.retry`) and a redelivered finalize event
@@ -31,13 +36,14 @@ from urllib.parse import quote
 
 import httpx
 
-from ocrpipe import naming, records
+from ocrpipe import announce, naming, notifications, records
+from ocrpipe.assemble import DIGEST_KEY
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.messages import PageMessage
 from ocrpipe.operations.status import assembly_stale
 from ocrpipe.pubsub import OutgoingMessage, Publisher, publish_batched
 from ocrpipe.settings import Settings
-from ocrpipe.storage import ObjectStore
+from ocrpipe.storage import ObjectInfo, ObjectStore
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class DocumentRecovery:
     refinalize: bool  # send its finalize event again
     messages: tuple[PageMessage, ...]  # pages to publish again
     leases: tuple[str, ...] = ()  # split leases to release (work bucket)
+    rejection: notifications.DocumentNotification | None = None  # to announce
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,16 @@ def plan_document(
     """What ``name`` (at ``generation``) needs, or ``None`` if it is finished."""
     doc = naming.DocumentRef(settings.input_bucket, name, generation)
     out = settings.output_bucket
-    if store.stat(out, naming.document_error_name(doc)) is not None:
-        return None
+    try:
+        error = store.read(out, naming.document_error_name(doc))
+    except ObjectMissing:
+        pass
+    else:
+        if announce.is_announced(doc, "failed", None, store, settings):
+            return None
+        reason = records.parse_error_reason(error)
+        note = notifications.rejected(doc, out, reason=reason)
+        return DocumentRecovery(name, refinalize=False, messages=(), rejection=note)
     work_names = [o.name for o in store.list(settings.work_bucket, naming.work_prefix(doc.doc_id))]
     work = naming.parse_work_listing(work_names, doc.doc_id)
     leases = tuple(naming.lease_name(doc.doc_id, number) for number in work.leases)
@@ -79,14 +94,31 @@ def plan_document(
     answered = set(listing.done) | set(listing.failed)
     missing = [n for n in range(1, count + 1) if n not in answered]
     if not missing:
-        if document is not None and not assembly_stale(document, listed, prefix, count):
+        failed = len(listing.failed)
+        current = document is not None and not assembly_stale(document, listed, prefix, count)
+        if current and document and _announced(store, settings, doc, document, count, failed):
             return None
-        missing = [count]  # only to make the worker assemble the document
-    messages = [m for n in missing if (m := _page_message(store, settings, doc, n, count, work))]
-    unrendered = len(messages) < len(missing)
-    return DocumentRecovery(
-        name, refinalize=unrendered, messages=tuple(messages), leases=leases if unrendered else ()
-    )
+        missing = [count]  # only to make the worker assemble (and announce) the document
+    found = {n: m for n in missing if (m := _page_message(store, settings, doc, n, count, work))}
+    if len(found) == len(missing):
+        return DocumentRecovery(name, refinalize=False, messages=tuple(found.values()))
+    # The resumed split publishes every page outside a published range: only the others.
+    messages = tuple(m for n, m in found.items() if n in work.published)
+    return DocumentRecovery(name, refinalize=True, messages=messages, leases=leases)
+
+
+def _announced(
+    store: ObjectStore,
+    settings: Settings,
+    doc: naming.DocumentRef,
+    document: ObjectInfo,
+    count: int,
+    failed: int,
+) -> bool:
+    """Whether @latest.json records the assembled ``document`` (or something newer)."""
+    state = notifications.terminal_state(count, failed)
+    _, latest = announce.read_latest(store, settings.output_bucket, doc.name)
+    return not announce.moves_forward(latest, doc, state, document.metadata.get(DIGEST_KEY))
 
 
 def recover_unfinished(
@@ -106,6 +138,9 @@ def recover_unfinished(
         for lease in plan.leases:
             store.delete(settings.work_bucket, lease)
     published = _publish(publisher, settings, messages)
+    for plan in plans:
+        if plan.rejection is not None:
+            announce.announce(plan.rejection, None, store, settings, publisher)
     refinalized = tuple(plan.name for plan in plans if plan.refinalize)
     for name in refinalized:
         refinalize(name)
