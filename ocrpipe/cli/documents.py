@@ -24,10 +24,11 @@ from ocrpipe.cli.common import (
 )
 from ocrpipe.cli.waiting import wait_batch, wait_for
 from ocrpipe.errors import RetryRefused
+from ocrpipe.listing import DocumentObjects
 from ocrpipe.operations import batch_views, views
 from ocrpipe.operations import get as results
 from ocrpipe.operations import submit as uploads
-from ocrpipe.operations.batch_status import DocumentObjects, batch_status, listing_prefix
+from ocrpipe.operations.batch_status import batch_status, listing_prefix
 from ocrpipe.operations.retry import plan_unfinished_pages, reprocess, requeue
 from ocrpipe.operations.status import document_status, invalid_messages, recent_documents
 from ocrpipe.pubsub import Publisher

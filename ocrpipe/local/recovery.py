@@ -37,10 +37,9 @@ from urllib.parse import quote
 import httpx
 
 from ocrpipe import announce, naming, notifications, records
-from ocrpipe.assemble import DIGEST_KEY
+from ocrpipe.assemble import DIGEST_KEY, assembly_stale
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.messages import PageMessage
-from ocrpipe.operations.status import assembly_stale
 from ocrpipe.pubsub import OutgoingMessage, Publisher, publish_batched
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo, ObjectStore

@@ -39,7 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ocrpipe import naming
-from ocrpipe.operations.batch_status import DocumentObjects
+from ocrpipe.listing import DocumentObjects
 from ocrpipe.settings import Settings
 
 # The prompt of one request for an A4 page rendered at 1540 px, as vLLM 0.30 counts it for
