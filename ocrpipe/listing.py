@@ -26,6 +26,7 @@ class DocumentObjects:
     name: str
     source: ObjectInfo | None  # the input object, None once it is deleted
     generations: Mapping[int, Mapping[str, ObjectInfo]]  # generation -> {object name: info}
+    latest: ObjectInfo | None = None  # its <key>/@latest.json
 
     @property
     def generation(self) -> int | None:
@@ -55,21 +56,24 @@ def scan_prefix(
     inputs = store.list(settings.input_bucket, prefix)
     outputs = store.list(settings.output_bucket, naming.key_prefix(prefix))
     by_key: dict[str, dict[int, dict[str, ObjectInfo]]] = {}
+    latest: dict[str, ObjectInfo] = {}
     for info in outputs:
         parts = naming.split_output_name(info.name)
         if parts is not None:
             key, generation, _ = parts
             by_key.setdefault(key, {}).setdefault(generation, {})[info.name] = info
+        elif info.name.endswith(naming.LATEST_SUFFIX):
+            latest[info.name.removesuffix(naming.LATEST_SUFFIX)] = info
     found: dict[str, DocumentObjects] = {}
     for source in inputs:
         key = naming.name_key(source.name)
         generations = by_key.pop(key, {})
         if wanted is None or source.name in wanted:
-            found[source.name] = DocumentObjects(source.name, source, generations)
+            found[source.name] = DocumentObjects(source.name, source, generations, latest.get(key))
     for key, generations in by_key.items():  # output whose input is gone
         name = naming.key_to_name(key)
         if name is None or not name.startswith(prefix) or name in found:
             continue
         if wanted is None or name in wanted:
-            found[name] = DocumentObjects(name, None, generations)
+            found[name] = DocumentObjects(name, None, generations, latest.get(key))
     return [found[name] for name in sorted(found)]

@@ -1,5 +1,6 @@
 """What a restarted local stack with its buckets on disk queues again (the emulator forgot
-every message): on the in-memory store, per state a document can be left in."""
+every message): on the in-memory store, per state a document can be left in. The
+reconciler's own rules (what is presumed lost when) are in tests/test_reconcile.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import Counter
 
 from ocrpipe import naming, records
 from ocrpipe.announce import read_latest
-from ocrpipe.local.recovery import plan_document, recover_unfinished
+from ocrpipe.local.recovery import recover_unfinished
 from ocrpipe.messages import PageMessage
 from ocrpipe.notifications import DocumentNotification
 from ocrpipe.settings import Settings
@@ -24,22 +25,43 @@ def make_input(store: MemoryStore, name: str) -> naming.DocumentRef:
 
 
 def make_split(
-    store: MemoryStore, name: str, *, pages: int = 4, rendered: int = 4, done: tuple[int, ...] = ()
+    store: MemoryStore,
+    name: str,
+    *,
+    pages: int = 4,
+    rendered: int = 4,
+    published: int | None = None,
+    done: tuple[int, ...] = (),
 ) -> naming.DocumentRef:
+    """A document split this far: ``rendered`` page images, pages 1..``published`` (default:
+    every page) recorded as published, the ``done`` pages with Markdown."""
     doc = make_input(store, name)
     store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
     for page in range(1, rendered + 1):
         store.put("work", naming.page_image_name(doc.doc_id, page, "png"), b"image")
+    published = pages if published is None else published
+    if published:
+        store.put("work", naming.published_marker_name(doc.doc_id, 1, published), b"")
     for page in done:
         store.put("out", naming.page_markdown_name(doc, page), b"# text")
     return doc
 
 
+def recover(store: MemoryStore) -> tuple[list[PageMessage], list[str]]:
+    """What the recovery publishes on the pages topic, and the inputs it re-finalizes."""
+    publisher = MemoryPublisher()
+    refinalized: list[str] = []
+    report = recover_unfinished(store, publisher, SETTINGS, refinalize=refinalized.append)
+    assert report.split == refinalized
+    sent = [PageMessage.decode(m.data) for t, m in publisher.published if t == SETTINGS.pages_topic]
+    assert report.requeued_pages == len(sent)
+    return sent, refinalized
+
+
 def test_an_input_never_split_gets_its_finalize_event_again() -> None:
     store = MemoryStore()
-    doc = make_input(store, "a.pdf")
-    plan = plan_document(store, SETTINGS, "a.pdf", doc.generation)
-    assert plan is not None and plan.refinalize and plan.messages == ()
+    make_input(store, "a.pdf")
+    assert recover(store) == ([], ["a.pdf"])
 
 
 def make_rejected(store: MemoryStore, name: str) -> naming.DocumentRef:
@@ -62,9 +84,10 @@ def test_a_rejected_input_and_a_finished_document_need_nothing() -> None:
     store = MemoryStore()
     rejected = make_rejected(store, "bad.pdf")
     store.put("out", naming.latest_name("bad.pdf"), latest_of(rejected, "failed"))
-    done = make_finished(store, "done.pdf")
-    assert plan_document(store, SETTINGS, "bad.pdf", rejected.generation) is None
-    assert plan_document(store, SETTINGS, "done.pdf", done.generation) is None
+    make_finished(store, "done.pdf")
+    publisher = MemoryPublisher()
+    report = recover_unfinished(store, publisher, SETTINGS, refinalize=lambda name: None)
+    assert report.repairs == [] and publisher.published == []
 
 
 def latest_of(doc: naming.DocumentRef, state: str) -> bytes:
@@ -116,26 +139,19 @@ def test_a_finished_document_whose_latest_json_does_not_record_it_is_announced()
 def test_pages_without_a_result_are_published_again_from_their_images() -> None:
     store = MemoryStore()
     doc = make_split(store, "half.pdf", done=(1, 3))
-    publisher = MemoryPublisher()
-    report = recover_unfinished(store, publisher, SETTINGS, refinalize=lambda name: None)
-    sent = [PageMessage.decode(m.data) for _, m in publisher.published]
-    assert [m.page for m in sent] == [2, 4]
+    sent, refinalized = recover(store)
+    assert [m.page for m in sent] == [2, 4] and refinalized == []
     assert sent[0].document == doc
     assert sent[0].image_uri == f"gs://work/{naming.page_image_name(doc.doc_id, 2, 'png')}"
-    assert report.requeued_pages == 2 and report.refinalized == ()
 
 
 def test_an_unfinished_split_is_resumed_and_its_published_pages_published_again() -> None:
     store = MemoryStore()
-    doc = make_split(store, "split.pdf", pages=4, rendered=2)
-    store.put("work", naming.published_marker_name(doc.doc_id, 1, 2), b"")
+    doc = make_split(store, "split.pdf", pages=4, rendered=2, published=2)
     lease = naming.lease_name(doc.doc_id, 1)
     store.put("work", lease, b'{"expires": 9e99}')  # held by an attempt that died
-    refinalized: list[str] = []
-    publisher = MemoryPublisher()
-    report = recover_unfinished(store, publisher, SETTINGS, refinalize=refinalized.append)
-    assert [PageMessage.decode(m.data).page for _, m in publisher.published] == [1, 2]
-    assert refinalized == ["split.pdf"] and report.refinalized == ("split.pdf",)
+    sent, refinalized = recover(store)
+    assert [m.page for m in sent] == [1, 2] and refinalized == ["split.pdf"]
     assert store.stat("work", lease) is None  # the resumed split is not locked out
 
 
@@ -158,7 +174,7 @@ def test_a_resumed_split_and_the_recovery_never_publish_one_page_twice() -> None
         split_document(doc, store, publisher, settings)
 
     report = recover_unfinished(store, publisher, settings, refinalize=resume_split)
-    assert report.refinalized == ("six.pdf",)
+    assert report.split == ["six.pdf"]
     published = Counter(
         PageMessage.decode(m.data).page for t, m in publisher.published if t == SETTINGS.pages_topic
     )
@@ -170,16 +186,13 @@ def test_a_page_that_failed_to_render_is_published_as_such() -> None:
     doc = make_split(store, "r.pdf", pages=2, rendered=1, done=(1,))
     record = records.render_failure_record("render_timeout", "page 2 took too long")
     store.put("work", naming.render_failure_name(doc.doc_id, 2), record)
-    plan = plan_document(store, SETTINGS, "r.pdf", doc.generation)
-    assert plan is not None and not plan.refinalize
-    (message,) = plan.messages
-    assert message.page == 2 and message.render_failure is not None
+    (message,), refinalized = recover(store)
+    assert message.page == 2 and message.render_failure is not None and refinalized == []
     assert message.render_failure.reason == "render_timeout"
 
 
 def test_every_page_answered_but_no_document_gets_one_page_to_assemble_it() -> None:
     store = MemoryStore()
-    doc = make_split(store, "whole.pdf", done=(1, 2, 3, 4))
-    plan = plan_document(store, SETTINGS, "whole.pdf", doc.generation)
-    assert plan is not None and not plan.refinalize
-    assert [m.page for m in plan.messages] == [4]
+    make_split(store, "whole.pdf", done=(1, 2, 3, 4))
+    sent, refinalized = recover(store)
+    assert [m.page for m in sent] == [4] and refinalized == []

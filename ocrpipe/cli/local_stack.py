@@ -110,9 +110,11 @@ def up(
         figures = " (figure boxes: each figure becomes a file)" if settings.ocr_figure_boxes else ""
         out.print(f"OCR model: {settings.ocr_model}{figures}", markup=False)
         if stack.recovery is not None:
+            recovery = stack.recovery
             out.print(
-                f"Buckets in {data_dir}: re-queued {stack.recovery.requeued_pages} pages and"
-                f" {len(stack.recovery.refinalized)} unsplit inputs.",
+                f"Buckets in {data_dir}: re-queued {recovery.requeued_pages} pages and"
+                f" {len(recovery.split)} unsplit inputs, announced"
+                f" {len(recovery.announced)} rejected inputs.",
                 markup=False,
             )
         out.print(

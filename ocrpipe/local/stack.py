@@ -47,7 +47,7 @@ from ocrpipe.storage import GcsStore
 from ocrpipe.topology import load_topology
 
 if TYPE_CHECKING:
-    from ocrpipe.local.recovery import RecoveryReport
+    from ocrpipe.splitter.reconcile import ReconcileReport
 
 PUBSUB_EMULATOR_CANDIDATES = (
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
@@ -151,7 +151,7 @@ class LocalStack:
     # {"worker": {"revoke": [{"bucket": "output", "permission": "storage.objects.list"}]}}
     iam_overrides: Mapping[str, Any] | None = None
     children: list[Child] = field(default_factory=list)
-    recovery: RecoveryReport | None = None  # what the last start re-queued (data_dir only)
+    recovery: ReconcileReport | None = None  # what the last start re-queued (data_dir only)
     _worker_socket: socket.socket | None = None
 
     def __post_init__(self) -> None:
@@ -370,7 +370,7 @@ class LocalStack:
         root.mkdir(parents=True, exist_ok=True)
         return ["-backend", "filesystem", "-filesystem-root", str(root)]
 
-    def recover(self) -> RecoveryReport:
+    def recover(self) -> ReconcileReport:
         """Re-queue what the buckets say is unfinished (after a restart with ``data_dir``):
         finalize events of inputs not split, page messages of pages without a result."""
         from ocrpipe.local.recovery import notification_sender, recover_unfinished

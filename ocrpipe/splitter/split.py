@@ -27,8 +27,9 @@ import logging
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -86,35 +87,65 @@ def split_document(
         return SplitOutcome(doc, "stale", reason="stale")
     try:
         _check_size(info.size, settings)
-        with tempfile.TemporaryDirectory(prefix="ocrpipe-split-") as tmp:
-            path = Path(tmp) / "input"
-            store.download(doc.bucket, doc.name, path, generation=doc.generation)
-            with path.open("rb") as handle:
-                head = handle.read(inputs.HEAD_BYTES)
-            if not head:
-                raise BadInput("the file is empty (0 bytes)", reason="empty_file")
-            kind = inputs.classify(doc.name, head)
-            with Renderer(
-                path,
-                kind,
-                processes=settings.render_processes,
-                longest_side=settings.render_longest_side,
-                dpi=settings.render_dpi,
-                limits=RenderLimits.from_settings(settings),
-            ) as renderer:
-                page_count = renderer.page_count()
-                _check_pages(page_count, kind, settings)
-                store.create(
-                    settings.output_bucket,
-                    naming.manifest_name(doc),
-                    records.manifest_record(doc, page_count),
-                    "application/json",
-                )
-                job = _Job(doc, page_count, renderer, store, publisher, settings)
-                return job.run(wall_clock, clock=clock, deadline=deadline, batch=batch_size)
+        with opened_input(doc, store, settings) as (renderer, kind):
+            page_count = renderer.page_count()
+            _check_pages(page_count, kind, settings)
+            store.create(
+                settings.output_bucket,
+                naming.manifest_name(doc),
+                records.manifest_record(doc, page_count),
+                "application/json",
+            )
+            job = _Job(doc, page_count, renderer, store, publisher, settings)
+            return job.run(wall_clock, clock=clock, deadline=deadline, batch=batch_size)
     except BadInput as exc:
         reject(doc, exc, store, publisher, settings)
         return SplitOutcome(doc, "rejected", reason=exc.reason)
+
+
+@contextmanager
+def opened_input(
+    doc: naming.DocumentRef, store: ObjectStore, settings: Settings
+) -> Iterator[tuple[Renderer, inputs.InputKind]]:
+    """``doc``'s input downloaded to a temporary file, with render processes open on it.
+    Raises :class:`BadInput` for an empty file or a kind ocrpipe does not read."""
+    with tempfile.TemporaryDirectory(prefix="ocrpipe-split-") as tmp:
+        path = Path(tmp) / "input"
+        store.download(doc.bucket, doc.name, path, generation=doc.generation)
+        with path.open("rb") as handle:
+            head = handle.read(inputs.HEAD_BYTES)
+        if not head:
+            raise BadInput("the file is empty (0 bytes)", reason="empty_file")
+        kind = inputs.classify(doc.name, head)
+        with Renderer(
+            path,
+            kind,
+            processes=settings.render_processes,
+            longest_side=settings.render_longest_side,
+            dpi=settings.render_dpi,
+            limits=RenderLimits.from_settings(settings),
+        ) as renderer:
+            yield renderer, kind
+
+
+def render_again(
+    doc: naming.DocumentRef,
+    pages: Sequence[int],
+    page_count: int,
+    store: ObjectStore,
+    settings: Settings,
+) -> list[OutgoingMessage]:
+    """Render ``pages`` of a document that was split before, whose images are gone from the
+    work bucket (deleted by its lifecycle while their messages waited): upload the images,
+    or record the pages that fail to render, and return their messages, in the order of
+    ``pages``, for the caller to publish (:mod:`ocrpipe.splitter.reconcile`). Raises
+    :class:`BadInput` if the input cannot be read any more."""
+    with opened_input(doc, store, settings) as (renderer, _):
+        job = _Job(doc, page_count, renderer, store, None, settings)
+        with _Uploads(store, settings.work_bucket) as uploads:
+            messages = [job.outcome_message(result, uploads) for result in renderer.render(pages)]
+            uploads.wait_all()
+    return messages
 
 
 def reject(
@@ -167,7 +198,7 @@ class _Job:
         page_count: int,
         renderer: Renderer,
         store: ObjectStore,
-        publisher: Publisher,
+        publisher: Publisher | None,
         settings: Settings,
     ) -> None:
         self.doc = doc
@@ -244,12 +275,8 @@ class _Job:
                     result = next(rendered)
                     assert result.page == page, (result.page, page)
                     if isinstance(result, PageFailure):
-                        self._record_failure(result)
                         failed.add(page)
-                        messages.append(self._failure_message(result))
-                    else:
-                        name = uploads.submit(self.doc.doc_id, result)
-                        messages.append(self._message(page, name))
+                    messages.append(self.outcome_message(result, uploads))
                 batch.append(page)
                 last = index + 1 == len(todo)
                 contiguous = not last and todo[index + 1] == page + 1
@@ -266,6 +293,16 @@ class _Job:
                         )
         return failed
 
+    def outcome_message(
+        self, result: RenderedPage | PageFailure, uploads: _Uploads
+    ) -> OutgoingMessage:
+        """A rendered page's image goes up (its message names it); a page that failed to
+        render is recorded as such (its message says so)."""
+        if isinstance(result, PageFailure):
+            self._record_failure(result)
+            return self._failure_message(result)
+        return self._message(result.page, uploads.submit(self.doc.doc_id, result))
+
     def _failure_message(self, failure: PageFailure) -> OutgoingMessage:
         message = PageMessage.failed_render(
             self.doc, failure.page, self.page_count, failure.reason, failure.message
@@ -281,6 +318,7 @@ class _Job:
     def _publish(self, batch: list[int], messages: list[OutgoingMessage]) -> None:
         self._fence()
         if messages:
+            assert self.publisher is not None
             self.publisher.publish_all(self.settings.pages_topic, messages)
             self.published += len(messages)
         marker = naming.published_marker_name(self.doc.doc_id, batch[0], batch[-1])
