@@ -56,8 +56,9 @@ PUBSUB_EMULATOR_CANDIDATES = (
 NOTIFICATIONS_TOPIC = load_topology().local_notifications_topic
 NOTIFICATIONS_SUBSCRIPTION = load_topology().local_notifications_subscription
 # Who calls the emulators, as ocrpipe/iam.json names them: the services, fake-gcs-server
-# publishing its notifications (the Cloud Storage service agent in production) and the
-# operator (the CLI, tests).
+# publishing its notifications (the Cloud Storage service agent in production), the
+# operator (the CLI, tests) and the reconciler (the restart's recovery, `ocrpipe reconcile
+# --local`).
 IDENTITIES = grant_identities()
 
 
@@ -372,18 +373,20 @@ class LocalStack:
 
     def recover(self) -> ReconcileReport:
         """Re-queue what the buckets say is unfinished (after a restart with ``data_dir``):
-        finalize events of inputs not split, page messages of pages without a result."""
+        the reconciler, as the ``reconciler`` identity; finalize notifications go again the
+        way fake-gcs-server sends them (past the proxies: GCS's own re-delivery)."""
         from ocrpipe.local.recovery import notification_sender, recover_unfinished
         from ocrpipe.pubsub import PubSubPublisher
 
-        admin = self.admin_settings
-        assert admin.storage_emulator_host is not None
-        store = GcsStore.connect(self.project, admin.storage_emulator_host)
-        publisher = PubSubPublisher.connect(self.project, admin.pubsub_emulator_host)
+        admin, own = self.admin_settings, self.settings_for("reconciler")
+        assert admin.storage_emulator_host is not None and own.storage_emulator_host
+        store = GcsStore.connect(self.project, own.storage_emulator_host)
+        publisher = PubSubPublisher.connect(self.project, own.pubsub_emulator_host)
+        gcs_publisher = PubSubPublisher.connect(self.project, admin.pubsub_emulator_host)
         resend = notification_sender(
-            publisher, admin.storage_emulator_host, admin.input_bucket, NOTIFICATIONS_TOPIC
+            gcs_publisher, admin.storage_emulator_host, admin.input_bucket, NOTIFICATIONS_TOPIC
         )
-        return recover_unfinished(store, publisher, admin, resend)
+        return recover_unfinished(store, publisher, own, resend)
 
     def _start_proxy(
         self,

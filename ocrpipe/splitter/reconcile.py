@@ -53,6 +53,7 @@ lost. A finished, announced document costs nothing beyond the listings.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -62,6 +63,7 @@ from ocrpipe import announce, naming, notifications, records
 from ocrpipe.assemble import DIGEST_KEY, assembly_stale
 from ocrpipe.errors import BadInput, ObjectMissing, RetryableError
 from ocrpipe.listing import DocumentObjects, scan_prefix
+from ocrpipe.logs import log_context
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
@@ -197,15 +199,15 @@ def reconcile(
         if repair is None or not repair.needed:
             continue
         report.repairs.append(repair)
-        if not dry_run:
-            _apply(repair, store, publisher, settings, policy, split_again, report, now)
-    logger.info(
-        "reconciled %d documents: %d to repair, %d pages published again, %d split",
-        report.documents,
-        len(report.repairs),
-        report.requeued_pages,
-        len(report.split),
-    )
+        with log_context(doc_id=repair.doc.doc_id):
+            logger.info(
+                "%s %s: %s",
+                "would put back" if dry_run else "putting back",
+                repair.doc.uri,
+                json.dumps(repair.as_dict()),
+            )
+            if not dry_run:
+                _apply(repair, store, publisher, settings, policy, split_again, report, now)
     return report
 
 
