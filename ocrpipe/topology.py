@@ -36,14 +36,16 @@ costs", has the prices):
   seek back a week and receive again what it acknowledged (after a worker deploy that
   acknowledged pages without writing them). Every published message is stored: about
   $0.02 a week per million pages.
-* ``page_image_retention_days`` = 40: page images must outlive every message that can name
+* ``page_image_retention_days`` = 45: page images must outlive every message that can name
   them, which may wait out the pages subscription, then the dead-letter subscription, and
-  be replayed (31 + 7 + 2 days, :attr:`Topology.image_needed_seconds`; a test checks it).
-  The reconciler rewrites an image in place before it republishes its page when the image
-  would expire sooner, and renders it again if it is gone. Images cost GCS storage: 120 KB
-  a text page, 475 KB a scanned one (docs/PERFORMANCE.md), so 40 days of a million text
-  pages (120 GB for 40 days, 160 GB-months) cost about $3.20 at $0.020 per GB-month,
-  scanned ones about $13: under 2 % of their OCR (about $650 per million pages on an L4).
+  be replayed (31 + 7 + 2 = 40 days, :attr:`Topology.image_needed_seconds`; a test checks
+  it), plus 5 days of slack: a page published again within 5 days of its split (after an
+  incident or a restart) keeps its image as it is. Later, the reconciler rewrites the image
+  in place before it publishes the page again (a server-side copy: its age starts again),
+  and renders it again if it is gone. Images cost GCS storage: 120 KB a text page, 475 KB a
+  scanned one (docs/PERFORMANCE.md), so 45 days of a million text pages (120 GB, 180
+  GB-months) cost about $3.60 at $0.020 per GB-month, scanned ones about $14: about 2 % of
+  their OCR (about $650 per million pages on an L4).
 
 The local stack keeps the same numbers except where the emulator refuses them: it keeps a
 subscription's messages for at most 7 days (ocrpipe/local/pubsub_admin.py).
