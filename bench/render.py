@@ -33,7 +33,7 @@ TARGET_SPEEDUP = 5.0
 
 
 def _render_pdfium(path: Path, processes: int) -> dict[str, Any]:
-    from ocrpipe.splitter.rendering.inputs import InputKind
+    from ocrpipe.file_kinds import InputKind
     from ocrpipe.splitter.rendering.page_decoders import RenderedPage
     from ocrpipe.splitter.rendering.renderer import Renderer
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from ocrpipe.errors import BadInput
-from ocrpipe.splitter.rendering.inputs import InputKind
+from ocrpipe.file_kinds import InputKind
 from ocrpipe.splitter.rendering.page_decoders import MIN_SHORT_SIDE, RenderedPage, page_scale
 from ocrpipe.splitter.rendering.renderer import Renderer
 from ocrpipe.testing import inputs

@@ -1,7 +1,7 @@
 """The splitter's core: one finalized input object in, page images and page messages out.
 
 An input is a PDF or an image (PNG, JPEG, TIFF, WebP), recognised by its content
-(:mod:`ocrpipe.splitter.rendering.inputs`). Input that cannot be processed gets ``error.json`` next
+(:mod:`ocrpipe.file_kinds`). Input that cannot be processed gets ``error.json`` next
 to where its output would be (:func:`ocrpipe.naming.document_error_name`) with a stable reason code,
 is announced as failed on the documents topic, and the event is acknowledged: it is never
 retried (unless the announcement could not be published).
@@ -34,14 +34,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ocrpipe import announce, naming, notifications, records
+from ocrpipe import announce, file_kinds, naming, notifications, records
 from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.logs import log_context
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import PUBLISH_BATCH, OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
 from ocrpipe.splitter import split_lease
-from ocrpipe.splitter.rendering import inputs
 from ocrpipe.splitter.rendering.page_decoders import RenderedPage
 from ocrpipe.splitter.rendering.renderer import PageFailure, Renderer, RenderLimits
 from ocrpipe.storage import ObjectStore
@@ -106,17 +105,17 @@ def split_document(
 @contextmanager
 def opened_input(
     doc: naming.DocumentRef, store: ObjectStore, settings: Settings
-) -> Iterator[tuple[Renderer, inputs.InputKind]]:
+) -> Iterator[tuple[Renderer, file_kinds.InputKind]]:
     """``doc``'s input downloaded to a temporary file, with render processes open on it.
     Raises :class:`BadInput` for an empty file or a kind ocrpipe does not read."""
     with tempfile.TemporaryDirectory(prefix="ocrpipe-split-") as tmp:
         path = Path(tmp) / "input"
         store.download(doc.bucket, doc.name, path, generation=doc.generation)
         with path.open("rb") as handle:
-            head = handle.read(inputs.HEAD_BYTES)
+            head = handle.read(file_kinds.HEAD_BYTES)
         if not head:
             raise BadInput("the file is empty (0 bytes)", reason="empty_file")
-        kind = inputs.classify(doc.name, head)
+        kind = file_kinds.classify(doc.name, head)
         with Renderer(
             path,
             kind,
@@ -180,9 +179,9 @@ def _check_size(size: int, settings: Settings) -> None:
         )
 
 
-def _check_pages(page_count: int, kind: inputs.InputKind, settings: Settings) -> None:
+def _check_pages(page_count: int, kind: file_kinds.InputKind, settings: Settings) -> None:
     if page_count > settings.max_pages:
-        what = "PDF" if kind is inputs.InputKind.PDF else "image"
+        what = "PDF" if kind is file_kinds.InputKind.PDF else "image"
         raise BadInput(
             f"the {what} has {page_count} pages, over the limit of {settings.max_pages}",
             reason="too_many_pages",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ocrpipe.errors import BadInput
-from ocrpipe.splitter.rendering.inputs import HEAD_BYTES, InputKind, webp_is_lossy
+from ocrpipe.file_kinds import HEAD_BYTES, InputKind, webp_is_lossy
 
 MIN_SHORT_SIDE = 16
 POINTS_PER_INCH = 72.0
