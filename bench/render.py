@@ -93,7 +93,7 @@ def _stages(path: Path, pages: int = 8) -> dict[str, Any]:
     import numpy as np
     import pypdfium2 as pdfium
 
-    from ocrpipe.splitter.rendering.page_decoders import page_scale
+    from ocrpipe.page_geometry import page_scale
 
     def png(image: Any) -> int:
         buffer = io.BytesIO()
