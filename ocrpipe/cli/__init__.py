@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import typer
 
-from ocrpipe.cli import dead_letters, documents, follow, local_stack, reconcile, report
+from ocrpipe.cli import dead_letters, documents, follow, local_stack, plan, reconcile, report
 from ocrpipe.cli.common import Clients, Exit
 
 __all__ = ["Clients", "Exit", "app"]
@@ -49,3 +49,4 @@ app.command()(documents.get)
 app.command()(report.report)
 app.command("follow")(follow.follow_documents)
 app.command("reconcile")(reconcile.reconcile_command)
+app.command()(plan.plan)
