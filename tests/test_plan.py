@@ -175,3 +175,6 @@ def test_the_command_refuses_what_is_not_there_and_what_cannot_be_processed(
     (tmp_path / "notes.docx").write_bytes(docx_like())
     nothing = CliRunner().invoke(cli.app, ["plan", str(tmp_path)])
     assert nothing.exit_code == 1
+    offline = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}
+    not_a_bucket = CliRunner().invoke(cli.app, ["plan", "gs://"], env=offline)
+    assert not_a_bucket.exit_code == 2 and "is not gs://BUCKET" in not_a_bucket.output

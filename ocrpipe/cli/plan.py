@@ -21,6 +21,7 @@ from ocrpipe.cli.common import (
 )
 from ocrpipe.cli.report import batch_bill
 from ocrpipe.operations import views
+from ocrpipe.operations.backfill import NotABucketPath
 from ocrpipe.operations.bill import CostModel
 from ocrpipe.operations.plan import (
     DAY_S,
@@ -104,9 +105,13 @@ def plan(
                 raise typer.Exit(Exit.USAGE) from None
             for uri in buckets:
                 assert store is not None
-                for found in bucket_files(store, uri, settings):
-                    files.append(found)
-                    status.update(f"counting pages: {len(files)} files")
+                try:
+                    for found in bucket_files(store, uri, settings):
+                        files.append(found)
+                        status.update(f"counting pages: {len(files)} files")
+                except NotABucketPath as exc:
+                    err.print(Text(str(exc), style="red"))
+                    raise typer.Exit(Exit.USAGE) from None
     result = make_plan(files, model)
     if as_json:
         views.print_json(out, result.as_dict())

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ocrpipe import file_kinds, naming
+from ocrpipe import file_kinds
 from ocrpipe.errors import BadInput, OcrpipeError
+from ocrpipe.operations import backfill
 from ocrpipe.operations.bill import CostModel
 from ocrpipe.operations.submit import collect
 from ocrpipe.page_geometry import MAX_ASPECT, planned_image_tokens
@@ -175,17 +176,15 @@ def _local_opener(path: Path) -> Opener:
 
 
 def bucket_files(store: ObjectStore, uri: str, settings: Settings) -> Iterator[FileCount]:
-    """Count the objects under ``gs://BUCKET/PREFIX`` (read in ranges, never downloaded)."""
-    bucket, prefix = naming.split_uri(uri)
-    for info in store.list(bucket, prefix):
-        if info.name.endswith("/"):
-            continue  # a folder placeholder
-        where = naming.object_uri(bucket, info.name)
-        opener = _bucket_opener(store, bucket, info.name, info.generation)
+    """Count the objects ``submit gs://BUCKET/PREFIX`` would submit (hidden ones and folder
+    placeholders skipped), read in ranges, never downloaded."""
+    for remote in backfill.find(store, [uri]):
+        info = remote.source
+        opener = _bucket_opener(store, remote.bucket, info.name, info.generation)
         try:
-            yield count_file(where, info.size, opener, settings)
+            yield count_file(remote.uri, info.size, opener, settings)
         except OcrpipeError as exc:  # vanished or unreadable between the listing and the read
-            yield FileCount(where, info.size, rejected="unreadable", why=exc.message)
+            yield FileCount(remote.uri, info.size, rejected="unreadable", why=exc.message)
 
 
 def _bucket_opener(store: ObjectStore, bucket: str, name: str, generation: int) -> Opener:
