@@ -37,7 +37,8 @@ a page whose result exists is not OCR'd again.
 Work on a document happens under its split lease (:mod:`ocrpipe.splitter.split_lease`), so
 the reconciler never publishes alongside a live split attempt nor another reconciler run;
 the work bucket is listed again under the lease, so a page one run republished is not
-republished by the next.
+republished by the next. :data:`DOCUMENTS_AT_ONCE` documents are worked on at a time (the
+work is mostly waiting on GCS).
 
 Why this is the splitter's: putting a page back is what the splitter does (render it, upload
 its image, record it in the work bucket, publish its message) with the splitter's code,
@@ -57,6 +58,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ocrpipe import announce, naming, notifications, records
@@ -75,6 +77,7 @@ from ocrpipe.topology import Topology, load_topology
 logger = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 100
+DOCUMENTS_AT_ONCE = 8  # documents planned and put back at once (bench/backlog.py)
 DAY_S = 86400
 EVENTARC_RETRY_S = DAY_S  # Eventarc retries a failed event for 24 h, then drops it
 SPLIT_LOST_MARGIN_S = 3600.0
@@ -119,6 +122,9 @@ class Repair:
     split: bool = False  # never split, or split unfinished and abandoned
     assemble: bool = False  # every page answered: have the worker assemble and announce
     rejection: notifications.DocumentNotification | None = None  # to announce
+    # What the plan saw: the document's output objects and its split leases' numbers.
+    seen: Mapping[str, ObjectInfo] = field(default_factory=dict, repr=False, compare=False)
+    leases: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def needed(self) -> bool:
@@ -147,6 +153,8 @@ class Skipped:
 
 @dataclass
 class ReconcileReport:
+    """What a run found and did; each document's part is merged in (:meth:`add`)."""
+
     documents: int = 0  # inputs looked at
     repairs: list[Repair] = field(default_factory=list)  # found (and done, unless a dry run)
     skipped: list[Skipped] = field(default_factory=list)  # found, left for the next run
@@ -156,6 +164,15 @@ class ReconcileReport:
     split: list[str] = field(default_factory=list)  # inputs split (again)
     announced: list[str] = field(default_factory=list)  # rejections announced
     dry_run: bool = False
+
+    def add(self, other: ReconcileReport) -> None:
+        self.repairs += other.repairs
+        self.skipped += other.skipped
+        self.requeued_pages += other.requeued_pages
+        self.rendered += other.rendered
+        self.refreshed += other.refreshed
+        self.split += other.split
+        self.announced += other.announced
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -186,19 +203,19 @@ def reconcile(
     back. ``split_again`` defaults to splitting in this process (:func:`split_here`)."""
     policy = policy or Policy.default()
     split_again = split_again or split_here(store, publisher, settings)
-    report = ReconcileReport(dry_run=dry_run)
-    for document in scan_prefix(store, settings, prefix):
-        if document.source is None:
-            continue  # the input is gone: its pages are dropped as stale, nothing to finish
-        report.documents += 1
+    # An input that is gone needs nothing: its pages are dropped as stale.
+    documents = [d for d in scan_prefix(store, settings, prefix) if d.source is not None]
+
+    def one(document: DocumentObjects) -> ReconcileReport:
+        found = ReconcileReport(dry_run=dry_run)
         try:
             repair = plan(store, settings, document, policy, now())
         except RetryableError as exc:
-            report.skipped.append(Skipped(document.name, exc.message))
-            continue
+            found.skipped.append(Skipped(document.name, exc.message))
+            return found
         if repair is None or not repair.needed:
-            continue
-        report.repairs.append(repair)
+            return found
+        found.repairs.append(repair)
         with log_context(doc_id=repair.doc.doc_id):
             logger.info(
                 "%s %s: %s",
@@ -207,7 +224,14 @@ def reconcile(
                 json.dumps(repair.as_dict()),
             )
             if not dry_run:
-                _apply(repair, store, publisher, settings, policy, split_again, report, now)
+                _apply(repair, store, publisher, settings, policy, split_again, found, now)
+        return found
+
+    report = ReconcileReport(documents=len(documents), dry_run=dry_run)
+    # Documents are independent and their work is mostly waiting on GCS: a few at a time.
+    with ThreadPoolExecutor(DOCUMENTS_AT_ONCE, thread_name_prefix="reconcile") as pool:
+        for found in pool.map(one, documents):
+            report.add(found)
     return report
 
 
@@ -280,7 +304,7 @@ def plan_pages(
             digest = document.metadata.get(DIGEST_KEY)
             if announce.is_announced(doc, state, digest, store, settings):
                 return None
-        return Repair(doc.name, doc, count, assemble=True)
+        return Repair(doc.name, doc, count, assemble=True, seen=objects, leases=work.leases)
     lost = [n for n in missing if n in sent and sent[n] <= lost_before]
     unpublished = [n for n in missing if n not in sent]
     alive = max([manifest.updated, *sent.values()])
@@ -292,7 +316,10 @@ def plan_pages(
         for n in lost
         if n in work.images and _expires_too_soon(images[work.images[n]], now)
     )
-    return Repair(doc.name, doc, count, tuple(lost), rerender, refresh, split=split)
+    return Repair(
+        doc.name, doc, count, tuple(lost), rerender, refresh, split=split, seen=objects,
+        leases=work.leases,
+    )  # fmt: skip
 
 
 def _finished_and_announced(
@@ -394,8 +421,8 @@ def _requeue(
     listing of the work bucket (another run may have published them meanwhile)."""
     doc, work_bucket = repair.doc, settings.work_bucket
     assert repair.page_count is not None
-    listed = store.list(work_bucket, naming.work_prefix(doc.doc_id))
-    state = naming.parse_work_listing([o.name for o in listed], doc.doc_id)
+    leases = () if policy.release_leases else repair.leases
+    state = naming.WorkState({}, frozenset(), leases)
     ttl = settings.split_budget_s + settings.render_page_timeout_s + LEASE_MARGIN_S
     try:
         lease = split_lease.acquire_lease(
@@ -405,13 +432,13 @@ def _requeue(
         report.skipped.append(Skipped(doc.name, exc.message))
         return
     try:
-        out = settings.output_bucket
-        prefix = naming.pages_prefix(doc)
-        objects = {o.name: o for o in store.list(out, naming.output_prefix(doc))}
-        results = [o for name, o in objects.items() if name.startswith(prefix)]
+        # Listed again under the lease: what another run published meanwhile is dated now.
         listed = store.list(work_bucket, naming.work_prefix(doc.doc_id))
+        results = [
+            o for name, o in repair.seen.items() if name.startswith(naming.pages_prefix(doc))
+        ]
         fresh = plan_pages(
-            store, settings, doc, repair.page_count, results, objects, listed,
+            store, settings, doc, repair.page_count, results, repair.seen, listed,
             Policy(policy.lost_after_s, policy.split_lost_after_s, release_leases=True), now(),
         )  # fmt: skip
         if fresh is not None and (fresh.pages or fresh.assemble):
