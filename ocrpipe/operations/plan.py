@@ -88,13 +88,7 @@ def count_file(name: str, size: int, opener: Opener, settings: Settings) -> File
     """Count one file's pages, or say why the splitter would reject it."""
     found = FileCount(name, size)
     try:
-        if size == 0:
-            raise BadInput("the file is empty (0 bytes)", reason="empty_file")
-        if size > settings.max_input_bytes:
-            raise BadInput(
-                f"{size} bytes, over the limit of {settings.max_input_bytes}",
-                reason="file_too_large",
-            )
+        file_kinds.check_size(size, settings.max_input_bytes)
         with opener() as handle:
             head = handle.read(file_kinds.HEAD_BYTES)
             kind = file_kinds.classify(name, head)

@@ -85,7 +85,7 @@ def split_document(
         logger.info("input superseded or deleted; nothing to do", extra={"reason": "stale"})
         return SplitOutcome(doc, "stale", reason="stale")
     try:
-        _check_size(info.size, settings)
+        file_kinds.check_size(info.size, settings.max_input_bytes)
         with opened_input(doc, store, settings) as (renderer, kind):
             page_count = renderer.page_count()
             _check_pages(page_count, kind, settings)
@@ -167,16 +167,6 @@ def reject(
     if not announce.is_announced(doc, "failed", None, store, settings):
         note = notifications.rejected(doc, settings.output_bucket, reason=exc.reason)
         announce.announce(note, None, store, settings, publisher)
-
-
-def _check_size(size: int, settings: Settings) -> None:
-    if size == 0:
-        raise BadInput("the file is empty (0 bytes)", reason="empty_file")
-    if size > settings.max_input_bytes:
-        raise BadInput(
-            f"the file is {size} bytes, over the limit of {settings.max_input_bytes} bytes",
-            reason="file_too_large",
-        )
 
 
 def _check_pages(page_count: int, kind: file_kinds.InputKind, settings: Settings) -> None:
