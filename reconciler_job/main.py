@@ -4,8 +4,10 @@ Run as ``python -m reconciler_job.main [--prefix P] [--lost-after SECONDS] [--dr
 (the worker's image: it is the whole ocrpipe distribution). This module only reads its
 arguments and settings, builds the real clients, and calls
 :func:`ocrpipe.splitter.reconcile.reconcile`; the summary goes to Cloud Logging as one JSON
-line. Exit 0 when everything found was put back, 1 when something was left for the next
-run (a split holding a document, an input that cannot be read), 2 on bad arguments.
+line, and one WARNING line per document left for the next run (a split holding it, an input
+that cannot be read). Exit 0 when the run completed, whatever it found: a document left for
+the next run is normal, and a failed execution would be retried at once (max_retries);
+trouble with GCS or Pub/Sub raises, which fails the execution; 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(report.skipped),
         " (dry run)" if args.dry_run else "",
     )
-    return 1 if report.skipped else 0
+    for skipped in report.skipped:
+        logger.warning("left for the next run: %s: %s", skipped.name, skipped.why)
+    return 0
 
 
 if __name__ == "__main__":
