@@ -200,7 +200,9 @@ def _backfill(store: GcsStore, settings: Settings, calls: _Calls, count: int) ->
                          io.BytesIO(data), "application/pdf")  # fmt: skip
         calls.reset()
         started = time.perf_counter()
-        uploaded = uploads.submit(store, settings.input_bucket, uploads.collect([root], "up/"))
+        uploaded = uploads.submit(
+            store, settings.input_bucket, uploads.collect([root], "up/").files
+        )
         upload_s, upload_wire = time.perf_counter() - started, calls.wire
     calls.reset()
     started = time.perf_counter()
