@@ -72,11 +72,14 @@ class StatusWatch:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def observe(self) -> None:
+        for name in self.names:
+            state = document_status(self.store, self.settings, name).state
+            self.seen.append((time.time(), name, state))
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            for name in self.names:
-                state = document_status(self.store, self.settings, name).state
-                self.seen.append((time.time(), name, state))
+            self.observe()
             self._stop.wait(0.3)
 
 
@@ -169,6 +172,7 @@ def run_batch_and_drop_midway(
         print(f"{tag}: {at_drop} page results at the drop; reconcile: {report}")
         for name in names:
             assert wait_until_finished(store, settings, name, timeout=300).state == "done"
+    watch.observe()  # what a user asking now is told (the thread may not have asked since)
     return names, watch, report
 
 
