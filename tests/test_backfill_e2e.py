@@ -8,7 +8,6 @@ reads it with their own rights), so this stack runs without the IAM proxies."""
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ocrpipe import cli
-from ocrpipe.local.stack import LocalStack, free_ports
+from ocrpipe.local.stack import LocalStack, fault_stack
 from ocrpipe.operations.status import document_status
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
@@ -28,11 +27,7 @@ PAGES = {"scans/2024/a.pdf": 3, "scans/2024/b.pdf": 2, "scans/c.pdf": 1}
 
 @pytest.fixture(scope="module")
 def raw_stack() -> Iterator[LocalStack]:
-    ports = free_ports()
-    command = [sys.executable, "-m", "ocrpipe.local.faults", "--host", "127.0.0.1",
-               "--port", str(ports.ocr), "--log-level", "warning"]  # fmt: skip
-    with LocalStack(ports=ports, ocr_command=command, iam=False,
-                    bucket_suffix=f"-{uuid.uuid4().hex[:6]}") as stack:  # fmt: skip
+    with fault_stack(iam=False) as stack:  # an OCR server that answers at once
         yield stack
 
 

@@ -8,10 +8,8 @@ images deleted too (their retention ran out): the reconciler renders them again.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from google.protobuf import timestamp_pb2
 from typer.testing import CliRunner
 
 from ocrpipe import cli, naming
-from ocrpipe.local.stack import LocalStack, free_ports
+from ocrpipe.local.stack import LocalStack, fault_stack
 from ocrpipe.operations.status import document_status
 from ocrpipe.pubsub import subscriber_client
 from ocrpipe.settings import Settings
@@ -43,13 +41,8 @@ def slow_stack(tmp_path: Path) -> Iterator[LocalStack]:
     """Its OCR server serves 2 pages at a time, 1 s each, and 2 deliveries are open at a
     time: a batch lasts long enough, and most of it waits in the subscription, to drop its
     messages halfway."""
-    ports = free_ports()
-    command = [sys.executable, "-m", "ocrpipe.local.faults", "--host", "127.0.0.1",
-               "--port", str(ports.ocr), "--log-level", "warning",
-               "--batch-size", "2", "--service-time", "1"]  # fmt: skip
-    with LocalStack(ports=ports, ocr_command=command, bucket_suffix=f"-{uuid.uuid4().hex[:6]}",
-                    log_dir=tmp_path / "logs", gcs_log_level="info",
-                    overrides={"local_delivery_max_in_flight": 2}) as stack:  # fmt: skip
+    with fault_stack("--batch-size", "2", "--service-time", "1", log_dir=tmp_path / "logs",
+                     overrides={"local_delivery_max_in_flight": 2}) as stack:  # fmt: skip
         yield stack
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from ocrpipe import naming, records
-from ocrpipe.local.stack import LocalStack, free_ports
+from ocrpipe.local.stack import LocalStack, fault_stack
 from ocrpipe.storage import GcsStore
 
 pytestmark = pytest.mark.e2e
@@ -23,11 +23,7 @@ pytestmark = pytest.mark.e2e
 def paused_stack() -> Iterator[LocalStack]:
     """A stack without its splitter (the test lays out a split document itself) and with its
     deliveries paused (what the job publishes stays in the subscription)."""
-    ports = free_ports()
-    command = [sys.executable, "-m", "ocrpipe.local.faults", "--host", "127.0.0.1",
-               "--port", str(ports.ocr), "--log-level", "warning"]  # fmt: skip
-    with LocalStack(ports=ports, ocr_command=command,
-                    bucket_suffix=f"-{uuid.uuid4().hex[:6]}") as stack:  # fmt: skip
+    with fault_stack() as stack:
         stack.kill("splitter")
         stack.pause_delivery()
         yield stack
