@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import say, target
+from ocrpipe.page_geometry import MAX_ASPECT, MIN_SHORT_SIDE
 from ocrpipe.settings import Settings
-from ocrpipe.splitter.rendering.page_decoders import MAX_ASPECT, MIN_SHORT_SIDE, RenderedPage
+from ocrpipe.splitter.rendering.page_decoders import RenderedPage
 from ocrpipe.testing import inputs
 
 TOKEN_PX = 28
@@ -81,7 +82,7 @@ def image_before(width: int, height: int, longest_side: int) -> tuple[int, int]:
 
 def rendered(data: bytes, kind: str, longest_side: int, dpi: float) -> tuple[int, int]:
     """The size of the page image the splitter's Renderer makes of ``data``."""
-    from ocrpipe.splitter.rendering.inputs import InputKind
+    from ocrpipe.file_kinds import InputKind
     from ocrpipe.splitter.rendering.renderer import Renderer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -79,7 +79,7 @@ CHAT = "/v1/chat/completions"
 
 def chaos_pages(documents: int) -> list[bytes]:
     """The chaos test's page images, rendered as the splitter renders them."""
-    from ocrpipe.splitter.rendering.inputs import InputKind
+    from ocrpipe.file_kinds import InputKind
     from ocrpipe.splitter.rendering.page_decoders import RenderedPage
     from ocrpipe.splitter.rendering.renderer import Renderer
 

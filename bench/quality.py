@@ -70,8 +70,8 @@ def summarize(scores: list[dict[str, int]]) -> dict[str, float]:
 
 
 def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
+    from ocrpipe.file_kinds import InputKind
     from ocrpipe.local.engine import RapidOcrEngine, ocr_page
-    from ocrpipe.splitter.rendering.inputs import InputKind
     from ocrpipe.splitter.rendering.page_decoders import RenderedPage
     from ocrpipe.splitter.rendering.renderer import Renderer
 

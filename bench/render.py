@@ -33,7 +33,7 @@ TARGET_SPEEDUP = 5.0
 
 
 def _render_pdfium(path: Path, processes: int) -> dict[str, Any]:
-    from ocrpipe.splitter.rendering.inputs import InputKind
+    from ocrpipe.file_kinds import InputKind
     from ocrpipe.splitter.rendering.page_decoders import RenderedPage
     from ocrpipe.splitter.rendering.renderer import Renderer
 
@@ -93,7 +93,7 @@ def _stages(path: Path, pages: int = 8) -> dict[str, Any]:
     import numpy as np
     import pypdfium2 as pdfium
 
-    from ocrpipe.splitter.rendering.page_decoders import page_scale
+    from ocrpipe.page_geometry import page_scale
 
     def png(image: Any) -> int:
         buffer = io.BytesIO()

@@ -37,6 +37,8 @@ BENCHMARKS = {
     "status_scale": "Status of a batch: time, list calls and reads for 2,000 documents",
     "worker_memory": "Worker peak memory with its in-flight limit of the largest pages",
     "prompt_tokens": "Prompt tokens per page kind, counted by vLLM's real server (CPU build)",
+    "backlog": "A backlog at scale: reconciler, submit gs:// and plan gs:// on fake-gcs-server",
+    "plan_vs_report": "ocrpipe plan's estimate against ocrpipe report on the same local batch",
 }
 
 Runner = Callable[[bool], tuple[dict[str, Any], dict[str, Any], str]]

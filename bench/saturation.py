@@ -75,7 +75,7 @@ def page_request() -> bytes:
 
     import pypdfium2 as pdfium
 
-    from ocrpipe.splitter.rendering.page_decoders import page_scale
+    from ocrpipe.page_geometry import page_scale
 
     document = pdfium.PdfDocument(text_pdf(1, seed=5)[0])
     try:

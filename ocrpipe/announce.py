@@ -41,11 +41,14 @@ from ocrpipe.naming import DocumentRef
 from ocrpipe.notifications import DocumentNotification
 from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
-from ocrpipe.storage import ObjectStore
+from ocrpipe.storage import ObjectInfo, ObjectStore
 
 logger = logging.getLogger(__name__)
 
 LATEST_ROUNDS = 8  # lost races on latest.json before giving up (and retrying)
+# latest.json's custom metadata: the input generation it records, so that a listing says
+# whether a finished document is announced without reading each record (the reconciler).
+RECORDED_GENERATION_KEY = "ocrpipe-recorded-generation"
 
 
 class Outcome(enum.Enum):
@@ -91,6 +94,17 @@ def moves_forward(
     if doc.generation != latest.generation:
         return doc.generation > latest.generation
     return not records_document(latest, doc, state, digest)
+
+
+def announced_after(latest: ObjectInfo | None, doc: DocumentRef, result: ObjectInfo) -> bool:
+    """Whether the listing alone shows ``doc`` announced: latest.json (``latest``, as
+    listed) records its generation and was written after ``result`` (its document.md or
+    error.json) was. False means "read latest.json to know" (:func:`is_announced`)."""
+    return (
+        latest is not None
+        and latest.metadata.get(RECORDED_GENERATION_KEY) == str(doc.generation)
+        and latest.updated >= result.updated
+    )
 
 
 def is_announced(
@@ -157,7 +171,12 @@ def advance_latest(
         if is_current is not None and not is_current():
             return False  # a newer document.md: its own announcement records it
         written = store.write(
-            bucket, name, record, "application/json", if_generation_match=object_generation
+            bucket,
+            name,
+            record,
+            "application/json",
+            if_generation_match=object_generation,
+            metadata={RECORDED_GENERATION_KEY: str(doc.generation)},
         )
         if written is not None:
             return True

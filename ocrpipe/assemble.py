@@ -27,10 +27,12 @@ that lands later changes the digest, and the worker builds the document again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ocrpipe import naming
 from ocrpipe.naming import PageResult
+from ocrpipe.storage import ObjectInfo
 
 DIGEST_KEY = "ocrpipe-pages-digest"  # document.md's metadata: the results it is built from
 DOCUMENT_GENERATION_KEY = "ocrpipe-document-generation"  # document.json's: what it describes
@@ -106,3 +108,19 @@ def results_digest(results: Mapping[int, PageResult]) -> str:
 
 def _page(result: PageResult) -> int:
     return result.page
+
+
+def assembly_stale(
+    document: ObjectInfo | None, objects: Iterable[ObjectInfo], pages_prefix: str, page_count: int
+) -> bool:
+    """True if ``document`` (document.md) exists and was built from other page results than
+    those in ``objects``. A document assembled before digests were kept counts as current."""
+    if document is None:
+        return False
+    built_from = document.metadata.get(DIGEST_KEY)
+    if built_from is None:
+        return False
+    results = naming.page_results(
+        [(info.name, info.generation) for info in objects], pages_prefix, page_count
+    )
+    return built_from != results_digest(results)

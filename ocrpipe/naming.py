@@ -48,6 +48,7 @@ _SHORTENED = "%~"
 _IMAGE = re.compile(r"^(\d+)\.(png|jpg)$")
 _FAILED = re.compile(r"^(\d+)\.failed\.json$")
 _PUBLISHED = re.compile(r"^published-(\d+)-(\d+)$")
+_REPUBLISHED = re.compile(r"^republished-(\d+)-(\d+)-\d+$")
 _LEASE = re.compile(r"^lease-(\d+)$")
 _PAGE_MD = re.compile(r"^(\d+)\.md$")
 _PAGE_ERR = re.compile(r"^(\d+)\.error\.json$")
@@ -178,9 +179,12 @@ def output_prefix(doc: DocumentRef) -> str:
     return f"{document_prefix(doc.name)}{doc.generation}/"
 
 
+LATEST_SUFFIX = "/@latest.json"
+
+
 def latest_name(name: str) -> str:
     """``<key>/@latest.json``: the newest finished generation of input ``name``."""
-    return f"{name_key(name)}/@latest.json"
+    return f"{name_key(name)}{LATEST_SUFFIX}"
 
 
 def manifest_name(doc: DocumentRef) -> str:
@@ -275,6 +279,28 @@ def render_failure_name(doc_id: str, page: int) -> str:
 def published_marker_name(doc_id: str, first: int, last: int) -> str:
     """Pages ``first..last`` were published (work bucket; created once)."""
     return f"{work_prefix(doc_id)}published-{first:0{PAGE_DIGITS}d}-{last:0{PAGE_DIGITS}d}"
+
+
+def republished_marker_name(doc_id: str, first: int, last: int, stamp_ms: int) -> str:
+    """Pages ``first..last`` were published again by the reconciler at ``stamp_ms`` (work
+    bucket; one per batch and run, so a page's messages can be dated)."""
+    pages = f"{first:0{PAGE_DIGITS}d}-{last:0{PAGE_DIGITS}d}"
+    return f"{work_prefix(doc_id)}republished-{pages}-{stamp_ms}"
+
+
+def publish_times(objects: Iterable[tuple[str, float]], doc_id: str) -> dict[int, float]:
+    """Page -> when its newest message was published, from ``(name, time)`` pairs of the
+    work bucket's ``published-`` and ``republished-`` markers (their creation times)."""
+    prefix = work_prefix(doc_id)
+    times: dict[int, float] = {}
+    for name, when in objects:
+        base = name[len(prefix) :] if name.startswith(prefix) else ""
+        match = _PUBLISHED.match(base) or _REPUBLISHED.match(base)
+        if match is None:
+            continue
+        for page in range(int(match.group(1)), int(match.group(2)) + 1):
+            times[page] = max(when, times.get(page, when))
+    return times
 
 
 def first_attempt_name(doc_id: str) -> str:

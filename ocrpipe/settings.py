@@ -194,6 +194,20 @@ class Settings(BaseSettings):
     gpu_instances: int = Field(
         1, ge=1, description="GPU instances that served the batch being reported on."
     )
+    gpu_pages_per_second: float = Field(
+        0.6,
+        gt=0,
+        description="Pages one GPU instance OCRs per second with a full batch, for `ocrpipe"
+        " plan`: LightOnOCR-2-1B on one L4 with 32 requests in flight (a community figure;"
+        " 5.71 on an H100 is LightOn's). `ocrpipe plan --calibrate PREFIX` measures it on a"
+        " finished batch instead.",
+    )
+    plan_completion_tokens: int = Field(
+        1000,
+        gt=0,
+        description="Completion tokens `ocrpipe plan` expects per page (about a dense page of"
+        " text), unless measured on a finished batch (--calibrate).",
+    )
     gpu_concurrent_requests: int | None = Field(
         None,
         gt=0,

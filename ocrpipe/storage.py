@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from ocrpipe import naming
 from ocrpipe.errors import AccessDenied, ObjectMissing, StorageRejected, StorageUnavailable
@@ -113,6 +114,19 @@ class ObjectStore(Protocol):
         """Copy ``name`` onto itself if it is still at ``generation``: a new generation with
         the same bytes (and a new finalize event). The new generation, or None if the
         object changed or vanished meanwhile."""
+        ...
+
+    def copy(
+        self, source_bucket: str, source_name: str, source_generation: int, bucket: str, name: str
+    ) -> int:
+        """Copy one generation of an object to ``bucket``/``name`` (or over it) without the
+        bytes passing through this machine; returns the new generation. Content type and
+        custom metadata go along. Raises :class:`ObjectMissing` if the source is gone."""
+        ...
+
+    def open_reader(self, bucket: str, name: str, generation: int) -> IO[bytes]:
+        """A seekable reader of one generation of an object that fetches only the ranges
+        read (a PDF's page count needs its trailer and page tree, not its images)."""
         ...
 
 
@@ -268,6 +282,62 @@ class GcsStore:
         except (gexc.PreconditionFailed, ObjectMissing):
             return None
         return int(target.generation)
+
+    def copy(
+        self, source_bucket: str, source_name: str, source_generation: int, bucket: str, name: str
+    ) -> int:
+        source = self._client.bucket(source_bucket).blob(source_name, generation=source_generation)
+        target = self._client.bucket(bucket).blob(name)
+        with _translated(source_bucket, source_name):  # large objects take several calls
+            token, _, _ = target.rewrite(source)
+            while token is not None:
+                token, _, _ = target.rewrite(source, token=token)
+        return int(target.generation)
+
+    def open_reader(self, bucket: str, name: str, generation: int) -> IO[bytes]:
+        blob = self._client.bucket(bucket).blob(name, generation=generation)
+        with _translated(bucket, name):
+            blob.reload()  # the size, so that seeking from the end needs no request
+            reader = blob.open("rb", chunk_size=READ_CHUNK_BYTES)
+        return cast(IO[bytes], _TranslatingReader(reader, bucket, name))
+
+
+READ_CHUNK_BYTES = 64 * 1024  # what a ranged reader fetches at a time (bench/backlog.py)
+
+
+class _TranslatingReader(io.BufferedIOBase):
+    """A reader whose storage errors are ours (:func:`_translated`), wrapping the client
+    library's ranged ``BlobReader``."""
+
+    def __init__(self, inner: Any, bucket: str, name: str) -> None:
+        super().__init__()
+        self._inner = inner
+        self._where = (bucket, name)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        with _translated(*self._where):
+            data: bytes = self._inner.read(-1 if size is None else size)
+            return data
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with _translated(*self._where):
+            return int(self._inner.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._inner.tell())
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
 
 
 def _info(blob: Any) -> ObjectInfo:

@@ -9,6 +9,7 @@
 #
 #   worker    invokes the GPU service
 #   trigger   Eventarc's identity ("eventarc" in iam.json): the only invoker of the splitter
+#   scheduler Cloud Scheduler's identity: may only start the reconciler job (reconciler.tf)
 #   gpu       nothing: the model is in the image
 #   push      the identity Pub/Sub's OIDC token names; the only invoker of the worker
 #   builder   Cloud Build identity for the splitter's source build
@@ -27,6 +28,7 @@ locals {
   iam_members = {
     splitter    = [google_service_account.splitter.member]
     worker      = [google_service_account.worker.member]
+    reconciler  = [google_service_account.reconciler.member]
     eventarc    = [google_service_account.trigger.member]
     "gcs-agent" = ["serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"]
     operator    = var.operators
@@ -82,6 +84,16 @@ resource "google_service_account" "splitter" {
 resource "google_service_account" "worker" {
   account_id   = local.iam.identities.worker.service_account
   display_name = local.iam.identities.worker.display_name
+}
+
+resource "google_service_account" "reconciler" {
+  account_id   = local.iam.identities.reconciler.service_account
+  display_name = local.iam.identities.reconciler.display_name
+}
+
+resource "google_service_account" "scheduler" {
+  account_id   = "ocrpipe-scheduler"
+  display_name = "ocrpipe reconciler schedule"
 }
 
 resource "google_service_account" "gpu" {

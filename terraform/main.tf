@@ -45,6 +45,8 @@ locals {
     # Every service resolves the same entry of the model table: the splitter its page
     # size, the worker whether figures come with boxes.
     OCRPIPE_OCR_MODEL = local.gpu_model
+    # `ocrpipe plan` and `report` size the batch by the GPU instances deployed.
+    OCRPIPE_GPU_INSTANCES = tostring(var.gpu_max_instances)
   }
 
   splitter_env = merge(local.common_env, {

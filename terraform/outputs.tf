@@ -65,3 +65,8 @@ output "monitoring" {
     notification_channels = local.notification_channels
   }
 }
+
+output "reconciler_job" {
+  description = "The reconciler job: `gcloud run jobs execute NAME --region REGION --wait` runs it now."
+  value       = google_cloud_run_v2_job.reconciler.name
+}

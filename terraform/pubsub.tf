@@ -6,6 +6,11 @@ resource "google_pubsub_topic" "pages" {
   name   = local.topology.pages_topic
   labels = local.labels
 
+  # Lets the push subscription seek back this far and receive again what it acknowledged
+  # (docs/OPERATIONS.md, "A bad worker deploy"); retention in topology.json, chosen with the
+  # subscriptions' and the page images' (ocrpipe/topology.py).
+  message_retention_duration = "${local.topology.pages_topic_retention_seconds}s"
+
   depends_on = [google_project_service.apis]
 }
 
@@ -73,7 +78,7 @@ resource "google_pubsub_subscription" "dead_letter_pull" {
   labels = local.labels
 
   ack_deadline_seconds       = local.topology.dead_letter_ack_deadline_seconds
-  message_retention_duration = "${local.topology.message_retention_seconds}s"
+  message_retention_duration = "${local.topology.dead_letter_retention_seconds}s"
 
   expiration_policy {
     ttl = ""

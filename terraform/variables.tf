@@ -70,6 +70,18 @@ variable "splitter" {
   description = "Splitter function size. 4Gi holds the input file in /tmp (memory-backed) next to render_processes render processes capped at OCRPIPE_RENDER_MEMORY_MB (1 GiB) each. Pages render in render_processes processes (pypdfium2 is not thread-safe), so give it as many CPUs; one event per instance."
 }
 
+variable "reconciler" {
+  type = object({
+    schedule         = optional(string, "0 */6 * * *")
+    timeout          = optional(string, "86400s")
+    cpu              = optional(string, "2")
+    memory           = optional(string, "4Gi")
+    render_processes = optional(number, 2)
+  })
+  default     = {}
+  description = "The reconciler job (reconciler.tf): how often it runs (cron, UTC) and its size. Every 6 h a lost page waits at most 6 h after Pub/Sub dropped it; each run lists the buckets once (cheap) and reads only unfinished documents old enough for a message to be lost. Memory and render_processes as the splitter's: it renders pages whose images expired."
+}
+
 variable "worker_max_instances" {
   type        = number
   default     = 3
@@ -269,7 +281,7 @@ variable "gpu_compile_mode" {
 variable "operators" {
   type        = list(string)
   default     = []
-  description = "Members (user:, group: or serviceAccount:) who run the ocrpipe CLI against this deployment: submit, status, wait, get, retry, dlq list/replay. Each gets exactly the \"operator\" grants of ocrpipe/iam.json (docs/DEPLOY.md, \"Who may do what\")."
+  description = "Members (user:, group: or serviceAccount:) who run the ocrpipe CLI against this deployment: submit, status, wait, get, retry, dlq list/replay, plan. Each gets exactly the \"operator\" grants of ocrpipe/iam.json (docs/DEPLOY.md, \"Who may do what\"), and may start the reconciler job or act as its account for `ocrpipe reconcile` (reconciler.tf)."
 
   validation {
     condition     = alltrue([for m in var.operators : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):", m))])

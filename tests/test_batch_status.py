@@ -8,7 +8,8 @@ import math
 import pytest
 
 from ocrpipe import naming, records
-from ocrpipe.operations.batch_status import batch_status, scan_prefix, verdict, wait_for_batch
+from ocrpipe.listing import scan_prefix
+from ocrpipe.operations.batch_status import batch_status, verdict, wait_for_batch
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo
 from ocrpipe.testing.clock import FakeClock

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from ocrpipe import naming
+from ocrpipe.listing import scan_prefix
 from ocrpipe.operations import bill
-from ocrpipe.operations.batch_status import scan_prefix
 from ocrpipe.settings import Settings
 from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.memory import MemoryStore

@@ -86,7 +86,8 @@ def test_the_contract_imports_no_role() -> None:
 
 
 @pytest.mark.parametrize(
-    ("deployable", "role"), [("ocr_worker", "worker"), ("splitter_fn", "splitter")]
+    ("deployable", "role"),
+    [("ocr_worker", "worker"), ("splitter_fn", "splitter"), ("reconciler_job", "splitter")],
 )
 def test_a_deployable_imports_only_its_role(deployable: str, role: str) -> None:
     assert crossings(sorted((REPO / deployable).glob("*.py")), {CONTRACT, role}) == []

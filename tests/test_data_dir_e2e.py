@@ -73,7 +73,7 @@ def test_a_restarted_stack_finishes_the_batch_once(tmp_path: Path) -> None:
         assert second.recovery is not None
         print(f"restart: {done_at_stop} pages done at the stop; recovery {second.recovery}")
         assert second.recovery.requeued_pages > 0
-        assert names[-1] in second.recovery.refinalized
+        assert names[-1] in second.recovery.split
         settings = second.settings
         store = GcsStore.connect(second.project, settings.storage_emulator_host)
         for name in names:

@@ -27,7 +27,7 @@ BUCKETS = ("input", "work", "output")
 COLUMNS = ("identity", "input", "work", "output", "pubsub")
 # The row of each identity of iam.json, by the words its first cell starts with.
 ROWS = {"splitter": "splitter", "worker": "worker", "eventarc": "Eventarc trigger",
-        "operator": "operators"}  # fmt: skip
+        "operator": "operators", "reconciler": "reconciler"}  # fmt: skip
 PUBSUB_ROLES = {"roles/pubsub.publisher": "publisher", "roles/pubsub.subscriber": "subscriber"}
 
 

@@ -141,6 +141,7 @@ def expected_usage(stack: LocalStack) -> dict[str, list[str]]:
             f"storage.objects.get on {out}/objects/*",
             f"storage.objects.list on {out}",
         ]),
+        "reconciler": [],  # only on a restart with --data-dir, or `ocrpipe reconcile`
     }  # fmt: skip
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ocrpipe.errors import BadInput
-from ocrpipe.splitter.rendering.inputs import InputKind, classify, sniff, webp_is_lossy
+from ocrpipe.file_kinds import InputKind, classify, sniff, webp_is_lossy
 from ocrpipe.testing.inputs import docx_like, image_bytes, text_image
 from ocrpipe.testing.pdfs import text_pdf
 

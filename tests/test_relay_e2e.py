@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from ocrpipe.local.pubsub_admin import local_retention
 from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.pubsub import subscriber_client
 from ocrpipe.storage import GcsStore
@@ -72,4 +73,5 @@ def test_local_delivery_differs_from_production_only_by_push(batching_stack: Loc
     assert policy.dead_letter_topic.endswith(f"/topics/{topology.dead_letter_topic}")
     assert policy.max_delivery_attempts == topology.max_delivery_attempts
     retention = current.message_retention_duration.total_seconds()
-    assert retention == topology.message_retention_seconds
+    # The emulator keeps at most 7 days (production 31): the one clamped number.
+    assert retention == local_retention(topology.message_retention_seconds)

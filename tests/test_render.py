@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from ocrpipe.errors import BadInput
-from ocrpipe.splitter.rendering.inputs import InputKind
-from ocrpipe.splitter.rendering.page_decoders import MIN_SHORT_SIDE, RenderedPage, page_scale
+from ocrpipe.file_kinds import InputKind
+from ocrpipe.page_geometry import MIN_SHORT_SIDE, page_scale
+from ocrpipe.splitter.rendering.page_decoders import RenderedPage
 from ocrpipe.splitter.rendering.renderer import Renderer
 from ocrpipe.testing import inputs
 from ocrpipe.testing.pdfs import text_pdf

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from ocrpipe.errors import BadInput
+from ocrpipe.file_kinds import InputKind
+from ocrpipe.page_geometry import image_scale
 from ocrpipe.settings import Settings
-from ocrpipe.splitter.rendering.inputs import InputKind
-from ocrpipe.splitter.rendering.page_decoders import RenderedPage, image_scale
+from ocrpipe.splitter.rendering.page_decoders import RenderedPage
 from ocrpipe.splitter.rendering.renderer import PageFailure, Renderer, RenderLimits
 from ocrpipe.testing import inputs as make
 

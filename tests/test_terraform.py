@@ -18,6 +18,7 @@ from ocrpipe.settings import Settings
 from ocrpipe.topology import TOPOLOGY_FILE
 from tests.terraform import TERRAFORM, load_terraform
 
+REPO = TERRAFORM.parent
 EXPECTED_FILES = {
     "versions.tf", "variables.tf", "outputs.tf", "main.tf", "apis.tf", "storage.tf",
     "pubsub.tf", "iam.tf", "functions.tf", "worker.tf", "gpu.tf", "monitoring.tf",
@@ -378,3 +379,62 @@ def test_env_vars_output_gives_the_cli_its_settings(tf: dict[str, Any]) -> None:
 def test_documents_topic_comes_from_the_topology(tf: dict[str, Any]) -> None:
     topic = tf["resource"]["google_pubsub_topic"]["documents"]
     assert topic["name"] == "${local.topology.documents_topic}"
+
+
+# --- the reconciler ------------------------------------------------------------------------
+
+
+def test_the_reconciler_job_runs_the_worker_image_as_its_own_account(tf: dict[str, Any]) -> None:
+    job = res(tf, "google_cloud_run_v2_job", "reconciler")
+    task = job["template"][0]["template"][0]
+    assert task["service_account"] == "${google_service_account.reconciler.email}"
+    container = task["containers"][0]
+    assert container["image"] == "${var.worker_image}"
+    assert container["command"] == ["python", "-m", "reconciler_job.main"]
+    assert (REPO / "reconciler_job" / "main.py").is_file()
+    assert "local.common_env" in tf["locals"]["reconciler_env"]
+    sa = res(tf, "google_service_account", "reconciler")
+    assert sa["account_id"] == "${local.iam.identities.reconciler.service_account}"
+
+
+def test_the_scheduler_starts_the_job_and_nothing_else(tf: dict[str, Any]) -> None:
+    schedule = res(tf, "google_cloud_scheduler_job", "reconciler")
+    assert schedule["schedule"] == "${var.reconciler.schedule}"
+    target = schedule["http_target"][0]
+    assert target["http_method"] == "POST"
+    assert target["uri"] == (
+        "https://run.googleapis.com/v2/${google_cloud_run_v2_job.reconciler.id}:run"
+    )
+    token = target["oauth_token"][0]
+    assert token["service_account_email"] == "${google_service_account.scheduler.email}"
+    invokers = {
+        body["member"]
+        for body in all_resources(tf, "google_cloud_run_v2_job_iam_member")
+        if body["role"] == "roles/run.invoker"
+    }
+    assert invokers == {"${google_service_account.scheduler.member}", "${each.value}"}
+    operators = res(tf, "google_cloud_run_v2_job_iam_member", "operators_run_reconciler")
+    assert operators["for_each"] == "${toset(var.operators)}"
+    # The scheduler's account holds nothing else.
+    for rtype, named in tf["resource"].items():
+        if rtype.endswith("_iam_member"):
+            for name, body in named.items():
+                if body.get("member") == "${google_service_account.scheduler.member}":
+                    assert name == "scheduler_runs_reconciler", (rtype, name)
+    assert "cloudscheduler.googleapis.com" in tf["locals"]["apis"]
+
+
+def test_the_reconciler_never_writes_a_result_and_the_operator_never_an_image() -> None:
+    authz = Authorizer.from_grants(Settings(output_bucket="out", work_bucket="work"))
+    out, work = "projects/_/buckets/out", "projects/_/buckets/work"
+    for name in ("pages/00001.md", "pages/00001.error.json", "document.md", "document.json"):
+        assert not authz.check(
+            "reconciler", "storage.objects.create", f"{out}/objects/a.pdf/@1/{name}"
+        ).allowed
+    for name in ("a.pdf/@1/manifest.json", "a.pdf/@1/error.json", "a.pdf/@latest.json"):
+        assert authz.check("reconciler", "storage.objects.create", f"{out}/objects/{name}").allowed
+    assert authz.check("reconciler", "storage.objects.list", out, list_prefix="").allowed
+    image = f"{work}/objects/pages/d1/00001.png"
+    for permission in ("storage.objects.create", "storage.objects.delete"):  # rewrite in place
+        assert authz.check("reconciler", permission, image).allowed
+        assert not authz.check("operator", permission, image).allowed

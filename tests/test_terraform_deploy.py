@@ -41,6 +41,31 @@ def test_page_images_outlive_every_message_that_can_name_them(tf: dict[str, Any]
     assert rule["condition"][0]["age"] == "${local.topology.page_image_retention_days}"
     age_s = load_topology().page_image_retention_days * DAY_S
     assert age_s >= pages_s + dead_s + DAY_S, (age_s, pages_s, dead_s)
+    # The reconciler refreshes an image it republishes by the same rule.
+    assert age_s >= load_topology().image_needed_seconds
+
+
+def test_retentions_are_chosen_in_one_place(tf: dict[str, Any]) -> None:
+    """Topic, subscriptions and page images: every retention terraform deploys is one of
+    topology.json's, the numbers docs/OPERATIONS.md prices together."""
+    topic = tf["resource"]["google_pubsub_topic"]["pages"]
+    assert topology_seconds(topic["message_retention_duration"]) == (
+        load_topology().pages_topic_retention_seconds
+    )
+    subs = tf["resource"]["google_pubsub_subscription"]
+    assert subs["pages_push"]["message_retention_duration"] == (
+        "${local.topology.message_retention_seconds}s"
+    )
+    assert subs["dead_letter_pull"]["message_retention_duration"] == (
+        "${local.topology.dead_letter_retention_seconds}s"
+    )
+    # Pub/Sub's bounds: 10 minutes to 31 days for subscriptions and topics.
+    for seconds in (
+        load_topology().message_retention_seconds,
+        load_topology().dead_letter_retention_seconds,
+        load_topology().pages_topic_retention_seconds,
+    ):
+        assert 600 <= seconds <= 31 * DAY_S
 
 
 # --- the splitter's build --------------------------------------------------------------------

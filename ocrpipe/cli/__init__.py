@@ -11,8 +11,8 @@ Exit codes of every command:
 * 1: a document failed (for `wait`: or ended partial, unless `--allow-partial`) or is
   unknown, nothing is under `--prefix`, `submit` could not submit a file, `get` found a
   document without Markdown (or could not write one), `report` found no finished document
-  (or an unknown name), a retry was refused, a replay could not publish, or Google Cloud
-  answered with an error.
+  (or an unknown name), a retry was refused, a replay could not publish, `reconcile` could
+  not put a document back now, or Google Cloud answered with an error.
 * 2: usage or configuration error (bad arguments or settings, no credentials).
 * 3: `wait` or `submit --wait` timed out before every document finished; `follow --count`
   timed out before that many documents.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import typer
 
-from ocrpipe.cli import dead_letters, documents, follow, local_stack, report
+from ocrpipe.cli import dead_letters, documents, follow, local_stack, plan, reconcile, report
 from ocrpipe.cli.common import Clients, Exit
 
 __all__ = ["Clients", "Exit", "app"]
@@ -48,3 +48,5 @@ app.command()(local_stack.demo)
 app.command()(documents.get)
 app.command()(report.report)
 app.command("follow")(follow.follow_documents)
+app.command("reconcile")(reconcile.reconcile_command)
+app.command()(plan.plan)

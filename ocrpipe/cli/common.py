@@ -22,6 +22,9 @@ from ocrpipe.storage import GcsStore, ObjectStore
 
 LOCAL_ENV_FILE = Path(".ocrpipe/local.env")  # the operator's settings (this CLI)
 LOCAL_OWNER_ENV_FILE = Path(".ocrpipe/owner.env")  # the project owner's (``follow --local``)
+# The reconciler's (`ocrpipe reconcile --local`), as an operator impersonates the reconciler's
+# service account in production.
+RECONCILER_ENV_FILE = Path(".ocrpipe/reconciler.env")
 LOCAL_USAGE_FILE = Path(".ocrpipe/iam-usage.txt")  # where the running stack records decisions
 
 

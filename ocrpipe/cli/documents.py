@@ -11,6 +11,7 @@ import typer
 from rich.text import Text
 
 from ocrpipe import naming
+from ocrpipe.cli.backfill import copy_from_buckets
 from ocrpipe.cli.common import (
     Clients,
     Exit,
@@ -24,10 +25,11 @@ from ocrpipe.cli.common import (
 )
 from ocrpipe.cli.waiting import wait_batch, wait_for
 from ocrpipe.errors import RetryRefused
+from ocrpipe.listing import DocumentObjects
 from ocrpipe.operations import batch_views, views
 from ocrpipe.operations import get as results
 from ocrpipe.operations import submit as uploads
-from ocrpipe.operations.batch_status import DocumentObjects, batch_status, listing_prefix
+from ocrpipe.operations.batch_status import batch_status, listing_prefix
 from ocrpipe.operations.retry import plan_unfinished_pages, reprocess, requeue
 from ocrpipe.operations.status import document_status, invalid_messages, recent_documents
 from ocrpipe.pubsub import Publisher
@@ -38,9 +40,10 @@ from ocrpipe.storage import ObjectStore
 def submit(
     ctx: typer.Context,
     files: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
-            exists=True, help="Files, and folders (walked recursively, hidden files skipped)."
+            help="Files, and folders (walked recursively, hidden files skipped), or"
+            " gs://BUCKET/PREFIX: objects already in GCS, copied by GCS, never downloaded."
         ),
     ],
     prefix: Annotated[str, typer.Option(help="Name prefix inside the input bucket.")] = "",
@@ -67,17 +70,26 @@ def submit(
     local: LocalOpt = False,
 ) -> None:
     """Upload files, and folders, to the input bucket; each file becomes a document named
-    PREFIX + its file name, or + its path inside the folder given. A file whose bytes are
+    PREFIX + its file name, or + its path inside the folder given. gs://BUCKET/PREFIX enters
+    objects already in a bucket: GCS copies each into the input bucket, named PREFIX + its
+    name after the source's last `/` (end a folder with `/`). A file whose bytes are
     already in the bucket under that name is skipped (unless --force). With --wait and
     several files, one progress bar follows the whole batch.
 
     Every file is checked before the first upload: it must open for reading and its name
     must be one GCS accepts (UTF-8, no line break, at most 1024 bytes). What is skipped is
     listed with the reason and the rest is uploaded; exit 1 if a file could not be
-    submitted (a symbolic link not followed, or a FIFO, is not a failure)."""
+    submitted (a symbolic link not followed, or a FIFO, is not a failure), or an object
+    could not be copied (it changed since it was listed)."""
     settings = load_settings(local)
+    buckets = [f for f in files if f.startswith("gs://")]
+    paths = [Path(f) for f in files if not f.startswith("gs://")]
+    if missing := [str(p) for p in paths if not p.exists()]:
+        line = f"No such file or folder: {', '.join(missing)}"
+        err.print(Text(views.printable(line), style="red"))
+        raise typer.Exit(Exit.USAGE)
     try:
-        collected = uploads.collect(files, prefix, follow_symlinks=follow_symlinks)
+        collected = uploads.collect(paths, prefix, follow_symlinks=follow_symlinks)
     except uploads.DuplicateName as exc:
         err.print(Text(views.printable(f"Two files would get the same name: {exc}"), style="red"))
         raise typer.Exit(Exit.USAGE) from None
@@ -85,13 +97,21 @@ def submit(
         line = f"skipped {skipped.path}: {skipped.why}"
         err.print(Text(views.printable(line), style="red" if skipped.problem else "yellow"))
     problems = [s for s in collected.skipped if s.problem]
-    if not collected.files:
+    if not collected.files and not buckets:
         err.print("No files to submit (hidden files are skipped).", style="red")
         raise typer.Exit(Exit.USAGE)
     with cloud_errors():
         store = clients(ctx).store(settings)
-        report = _upload(store, settings, collected.files, force=force, dry_run=dry_run)
-        names = report.names
+        names: list[str] = []
+        not_submitted = len(problems)
+        if collected.files:
+            report = _upload(store, settings, collected.files, force=force, dry_run=dry_run)
+            names += report.names
+            not_submitted += len(report.failed)
+        if buckets:
+            copied = copy_from_buckets(store, settings, buckets, prefix, force, dry_run)
+            names += copied.names
+            not_submitted += len(copied.failed)
         code = Exit.OK
         if wait_ and not dry_run and names:
             if len(names) == 1:
@@ -99,7 +119,6 @@ def submit(
             else:
                 prefix_ = listing_prefix(names)
                 code = wait_batch(store, settings, prefix_, names, timeout, allow_partial)
-    not_submitted = len(problems) + len(report.failed)
     if not_submitted:
         err.print(Text(f"{not_submitted} file(s) not submitted (listed above)", style="red"))
     raise typer.Exit(code or (Exit.FAILED if not_submitted else Exit.OK))

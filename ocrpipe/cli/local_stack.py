@@ -16,6 +16,7 @@ from ocrpipe.cli.common import (
     LOCAL_ENV_FILE,
     LOCAL_OWNER_ENV_FILE,
     LOCAL_USAGE_FILE,
+    RECONCILER_ENV_FILE,
     Exit,
     JsonOpt,
     LocalOpt,
@@ -43,7 +44,7 @@ def up(
     eventarc_port: int = 8082,
     proxies_port: Annotated[
         int,
-        typer.Option(help="First of 2 per identity (12) consecutive ports for the IAM proxies."),
+        typer.Option(help="First of 2 per identity (14) consecutive ports for the IAM proxies."),
     ] = 8090,
     ocr_url: Annotated[
         str | None, typer.Option(help="Use this vLLM server instead of the local engine.")
@@ -100,7 +101,11 @@ def up(
         with out.status("starting the local stack") as status:
             stack.start(progress=lambda part: status.update(f"starting {part}"))
         LOCAL_ENV_FILE.parent.mkdir(exist_ok=True)
-        for path, identity in ((LOCAL_ENV_FILE, "operator"), (LOCAL_OWNER_ENV_FILE, "owner")):
+        for path, identity in (
+            (LOCAL_ENV_FILE, "operator"),
+            (LOCAL_OWNER_ENV_FILE, "owner"),
+            (RECONCILER_ENV_FILE, "reconciler"),
+        ):
             env = settings_env(stack.settings_for(identity))
             path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         if iam:
@@ -110,9 +115,11 @@ def up(
         figures = " (figure boxes: each figure becomes a file)" if settings.ocr_figure_boxes else ""
         out.print(f"OCR model: {settings.ocr_model}{figures}", markup=False)
         if stack.recovery is not None:
+            recovery = stack.recovery
             out.print(
-                f"Buckets in {data_dir}: re-queued {stack.recovery.requeued_pages} pages and"
-                f" {len(stack.recovery.refinalized)} unsplit inputs.",
+                f"Buckets in {data_dir}: re-queued {recovery.requeued_pages} pages and"
+                f" {len(recovery.split)} unsplit inputs, announced"
+                f" {len(recovery.announced)} rejected inputs.",
                 markup=False,
             )
         out.print(
@@ -130,6 +137,7 @@ def up(
         stack.stop()
         LOCAL_ENV_FILE.unlink(missing_ok=True)
         LOCAL_OWNER_ENV_FILE.unlink(missing_ok=True)
+        RECONCILER_ENV_FILE.unlink(missing_ok=True)
         LOCAL_USAGE_FILE.unlink(missing_ok=True)
         if iam and stack.log_dir is not None:
             with suppress(Exception):  # a report is a courtesy; never mask why we stopped

@@ -54,11 +54,7 @@ def report(
 def report_batch(
     store: ObjectStore, settings: Settings, names: list[str], prefix: str | None, as_json: bool
 ) -> Exit:
-    documents = results.find_documents(store, settings, names=names, prefix=prefix)
-    records = _read_records(
-        store, settings.output_bucket, bill.records_to_read(documents, settings)
-    )
-    total = bill.bill(documents, records, settings)
+    total = batch_bill(store, settings, names, prefix)
     if as_json:
         views.print_json(out, {"prefix": prefix, "names": names, **total.as_dict()})
     else:
@@ -72,6 +68,18 @@ def report_batch(
         return Exit.FAILED
     unknown = {s.name for s in total.skipped if s.why == bill.NO_SUCH_DOCUMENT}
     return Exit.FAILED if unknown & set(names) else Exit.OK
+
+
+def batch_bill(
+    store: ObjectStore, settings: Settings, names: list[str], prefix: str | None
+) -> bill.Bill:
+    """The bill of the named documents and those under ``prefix`` (``ocrpipe plan
+    --calibrate`` measures a finished batch with it)."""
+    documents = results.find_documents(store, settings, names=names, prefix=prefix)
+    records = _read_records(
+        store, settings.output_bucket, bill.records_to_read(documents, settings)
+    )
+    return bill.bill(documents, records, settings)
 
 
 def _read_records(store: ObjectStore, bucket: str, wanted: Mapping[str, str]) -> dict[str, bytes]:

@@ -1,10 +1,16 @@
 """The local stack's Pub/Sub setup, straight on the emulator (terraform does it in
 production): topics and subscriptions from ``ocrpipe/topology.json``.
 
-One deliberate difference: the pages subscription is a *pull* subscription here, served by
-the stack's push relay (:mod:`ocrpipe.local.relay`), because the emulator's own push keeps
-at most two deliveries in flight. Its ack deadline, retry policy, dead-letter policy and
-retention are terraform's (:func:`pages_subscription_request`).
+Two deliberate differences:
+
+* the pages subscription is a *pull* subscription here, served by the stack's push relay
+  (:mod:`ocrpipe.local.relay`), because the emulator's own push keeps at most two
+  deliveries in flight. Its ack deadline, retry policy and dead-letter policy are
+  terraform's (:func:`pages_subscription_request`);
+* a subscription keeps messages for at most 7 days here: the emulator refuses more
+  ("message_retention_duration out of bounds", measured with 8 days; production allows
+  31). Retentions above that are clamped (:func:`local_retention`); topic retention is
+  kept as it is (the emulator takes 31 days).
 """
 
 from __future__ import annotations
@@ -14,6 +20,13 @@ from typing import Any
 
 from ocrpipe.pubsub import publisher_client, subscriber_client
 from ocrpipe.topology import Topology
+
+EMULATOR_MAX_SUBSCRIPTION_RETENTION_S = 7 * 86400
+
+
+def local_retention(seconds: int) -> int:
+    """A subscription's retention as the emulator can keep it."""
+    return min(seconds, EMULATOR_MAX_SUBSCRIPTION_RETENTION_S)
 
 
 def pages_subscription_request(
@@ -30,7 +43,7 @@ def pages_subscription_request(
         "name": f"projects/{project}/subscriptions/{topology.pages_push_subscription}",
         "topic": f"projects/{project}/topics/{pages_topic or topology.pages_topic}",
         "ack_deadline_seconds": topology.ack_deadline_seconds,
-        "message_retention_duration": seconds(topology.message_retention_seconds),
+        "message_retention_duration": seconds(local_retention(topology.message_retention_seconds)),
         "retry_policy": {
             "minimum_backoff": seconds(topology.retry_minimum_backoff_seconds),
             "maximum_backoff": seconds(topology.retry_maximum_backoff_seconds),
@@ -60,7 +73,10 @@ def ensure_topology(
     pages = publisher.topic_path(project, pages_topic or topology.pages_topic)
     dead = publisher.topic_path(project, topology.dead_letter_topic)
     documents = publisher.topic_path(project, topology.documents_topic)
-    for topic in (pages, dead, documents):
+    retention = duration_pb2.Duration(seconds=topology.pages_topic_retention_seconds)
+    with contextlib.suppress(gexc.AlreadyExists):
+        publisher.create_topic(request={"name": pages, "message_retention_duration": retention})
+    for topic in (dead, documents):
         with contextlib.suppress(gexc.AlreadyExists):
             publisher.create_topic(name=topic)
     subscriptions = [
@@ -69,7 +85,7 @@ def ensure_topology(
             "topic": dead,
             "ack_deadline_seconds": topology.dead_letter_ack_deadline_seconds,
             "message_retention_duration": duration_pb2.Duration(
-                seconds=topology.message_retention_seconds
+                seconds=local_retention(topology.dead_letter_retention_seconds)
             ),
         },
         pages_subscription_request(project, topology, pages_topic),

@@ -3,90 +3,29 @@ put back what the Pub/Sub emulator forgot, so that nothing submitted is lost.
 
 The buckets survive a restart (fake-gcs-server's filesystem backend); the emulator's
 messages do not: finalize notifications not yet split and page messages not yet answered
-are gone. :func:`recover_unfinished` reads the buckets and re-queues exactly what is
-missing, for the current generation of every input:
-
-* no ``manifest.json`` and no ``error.json``: the split never got far, so the input's
-  finalize event is sent again (the splitter starts it, or resumes it idempotently);
-* a manifest and no current ``document.md``: every page with neither Markdown nor an error
-  record is published again, from its page image (or its render failure record) in the
-  work bucket. A page with neither (the split stopped before rendering it) means the split
-  is unfinished: the finalize event is sent again too, and the splitter publishes the
-  pages it had not published. The split leases of these documents are released first:
-  the attempts that held them stopped with the stack. A document whose pages all have a
-  result but whose ``document.md`` is missing or out of date gets its last page published
-  again: the worker finds it answered, and its completion check assembles the document.
-
-Duplicates are harmless (a page published twice is written once); every step is what
-``ocrpipe retry --failed-only`` (:mod:`ocrpipe.operations.retry`) and a redelivered finalize event
-do anyway. The stack runs this acting for itself, on the raw emulators.
+are gone, all at once. So the stack runs the reconciler
+(:mod:`ocrpipe.splitter.reconcile`) with every message presumed lost and every split
+attempt dead (their leases are released), as the ``reconciler`` identity. An input whose
+split never started or stopped halfway gets its finalize notification again, sent the way
+fake-gcs-server sends it (the splitter starts it, or resumes it where it stopped and
+publishes the pages it had not published); every other page without a result is published
+again; a finished document or a rejected input that ``@latest.json`` does not record is
+announced.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from urllib.parse import quote
 
 import httpx
 
-from ocrpipe import naming, records
-from ocrpipe.errors import ObjectMissing
-from ocrpipe.messages import PageMessage
-from ocrpipe.operations.status import assembly_stale
-from ocrpipe.pubsub import OutgoingMessage, Publisher, publish_batched
+from ocrpipe import naming
+from ocrpipe.pubsub import OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
+from ocrpipe.splitter.reconcile import Policy, ReconcileReport, reconcile
 from ocrpipe.storage import ObjectStore
-
-
-@dataclass(frozen=True)
-class DocumentRecovery:
-    """What one unfinished input needs."""
-
-    name: str
-    refinalize: bool  # send its finalize event again
-    messages: tuple[PageMessage, ...]  # pages to publish again
-    leases: tuple[str, ...] = ()  # split leases to release (work bucket)
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    refinalized: tuple[str, ...]
-    requeued_pages: int
-
-
-def plan_document(
-    store: ObjectStore, settings: Settings, name: str, generation: int
-) -> DocumentRecovery | None:
-    """What ``name`` (at ``generation``) needs, or ``None`` if it is finished."""
-    doc = naming.DocumentRef(settings.input_bucket, name, generation)
-    out = settings.output_bucket
-    if store.stat(out, naming.document_error_name(doc)) is not None:
-        return None
-    work_names = [o.name for o in store.list(settings.work_bucket, naming.work_prefix(doc.doc_id))]
-    work = naming.parse_work_listing(work_names, doc.doc_id)
-    leases = tuple(naming.lease_name(doc.doc_id, number) for number in work.leases)
-    try:
-        manifest = records.parse_manifest(store.read(out, naming.manifest_name(doc)))
-    except ObjectMissing:
-        return DocumentRecovery(name, refinalize=True, messages=(), leases=leases)
-    prefix = naming.pages_prefix(doc)
-    listed = store.list(out, prefix)
-    listing = naming.parse_page_listing([o.name for o in listed], prefix)
-    count = manifest.page_count
-    document = store.stat(out, naming.document_markdown_name(doc))
-    answered = set(listing.done) | set(listing.failed)
-    missing = [n for n in range(1, count + 1) if n not in answered]
-    if not missing:
-        if document is not None and not assembly_stale(document, listed, prefix, count):
-            return None
-        missing = [count]  # only to make the worker assemble the document
-    messages = [m for n in missing if (m := _page_message(store, settings, doc, n, count, work))]
-    unrendered = len(messages) < len(missing)
-    return DocumentRecovery(
-        name, refinalize=unrendered, messages=tuple(messages), leases=leases if unrendered else ()
-    )
 
 
 def recover_unfinished(
@@ -94,44 +33,16 @@ def recover_unfinished(
     publisher: Publisher,
     settings: Settings,
     refinalize: Callable[[str], None],
-) -> RecoveryReport:
-    """Re-queue what every unfinished input of the input bucket is missing."""
-    plans = [
-        plan
-        for info in store.list(settings.input_bucket, "")
-        if (plan := plan_document(store, settings, info.name, info.generation)) is not None
-    ]
-    messages = [m for plan in plans for m in plan.messages]
-    for plan in plans:
-        for lease in plan.leases:
-            store.delete(settings.work_bucket, lease)
-    published = _publish(publisher, settings, messages)
-    refinalized = tuple(plan.name for plan in plans if plan.refinalize)
-    for name in refinalized:
-        refinalize(name)
-    return RecoveryReport(refinalized, published)
+) -> ReconcileReport:
+    """Re-queue what every unfinished input of the input bucket is missing; ``refinalize``
+    sends an input's finalize event again."""
 
+    def split_again(doc: naming.DocumentRef) -> str:
+        refinalize(doc.name)
+        return "finalize event sent again"
 
-def _page_message(
-    store: ObjectStore,
-    settings: Settings,
-    doc: naming.DocumentRef,
-    page: int,
-    count: int,
-    work: naming.WorkState,
-) -> PageMessage | None:
-    """The message the splitter published for ``page``, rebuilt from the work bucket."""
-    if (image := work.images.get(page)) is not None:
-        return PageMessage.for_image(doc, page, count, settings.work_bucket, image)
-    if (record := work.failed.get(page)) is not None:
-        reason, message = records.parse_render_failure(store.read(settings.work_bucket, record))
-        return PageMessage.failed_render(doc, page, count, reason, message)
-    return None
-
-
-def _publish(publisher: Publisher, settings: Settings, messages: Iterable[PageMessage]) -> int:
-    pages = [OutgoingMessage(m.encode(), m.attributes()) for m in messages]
-    return publish_batched(publisher, settings.pages_topic, pages)
+    policy = Policy.everything_lost(release_leases=True)
+    return reconcile(store, publisher, settings, policy=policy, split_again=split_again)
 
 
 def notification_sender(

@@ -47,7 +47,7 @@ from ocrpipe.storage import GcsStore
 from ocrpipe.topology import load_topology
 
 if TYPE_CHECKING:
-    from ocrpipe.local.recovery import RecoveryReport
+    from ocrpipe.splitter.reconcile import ReconcileReport
 
 PUBSUB_EMULATOR_CANDIDATES = (
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
@@ -56,8 +56,9 @@ PUBSUB_EMULATOR_CANDIDATES = (
 NOTIFICATIONS_TOPIC = load_topology().local_notifications_topic
 NOTIFICATIONS_SUBSCRIPTION = load_topology().local_notifications_subscription
 # Who calls the emulators, as ocrpipe/iam.json names them: the services, fake-gcs-server
-# publishing its notifications (the Cloud Storage service agent in production) and the
-# operator (the CLI, tests).
+# publishing its notifications (the Cloud Storage service agent in production), the
+# operator (the CLI, tests) and the reconciler (the restart's recovery, `ocrpipe reconcile
+# --local`).
 IDENTITIES = grant_identities()
 
 
@@ -151,7 +152,7 @@ class LocalStack:
     # {"worker": {"revoke": [{"bucket": "output", "permission": "storage.objects.list"}]}}
     iam_overrides: Mapping[str, Any] | None = None
     children: list[Child] = field(default_factory=list)
-    recovery: RecoveryReport | None = None  # what the last start re-queued (data_dir only)
+    recovery: ReconcileReport | None = None  # what the last start re-queued (data_dir only)
     _worker_socket: socket.socket | None = None
 
     def __post_init__(self) -> None:
@@ -370,20 +371,22 @@ class LocalStack:
         root.mkdir(parents=True, exist_ok=True)
         return ["-backend", "filesystem", "-filesystem-root", str(root)]
 
-    def recover(self) -> RecoveryReport:
+    def recover(self) -> ReconcileReport:
         """Re-queue what the buckets say is unfinished (after a restart with ``data_dir``):
-        finalize events of inputs not split, page messages of pages without a result."""
+        the reconciler, as the ``reconciler`` identity; finalize notifications go again the
+        way fake-gcs-server sends them (past the proxies: GCS's own re-delivery)."""
         from ocrpipe.local.recovery import notification_sender, recover_unfinished
         from ocrpipe.pubsub import PubSubPublisher
 
-        admin = self.admin_settings
-        assert admin.storage_emulator_host is not None
-        store = GcsStore.connect(self.project, admin.storage_emulator_host)
-        publisher = PubSubPublisher.connect(self.project, admin.pubsub_emulator_host)
+        admin, own = self.admin_settings, self.settings_for("reconciler")
+        assert admin.storage_emulator_host is not None and own.storage_emulator_host
+        store = GcsStore.connect(self.project, own.storage_emulator_host)
+        publisher = PubSubPublisher.connect(self.project, own.pubsub_emulator_host)
+        gcs_publisher = PubSubPublisher.connect(self.project, admin.pubsub_emulator_host)
         resend = notification_sender(
-            publisher, admin.storage_emulator_host, admin.input_bucket, NOTIFICATIONS_TOPIC
+            gcs_publisher, admin.storage_emulator_host, admin.input_bucket, NOTIFICATIONS_TOPIC
         )
-        return recover_unfinished(store, publisher, admin, resend)
+        return recover_unfinished(store, publisher, own, resend)
 
     def _start_proxy(
         self,

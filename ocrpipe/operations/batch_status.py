@@ -29,69 +29,14 @@ from typing import Any, Literal
 
 from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing
+from ocrpipe.listing import DocumentObjects, scan_prefix
 from ocrpipe.operations.status import PageError, derive_state, parse_error, poll_until
 from ocrpipe.settings import Settings
-from ocrpipe.storage import ObjectInfo, ObjectStore
+from ocrpipe.storage import ObjectStore
 
 RATE_WINDOW_S = 300.0
 READ_THREADS = 16
 FINISHED_STATES = frozenset({"done", "partial", "failed"})
-
-
-@dataclass(frozen=True)
-class DocumentObjects:
-    """What the two listings found for one input name."""
-
-    name: str
-    source: ObjectInfo | None  # the input object, None once it is deleted
-    generations: Mapping[int, Mapping[str, ObjectInfo]]  # generation -> {object name: info}
-
-    @property
-    def generation(self) -> int | None:
-        """The current generation, chosen like :func:`ocrpipe.operations.status.document_status`."""
-        if self.source is not None:
-            return self.source.generation
-        return max(self.generations) if self.generations else None
-
-    def doc(self, settings: Settings, generation: int) -> naming.DocumentRef:
-        return naming.DocumentRef(settings.input_bucket, self.name, generation)
-
-    def latest_finished(self, settings: Settings) -> naming.DocumentRef | None:
-        """The newest generation that has ``document.md``."""
-        for generation in sorted(self.generations, reverse=True):
-            doc = self.doc(settings, generation)
-            if naming.document_markdown_name(doc) in self.generations[generation]:
-                return doc
-        return None
-
-
-def scan_prefix(
-    store: ObjectStore, settings: Settings, prefix: str, names: Collection[str] | None = None
-) -> list[DocumentObjects]:
-    """Every document whose input name starts with ``prefix`` (only ``names``, if given),
-    with its output objects: one listing of each bucket."""
-    wanted = set(names) if names is not None else None
-    inputs = store.list(settings.input_bucket, prefix)
-    outputs = store.list(settings.output_bucket, naming.key_prefix(prefix))
-    by_key: dict[str, dict[int, dict[str, ObjectInfo]]] = {}
-    for info in outputs:
-        parts = naming.split_output_name(info.name)
-        if parts is not None:
-            key, generation, _ = parts
-            by_key.setdefault(key, {}).setdefault(generation, {})[info.name] = info
-    found: dict[str, DocumentObjects] = {}
-    for source in inputs:
-        key = naming.name_key(source.name)
-        generations = by_key.pop(key, {})
-        if wanted is None or source.name in wanted:
-            found[source.name] = DocumentObjects(source.name, source, generations)
-    for key, generations in by_key.items():  # output whose input is gone
-        name = naming.key_to_name(key)
-        if name is None or not name.startswith(prefix) or name in found:
-            continue
-        if wanted is None or name in wanted:
-            found[name] = DocumentObjects(name, None, generations)
-    return [found[name] for name in sorted(found)]
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ocrpipe import naming
-from ocrpipe.operations.batch_status import DocumentObjects
+from ocrpipe.listing import DocumentObjects
 from ocrpipe.settings import Settings
 
 # The prompt of one request for an A4 page rendered at 1540 px, as vLLM 0.30 counts it for
@@ -367,3 +367,90 @@ def union_length(intervals: Iterable[tuple[float, float]]) -> float:
     if current is not None:
         total += current[1] - current[0]
     return total
+
+
+# --- Before a batch: what it will cost (ocrpipe plan) -------------------------------------
+
+REFERENCE_PROMPT_TOKENS = 2145  # an A4 page at 1540 px, at vLLM: 39 x 55 image tokens
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What a page will cost before it is OCR'd: the GPU time one instance spends on it
+    with a full batch, from its tokens, at a price per instance hour, shared by
+    ``instances`` instances.
+
+    GPU time is taken to grow with a page's tokens, prompt (its image) and completion (its
+    text) alike. That is a simplification (a prompt token is cheaper than a decoded one),
+    which is why a model measured on a finished batch of the same kind of pages
+    (:meth:`measured`) beats the published one (:meth:`published`)."""
+
+    seconds_per_token: float  # GPU time of one instance per token, with a full batch
+    completion_tokens: float  # expected per page
+    price_per_hour: float
+    instances: int
+    source: str  # where seconds_per_token and completion_tokens come from
+
+    @classmethod
+    def published(
+        cls,
+        settings: Settings,
+        *,
+        instances: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> CostModel:
+        """From ``gpu_pages_per_second`` (0.6 on an L4 by default) for a reference page: an
+        A4 page (2,145 prompt tokens) with ``plan_completion_tokens`` of text."""
+        completion = completion_tokens or settings.plan_completion_tokens
+        reference = REFERENCE_PROMPT_TOKENS + completion
+        return cls(
+            seconds_per_token=1 / (settings.gpu_pages_per_second * reference),
+            completion_tokens=float(completion),
+            price_per_hour=settings.gpu_price_per_hour,
+            instances=instances or settings.gpu_instances,
+            source=f"{settings.gpu_pages_per_second:g} pages/s per GPU instance for an A4 page"
+            f" of {completion} completion tokens (OCRPIPE_GPU_PAGES_PER_SECOND,"
+            " OCRPIPE_PLAN_COMPLETION_TOKENS)",
+        )
+
+    @classmethod
+    def measured(cls, total: Bill, where: str, *, instances: int | None = None) -> CostModel:
+        """From a finished batch (``total``, as ``ocrpipe report`` sums it): its GPU time
+        by the concurrency estimate, per instance, over its tokens; its completion tokens
+        per page. Raises ValueError if no page of it has usage."""
+        if not total.pages_with_usage:
+            raise ValueError(f"no page under {where} has recorded usage to measure")
+        per_instance = max(1, total.concurrency // total.gpu_instances)
+        gpu_seconds = total.ocr_seconds / per_instance
+        tokens = total.prompt_tokens + total.completion_tokens
+        return cls(
+            seconds_per_token=gpu_seconds / tokens if tokens else 0.0,
+            completion_tokens=total.completion_tokens / total.pages_with_usage,
+            price_per_hour=total.price_per_hour,
+            instances=instances or total.gpu_instances,
+            source=f"measured on {total.pages_with_usage} pages under {where}: OCR seconds"
+            f" over {per_instance} requests at once per GPU instance",
+        )
+
+    def gpu_seconds(self, prompt_tokens: int, pages: int) -> float:
+        return (prompt_tokens + self.completion_tokens * pages) * self.seconds_per_token
+
+    def assumptions(self) -> list[str]:
+        return [
+            f"GPU time: {self.seconds_per_token * 1000:.3f} ms per token (prompt and completion"
+            f" alike, {1 / self.seconds_per_token:,.0f} tokens/s per instance with a full"
+            f" batch): {self.source}"
+            if self.seconds_per_token
+            else "GPU time: none measured",
+            f"completion: {self.completion_tokens:,.0f} tokens per page",
+            f"price: ${self.price_per_hour:g} per GPU instance hour (OCRPIPE_GPU_PRICE_PER_HOUR)",
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seconds_per_token": self.seconds_per_token,
+            "completion_tokens_per_page": round(self.completion_tokens, 1),
+            "price_per_hour": self.price_per_hour,
+            "instances": self.instances,
+            "source": self.source,
+        }

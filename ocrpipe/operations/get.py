@@ -43,8 +43,8 @@ from urllib.parse import quote
 
 from ocrpipe import figure_links, naming, records
 from ocrpipe.errors import ObjectMissing, OcrpipeError
+from ocrpipe.listing import DocumentObjects, scan_prefix
 from ocrpipe.operations import local_paths
-from ocrpipe.operations.batch_status import DocumentObjects, scan_prefix
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo, ObjectStore, file_checksums
 

@@ -30,9 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ocrpipe import naming, records
+from ocrpipe.assemble import assembly_stale
 from ocrpipe.errors import ObjectMissing, RetryRefused
 from ocrpipe.messages import PageMessage
-from ocrpipe.operations.status import assembly_stale
 from ocrpipe.pubsub import OutgoingMessage, Publisher, publish_batched
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore

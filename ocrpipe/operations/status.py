@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from ocrpipe import naming, records
-from ocrpipe.assemble import DIGEST_KEY, results_digest
+from ocrpipe.assemble import assembly_stale
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo, ObjectStore
@@ -194,22 +194,6 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
         finished=(max(times) if state in ("done", "partial", "failed") and times else None),
         assembly_stale=stale,
     )
-
-
-def assembly_stale(
-    document: ObjectInfo | None, objects: Iterable[ObjectInfo], pages_prefix: str, page_count: int
-) -> bool:
-    """True if ``document`` (document.md) exists and was built from other page results than
-    those in ``objects``. A document assembled before digests were kept counts as current."""
-    if document is None:
-        return False
-    built_from = document.metadata.get(DIGEST_KEY)
-    if built_from is None:
-        return False
-    results = naming.page_results(
-        [(info.name, info.generation) for info in objects], pages_prefix, page_count
-    )
-    return built_from != results_digest(results)
 
 
 def recent_documents(store: ObjectStore, settings: Settings, limit: int = 20) -> list[str]:

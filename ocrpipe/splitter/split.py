@@ -1,7 +1,7 @@
 """The splitter's core: one finalized input object in, page images and page messages out.
 
 An input is a PDF or an image (PNG, JPEG, TIFF, WebP), recognised by its content
-(:mod:`ocrpipe.splitter.rendering.inputs`). Input that cannot be processed gets ``error.json`` next
+(:mod:`ocrpipe.file_kinds`). Input that cannot be processed gets ``error.json`` next
 to where its output would be (:func:`ocrpipe.naming.document_error_name`) with a stable reason code,
 is announced as failed on the documents topic, and the event is acknowledged: it is never
 retried (unless the announcement could not be published).
@@ -27,20 +27,20 @@ import logging
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ocrpipe import announce, naming, notifications, records
+from ocrpipe import announce, file_kinds, naming, notifications, records
 from ocrpipe.errors import BadInput, RetryableError
 from ocrpipe.logs import log_context
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import PUBLISH_BATCH, OutgoingMessage, Publisher
 from ocrpipe.settings import Settings
 from ocrpipe.splitter import split_lease
-from ocrpipe.splitter.rendering import inputs
 from ocrpipe.splitter.rendering.page_decoders import RenderedPage
 from ocrpipe.splitter.rendering.renderer import PageFailure, Renderer, RenderLimits
 from ocrpipe.storage import ObjectStore
@@ -85,36 +85,66 @@ def split_document(
         logger.info("input superseded or deleted; nothing to do", extra={"reason": "stale"})
         return SplitOutcome(doc, "stale", reason="stale")
     try:
-        _check_size(info.size, settings)
-        with tempfile.TemporaryDirectory(prefix="ocrpipe-split-") as tmp:
-            path = Path(tmp) / "input"
-            store.download(doc.bucket, doc.name, path, generation=doc.generation)
-            with path.open("rb") as handle:
-                head = handle.read(inputs.HEAD_BYTES)
-            if not head:
-                raise BadInput("the file is empty (0 bytes)", reason="empty_file")
-            kind = inputs.classify(doc.name, head)
-            with Renderer(
-                path,
-                kind,
-                processes=settings.render_processes,
-                longest_side=settings.render_longest_side,
-                dpi=settings.render_dpi,
-                limits=RenderLimits.from_settings(settings),
-            ) as renderer:
-                page_count = renderer.page_count()
-                _check_pages(page_count, kind, settings)
-                store.create(
-                    settings.output_bucket,
-                    naming.manifest_name(doc),
-                    records.manifest_record(doc, page_count),
-                    "application/json",
-                )
-                job = _Job(doc, page_count, renderer, store, publisher, settings)
-                return job.run(wall_clock, clock=clock, deadline=deadline, batch=batch_size)
+        file_kinds.check_size(info.size, settings.max_input_bytes)
+        with opened_input(doc, store, settings) as (renderer, kind):
+            page_count = renderer.page_count()
+            _check_pages(page_count, kind, settings)
+            store.create(
+                settings.output_bucket,
+                naming.manifest_name(doc),
+                records.manifest_record(doc, page_count),
+                "application/json",
+            )
+            job = _Job(doc, page_count, renderer, store, publisher, settings)
+            return job.run(wall_clock, clock=clock, deadline=deadline, batch=batch_size)
     except BadInput as exc:
         reject(doc, exc, store, publisher, settings)
         return SplitOutcome(doc, "rejected", reason=exc.reason)
+
+
+@contextmanager
+def opened_input(
+    doc: naming.DocumentRef, store: ObjectStore, settings: Settings
+) -> Iterator[tuple[Renderer, file_kinds.InputKind]]:
+    """``doc``'s input downloaded to a temporary file, with render processes open on it.
+    Raises :class:`BadInput` for an empty file or a kind ocrpipe does not read."""
+    with tempfile.TemporaryDirectory(prefix="ocrpipe-split-") as tmp:
+        path = Path(tmp) / "input"
+        store.download(doc.bucket, doc.name, path, generation=doc.generation)
+        with path.open("rb") as handle:
+            head = handle.read(file_kinds.HEAD_BYTES)
+        if not head:
+            raise BadInput("the file is empty (0 bytes)", reason="empty_file")
+        kind = file_kinds.classify(doc.name, head)
+        with Renderer(
+            path,
+            kind,
+            processes=settings.render_processes,
+            longest_side=settings.render_longest_side,
+            dpi=settings.render_dpi,
+            limits=RenderLimits.from_settings(settings),
+        ) as renderer:
+            yield renderer, kind
+
+
+def render_again(
+    doc: naming.DocumentRef,
+    pages: Sequence[int],
+    page_count: int,
+    store: ObjectStore,
+    settings: Settings,
+) -> list[OutgoingMessage]:
+    """Render ``pages`` of a document that was split before, whose images are gone from the
+    work bucket (deleted by its lifecycle while their messages waited): upload the images,
+    or record the pages that fail to render, and return their messages, in the order of
+    ``pages``, for the caller to publish (:mod:`ocrpipe.splitter.reconcile`). Raises
+    :class:`BadInput` if the input cannot be read any more."""
+    with opened_input(doc, store, settings) as (renderer, _):
+        job = _Job(doc, page_count, renderer, store, None, settings)
+        with _Uploads(store, settings.work_bucket) as uploads:
+            messages = [job.outcome_message(result, uploads) for result in renderer.render(pages)]
+            uploads.wait_all()
+    return messages
 
 
 def reject(
@@ -139,19 +169,9 @@ def reject(
         announce.announce(note, None, store, settings, publisher)
 
 
-def _check_size(size: int, settings: Settings) -> None:
-    if size == 0:
-        raise BadInput("the file is empty (0 bytes)", reason="empty_file")
-    if size > settings.max_input_bytes:
-        raise BadInput(
-            f"the file is {size} bytes, over the limit of {settings.max_input_bytes} bytes",
-            reason="file_too_large",
-        )
-
-
-def _check_pages(page_count: int, kind: inputs.InputKind, settings: Settings) -> None:
+def _check_pages(page_count: int, kind: file_kinds.InputKind, settings: Settings) -> None:
     if page_count > settings.max_pages:
-        what = "PDF" if kind is inputs.InputKind.PDF else "image"
+        what = "PDF" if kind is file_kinds.InputKind.PDF else "image"
         raise BadInput(
             f"the {what} has {page_count} pages, over the limit of {settings.max_pages}",
             reason="too_many_pages",
@@ -167,7 +187,7 @@ class _Job:
         page_count: int,
         renderer: Renderer,
         store: ObjectStore,
-        publisher: Publisher,
+        publisher: Publisher | None,
         settings: Settings,
     ) -> None:
         self.doc = doc
@@ -244,12 +264,8 @@ class _Job:
                     result = next(rendered)
                     assert result.page == page, (result.page, page)
                     if isinstance(result, PageFailure):
-                        self._record_failure(result)
                         failed.add(page)
-                        messages.append(self._failure_message(result))
-                    else:
-                        name = uploads.submit(self.doc.doc_id, result)
-                        messages.append(self._message(page, name))
+                    messages.append(self.outcome_message(result, uploads))
                 batch.append(page)
                 last = index + 1 == len(todo)
                 contiguous = not last and todo[index + 1] == page + 1
@@ -266,6 +282,16 @@ class _Job:
                         )
         return failed
 
+    def outcome_message(
+        self, result: RenderedPage | PageFailure, uploads: _Uploads
+    ) -> OutgoingMessage:
+        """A rendered page's image goes up (its message names it); a page that failed to
+        render is recorded as such (its message says so)."""
+        if isinstance(result, PageFailure):
+            self._record_failure(result)
+            return self._failure_message(result)
+        return self._message(result.page, uploads.submit(self.doc.doc_id, result))
+
     def _failure_message(self, failure: PageFailure) -> OutgoingMessage:
         message = PageMessage.failed_render(
             self.doc, failure.page, self.page_count, failure.reason, failure.message
@@ -281,6 +307,7 @@ class _Job:
     def _publish(self, batch: list[int], messages: list[OutgoingMessage]) -> None:
         self._fence()
         if messages:
+            assert self.publisher is not None
             self.publisher.publish_all(self.settings.pages_topic, messages)
             self.published += len(messages)
         marker = naming.published_marker_name(self.doc.doc_id, batch[0], batch[-1])

@@ -11,6 +11,9 @@ event again; a finalize event may also arrive twice. The work bucket says what i
                                               right after the publish was confirmed)
     pages/<doc_id>/lease-0001                 an attempt is splitting until "expires"
     pages/<doc_id>/first-attempt              when the first attempt started (created once)
+    pages/<doc_id>/republished-00001-00100-T  the reconciler published pages 1..100 again at
+                                              T (ms): their messages had been lost
+                                              (:mod:`ocrpipe.splitter.reconcile`)
 
 An image alone does not mean "published": an image uploaded just before a crash is
 published by the next attempt without being rendered again. Pages inside a ``published``
@@ -48,13 +51,7 @@ def acquire_lease(
     attempt's lease is alive (Eventarc retries later). Returns the lease's name."""
     number = 1
     if state.leases:
-        latest = lease_name(doc_id, state.leases[-1])
-        try:
-            expires = float(json.loads(store.read(bucket, latest))["expires"])
-        except ObjectMissing:
-            expires = 0.0  # released since we listed
-        except (ValueError, KeyError, TypeError):
-            expires = 0.0  # unreadable: treat as expired rather than block forever
+        expires = lease_expiry(store, bucket, doc_id, state)
         if expires > now:
             raise RetryableError(
                 f"another attempt is splitting this document (lease until {expires:.0f})",
@@ -68,6 +65,21 @@ def acquire_lease(
             "another attempt took the lease on this document first", reason="split_in_progress"
         )
     return name
+
+
+def lease_expiry(store: ObjectStore, bucket: str, doc_id: str, state: WorkState) -> float:
+    """When the newest lease of the document expires (0 if there is none, it was released
+    since the listing, or it cannot be read: never block forever on a guess)."""
+    if not state.leases:
+        return 0.0
+    try:
+        return float(
+            json.loads(store.read(bucket, lease_name(doc_id, state.leases[-1])))["expires"]
+        )
+    except ObjectMissing:
+        return 0.0
+    except (ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def first_attempt_started(store: ObjectStore, bucket: str, doc_id: str, *, now: float) -> float:

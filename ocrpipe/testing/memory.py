@@ -5,6 +5,7 @@ with GCS's generation rules, :class:`MemoryPublisher` a :class:`~ocrpipe.pubsub.
 
 from __future__ import annotations
 
+import io
 import itertools
 import threading
 import time
@@ -30,6 +31,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._generation = 1000
         self.writes: list[tuple[str, str]] = []
+        self.reads_opened: list[tuple[str, str]] = []
 
     def put(self, bucket: str, name: str, data: bytes, content_type: str = "") -> int:
         with self._lock:
@@ -117,6 +119,25 @@ class MemoryStore:
                 return None
             info = entry[1]
             return self._put_locked(bucket, name, entry[0], info.content_type, info.metadata)
+
+    def copy(
+        self, source_bucket: str, source_name: str, source_generation: int, bucket: str, name: str
+    ) -> int:
+        with self._lock:
+            entry = self._objects.get((source_bucket, source_name))
+            if entry is None or entry[1].generation != source_generation:
+                raise ObjectMissing(
+                    naming.object_uri(source_bucket, source_name, source_generation)
+                )
+            data, info = entry
+            return self._put_locked(bucket, name, data, info.content_type, info.metadata)
+
+    def open_reader(self, bucket: str, name: str, generation: int) -> IO[bytes]:
+        entry = self._objects.get((bucket, name))
+        if entry is None or entry[1].generation != generation:
+            raise ObjectMissing(naming.object_uri(bucket, name, generation))
+        self.reads_opened.append((bucket, name))
+        return io.BytesIO(entry[0])
 
     def names(self, bucket: str) -> Iterator[str]:
         return (n for (b, n) in self._objects if b == bucket)

@@ -57,3 +57,11 @@ class ForwardingStore:
 
     def rewrite_in_place(self, bucket: str, name: str, generation: int) -> int | None:
         return self.inner.rewrite_in_place(bucket, name, generation)
+
+    def copy(
+        self, source_bucket: str, source_name: str, source_generation: int, bucket: str, name: str
+    ) -> int:
+        return self.inner.copy(source_bucket, source_name, source_generation, bucket, name)
+
+    def open_reader(self, bucket: str, name: str, generation: int) -> IO[bytes]:
+        return self.inner.open_reader(bucket, name, generation)

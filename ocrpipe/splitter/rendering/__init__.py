@@ -1,7 +1,8 @@
 """From an uploaded file to page images, in the splitter.
 
-* :mod:`~ocrpipe.splitter.rendering.inputs`: what an input is, from its first bytes (PDF, PNG, JPEG,
-  TIFF, WebP), and the reason code when it is none of them;
+* what an input is, from its first bytes (PDF, PNG, JPEG, TIFF, WebP), and the reason code
+  when it is none of them, is :mod:`ocrpipe.file_kinds`, in the contract: ``ocrpipe plan``
+  counts pages by it too;
 * :mod:`~ocrpipe.splitter.rendering.renderer`:
   :class:`~ocrpipe.splitter.rendering.renderer.Renderer`, the pool of render processes with a
   time and memory limit per page;

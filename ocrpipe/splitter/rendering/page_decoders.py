@@ -10,12 +10,9 @@ Pages come out as LightOn's own client renders them for LightOnOCR: a PDF page a
 1093 x 1540; an 800 x 600 screenshot stays 800 x 600). What the model sees, and what it
 costs (a Pixtral encoder's tokens are ceil(w/28) x ceil(h/28)), is then what the model was
 trained and evaluated on. Absurd page sizes are clamped so that they never become absurd
-images:
-
-* a page so thin that its short side would fall under :data:`MIN_SHORT_SIDE` px is
-  rendered at the scale that gives that minimum, its long side capped at
-  ``4 * longest_side`` (:func:`page_scale`, :func:`image_scale`);
-* a sliver (longer than :data:`MAX_ASPECT` times its width) is padded with white margin.
+images (a page too thin is rendered at a minimum short side, a sliver padded with white
+margin). The sizes are :mod:`ocrpipe.page_geometry`'s, which ``ocrpipe plan`` uses to count
+a page's prompt tokens without rendering it.
 
 Encoding: PDF renders and lossless images (PNG, TIFF without JPEG compression, lossless
 WebP) become PNG at ``compress_level=1``; photos and scans that were already lossy (JPEG,
@@ -34,11 +31,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ocrpipe.errors import BadInput
-from ocrpipe.splitter.rendering.inputs import HEAD_BYTES, InputKind, webp_is_lossy
+from ocrpipe.file_kinds import HEAD_BYTES, InputKind, webp_is_lossy
+from ocrpipe.page_geometry import image_scale, padded_size, page_scale
 
-MIN_SHORT_SIDE = 16
-POINTS_PER_INCH = 72.0
-MAX_ASPECT = 8  # longer side : shorter side, after padding
 PNG_COMPRESS_LEVEL = 1  # 1.5-4x faster than Pillow's default for ~10% larger files
 JPEG_QUALITY = 90
 REDUCING_GAP = 3.0  # Pillow's box reduction before LANCZOS: fast, and as sharp at 1540 px
@@ -60,32 +55,6 @@ class RenderedPage:
     @property
     def extension(self) -> str:
         return "png" if self.mime == "image/png" else "jpg"
-
-
-def page_scale(width_pt: float, height_pt: float, longest_side: int, dpi: float) -> float:
-    """Scale factor (pixels per PDF unit): ``dpi``, or less so that the longer side is at
-    most ``longest_side`` px (LightOn's client: 200 dpi, at most 1540 px).
-
-    A page so thin that its short side would fall under :data:`MIN_SHORT_SIDE` px is
-    rendered at the scale that gives that minimum, with the long side capped at
-    ``4 * longest_side`` pixels so that a sliver of a page cannot explode in memory.
-    """
-    return _scale(width_pt, height_pt, longest_side, dpi / POINTS_PER_INCH)
-
-
-def image_scale(width_px: int, height_px: int, longest_side: int) -> float:
-    """Like :func:`page_scale` for an image in pixels: as it is, or scaled down."""
-    return _scale(width_px, height_px, longest_side, 1.0)
-
-
-def _scale(width: float, height: float, longest_side: int, natural: float) -> float:
-    if width <= 0 or height <= 0:
-        raise BadInput(f"page has no area ({width:g} x {height:g})", reason="page_size_invalid")
-    long_side, short_side = max(width, height), min(width, height)
-    scale = min(natural, longest_side / long_side)
-    if short_side * scale < MIN_SHORT_SIDE:
-        scale = min(MIN_SHORT_SIDE / short_side, 4 * longest_side / long_side)
-    return scale
 
 
 def _orientations() -> dict[int, Any]:
@@ -344,20 +313,18 @@ def encode(page: int, image: Any, *, lossy: bool) -> RenderedPage:
 
 
 def _pad_sliver(image: Any) -> Any:
-    """A sliver (a 1 x 10000 pt page renders 1 px wide) is padded with white until its
-    sides are at most :data:`MAX_ASPECT` to 1 and at least :data:`MIN_SHORT_SIDE` px.
+    """A sliver (a 1 x 10000 pt page renders 1 px wide) is padded with white to
+    :func:`ocrpipe.page_geometry.padded_size`.
 
     Padding adds only margin, never loses content, and keeps OCR servers working: engines
     that shrink an image by its long side would otherwise get a side of 0 px (rapidocr
     fails the request), and vision encoders refuse extreme aspect ratios.
     """
-    width, height = image.size
-    short = max(MIN_SHORT_SIDE, -(-max(width, height) // MAX_ASPECT))
-    if min(width, height) >= short:
+    size = padded_size(*image.size)
+    if size == image.size:
         return image
     from PIL import Image
 
-    size = (max(width, short), max(height, short))
     canvas = Image.new(image.mode, size, 255 if image.mode == "L" else (255, 255, 255))
     canvas.paste(image, (0, 0))
     return canvas

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ocrpipe.errors import BadInput
-from ocrpipe.splitter.rendering.inputs import InputKind
+from ocrpipe.file_kinds import InputKind
 from ocrpipe.splitter.rendering.page_decoders import PageSource, open_source
 
 COUNT_SEQ = -1

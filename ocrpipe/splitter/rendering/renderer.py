@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ocrpipe.errors import BadInput, OcrpipeError
+from ocrpipe.file_kinds import InputKind
 from ocrpipe.settings import Settings
-from ocrpipe.splitter.rendering.inputs import InputKind
 from ocrpipe.splitter.rendering.page_decoders import RenderedPage
 from ocrpipe.splitter.rendering.render_process import COUNT_SEQ, serve
 

@@ -126,3 +126,14 @@ def webp_is_lossy(head: bytes) -> bool:
         size = int.from_bytes(head[offset + 4 : offset + 8], "little")
         offset += 8 + size + (size & 1)
     return True
+
+
+def check_size(size: int, max_bytes: int) -> None:
+    """Raise :class:`BadInput` for an empty file or one over ``max_bytes``."""
+    if size == 0:
+        raise BadInput("the file is empty (0 bytes)", reason="empty_file")
+    if size > max_bytes:
+        raise BadInput(
+            f"the file is {size} bytes, over the limit of {max_bytes} bytes",
+            reason="file_too_large",
+        )
