@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 
 from bench.common import say, target
+from ocrpipe.file_kinds import InputKind
 from ocrpipe.local.engine import image_tokens
 from ocrpipe.settings import Settings
-from ocrpipe.splitter.rendering.inputs import InputKind
 from ocrpipe.splitter.rendering.page_decoders import RenderedPage, open_source
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.testing.tiny_lightonocr import MAX_MODEL_LEN, TEMPLATE_TOKENS

@@ -13,8 +13,8 @@ by them without rendering it. As LightOn's own client renders for LightOnOCR:
   ``longest_side``, then padded with white to at most :data:`MAX_ASPECT` to 1
   (:func:`padded_size`);
 * vLLM scales an image's longer side down to at most 1540 px, then counts one token per
-  28 x 28 px (:func:`vllm_image_tokens`), plus one break token per row and the chat
-  template's few tokens, which are left out here.
+  28 x 28 px (:func:`vllm_image_tokens`); the prompt adds the chat template's
+  :data:`CHAT_TEMPLATE_TOKENS` (:func:`planned_prompt_tokens`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ POINTS_PER_INCH = 72.0
 MAX_ASPECT = 8  # longer side : shorter side, after padding
 VLLM_MAX_SIDE = 1540  # vLLM scales an image's longer side to at most this for LightOnOCR
 IMAGE_TOKEN_PX = 28  # one image token per 28 x 28 px (patch 14, spatial merge 2)
+# The prompt's tokens besides the image's, as vLLM counts LightOnOCR's chat template (the
+# empty system turn, the user and assistant turns: bench/prompt_tokens.py, docs/PERFORMANCE.md).
+CHAT_TEMPLATE_TOKENS = 12
 
 
 def page_scale(width_pt: float, height_pt: float, longest_side: int, dpi: float) -> float:
@@ -92,3 +95,12 @@ def planned_image_tokens(
 ) -> int:
     """The image tokens of a page of ``width`` x ``height``, rendered by the splitter."""
     return vllm_image_tokens(*rendered_size(width, height, longest_side, dpi, image=image))
+
+
+def planned_prompt_tokens(
+    width: float, height: float, longest_side: int, dpi: float, *, image: bool = False
+) -> int:
+    """A page's prompt tokens at vLLM: its image's and the chat template's."""
+    return planned_image_tokens(width, height, longest_side, dpi, image=image) + (
+        CHAT_TEMPLATE_TOKENS
+    )

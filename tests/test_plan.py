@@ -12,9 +12,15 @@ from typer.testing import CliRunner
 
 from ocrpipe import cli
 from ocrpipe.file_kinds import InputKind
-from ocrpipe.operations.bill import CostModel, PageUsage, Usage, summarise
+from ocrpipe.operations.bill import (
+    PROMPT_TOKENS_PER_REQUEST,
+    CostModel,
+    PageUsage,
+    Usage,
+    summarise,
+)
 from ocrpipe.operations.plan import bucket_files, count_file, local_files, make_plan, page_kind
-from ocrpipe.page_geometry import planned_image_tokens, vllm_image_tokens
+from ocrpipe.page_geometry import planned_image_tokens, planned_prompt_tokens, vllm_image_tokens
 from ocrpipe.settings import Settings
 from ocrpipe.splitter.rendering.page_decoders import ImageSource, PdfSource
 from ocrpipe.testing.inputs import (
@@ -60,6 +66,13 @@ def test_an_images_prompt_tokens_are_those_of_the_splitters_render(
     )
 
 
+def test_prompt_tokens_of_the_pages_vllm_counted() -> None:
+    """docs/PERFORMANCE.md, "Prompt tokens per page kind": vLLM's own counts."""
+    assert planned_prompt_tokens(*A4, 1540, 200) == PROMPT_TOKENS_PER_REQUEST == 2157
+    assert planned_prompt_tokens(*LETTER, 1540, 200) == 2377
+    assert planned_prompt_tokens(960.0, 540.0, 1540, 200) == 1717
+
+
 def test_vllm_image_tokens_of_the_pages_the_design_names() -> None:
     assert planned_image_tokens(*A4, 1540, 200) == 2145
     assert planned_image_tokens(*LETTER, 1540, 200) == 2365
@@ -89,7 +102,7 @@ def opener(data: bytes) -> Any:
 def test_files_are_counted_or_rejected_as_the_splitter_would() -> None:
     pdf = count_file("a.pdf", 10, opener(sized_pages_pdf([A4, A4, LETTER])), SETTINGS)
     assert (pdf.kind, pdf.pages, pdf.rejected) == ("pdf", 3, None)
-    assert pdf.prompt_tokens == 2145 * 2 + 2365 and dict(pdf.page_kinds) == {"A4": 2, "Letter": 1}
+    assert pdf.prompt_tokens == 2157 * 2 + 2377 and dict(pdf.page_kinds) == {"A4": 2, "Letter": 1}
     tiff = image_bytes([text_image("a"), text_image("b")], "TIFF", save_all=True)
     frames = count_file("scan.tif", len(tiff), opener(tiff), SETTINGS)
     assert (frames.kind, frames.pages) == ("tiff", 2)
@@ -144,7 +157,7 @@ def test_a_measured_batch_gives_its_own_model() -> None:
 def test_a_backlog_longer_than_the_retention_is_warned_about() -> None:
     """3 million A4 pages: 58 days on one L4 (over the 31-day retention), 19 on three."""
     pages = count_file("a.pdf", 10, opener(sized_pages_pdf([A4])), SETTINGS)
-    pages.pages, pages.prompt_tokens = 3_000_000, 3_000_000 * 2145
+    pages.pages, pages.prompt_tokens = 3_000_000, 3_000_000 * 2157
     one = make_plan([pages], CostModel.published(SETTINGS, instances=1))
     assert one.outlives_retention and one.instances_for_retention() == 2
     three = make_plan([pages], CostModel.published(SETTINGS, instances=3))
@@ -157,7 +170,7 @@ def test_the_command_prints_the_plan_and_its_assumptions(tmp_path: Path) -> None
     env = {"OCRPIPE_GPU_INSTANCES": "3"}
     result = CliRunner().invoke(cli.app, ["plan", str(tmp_path)], env=env)
     assert result.exit_code == 0, result.output
-    assert "1 document(s), 6 page(s): 12,870 prompt tokens" in result.output
+    assert "1 document(s), 6 page(s): 12,942 prompt tokens" in result.output
     assert "with 3 GPU instance(s)" in result.output
     assert "notes.docx: would be rejected (unsupported_type)" in result.output
     assert "0.6 pages/s per GPU instance" in result.output

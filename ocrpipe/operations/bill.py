@@ -371,7 +371,7 @@ def union_length(intervals: Iterable[tuple[float, float]]) -> float:
 
 # --- Before a batch: what it will cost (ocrpipe plan) -------------------------------------
 
-REFERENCE_PROMPT_TOKENS = 2145  # an A4 page at 1540 px, at vLLM: 39 x 55 image tokens
+REFERENCE_PROMPT_TOKENS = PROMPT_TOKENS_PER_REQUEST  # an A4 page, at vLLM
 
 
 @dataclass(frozen=True)
@@ -400,7 +400,7 @@ class CostModel:
         completion_tokens: int | None = None,
     ) -> CostModel:
         """From ``gpu_pages_per_second`` (0.6 on an L4 by default) for a reference page: an
-        A4 page (2,145 prompt tokens) with ``plan_completion_tokens`` of text."""
+        A4 page (2,157 prompt tokens) with ``plan_completion_tokens`` of text."""
         completion = completion_tokens or settings.plan_completion_tokens
         reference = REFERENCE_PROMPT_TOKENS + completion
         return cls(

@@ -9,12 +9,12 @@ requests, not a download. Files are recognised by their content as the splitter
 recognises them (:mod:`ocrpipe.file_kinds`), and those it would reject are listed with the
 reason it would give (empty, too large, unsupported, encrypted, over ``max_pages``).
 
-A page's prompt is its image: ``ceil(w / 28) x ceil(h / 28)`` tokens for the image the
+A page's prompt is its image, ``ceil(w / 28) x ceil(h / 28)`` tokens for the image the
 splitter sends (a PDF page at ``render_dpi``, an image as it is, both scaled down to
 ``render_longest_side``, a sliver padded to 1:8) after vLLM scales its longer side to at
-most 1540 px
-(:func:`ocrpipe.page_geometry.planned_image_tokens`, the rules the renderer uses;
-tests/test_plan.py checks it against the splitter's own renders). Its completion cannot be
+most 1540 px, and the chat template's 12 tokens
+(:func:`ocrpipe.page_geometry.planned_prompt_tokens`, the rules the renderer uses;
+tests/test_plan.py checks them against the splitter's own renders). Its completion cannot be
 known before OCR: the cost model
 (:class:`ocrpipe.operations.bill.CostModel`) assumes a number per page, or takes the one
 measured on a finished batch. Pages are grouped by shape (:func:`page_kind`: A4, Letter,
@@ -36,7 +36,7 @@ from ocrpipe.errors import BadInput, OcrpipeError
 from ocrpipe.operations import backfill
 from ocrpipe.operations.bill import CostModel
 from ocrpipe.operations.submit import collect
-from ocrpipe.page_geometry import MAX_ASPECT, planned_image_tokens
+from ocrpipe.page_geometry import MAX_ASPECT, planned_prompt_tokens
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
 from ocrpipe.topology import load_topology
@@ -110,7 +110,7 @@ def count_file(name: str, size: int, opener: Opener, settings: Settings) -> File
             found.rejected, found.why = "image_too_large", f"{width} x {height} px"
             found.pages, found.prompt_tokens, found.page_kinds = 0, 0, Counter()
             return found
-        found.prompt_tokens += planned_image_tokens(
+        found.prompt_tokens += planned_prompt_tokens(
             width, height, settings.render_longest_side, settings.render_dpi, image=image
         )
         found.page_kinds[page_kind(width, height)] += 1
@@ -264,8 +264,8 @@ class Plan:
         return [
             *self.model.assumptions(),
             "prompt tokens: each page's image at vLLM (ceil(w/28) x ceil(h/28) after its longer"
-            " side is scaled to at most 1540 px); its break token per row and the chat"
-            " template's few tokens are left out (about 3 % more on an A4 page)",
+            " side is scaled to at most 1540 px) and the chat template's 12 tokens, as vLLM"
+            " counted them (bench/prompt_tokens.py)",
             f"wall time: {self.model.instances} GPU instance(s) busy from the start, plus one"
             f" cold start ({COLD_START_S:.0f} s); idle minutes before scale-down are not"
             " counted",
