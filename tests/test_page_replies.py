@@ -278,8 +278,13 @@ def test_a_page_longer_than_max_tokens_gets_more_tokens_not_a_higher_temperature
 
 
 def test_a_page_longer_than_the_context_fails_for_good_as_too_long_not_as_a_loop() -> None:
-    context = 5000  # prompt 2,145 + max_tokens 4,096 > 5,000: vLLM clamps the reply to length
-    with worker(FaultPlan(), max_model_len=context, ocr_max_model_len=context) as w:
+    # max_tokens 1,500 plus the largest page's prompt fits 5,000 (the worker checks that at
+    # start), but the 6,000-token page does not fit what the context leaves after its prompt
+    # (5,000 - 2,145): asked again with every token the context allows, it still ends length.
+    context = 5000
+    with worker(
+        FaultPlan(), max_model_len=context, ocr_max_model_len=context, ocr_max_tokens=1500
+    ) as w:
         doc, [message] = w.document([LONG])
         assert w.deliver(message) == 204
         error = page_error(w, doc, 1)
