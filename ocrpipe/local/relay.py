@@ -9,7 +9,8 @@ dead-letter policy and retention (``ocrpipe/topology.json``; terraform keeps pus
 this relay plays Pub/Sub's push side:
 
 * it pulls messages whenever fewer than ``N`` deliveries are open
-  (N = :attr:`Settings.delivery_max_in_flight`, by default ``ocr_max_in_flight``) and
+  (N = :attr:`Settings.delivery_max_in_flight`: by default ``ocr_max_in_flight``, a GPU's
+  batch, or two per thread of the stack's own CPU engine) and
   POSTs each to the worker in the wrapped push envelope (:func:`push_envelope`),
   ``deliveryAttempt`` included (the emulator counts attempts when a dead-letter policy is
   set). Unary pull, not streaming pull: through the client library's streaming pull with

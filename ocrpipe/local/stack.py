@@ -181,8 +181,15 @@ class LocalStack:
 
     def settings_for(self, identity: str | None, **more: Any) -> Settings:
         """The settings one identity's process gets (``None``: the raw emulators): the
-        stack's own fields, then :attr:`overrides`, then ``more`` (one child's)."""
-        return Settings(**{**self._stack_fields(identity), **self.overrides, **more})
+        stack's own fields, then :attr:`overrides`, then ``more`` (one child's); sized for
+        the local CPU engine when the stack runs it (:meth:`Settings.for_local_engine`)."""
+        settings = Settings(**{**self._stack_fields(identity), **self.overrides, **more})
+        return settings.for_local_engine() if self.runs_engine else settings
+
+    @property
+    def runs_engine(self) -> bool:
+        """Whether the OCR server is the stack's own CPU engine (not a URL, not a test's)."""
+        return self.ocr_url is None and self.ocr_command is None
 
     def _stack_fields(self, identity: str | None) -> dict[str, Any]:
         pubsub, gcs = self.ports.pubsub, self.ports.gcs
@@ -420,6 +427,7 @@ class LocalStack:
             "--port", str(self.ports.ocr), "--model-name", settings.ocr_model,
             "--max-model-len", str(settings.ocr_max_model_len),
             "--figure-boxes" if settings.ocr_figure_boxes else "--no-figure-boxes",
+            "--threads", str(settings.engine_threads),
         ]  # fmt: skip
         self._spawn("ocr", command, {}, identity=None)
         if wait_healthy:
