@@ -60,7 +60,10 @@ class RetryableError(OcrpipeError):
 
 
 class OcrUnavailable(RetryableError):
+    """``usage``: what the delivery's OCR requests cost before it gave up (billed too)."""
+
     reason = "ocr_unavailable"
+    usage: OcrUsage | None = None
 
 
 class StorageUnavailable(RetryableError):
