@@ -28,6 +28,21 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def child_running(parent: int, command: str) -> int:
+    """The pid of ``parent``'s child whose command line contains ``command``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue  # it exited meanwhile
+        if ppid == parent and command in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no child of {parent} runs {command}")
+
+
 def ctrl_c_as_in_a_terminal() -> None:
     """A shell's background job (nohup, &) ignores SIGINT and its children inherit that:
     give ocrpipe up the Ctrl-C a terminal would, however this test run was started."""
@@ -41,6 +56,7 @@ class RunningUp:
     folder: Path
     env: dict[str, str]
     ports: Ports
+    pid: int
     output: str = ""
     returncode: int | None = None
 
@@ -60,7 +76,7 @@ def ocrpipe_up(folder: Path, *options: str) -> Iterator[RunningUp]:
     up = subprocess.Popen([OCRPIPE, "up", *options, *args], cwd=folder, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
-    running = RunningUp(folder, env, ports)
+    running = RunningUp(folder, env, ports, up.pid)
 
     def up_exited() -> str | None:
         if up.poll() is None:
@@ -107,11 +123,19 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
             followed, _ = follow.communicate(timeout=300)
             assert follow.returncode == 0, followed
             assert followed.startswith("done sample.pdf  ") and "/document.md" in followed
+            # A worker that dies is started again, and the stack goes on.
+            os.kill(child_running(up.pid, "ocr_worker.app:create_app"), signal.SIGKILL)
+            shutil.copy(EXAMPLE, tmp_path / "again.pdf")
+            again = up.run("submit", "--local", "again.pdf", "--wait", "--timeout", "240")
+            assert again.returncode == 0, again.stdout + again.stderr
         finally:
             if follow is not None and follow.poll() is None:
                 follow.kill()
                 follow.communicate()
     assert up.returncode == 0, up.output
+    assert "Buckets are in memory" in up.output and "--data-dir" in up.output
+    assert "worker exited with -9: started it again (restart 1" in up.output
+    assert "parts started again while the stack ran: worker 1" in up.output
     assert "stopping" in up.output
     assert not (tmp_path / ".ocrpipe" / "local.env").exists()
     assert not (tmp_path / ".ocrpipe" / "owner.env").exists()
