@@ -57,7 +57,8 @@ def document(store: MemoryStore, name: str, state: str) -> None:
         (["partial"], True, 5, cli.Exit.OK),
         (["rejected"], True, 5, cli.Exit.FAILED),
         (["running"], False, 0.6, cli.Exit.TIMEOUT),
-        (["running", "partial"], False, 0.6, cli.Exit.FAILED),  # a failure outranks a timeout
+        (["running", "partial"], False, 0.6, cli.Exit.TIMEOUT),  # a cut-short wait says so
+        (["running", "rejected"], False, 0.6, cli.Exit.TIMEOUT),
     ],
 )
 def test_wait_exit_codes(
@@ -73,6 +74,42 @@ def test_wait_exit_codes(
     )
     result = CliRunner().invoke(cli.app, args, obj=memory, env=SETTINGS_ENV)
     assert result.exit_code == code, result.output
+    assert ("timed out" in result.output) == (code == cli.Exit.TIMEOUT), result.output
+
+
+def test_a_rejected_file_says_so_in_status_and_get_gives_its_reason(tmp_path: Path) -> None:
+    store = MemoryStore()
+    generation = store.put("in", "empty.pdf", b"")
+    doc = naming.DocumentRef("in", "empty.pdf", generation)
+    error = records.error_record(doc, "empty_file", "the file has 0 bytes")
+    store.put("out", naming.document_error_name(doc), error)
+    memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
+    status = CliRunner().invoke(cli.app, ["status", "empty.pdf"], obj=memory, env=SETTINGS_ENV)
+    assert "rejected" in status.output and "not split yet" not in status.output, status.output
+    assert "empty_file: the file has 0 bytes" in status.output
+    got = CliRunner().invoke(
+        cli.app, ["get", "empty.pdf", "-o", str(tmp_path)], obj=memory, env=SETTINGS_ENV
+    )
+    assert got.exit_code == 1
+    assert "empty.pdf: no Markdown: rejected: empty_file: the file has 0 bytes" in got.output
+
+
+def test_retrying_a_rejected_input_is_refused_unless_forced() -> None:
+    store = MemoryStore()
+    generation = store.put("in", "empty.pdf", b"")
+    doc = naming.DocumentRef("in", "empty.pdf", generation)
+    error = records.error_record(doc, "empty_file", "the file has 0 bytes")
+    store.put("out", naming.document_error_name(doc), error)
+    memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
+    refused = CliRunner().invoke(cli.app, ["retry", "empty.pdf"], obj=memory, env=SETTINGS_ENV)
+    assert refused.exit_code == 1, refused.output
+    assert "rejected as a whole (empty_file" in refused.output
+    assert store.stat("in", "empty.pdf").generation == generation  # type: ignore[union-attr]
+    forced = CliRunner().invoke(
+        cli.app, ["retry", "empty.pdf", "--force"], obj=memory, env=SETTINGS_ENV
+    )
+    assert forced.exit_code == 0, forced.output
+    assert store.stat("in", "empty.pdf").generation > generation  # type: ignore[union-attr]
 
 
 def _no_client(settings: Settings) -> Any:
