@@ -200,6 +200,56 @@ def test_the_status_detail_shows_page_error_reasons() -> None:
     assert "ocr_repetition_loop" in text and "the model looped" in text
 
 
+def fail_delivery(store: MemoryStore, name: str, page: int, delivery: int, at: int) -> None:
+    """The worker's record of a nacked delivery of ``page`` of ``name``."""
+    info = store.stat("in", name)
+    assert info is not None
+    doc = naming.DocumentRef("in", name, info.generation)
+    attempt = records.Attempt(
+        page, records.FAILED_DELIVERY, "ocr_unavailable:timeout", "no answer", delivery, 10,
+        created=at,
+    )  # fmt: skip
+    store.write("out", naming.attempt_record_name(doc, page, at, records.FAILED_DELIVERY), b"{}",
+                "application/json", if_generation_match=0,
+                metadata=records.attempt_metadata(attempt))  # fmt: skip
+
+
+def test_a_document_whose_pages_are_all_dead_lettered_ends_the_wait_with_the_replay() -> None:
+    store = MemoryStore()
+    document(store, "night.pdf", "running")  # 2 pages, none done
+    for page in (1, 2):
+        fail_delivery(store, "night.pdf", page, 10, at=100)
+    memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
+    result = CliRunner().invoke(
+        cli.app, ["wait", "night.pdf", "--timeout", "3600"], obj=memory, env=SETTINGS_ENV
+    )
+    assert result.exit_code == cli.Exit.FAILED, result.output
+    assert "2 page(s) in the dead-letter topic" in result.output
+    assert "ocrpipe dlq replay --doc night.pdf" in result.output
+    status = CliRunner().invoke(cli.app, ["status", "night.pdf"], obj=memory, env=SETTINGS_ENV)
+    assert "2 pending (2 dead-lettered)" in status.output
+    assert "dead-lettered" in status.output and "10 of 10" in status.output
+
+
+def test_retrying_pages_show_their_last_failure_and_a_quiet_document_is_flagged() -> None:
+    from rich.console import Console
+
+    store = MemoryStore(clock=lambda: 1000.0)
+    document(store, "slow.pdf", "running")
+    fail_delivery(store, "slow.pdf", 2, 3, at=1000)
+    status = document_status(store, SETTINGS, "slow.pdf")
+    assert (status.retrying, status.dead_lettered, status.stuck) == (1, 0, False)
+    console = Console(record=True, width=80)
+    views.print_status_detail(console, status, now=1000.0 + 30)
+    text = console.export_text()
+    assert "2 pending (1 retrying), of 2" in text
+    assert "3 of 10" in text and "30s ago: ocr_unavailable:timeout: no answer" in text
+    assert "nothing has moved" not in text
+    console = Console(record=True, width=80)
+    views.print_status_detail(console, status, now=1000.0 + 700)
+    assert "nothing has moved for 11m 40s" in console.export_text()
+
+
 runner = CliRunner()
 
 
