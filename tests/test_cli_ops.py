@@ -250,6 +250,29 @@ def test_retrying_pages_show_their_last_failure_and_a_quiet_document_is_flagged(
     assert "nothing has moved for 11m 40s" in console.export_text()
 
 
+def test_a_local_stack_that_went_away_gets_one_line_at_once_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+    (tmp_path / ".ocrpipe").mkdir()
+    (tmp_path / ".ocrpipe" / "local.env").write_text("".join(f"{k}={v}\n" for k, v in dead.items()))
+    monkeypatch.chdir(tmp_path)
+    for args in (["status"], ["status", "a.pdf"], ["dlq", "list"], ["report", "a.pdf"]):
+        result = CliRunner().invoke(cli.app, [*args, "--local"])
+        assert result.exit_code == cli.Exit.FAILED, (args, result.output)
+        assert result.output.startswith("The local stack is down: nothing answers at 127.0.0.1:9")
+        assert "Traceback" not in result.output and result.output.count("\n") <= 2
+    # Mid-wait: the stack stops answering while a document runs.
+    store = MemoryStore()
+    document(store, "late.pdf", "running")
+    memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
+    result = CliRunner().invoke(
+        cli.app, ["wait", "late.pdf", "--timeout", "600"], obj=memory, env=SETTINGS_ENV | dead
+    )
+    assert result.exit_code == cli.Exit.FAILED
+    assert "The local stack is down" in result.output and "Traceback" not in result.output
+
+
 runner = CliRunner()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from ocrpipe.errors import OcrpipeError
+from ocrpipe.errors import OcrpipeError, StorageUnavailable
 from ocrpipe.operations.pull import PubSubPullSubscription, PullSubscription
 from ocrpipe.operations.views import printable
 from ocrpipe.pubsub import Publisher, PubSubPublisher
@@ -60,11 +61,40 @@ def load_settings(local: bool, env_file: Path = LOCAL_ENV_FILE) -> Settings:
         )
         raise typer.Exit(Exit.USAGE)
     try:
-        return Settings(_env_file=env_file) if local else Settings()
+        settings = Settings(_env_file=env_file) if local else Settings()
     except ValidationError as exc:
         err.print("The settings (OCRPIPE_* variables) are not valid:", style="red")
         err.print(printable(exc), markup=False, highlight=False)
         raise typer.Exit(Exit.USAGE) from None
+    if local and (down := emulator_down(settings)) is not None:
+        err.print(down, style="red", markup=False, highlight=False)
+        raise typer.Exit(Exit.FAILED)
+    return settings
+
+
+def emulator_down(settings: Settings) -> str | None:
+    """One line saying which emulator of a local stack does not answer, or None if both
+    do (or the settings are a real deployment's). A refused connection is answered at
+    once, where a client library would retry it for two minutes."""
+    hosts = (
+        ("GCS", settings.storage_emulator_host),
+        ("Pub/Sub", settings.pubsub_emulator_host),
+    )
+    for what, host in hosts:
+        if not host:
+            continue
+        address = host.split("://", 1)[-1].rstrip("/")
+        name, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((name, int(port)), timeout=2):
+                pass
+        except (OSError, ValueError):
+            return (
+                f"The local stack is down: nothing answers at {address} ({what} emulator)."
+                " Start it with `ocrpipe up` in this folder (.ocrpipe/ is from a stack that"
+                " stopped)."
+            )
+    return None
 
 
 @contextmanager
@@ -83,6 +113,13 @@ def cloud_errors() -> Iterator[None]:
     except OcrpipeError as exc:
         err.print(printable(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(Exit.FAILED) from None
+
+
+def stack_alive(settings: Settings) -> None:
+    """Between polls of a wait: a local stack that went away ends it with one line, at
+    once (see :func:`emulator_down`)."""
+    if settings.uses_emulators and (down := emulator_down(settings)) is not None:
+        raise StorageUnavailable(down)
 
 
 @dataclass(frozen=True)

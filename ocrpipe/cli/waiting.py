@@ -12,7 +12,7 @@ import shlex
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from ocrpipe.cli.common import Exit, err, out
+from ocrpipe.cli.common import Exit, err, out, stack_alive
 from ocrpipe.operations import batch_views, views
 from ocrpipe.operations.batch_status import BatchStatus, batch_status, verdict, wait_for_batch
 from ocrpipe.operations.status import (
@@ -84,8 +84,12 @@ def wait_for(
                 progress.console.print(shown.append_text(stall))
             (warned.add if stall is not None else warned.discard)(current.name)
 
+        def poll(name: str) -> DocumentStatus:
+            stack_alive(settings)
+            return document_status(store, settings, name)
+
         finals = wait_for_documents(
-            lambda name: document_status(store, settings, name),
+            poll,
             names,
             timeout=timeout,
             on_update=show,
@@ -142,8 +146,13 @@ def wait_batch(
     called ``label`` (default: the prefix)."""
     selector = (prefix or "") + "*"
     with batch_views.BatchBar(err, label or prefix or "every document") as bar:
+
+        def poll() -> BatchStatus:
+            stack_alive(settings)
+            return batch_status(store, settings, prefix, names=names)
+
         final, settled = wait_for_batch(
-            lambda: batch_status(store, settings, prefix, names=names),
+            poll,
             timeout=timeout,
             interval=BATCH_POLL_S,
             on_update=bar.show,
