@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -27,6 +28,9 @@ DEFAULT_PUSH_KEYS_STALE_S = 6 * 3600.0
 MAX_TEMPERATURE = 2.0  # the highest sampling temperature vLLM's OpenAI API accepts
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+# Where `ocrpipe up` writes the operator's settings of the stack it runs, in its folder:
+# what `--local` (the CLI) and Client.local() (the Python API) read.
+LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
 
 
 class Settings(BaseSettings):

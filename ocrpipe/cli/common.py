@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,14 +13,14 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from ocrpipe.errors import OcrpipeError, StorageUnavailable
+from ocrpipe.emulators import emulator_down
+from ocrpipe.errors import OcrpipeError, StackDown
 from ocrpipe.operations.pull import PubSubPullSubscription, PullSubscription
 from ocrpipe.operations.views import printable
 from ocrpipe.pubsub import Publisher, PubSubPublisher
-from ocrpipe.settings import Settings
+from ocrpipe.settings import LOCAL_ENV_FILE, Settings
 from ocrpipe.storage import GcsStore, ObjectStore
 
-LOCAL_ENV_FILE = Path(".ocrpipe/local.env")  # the operator's settings (this CLI)
 LOCAL_OWNER_ENV_FILE = Path(".ocrpipe/owner.env")  # the project owner's (``follow --local``)
 # The reconciler's (`ocrpipe reconcile --local`), as an operator impersonates the reconciler's
 # service account in production.
@@ -67,34 +66,14 @@ def load_settings(local: bool, env_file: Path = LOCAL_ENV_FILE) -> Settings:
         err.print(printable(exc), markup=False, highlight=False)
         raise typer.Exit(Exit.USAGE) from None
     if local and (down := emulator_down(settings)) is not None:
-        err.print(down, style="red", markup=False, highlight=False)
+        err.print(f"{down} {_START_AGAIN}", style="red", markup=False, highlight=False)
         raise typer.Exit(Exit.FAILED)
     return settings
 
 
-def emulator_down(settings: Settings) -> str | None:
-    """One line saying which emulator of a local stack does not answer, or None if both
-    do (or the settings are a real deployment's). A refused connection is answered at
-    once, where a client library would retry it for two minutes."""
-    hosts = (
-        ("GCS", settings.storage_emulator_host),
-        ("Pub/Sub", settings.pubsub_emulator_host),
-    )
-    for what, host in hosts:
-        if not host:
-            continue
-        address = host.split("://", 1)[-1].rstrip("/")
-        name, _, port = address.rpartition(":")
-        try:
-            with socket.create_connection((name, int(port)), timeout=2):
-                pass
-        except (OSError, ValueError):
-            return (
-                f"The local stack is down: nothing answers at {address} ({what} emulator)."
-                " Start it with `ocrpipe up` in this folder (.ocrpipe/ is from a stack that"
-                " stopped)."
-            )
-    return None
+_START_AGAIN = (
+    "Start it with `ocrpipe up` in this folder (its .ocrpipe/ is from a stack that stopped)."
+)
 
 
 @contextmanager
@@ -119,7 +98,7 @@ def stack_alive(settings: Settings) -> None:
     """Between polls of a wait: a local stack that went away ends it with one line, at
     once (see :func:`emulator_down`)."""
     if settings.uses_emulators and (down := emulator_down(settings)) is not None:
-        raise StorageUnavailable(down)
+        raise StackDown(f"{down} {_START_AGAIN}")
 
 
 @dataclass(frozen=True)

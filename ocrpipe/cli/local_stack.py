@@ -13,7 +13,6 @@ from rich.text import Text
 from ocrpipe import naming
 from ocrpipe.cli.common import (
     CLOUD,
-    LOCAL_ENV_FILE,
     LOCAL_OWNER_ENV_FILE,
     LOCAL_USAGE_FILE,
     RECONCILER_ENV_FILE,
@@ -28,6 +27,7 @@ from ocrpipe.cli.waiting import wait_for
 from ocrpipe.operations import submit as uploads
 from ocrpipe.operations import views
 from ocrpipe.operations.status import document_status
+from ocrpipe.settings import LOCAL_ENV_FILE
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
