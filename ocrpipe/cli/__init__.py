@@ -22,6 +22,8 @@ Exit codes of every command:
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from ocrpipe.cli import dead_letters, documents, follow, local_stack, plan, reconcile, report
@@ -32,6 +34,24 @@ __all__ = ["Clients", "Exit", "app"]
 app = typer.Typer(
     help=__doc__, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown"
 )
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        import ocrpipe
+
+        typer.echo(f"ocrpipe {ocrpipe.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """The options before any command."""
 app.command()(local_stack.up)
 app.command("iam-report")(local_stack.iam_report)
 app.command()(documents.submit)
