@@ -52,6 +52,8 @@ def _options(
     ] = False,
 ) -> None:
     """The options before any command."""
+
+
 app.command()(local_stack.up)
 app.command("iam-report")(local_stack.iam_report)
 app.command()(documents.submit)
