@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -140,6 +141,26 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
     assert not (tmp_path / ".ocrpipe" / "local.env").exists()
     assert not (tmp_path / ".ocrpipe" / "owner.env").exists()
     assert all(port_is_free(port) for port in vars(up.ports).values())
+
+
+@pytest.mark.e2e
+def test_the_demo_runs_where_the_default_ports_are_taken(tmp_path: Path) -> None:
+    """The README's first command on a machine already running something on 8085 (another
+    `ocrpipe up`, an emulator): the demo's stack takes free ports of its own."""
+    default = Ports()
+    with contextlib.ExitStack() as held:
+        for port in (default.pubsub, default.gcs):
+            sock = held.enter_context(socket.socket())
+            with contextlib.suppress(OSError):  # already taken by someone else: as good
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OCRPIPE_")}
+        demo = subprocess.run(
+            [OCRPIPE, "demo", str(EXAMPLE), "--timeout", "300"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420,
+        )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "sample.pdf: done" in demo.stdout and "<!-- page 1 -->" in demo.stdout
 
 
 def test_a_taken_port_gets_a_clear_message() -> None:
