@@ -210,10 +210,11 @@ def demo(
     ),
     timeout: float = 600.0,
 ) -> None:
-    """Start the local stack, push FILE through it, print its Markdown, stop."""
-    from ocrpipe.local.stack import LocalStack, StackError
+    """Start the local stack on free ports, push FILE through it, print its Markdown, stop.
+    (It runs its own stack, beside any `ocrpipe up`, whatever ports are taken.)"""
+    from ocrpipe.local.stack import LocalStack, StackError, free_ports
 
-    stack = LocalStack()
+    stack = LocalStack(ports=free_ports())
     try:
         with out.status("starting the local stack") as spinner:
             stack.start(progress=lambda part: spinner.update(f"starting {part}"))
