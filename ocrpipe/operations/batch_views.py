@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -175,6 +175,10 @@ class BatchBar:
 
     def __exit__(self, *exc: Any) -> None:
         self._progress.__exit__(*exc)
+
+    def __rich__(self) -> RenderableType:
+        """The bar and its line as they are now (what the live display shows)."""
+        return Group(*self._progress.get_renderables())
 
     def show(self, status: BatchStatus) -> None:
         rate, eta = status.rate_per_s, status.eta_s
