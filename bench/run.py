@@ -39,6 +39,7 @@ BENCHMARKS = {
     "prompt_tokens": "Prompt tokens per page kind, counted by vLLM's real server (CPU build)",
     "backlog": "A backlog at scale: reconciler, submit gs:// and plan gs:// on fake-gcs-server",
     "plan_vs_report": "ocrpipe plan's estimate against ocrpipe report on the same local batch",
+    "local_defaults": "The default local stack: a 40-page folder and a dense 14-page PDF",
 }
 
 Runner = Callable[[bool], tuple[dict[str, Any], dict[str, Any], str]]
