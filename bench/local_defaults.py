@@ -120,7 +120,7 @@ def run_arm(overrides: dict[str, Any], folder: Path, dense: Path) -> dict[str, A
 def run_batch(client: Client, store: GcsStore, paths: list[Path], prefix: str) -> dict[str, Any]:
     """Submit ``paths`` under ``prefix`` and wait until they finish (or the timeout)."""
     started = time.monotonic()
-    names = client.submit(paths, prefix=prefix)
+    names = client.submit(paths, prefix=prefix).names
     progress: list[tuple[float, int]] = []
 
     def seen(status: BatchStatus) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ocrpipe.client import BatchStatus, Client, DocumentStatus, WaitResult
+    from ocrpipe.client import BatchStatus, Client, DocumentStatus, Submission, WaitResult
 
-__all__ = ["BatchStatus", "Client", "DocumentStatus", "WaitResult", "__version__"]
+__all__ = ["BatchStatus", "Client", "DocumentStatus", "Submission", "WaitResult", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,7 @@ a deployment or for the local stack::
     from ocrpipe import Client
 
     client = Client.local()  # the stack `ocrpipe up` runs in this folder
-    names = client.submit(["scans/"], prefix="batch1/")
+    names = client.submit(["scans/"], prefix="batch1/").names
     result = client.wait(names, on_progress=lambda b: print(b.pages_done, "pages done"))
     if result.ok:
         text = client.markdown(names[0])
@@ -47,7 +47,23 @@ from ocrpipe.operations.status import DocumentStatus, Verdict, document_status
 from ocrpipe.settings import LOCAL_ENV_FILE, Settings
 from ocrpipe.storage import GcsStore, ObjectStore
 
-__all__ = ["BatchStatus", "Client", "DocumentStatus", "WaitResult"]
+__all__ = ["BatchStatus", "Client", "DocumentStatus", "Submission", "WaitResult"]
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What :meth:`Client.submit` did: ``names`` are the input names of every file
+    submitted (uploaded, or already there with the same bytes): what to wait for;
+    ``not_submitted`` the files that were meant to go and did not, each with why (a file
+    that cannot be read, a name GCS refuses, an upload that failed). Hidden files and
+    symbolic links inside folders are skipped by rule and not listed."""
+
+    names: list[str]
+    not_submitted: list[tuple[str, str]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.not_submitted
 
 
 @dataclass(frozen=True)
@@ -100,14 +116,19 @@ class Client:
 
     def submit(
         self, paths: Iterable[str | Path], *, prefix: str = "", force: bool = False
-    ) -> list[str]:
-        """Upload files, and folders (walked recursively, hidden files skipped), as
-        ``prefix`` + the file's name, or + its path inside the folder given. A file already
-        in the input bucket with the same bytes is not uploaded again (unless ``force``).
-        Returns the input name of every file, uploaded or unchanged: what to wait for."""
-        files = uploads.collect([Path(p) for p in paths], prefix)
-        report = uploads.submit(self._store, self._settings.input_bucket, files, force=force)
-        return list(report.names)
+    ) -> Submission:
+        """Upload files, and folders (walked recursively, hidden files and symbolic links
+        skipped), as ``prefix`` + the file's name, or + its path inside the folder given. A
+        file already in the input bucket with the same bytes is not uploaded again (unless
+        ``force``). Every file is checked before the first upload, as ``ocrpipe submit``
+        does; one that cannot go is reported, and the others are submitted."""
+        collected = uploads.collect([Path(p) for p in paths], prefix)
+        report = uploads.submit(
+            self._store, self._settings.input_bucket, collected.files, force=force
+        )
+        problems = [(str(s.path), s.why) for s in collected.skipped if s.problem]
+        problems += [(f.file.name, f.why) for f in report.failed]
+        return Submission(list(report.names), problems)
 
     def status(self, name: str) -> DocumentStatus:
         """Where input ``name`` is: its state, pages done, failed, retrying, dead-lettered."""

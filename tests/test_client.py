@@ -43,11 +43,14 @@ def test_submit_a_folder_then_read_each_documents_state_markdown_and_record(
     store = MemoryStore()
     client = Client(SETTINGS, store=store)
 
-    names = client.submit([tmp_path / "scans"], prefix="batch1/")
+    submitted = client.submit([tmp_path / "scans", tmp_path / "gone.pdf"], prefix="batch1/")
 
+    names = submitted.names
     assert names == ["batch1/a.pdf", "batch1/sub/b.pdf"]
+    assert not submitted.ok and submitted.not_submitted[0][0].endswith("gone.pdf")
     assert store.read("in", "batch1/sub/b.pdf") == b"%PDF-1.7 b"
-    assert client.submit([str(tmp_path / "scans")], prefix="batch1/") == names  # unchanged
+    again = client.submit([str(tmp_path / "scans")], prefix="batch1/")
+    assert again.ok and again.names == names  # unchanged
     assert client.status("batch1/a.pdf").state == "splitting"
     with pytest.raises(NotReady, match="not finished") as not_yet:
         client.markdown("batch1/a.pdf")
@@ -134,7 +137,7 @@ def test_a_folder_submitted_waited_for_and_read_through_the_api(
     client = Client(stack.settings)
     prefix = f"tests/api-{uuid.uuid4().hex[:8]}/"
 
-    names = client.submit([folder], prefix=prefix)
+    names = client.submit([folder], prefix=prefix).names
     progress: list[int] = []
     result = client.wait(names, timeout=300, on_progress=lambda b: progress.append(b.pages_done))
 
