@@ -34,6 +34,8 @@ from ocrpipe.storage import GcsStore
 
 FOLDER_PAGES = 40
 DENSE_PAGES = 14
+QUICK_FOLDER_PAGES = 8  # --quick: the same path, a fifth of the pages
+QUICK_DENSE_PAGES = 2
 TIMEOUT_S = 3600.0
 
 
@@ -62,15 +64,15 @@ def dense_pdf(pages: int, *, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def corpus(root: Path) -> tuple[Path, Path]:
-    """The 40-page folder (born-digital and scanned documents of 4 pages) and the dense PDF."""
+def corpus(root: Path, folder_pages: int, dense_pages: int) -> tuple[Path, Path]:
+    """The folder (born-digital and scanned documents of 4 pages) and the dense PDF."""
     folder = root / "folder"
     folder.mkdir()
-    for index in range(FOLDER_PAGES // 4):
+    for index in range(folder_pages // 4):
         kind = "scanned" if index % 2 else "text"
         shutil.copy(cached_pdf(kind, 4, seed=100 + index), folder / f"{kind}-{index:02d}.pdf")
     dense = root / "dense.pdf"
-    dense.write_bytes(dense_pdf(DENSE_PAGES, seed=7))
+    dense.write_bytes(dense_pdf(dense_pages, seed=7))
     return folder, dense
 
 
@@ -171,7 +173,10 @@ def _failed_deliveries(client: Client, store: GcsStore, names: list[str]) -> int
 def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     root = Path(tempfile.mkdtemp(prefix="ocrpipe-bench-defaults-"))
     try:
-        folder, dense = corpus(root)
+        folder_pages, dense_pages = (
+            (QUICK_FOLDER_PAGES, QUICK_DENSE_PAGES) if quick else (FOLDER_PAGES, DENSE_PAGES)
+        )
+        folder, dense = corpus(root, folder_pages, dense_pages)
         figures: dict[str, Any] = {"defaults": run_arm({}, folder, dense)}
         if os.environ.get("OCRPIPE_BENCH_BASELINE") == "1":
             baseline = {"local_delivery_max_in_flight": 32}
@@ -187,9 +192,9 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     }
     method = (
         f"LocalStack() with its defaults on free ports (the CPU engine, sized by"
-        f" Settings.for_local_engine), a {FOLDER_PAGES}-page folder (5 born-digital and 5"
-        f" scanned 4-page PDFs of bench/corpus.py) submitted and waited for through"
-        f" ocrpipe.Client, then a {DENSE_PAGES}-page dense PDF (two columns of 8 pt text);"
+        f" Settings.for_local_engine), a {folder_pages}-page folder (born-digital and scanned"
+        f" 4-page PDFs of bench/corpus.py, alternating) submitted and waited for through"
+        f" ocrpipe.Client, then a {dense_pages}-page dense PDF (two columns of 8 pt text);"
         " failed deliveries counted from the worker's attempt records; the machine's load"
         " average sampled every 10 s"
     )
