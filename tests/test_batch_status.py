@@ -333,12 +333,12 @@ def test_a_batch_whose_every_pending_page_is_dead_lettered_settles_without_the_t
     store = MemoryStore()
     make_document(store, "s/done.pdf", "done")
     stuck = make_document(store, "s/stuck.pdf", "stuck")
-    clock = Clock()
+    clock = FakeClock(10_000.0)
     final, settled = wait_for_batch(
         lambda: batch_status(store, SETTINGS, "s/"),
         timeout=3600,
         clock=clock,
-        sleep=clock.sleep,
+        sleep=clock.sleep_sync,
     )
     assert settled and final.stuck and not final.finished
     assert clock.now - 10_000 == 0  # the first poll saw it: no wait for the timeout
@@ -358,7 +358,7 @@ def test_a_batch_whose_every_pending_page_is_dead_lettered_settles_without_the_t
 
 
 def test_a_batch_where_nothing_was_written_for_longer_than_a_page_takes_has_stalled() -> None:
-    clock = Clock()
+    clock = FakeClock(10_000.0)
     store = MemoryStore(clock=clock)
     make_document(store, "q/a.pdf", "running", pages=3)
     clock.now += 599
