@@ -12,7 +12,9 @@ While it runs, :meth:`LocalStack.watch` supervises the parts: a service that exi
 engine, the worker, the splitter, the Eventarc stand-in, the relay, an authorizing proxy) is
 started again, after a pause that grows while it keeps dying young, and counted in
 :attr:`LocalStack.restarts`. None of them holds what a restart would lose: pages in flight
-are nacked or time out and are delivered again. Only the two emulators hold state (the
+are nacked or time out and are delivered again; what a killed relay had leased (and what its
+last pull, still open at the emulator, took after it died) is released by a seek of the
+pages subscription before the relay starts again. Only the two emulators hold state (the
 topics and subscriptions, and the buckets unless ``data_dir``), so one of them exiting, or a
 part that cannot start again, stops the stack.
 
@@ -49,7 +51,12 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ocrpipe.local.iam.policy import Authorizer, Decision, grant_identities, usage_report
-from ocrpipe.local.pubsub_admin import ensure_push_subscription, ensure_topic, ensure_topology
+from ocrpipe.local.pubsub_admin import (
+    ensure_push_subscription,
+    ensure_topic,
+    ensure_topology,
+    release_leases,
+)
 from ocrpipe.local.readiness import NotReady, http_answers, log_says, tcp_accepts, wait_until_ready
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore
@@ -498,6 +505,23 @@ class LocalStack:
         self._spawn("relay", command, {}, identity=None, settings=more)
         _wait_log(log, since, "relaying ", 30, self._died("relay"))
 
+    def _restart_relay(self) -> None:
+        """A relay that died holds leases nobody will answer, and its last pull, still open
+        at the emulator, takes more until it times out: once it has, release them all, then
+        start the relay again."""
+        from google.api_core import exceptions as gexc
+
+        from ocrpipe.local.relay import PULL_TIMEOUT_S
+
+        host = self.admin_settings.pubsub_emulator_host
+        assert host is not None
+        time.sleep(PULL_TIMEOUT_S + 1)
+        try:
+            release_leases(self.project, load_topology(), host)
+        except gexc.GoogleAPICallError as exc:
+            raise StackError(f"the relay's leases could not be released: {exc}") from exc
+        self.start_relay(self._relay_max_in_flight)
+
     def pause_delivery(self) -> None:
         """Stop the push relay: pages wait in the subscription until :meth:`start_relay`."""
         self.kill("relay", signal.SIGTERM)
@@ -568,7 +592,7 @@ class LocalStack:
             "worker": self.start_worker,
             "splitter": self.start_splitter,
             "eventarc": self.start_eventarc,
-            "relay": lambda: self.start_relay(self._relay_max_in_flight),
+            "relay": self._restart_relay,
             "pubsub-proxy": self.start_pubsub_proxy,
             "gcs-proxy": self.start_gcs_proxy,
         }
