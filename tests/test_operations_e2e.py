@@ -389,14 +389,15 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
         assert latest is not None
         written[latest.name] = latest.generation
     # Per document: its pages, document.md, document.json and @latest.json, each once;
-    # and a record of each replay of a page (status shows it queued again).
+    # and the record of each replay of a page that the CLI wrote (status shows it queued).
     replayed = [
         a
         for doc in docs
         for info in store.list(settings.output_bucket, naming.attempts_prefix(doc))
         if (a := records.parse_attempt(info.metadata)) is not None and a.kind == records.REPLAYED
     ]
-    assert {(a.page) for a in replayed} == {1, 2} and len(replayed) >= 4
+    # (a replay killed between its ack and its records leaves none: the count says so)
+    assert replayed and {a.page for a in replayed} <= {1, 2}
     assert len(written) == 4 + 3 * 3
     assert output_uploads(stack, log_offset)["200"] == len(written) + len(replayed)
     assert dead_letters(stack, names) == []
