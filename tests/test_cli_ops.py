@@ -77,12 +77,18 @@ def test_wait_exit_codes(
     assert ("timed out" in result.output) == (code == cli.Exit.TIMEOUT), result.output
 
 
-def test_a_rejected_file_says_so_in_status_and_get_gives_its_reason(tmp_path: Path) -> None:
-    store = MemoryStore()
+def rejected_empty_file(store: MemoryStore) -> int:
+    """``empty.pdf`` (0 bytes) and the splitter's error record for it; its generation."""
     generation = store.put("in", "empty.pdf", b"")
     doc = naming.DocumentRef("in", "empty.pdf", generation)
     error = records.error_record(doc, "empty_file", "the file has 0 bytes")
     store.put("out", naming.document_error_name(doc), error)
+    return generation
+
+
+def test_a_rejected_file_says_so_in_status_and_get_gives_its_reason(tmp_path: Path) -> None:
+    store = MemoryStore()
+    rejected_empty_file(store)
     memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
     status = CliRunner().invoke(cli.app, ["status", "empty.pdf"], obj=memory, env=SETTINGS_ENV)
     assert "rejected" in status.output and "not split yet" not in status.output, status.output
@@ -96,10 +102,7 @@ def test_a_rejected_file_says_so_in_status_and_get_gives_its_reason(tmp_path: Pa
 
 def test_retrying_a_rejected_input_is_refused_unless_forced() -> None:
     store = MemoryStore()
-    generation = store.put("in", "empty.pdf", b"")
-    doc = naming.DocumentRef("in", "empty.pdf", generation)
-    error = records.error_record(doc, "empty_file", "the file has 0 bytes")
-    store.put("out", naming.document_error_name(doc), error)
+    generation = rejected_empty_file(store)
     memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
     refused = CliRunner().invoke(cli.app, ["retry", "empty.pdf"], obj=memory, env=SETTINGS_ENV)
     assert refused.exit_code == 1, refused.output

@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from ocrpipe import records
+from ocrpipe.attempts import record_requeued
 from ocrpipe.cli.common import (
     DocOpt,
     Exit,
@@ -21,7 +22,6 @@ from ocrpipe.cli.common import (
 )
 from ocrpipe.errors import OcrpipeError
 from ocrpipe.operations import views
-from ocrpipe.operations.attempt_records import record_requeued
 from ocrpipe.operations.dead_letters import ReplayReport, list_dead_letters, replay
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore

@@ -23,7 +23,7 @@ Two ways, both safe to run twice and to interrupt (run them again):
   A document whose every page is done but whose ``document.md`` is out of date (status
   ``stale_assembly``) gets one page published again: the worker finds it done, and the
   completion check rebuilds the document. Each page queued again first gets a ``retried``
-  attempt record (:mod:`ocrpipe.operations.attempt_records`), which keeps the usage of the
+  attempt record (:mod:`ocrpipe.attempts`), which keeps the usage of the
   error record deleted, for ``report``.
 
 A document rejected as a whole (``error.json``: not a PDF, encrypted, ...) is refused both
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 
 from ocrpipe import naming, records
 from ocrpipe.assemble import assembly_stale
+from ocrpipe.attempts import record_requeued
 from ocrpipe.errors import ObjectMissing, RetryRefused
 from ocrpipe.messages import PageMessage
-from ocrpipe.operations.attempt_records import record_requeued
 from ocrpipe.operations.status import PageError, parse_error
 from ocrpipe.pubsub import OutgoingMessage, Publisher, publish_batched
 from ocrpipe.settings import Settings

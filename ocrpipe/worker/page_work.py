@@ -65,6 +65,7 @@ from ocrpipe.assemble import (
     assemble,
     results_digest,
 )
+from ocrpipe.attempts import write_attempt
 from ocrpipe.errors import (
     ObjectMissing,
     OcrpipeError,
@@ -364,7 +365,6 @@ def record_failed_delivery(
             if a is not None and a.kind == records.FAILED_DELIVERY and a.message_id == message_id
         )
     usage = error.usage if isinstance(error, OcrUnavailable) else None
-    now_ns = time.time_ns() if now_ns is None else now_ns
     attempt = records.Attempt(
         page=page,
         kind=records.FAILED_DELIVERY,
@@ -374,17 +374,8 @@ def record_failed_delivery(
         max_deliveries=load_topology().max_delivery_attempts,
         message_id=message_id,
         usage=usage.as_dict() if usage is not None else None,
-        created=now_ns / 1e9,
     )
-    store.write(
-        out,
-        naming.attempt_record_name(doc, page, now_ns, records.FAILED_DELIVERY),
-        records.attempt_record(doc, attempt),
-        "application/json",
-        if_generation_match=0,
-        metadata=records.attempt_metadata(attempt),
-    )
-    return attempt
+    return write_attempt(store, settings, doc, attempt, now_ns=now_ns)
 
 
 def _render_failed(
