@@ -33,10 +33,10 @@ from typing import Any
 from ocrpipe import naming
 from ocrpipe.emulators import emulator_down
 from ocrpipe.errors import NotReady, StackDown
+from ocrpipe.listing import DocumentObjects
 from ocrpipe.operations import submit as uploads
 from ocrpipe.operations.batch_status import (
     BatchStatus,
-    DocumentObjects,
     batch_status,
     listing_prefix,
     verdict,
