@@ -39,7 +39,10 @@ BENCHMARKS = {
     "prompt_tokens": "Prompt tokens per page kind, counted by vLLM's real server (CPU build)",
     "backlog": "A backlog at scale: reconciler, submit gs:// and plan gs:// on fake-gcs-server",
     "plan_vs_report": "ocrpipe plan's estimate against ocrpipe report on the same local batch",
+    "local_defaults": "The default local stack: a 40-page folder and a dense 14-page PDF",
 }
+# Run only when named with --only: half an hour of both cores on a busy machine.
+ON_REQUEST = frozenset({"local_defaults"})
 
 Runner = Callable[[bool], tuple[dict[str, Any], dict[str, Any], str]]
 
@@ -67,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small versions (CI smoke run)")
     parser.add_argument(
-        "--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}"
+        "--only",
+        default="",
+        help=f"comma-separated subset of: {', '.join(BENCHMARKS)} (without it: all but"
+        f" {', '.join(sorted(ON_REQUEST))}, which run only when named)",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument(
@@ -78,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     OPTIONS.results_dir = args.results_dir
     OPTIONS.profile = args.profile
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or [
+        n for n in BENCHMARKS if n not in ON_REQUEST
+    ]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from anyio import to_thread
 from starlette.applications import Starlette
@@ -24,7 +25,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ocrpipe import naming
-from ocrpipe.errors import BadMessage, PermanentError, RetryableError, push_status_for
+from ocrpipe.errors import (
+    BadMessage,
+    OcrpipeError,
+    PermanentError,
+    RetryableError,
+    push_status_for,
+)
 from ocrpipe.logs import configure_logging, log_context, trace_from_headers
 from ocrpipe.messages import PageMessage, PushEnvelope
 from ocrpipe.pubsub import Publisher, PubSubPublisher
@@ -32,7 +39,7 @@ from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore, ObjectStore
 from ocrpipe.worker.context_fit import check_ocr_context
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams
-from ocrpipe.worker.page_work import ManifestCache, process_page
+from ocrpipe.worker.page_work import ManifestCache, process_page, record_failed_delivery
 from ocrpipe.worker.push_auth import PushVerifier, build_verifier
 
 logger = logging.getLogger("ocr_worker")
@@ -175,7 +182,37 @@ async def push(request: Request) -> Response:
                     outcome.state,
                     extra={"duration_ms": round((time.monotonic() - received) * 1000)},
                 )
-            return Response(status_code=push_status_for(error))
+            status = push_status_for(error)
+            if error is not None and status >= 300:  # a nack: keep why, for status and report
+                await _record_failed_delivery(services, envelope, message, error)
+            return Response(status_code=status)
+
+
+async def _record_failed_delivery(
+    services: Services, envelope: PushEnvelope, message: PageMessage, error: BaseException
+) -> None:
+    """The page's attempt record; trouble writing it never changes the answer."""
+    record = partial(
+        record_failed_delivery,
+        message,
+        error,
+        services.store,
+        services.settings,
+        delivery=envelope.delivery_attempt,
+        message_id=envelope.message.message_id,
+    )
+    try:
+        attempt = await to_thread.run_sync(record)
+    except OcrpipeError as exc:
+        logger.warning("failed delivery not recorded: %s", exc, extra={"reason": exc.reason})
+        return
+    if attempt.dead_lettered:
+        logger.error(
+            "delivery %d of %d failed: the page goes to the dead-letter topic",
+            attempt.delivery,
+            attempt.max_deliveries,
+            extra={"reason": attempt.reason},
+        )
 
 
 async def _record_bad_message(

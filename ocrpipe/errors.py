@@ -16,6 +16,9 @@
     ├── ObjectMissing            a GCS object does not exist: a normal answer the caller
     │                            handles; unexpected (500) only if it escapes
     ├── SubscriptionMissing      a Pub/Sub subscription does not exist (the CLI's dlq)
+    ├── StackDown                the local stack is not running (which part, and what to do)
+    ├── NotReady                 a document's result was asked for and it has none: not
+    │                            finished yet, rejected, or no such document (``reason``)
     ├── RetryRefused             ``ocrpipe retry`` cannot retry a document that way; the
     │                            message says why and what to do instead
     └── PermanentError           an error record is written, then 204 (ack); never retried
@@ -60,7 +63,10 @@ class RetryableError(OcrpipeError):
 
 
 class OcrUnavailable(RetryableError):
+    """``usage``: what the delivery's OCR requests cost before it gave up (billed too)."""
+
     reason = "ocr_unavailable"
+    usage: OcrUsage | None = None
 
 
 class StorageUnavailable(RetryableError):
@@ -96,6 +102,19 @@ class ObjectMissing(OcrpipeError):
 
 class SubscriptionMissing(OcrpipeError):
     reason = "subscription_missing"
+
+
+class StackDown(OcrpipeError):
+    """The local stack is not running, or one of its emulators does not answer."""
+
+    reason = "stack_down"
+
+
+class NotReady(OcrpipeError):
+    """A document has no such result: ``reason`` is ``not_finished``, ``rejected`` or
+    ``no_such_document``; the message says what to do."""
+
+    reason = "not_ready"
 
 
 class RetryRefused(OcrpipeError):

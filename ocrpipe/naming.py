@@ -16,6 +16,9 @@ Output bucket, per document (``<key>`` is the input name made safe, see :func:`n
                                              when a page result lands that it lacks
     <key>/@<generation>/document.json        where each page's text is in document.md
     <key>/@<generation>/error.json           the whole input was rejected (bad input)
+    <key>/@<generation>/attempts/00001/<ns>.<kind>.json   what happened to page 1 on the
+                                             way: a delivery that failed (the worker),
+                                             a retry or a replay of it (the operator)
     <key>/@latest.json                       the newest finished generation of the input:
                                              a name that never changes, to poll
     _invalid-messages/<yyyymmdd>/<ns>.json   a delivery the worker refused or could not read
@@ -53,6 +56,7 @@ _LEASE = re.compile(r"^lease-(\d+)$")
 _PAGE_MD = re.compile(r"^(\d+)\.md$")
 _PAGE_ERR = re.compile(r"^(\d+)\.error\.json$")
 _FIGURE = re.compile(r"^(\d+)\.figure-(\d+)\.(png|jpg)$")
+_ATTEMPT = re.compile(r"^(\d+)/(\d+)\.([a-z_]+)\.json$")
 _ESCAPES = re.compile(r"(?:%[0-9A-F]{2})+")
 
 
@@ -260,6 +264,38 @@ def parse_figure_names(names: Iterable[str], prefix: str) -> dict[tuple[int, int
             page, number = int(match.group(1)), int(match.group(2))
             figures[(page, number)] = FigureObject(page, number, full, base)
     return figures
+
+
+def attempts_prefix(doc: DocumentRef) -> str:
+    """Where the records of a document's page attempts are (:mod:`ocrpipe.records`)."""
+    return output_prefix(doc) + "attempts/"
+
+
+def page_attempts_prefix(doc: DocumentRef, page: int) -> str:
+    return f"{attempts_prefix(doc)}{page:0{PAGE_DIGITS}d}/"
+
+
+def attempt_record_name(doc: DocumentRef, page: int, time_ns: int, kind: str) -> str:
+    """One event in page ``page``'s history: ``attempts/00007/<time_ns>.<kind>.json``,
+    created once (the time in nanoseconds keeps names apart and in order)."""
+    return f"{page_attempts_prefix(doc, page)}{time_ns}.{kind}.json"
+
+
+@dataclass(frozen=True)
+class AttemptName:
+    page: int
+    time_ns: int
+    kind: str
+
+
+def parse_attempt_name(name: str, prefix: str) -> AttemptName | None:
+    """The page, time and kind in an :func:`attempt_record_name` under ``prefix``."""
+    if not name.startswith(prefix):
+        return None
+    match = _ATTEMPT.match(name[len(prefix) :])
+    if match is None:
+        return None
+    return AttemptName(int(match.group(1)), int(match.group(2)), match.group(3))
 
 
 def work_prefix(doc_id: str) -> str:

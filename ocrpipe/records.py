@@ -14,7 +14,15 @@
   and normalised) and, in each page's provenance, how many figures it has and which
   references were left as text (:func:`figure_report`);
 * ``<key>/@latest.json``: the newest finished generation of one input name, at a name that
-  never changes (:func:`latest_record`).
+  never changes (:func:`latest_record`);
+* attempt records (``attempts/00007/<ns>.<kind>.json``, :class:`Attempt`): a page's history
+  on the way to its result, one object per event, created once. The worker writes one for
+  every delivery it nacks (``failed_delivery``: why, which delivery of how many before the
+  dead-letter topic, and what its OCR requests cost); ``ocrpipe retry --failed-only`` writes
+  one for each failed page it re-queues (``retried``, keeping the usage of the error record
+  it deletes) and ``ocrpipe dlq replay`` one for each page it replays (``replayed``). So
+  ``status`` tells a page that is retrying or dead-lettered from one that is queued, and
+  ``report`` counts the work that left no page result.
 
 A page's usage is kept as custom metadata of its Markdown or error record
 (:data:`USAGE_KEY`), written in the same request as the object, and read back from the
@@ -42,6 +50,12 @@ PAGE_FIGURES_KEY = "ocrpipe-figures"  # of a page's Markdown: its figures, what 
 FIGURE_KEY = "ocrpipe-figure"  # of a figure: its box and the page image's size
 MAX_NOT_CROPPED_LISTED = 20
 _TARGET_CHARS = 100
+ATTEMPT_KEY = "ocrpipe-attempt"  # custom metadata of an attempt record: the record, as JSON
+FAILED_DELIVERY = "failed_delivery"
+RETRIED = "retried"
+REPLAYED = "replayed"
+ATTEMPT_KINDS = (FAILED_DELIVERY, RETRIED, REPLAYED)
+_METADATA_MESSAGE_CHARS = 300  # GCS keeps at most 8 KiB of custom metadata per object
 
 Usage = dict[str, str | int | float]  # OcrUsage.as_dict()
 
@@ -371,3 +385,89 @@ def parse_render_failure(data: bytes) -> tuple[str, str]:
         return str(raw["reason"]), str(raw["message"])
     except (ValueError, KeyError, TypeError):
         return "unknown", "the render failure record cannot be read"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One event in a page's history on the way to its result (see the module docstring).
+
+    ``delivery`` is which delivery of the message failed (Pub/Sub's ``deliveryAttempt``, or
+    the worker's own count when push does not say), ``max_deliveries`` how many the
+    subscription makes before it dead-letters the message; ``usage`` what the event's OCR
+    requests cost (a failed delivery's, or a retried page's deleted error record's)."""
+
+    page: int
+    kind: str  # one of ATTEMPT_KINDS
+    reason: str = ""
+    message: str = ""
+    delivery: int | None = None
+    max_deliveries: int | None = None
+    message_id: str = ""
+    usage: Usage | None = None
+    created: float = 0.0
+
+    @property
+    def dead_lettered(self) -> bool:
+        """A failed delivery that was the message's last before the dead-letter topic."""
+        return (
+            self.kind == FAILED_DELIVERY
+            and self.delivery is not None
+            and self.max_deliveries is not None
+            and self.delivery >= self.max_deliveries
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "page": self.page,
+            "kind": self.kind,
+            "reason": self.reason,
+            "message": self.message,
+            "delivery": self.delivery,
+            "max_deliveries": self.max_deliveries,
+            "dead_lettered": self.dead_lettered,
+            "message_id": self.message_id,
+            "usage": self.usage,
+            "created": self.created,
+        }
+
+
+def attempt_record(doc: DocumentRef, attempt: Attempt) -> bytes:
+    """The body of an attempt record."""
+    return _dump(
+        {"schema_version": RECORD_VERSION, "doc_id": doc.doc_id, "source": _source(doc)}
+        | attempt.as_dict()
+    )
+
+
+def attempt_metadata(attempt: Attempt) -> dict[str, str]:
+    """The custom metadata of an attempt record: the record itself (its message cut short),
+    so that a listing answers status and report without reading the objects."""
+    fields = attempt.as_dict()
+    fields["message"] = attempt.message[:_METADATA_MESSAGE_CHARS]
+    del fields["dead_lettered"]
+    return {ATTEMPT_KEY: json.dumps(fields, sort_keys=True, separators=(",", ":"))}
+
+
+def parse_attempt(metadata: Mapping[str, str]) -> Attempt | None:
+    """The attempt kept by :func:`attempt_metadata`, or None if there is none or it cannot
+    be read."""
+    try:
+        raw = json.loads(metadata[ATTEMPT_KEY])
+        usage = raw.get("usage")
+        return Attempt(
+            page=int(raw["page"]),
+            kind=str(raw["kind"]),
+            reason=str(raw.get("reason", "")),
+            message=str(raw.get("message", "")),
+            delivery=_optional_int(raw.get("delivery")),
+            max_deliveries=_optional_int(raw.get("max_deliveries")),
+            message_id=str(raw.get("message_id", "")),
+            usage=parse_usage({USAGE_KEY: json.dumps(usage)}) if usage is not None else None,
+            created=float(raw.get("created", 0.0)),
+        )
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -27,6 +28,9 @@ DEFAULT_PUSH_KEYS_STALE_S = 6 * 3600.0
 MAX_TEMPERATURE = 2.0  # the highest sampling temperature vLLM's OpenAI API accepts
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+# Where `ocrpipe up` writes the operator's settings of the stack it runs, in its folder:
+# what `--local` (the CLI) and Client.local() (the Python API) read.
+LOCAL_ENV_FILE = Path(".ocrpipe/local.env")
 
 
 class Settings(BaseSettings):
@@ -169,7 +173,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Local stack only: page deliveries its push relay keeps open to the worker"
         " (production push grows to what the worker accepts); unset: ocr_max_in_flight, which"
-        " matches the GPU's batch.",
+        " matches a GPU's batch, or, when the stack runs its own CPU engine, two per engine"
+        " thread (see for_local_engine).",
+    )
+    local_engine_threads: int | None = Field(
+        None,
+        gt=0,
+        description="Local stack only: pages its CPU OCR engine works on at once; unset: one"
+        " per two CPUs this process may run on (at least one).",
     )
     iam_overrides_file: str = Field(
         "",
@@ -294,9 +305,33 @@ class Settings(BaseSettings):
         return self.local_delivery_max_in_flight or self.ocr_max_in_flight
 
     @property
+    def engine_threads(self) -> int:
+        """Pages the local CPU engine OCRs at once. rapidocr's models use every core they
+        are given (onnxruntime's intra-op threads), so one page per two CPUs keeps each page
+        fast and the cores busy; on a 2-core machine it is one page at a time."""
+        return self.local_engine_threads or max(1, cpu_count() // 2)
+
+    def for_local_engine(self) -> Settings:
+        """These settings sized for the local CPU engine: unless set, the relay keeps two
+        deliveries open per engine thread, one being OCR'd and one waiting, instead of a
+        GPU's batch. A CPU engine serves one page per thread at a time; 32 pages sent to it
+        at once wait in its queue past the worker's budget (measured on 2 busy cores: a
+        40-page folder stalled at 23/40 with the worker timing out after 239 s), and a
+        request the worker gave up on still costs the engine its page."""
+        if self.local_delivery_max_in_flight is not None:
+            return self
+        return self.model_copy(update={"local_delivery_max_in_flight": 2 * self.engine_threads})
+
+    @property
     def ocr_is_local(self) -> bool:
         return (urlsplit(self.ocr_url).hostname or "") in LOCAL_HOSTS
 
     @property
     def uses_emulators(self) -> bool:
         return bool(self.storage_emulator_host or self.pubsub_emulator_host)
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity, not the machine's count)."""
+    sched_getaffinity = getattr(os, "sched_getaffinity", None)
+    return len(sched_getaffinity(0)) if sched_getaffinity else (os.cpu_count() or 1)

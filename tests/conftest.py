@@ -18,11 +18,17 @@ from ocr_worker.app import create_app
 from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.operations.status import DocumentStatus, document_status
 from ocrpipe.storage import GcsStore, ObjectInfo
+from ocrpipe.testing import interrupt
 from ocrpipe.testing.memory import MemoryPublisher
 from ocrpipe.testing.pushes import WORKER_SETTINGS
 from ocrpipe.testing.vllm_server import VllmServer, VllmUnavailable, build_model, find_venv
 from ocrpipe.testing.waiting import QUIET_S, stack_activity, stack_alive, wait_for
 from tests.fakes import RecordingStore, ScriptedOcrServer, echo_image
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    interrupt.install()  # SIGTERM tears the run down like Ctrl-C: no stack outlives it
+
 
 # --- the worker app on an in-memory store (test_worker_contract, test_announce; a module
 # that means something else by these names defines its own) ------------------------------

@@ -29,7 +29,8 @@ def make_document(
     record: bool = False,
 ) -> naming.DocumentRef:
     """An input and the output the pipeline would have written for it in ``state``:
-    splitting, running (first page done), done, partial (last page failed), rejected."""
+    splitting, running (first page done), done, partial (last page failed), rejected, stuck
+    (running, its other pages dead-lettered)."""
     generation = store.put("in", name, b"%PDF- " + name.encode())
     doc = naming.DocumentRef("in", name, generation)
     if state == "splitting":
@@ -40,10 +41,13 @@ def make_document(
         return doc
     store.put("out", naming.manifest_name(doc), records.manifest_record(doc, pages))
     texts = texts or [f"{name} page {n}" for n in range(1, pages + 1)]
-    finished = {"running": 1, "done": pages, "partial": pages - 1}[state]
+    finished = {"running": 1, "stuck": 1, "done": pages, "partial": pages - 1}[state]
     for number in range(1, finished + 1):
         store.put("out", naming.page_markdown_name(doc, number), texts[number - 1].encode())
-    if state == "running":
+    if state == "stuck":
+        for number in range(finished + 1, pages + 1):
+            fail_delivery(store, doc, number, 10, at=number)
+    if state in ("running", "stuck"):
         return doc
     if state == "partial":
         error = records.error_record(doc, "ocr_repetition_loop", "looped", page=pages)
@@ -96,7 +100,7 @@ def test_states_pages_and_failures_of_a_folder() -> None:
     assert dict(status.states) == {
         "done": 2,
         "partial": 1,
-        "failed": 1,
+        "rejected": 1,
         "running": 1,
         "splitting": 1,
     }
@@ -234,7 +238,7 @@ def test_wait_polls_until_every_document_is_finished() -> None:
     )
     assert finished and final.finished
     assert dict(final.states) == {"done": 2}
-    assert verdict(final, finished=finished) == "ok"
+    assert verdict(final, settled=finished) == "ok"
     assert seen[0] == 3 and seen[-1] == 4
     assert 10 < clock.now - 10_000 <= 14
 
@@ -252,7 +256,7 @@ def test_wait_gives_up_at_the_timeout() -> None:
     )
     assert not finished
     assert clock.now - 10_000 == pytest.approx(30)
-    assert verdict(final, finished=finished) == "timeout"
+    assert verdict(final, settled=finished) == "timeout"
 
 
 @pytest.mark.parametrize(
@@ -262,7 +266,9 @@ def test_wait_gives_up_at_the_timeout() -> None:
         (["done", "partial"], False, "failed"),
         (["done", "partial"], True, "ok"),
         (["done", "rejected"], True, "failed"),
-        (["running", "rejected"], False, "failed"),  # a failure outranks a timeout
+        (["running", "rejected"], False, "timeout"),  # a wait cut short says so first
+        (["stuck", "done"], False, "dead_lettered"),
+        (["stuck", "rejected"], False, "dead_lettered"),
         ([], False, "failed"),  # nothing under the prefix: a typo, not a wait
     ],
 )
@@ -277,7 +283,91 @@ def test_verdicts(states: list[str], allow_partial: bool, expected: str) -> None
         clock=clock,
         sleep=clock.sleep_sync,
     )
-    assert verdict(final, finished=finished, allow_partial=allow_partial) == expected
+    assert verdict(final, settled=finished, allow_partial=allow_partial) == expected
+
+
+def fail_delivery(
+    store: MemoryStore, doc: naming.DocumentRef, page: int, delivery: int, *, at: int
+) -> None:
+    """The attempt record the worker writes when it nacks ``delivery`` of ``page``."""
+    attempt = records.Attempt(
+        page, records.FAILED_DELIVERY, "ocr_unavailable:503", "HTTP 503", delivery, 10
+    )
+    store.write(
+        "out",
+        naming.attempt_record_name(doc, page, at, records.FAILED_DELIVERY),
+        records.attempt_record(doc, attempt),
+        "application/json",
+        if_generation_match=0,
+        metadata=records.attempt_metadata(attempt),
+    )
+
+
+def test_retrying_and_dead_lettered_pages_are_told_apart_from_queued_ones() -> None:
+    store = MemoryStore()
+    doc = make_document(store, "r/a.pdf", "running", pages=4)  # page 1 done
+    fail_delivery(store, doc, 2, 3, at=1)  # retrying: delivery 3 of 10 failed
+    fail_delivery(store, doc, 3, 9, at=1)
+    fail_delivery(store, doc, 3, 10, at=2)  # its last delivery: dead-lettered
+    fail_delivery(store, doc, 1, 2, at=1)  # page 1 is done since: not in trouble
+    status = batch_status(store, SETTINGS, "r/")
+    (summary,) = status.documents
+    assert (summary.state, summary.pending, summary.retrying, summary.dead_lettered) == (
+        "running", 3, 1, 1
+    )  # fmt: skip
+    assert (status.pages_retrying, status.pages_dead_lettered) == (1, 1)
+    assert [
+        (t.name, t.trouble.page, t.trouble.state, t.trouble.delivery) for t in status.troubles
+    ] == [
+        ("r/a.pdf", 2, "retrying", 3),
+        ("r/a.pdf", 3, "dead_lettered", 10),
+    ]
+    assert not status.stuck and not status.settled  # page 4 is queued
+    data = status.as_dict()
+    assert (
+        data["pages_dead_lettered"] == 1 and data["troubles"][1]["reason"] == "ocr_unavailable:503"
+    )
+
+
+def test_a_batch_whose_every_pending_page_is_dead_lettered_settles_without_the_timeout() -> None:
+    store = MemoryStore()
+    make_document(store, "s/done.pdf", "done")
+    stuck = make_document(store, "s/stuck.pdf", "stuck")
+    clock = FakeClock(10_000.0)
+    final, settled = wait_for_batch(
+        lambda: batch_status(store, SETTINGS, "s/"),
+        timeout=3600,
+        clock=clock,
+        sleep=clock.sleep_sync,
+    )
+    assert settled and final.stuck and not final.finished
+    assert clock.now - 10_000 == 0  # the first poll saw it: no wait for the timeout
+    assert final.pages_dead_lettered == 1 and final.eta_s is None
+    assert verdict(final, settled=settled) == "dead_lettered"
+    replayed = records.Attempt(2, records.REPLAYED)
+    store.write(
+        "out",
+        naming.attempt_record_name(stuck, 2, 99, records.REPLAYED),
+        b"{}",
+        "application/json",
+        if_generation_match=0,
+        metadata=records.attempt_metadata(replayed),
+    )
+    again = batch_status(store, SETTINGS, "s/")
+    assert again.pages_dead_lettered == 0 and not again.settled  # queued again
+
+
+def test_a_batch_where_nothing_was_written_for_longer_than_a_page_takes_has_stalled() -> None:
+    clock = FakeClock(10_000.0)
+    store = MemoryStore(clock=clock)
+    make_document(store, "q/a.pdf", "running", pages=3)
+    clock.now += 599
+    assert not batch_status(store, SETTINGS, "q/", now=clock.now).stalled
+    clock.now += 2
+    stalled = batch_status(store, SETTINGS, "q/", now=clock.now)
+    assert stalled.stalled and stalled.quiet_s == pytest.approx(601)
+    make_document(store, "q/b.pdf", "done")  # something moved
+    assert not batch_status(store, SETTINGS, "q/", now=clock.now).stalled
 
 
 OFFLINE_ENV = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}

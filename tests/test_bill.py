@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ocrpipe import naming
+from ocrpipe import naming, records
 from ocrpipe.listing import scan_prefix
 from ocrpipe.operations import bill
 from ocrpipe.settings import Settings
@@ -167,6 +167,94 @@ def test_documents_not_finished_are_named_and_not_counted() -> None:
     total = run(store)
     assert total.documents == 1
     assert total.skipped == (bill.Skipped("b.pdf", "not finished"),)
+
+
+def test_a_rejected_input_is_named_apart_from_an_unfinished_one() -> None:
+    clock = wall_clock()
+    store = MemoryStore(clock)
+    finished(store, clock, "a.pdf", [page(1, provenance())])
+    generation = store.put("in", "empty.pdf", b"")
+    doc = naming.DocumentRef("in", "empty.pdf", generation)
+    store.put("out", naming.document_error_name(doc), records.error_record(doc, "empty_file", ""))
+    store.put("in", "later.pdf", b"%PDF-")
+    total = run(store)
+    assert total.skipped == (
+        bill.Skipped("empty.pdf", bill.REJECTED),
+        bill.Skipped("later.pdf", bill.NOT_FINISHED),
+    )
+    data = total.as_dict()
+    assert (data["rejected"], data["not_finished"]) == (["empty.pdf"], ["later.pdf"])
+
+
+def attempt(
+    store: MemoryStore, doc: naming.DocumentRef, found: records.Attempt, time_ns: int
+) -> None:
+    store.write(
+        "out",
+        naming.attempt_record_name(doc, found.page, time_ns, found.kind),
+        b"{}",
+        "application/json",
+        if_generation_match=0,
+        metadata=records.attempt_metadata(found),
+    )
+
+
+def test_failed_deliveries_and_the_earlier_results_of_retried_pages_are_counted() -> None:
+    """The night of the issue: a page whose deliveries failed (the OCR server down, then a
+    loop that spent tokens), a page that looped at every temperature and was retried with
+    --failed-only; each cost is counted once, with the pages' kept results."""
+    clock = wall_clock()
+    store = MemoryStore(clock)
+    kept = [page(1, provenance(attempts=1)), page(2, provenance(attempts=2))]
+    doc = finished(store, clock, "night.pdf", kept, ends=[clock.now, clock.now])
+    down: records.Usage = {
+        "attempts": 3,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "ocr_seconds": 0.0,
+    }
+    looped: records.Usage = {
+        "attempts": 4,
+        "prompt_tokens": 9000,
+        "completion_tokens": 16000,
+        "ocr_seconds": 80.0,
+    }
+    before = clock.now - 600
+    for n, usage in enumerate((down, down, looped)):
+        failed = records.Attempt(1, records.FAILED_DELIVERY, "ocr_unavailable:503", "", n + 1, 10,
+                                 "m1", usage, created=before + n)  # fmt: skip
+        attempt(store, doc, failed, n)
+    loop_error: records.Usage = {**looped, "attempts": 4}
+    retried = records.Attempt(2, records.RETRIED, message_id="pages/00002.error.json#7",
+                              usage=loop_error, created=before + 10)  # fmt: skip
+    attempt(store, doc, retried, 10)
+    attempt(store, doc, retried, 11)  # the retry ran twice: counted once
+    replay = records.Attempt(1, records.REPLAYED, created=before + 20)
+    attempt(store, doc, replay, 20)
+
+    total = run(store)
+
+    assert (total.failed_delivery_count, total.retried_pages) == (3, 1)
+    assert total.failed_deliveries == bill.Spend(10, 9000, 16000, 80.0)
+    assert total.retried == bill.Spend(4, 9000, 16000, 80.0)
+    assert total.attempts == 1 + 2 + 10 + 4
+    assert total.completion_tokens == 600 * 2 + 16000 * 2
+    assert total.retries == total.attempts - 2
+    by_source = total.as_dict()["usage"]["by_source"]
+    assert by_source["failed_deliveries"]["count"] == 3
+    assert by_source["retried_pages"]["completion_tokens"] == 16000
+
+
+def test_a_retried_pages_earlier_result_still_in_document_json_is_not_counted_twice() -> None:
+    clock = wall_clock()
+    store = MemoryStore(clock)
+    doc = finished(store, clock, "r.pdf", [page(1, provenance(), state="failed")])
+    usage: records.Usage = {"attempts": 4, "prompt_tokens": 1500, "ocr_seconds": 8.0}
+    later = records.Attempt(1, records.RETRIED, message_id="x#1", usage=usage,
+                            created=clock.now + 5)  # fmt: skip
+    attempt(store, doc, later, 1)  # retried after document.json was written: it still has it
+    total = run(store)
+    assert (total.retried_pages, total.attempts) == (0, 1)
 
 
 def test_concurrency_estimate_divides_request_seconds_by_the_requests_at_the_gpus() -> None:

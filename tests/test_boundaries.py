@@ -4,8 +4,11 @@ The contract is the flat modules of ``ocrpipe/`` (settings, naming, messages, re
 adapters, ...): every part reads and writes it, so it imports no role. The splitter, the
 worker and the operator's commands are roles; so are the two deployables, which import only
 their own role. The local stack and the command line stand above the roles (they start or
-drive all of them); the test helpers stand outside production. Imports are read with
-``ast`` from the source, so an import inside a function counts too.
+drive all of them); the test helpers stand outside production. The Python API
+(``ocrpipe/client.py``) is a front door over the operations, like the command line; the
+package's ``__init__`` re-exports it, loading it only when asked (so a service that imports
+the contract never loads it). Imports are read with ``ast`` from the source, so an import
+inside a function counts too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ PACKAGE = REPO / "ocrpipe"
 CONTRACT = "contract"
 ROLES = ("splitter", "worker", "operations")
 ABOVE = ("local", "cli", "testing")
+API = "api"  # ocrpipe/client.py
+API_MODULE = PACKAGE / "client.py"
+FRONT_DOOR = PACKAGE / "__init__.py"
 
 
 def part_of(module: str) -> str | None:
@@ -30,6 +36,8 @@ def part_of(module: str) -> str | None:
         return None
     if len(parts) > 1 and (REPO / "ocrpipe" / parts[1]).is_dir():
         return parts[1]
+    if parts[1:2] == ["client"]:
+        return API
     return CONTRACT
 
 
@@ -62,7 +70,9 @@ def imports(path: Path, name: str | None = None) -> Iterator[tuple[int, str]]:
 
 def files_of(part: str) -> list[Path]:
     if part == CONTRACT:
-        return sorted(p for p in PACKAGE.glob("*.py"))
+        return sorted(p for p in PACKAGE.glob("*.py") if p not in (API_MODULE, FRONT_DOOR))
+    if part == API:
+        return [API_MODULE]
     return sorted((PACKAGE / part).rglob("*.py"))
 
 
@@ -94,8 +104,27 @@ def test_a_deployable_imports_only_its_role(deployable: str, role: str) -> None:
 
 
 def test_production_never_imports_the_test_helpers() -> None:
-    production = [p for part in (CONTRACT, *ROLES, "local", "cli") for p in files_of(part)]
-    assert crossings(production, {CONTRACT, *ROLES, "local", "cli"}) == []
+    parts = (CONTRACT, *ROLES, "local", "cli", API)
+    production = [p for part in parts for p in files_of(part)] + [FRONT_DOOR]
+    assert crossings(production, set(parts)) == []
+
+
+def test_the_api_is_a_front_door_over_the_operations() -> None:
+    assert crossings(files_of(API), {CONTRACT, API, "operations"}) == []
+
+
+def test_the_package_loads_the_api_only_when_asked() -> None:
+    """``ocrpipe/__init__.py`` imports nothing of ocrpipe at module level (every service
+    runs it first), and only the API inside functions."""
+    assert crossings([FRONT_DOOR], {CONTRACT, API}, name="ocrpipe") == []
+    tree = ast.parse(FRONT_DOOR.read_text())
+    at_import = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        and "ocrpipe" in (getattr(node, "module", None) or "")
+    ]
+    assert at_import == []
 
 
 def test_every_subpackage_has_a_place_in_the_layout() -> None:

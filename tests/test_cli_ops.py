@@ -57,7 +57,8 @@ def document(store: MemoryStore, name: str, state: str) -> None:
         (["partial"], True, 5, cli.Exit.OK),
         (["rejected"], True, 5, cli.Exit.FAILED),
         (["running"], False, 0.6, cli.Exit.TIMEOUT),
-        (["running", "partial"], False, 0.6, cli.Exit.FAILED),  # a failure outranks a timeout
+        (["running", "partial"], False, 0.6, cli.Exit.TIMEOUT),  # a cut-short wait says so
+        (["running", "rejected"], False, 0.6, cli.Exit.TIMEOUT),
     ],
 )
 def test_wait_exit_codes(
@@ -73,6 +74,45 @@ def test_wait_exit_codes(
     )
     result = CliRunner().invoke(cli.app, args, obj=memory, env=SETTINGS_ENV)
     assert result.exit_code == code, result.output
+    assert ("timed out" in result.output) == (code == cli.Exit.TIMEOUT), result.output
+
+
+def rejected_empty_file(store: MemoryStore) -> int:
+    """``empty.pdf`` (0 bytes) and the splitter's error record for it; its generation."""
+    generation = store.put("in", "empty.pdf", b"")
+    doc = naming.DocumentRef("in", "empty.pdf", generation)
+    error = records.error_record(doc, "empty_file", "the file has 0 bytes")
+    store.put("out", naming.document_error_name(doc), error)
+    return generation
+
+
+def test_a_rejected_file_says_so_in_status_and_get_gives_its_reason(tmp_path: Path) -> None:
+    store = MemoryStore()
+    rejected_empty_file(store)
+    memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
+    status = CliRunner().invoke(cli.app, ["status", "empty.pdf"], obj=memory, env=SETTINGS_ENV)
+    assert "rejected" in status.output and "not split yet" not in status.output, status.output
+    assert "empty_file: the file has 0 bytes" in status.output
+    got = CliRunner().invoke(
+        cli.app, ["get", "empty.pdf", "-o", str(tmp_path)], obj=memory, env=SETTINGS_ENV
+    )
+    assert got.exit_code == 1
+    assert "empty.pdf: no Markdown: rejected: empty_file: the file has 0 bytes" in got.output
+
+
+def test_retrying_a_rejected_input_is_refused_unless_forced() -> None:
+    store = MemoryStore()
+    generation = rejected_empty_file(store)
+    memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
+    refused = CliRunner().invoke(cli.app, ["retry", "empty.pdf"], obj=memory, env=SETTINGS_ENV)
+    assert refused.exit_code == 1, refused.output
+    assert "rejected as a whole (empty_file" in refused.output
+    assert store.stat("in", "empty.pdf").generation == generation  # type: ignore[union-attr]
+    forced = CliRunner().invoke(
+        cli.app, ["retry", "empty.pdf", "--force"], obj=memory, env=SETTINGS_ENV
+    )
+    assert forced.exit_code == 0, forced.output
+    assert store.stat("in", "empty.pdf").generation > generation  # type: ignore[union-attr]
 
 
 def _no_client(settings: Settings) -> Any:
@@ -161,6 +201,79 @@ def test_the_status_detail_shows_page_error_reasons() -> None:
     assert "2 done, 1 failed, 0 pending, of 3" in text
     assert "1m 15s" in text
     assert "ocr_repetition_loop" in text and "the model looped" in text
+
+
+def fail_delivery(store: MemoryStore, name: str, page: int, delivery: int, at: int) -> None:
+    """The worker's record of a nacked delivery of ``page`` of ``name``."""
+    info = store.stat("in", name)
+    assert info is not None
+    doc = naming.DocumentRef("in", name, info.generation)
+    attempt = records.Attempt(
+        page, records.FAILED_DELIVERY, "ocr_unavailable:timeout", "no answer", delivery, 10,
+        created=at,
+    )  # fmt: skip
+    store.write("out", naming.attempt_record_name(doc, page, at, records.FAILED_DELIVERY), b"{}",
+                "application/json", if_generation_match=0,
+                metadata=records.attempt_metadata(attempt))  # fmt: skip
+
+
+def test_a_document_whose_pages_are_all_dead_lettered_ends_the_wait_with_the_replay() -> None:
+    store = MemoryStore()
+    document(store, "night.pdf", "running")  # 2 pages, none done
+    for page in (1, 2):
+        fail_delivery(store, "night.pdf", page, 10, at=100)
+    memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
+    result = CliRunner().invoke(
+        cli.app, ["wait", "night.pdf", "--timeout", "3600"], obj=memory, env=SETTINGS_ENV
+    )
+    assert result.exit_code == cli.Exit.FAILED, result.output
+    assert "2 page(s) in the dead-letter topic" in result.output
+    assert "ocrpipe dlq replay --doc night.pdf" in result.output
+    status = CliRunner().invoke(cli.app, ["status", "night.pdf"], obj=memory, env=SETTINGS_ENV)
+    assert "2 pending (2 dead-lettered)" in status.output
+    assert "dead-lettered" in status.output and "10 of 10" in status.output
+
+
+def test_retrying_pages_show_their_last_failure_and_a_quiet_document_is_flagged() -> None:
+    from rich.console import Console
+
+    store = MemoryStore(clock=lambda: 1000.0)
+    document(store, "slow.pdf", "running")
+    fail_delivery(store, "slow.pdf", 2, 3, at=1000)
+    status = document_status(store, SETTINGS, "slow.pdf")
+    assert (status.retrying, status.dead_lettered, status.stuck) == (1, 0, False)
+    console = Console(record=True, width=80)
+    views.print_status_detail(console, status, now=1000.0 + 30)
+    text = console.export_text()
+    assert "2 pending (1 retrying), of 2" in text
+    assert "3 of 10" in text and "30s ago: ocr_unavailable:timeout: no answer" in text
+    assert "nothing has moved" not in text
+    console = Console(record=True, width=80)
+    views.print_status_detail(console, status, now=1000.0 + 700)
+    assert "nothing has moved for 11m 40s" in console.export_text()
+
+
+def test_a_local_stack_that_went_away_gets_one_line_at_once_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+    (tmp_path / ".ocrpipe").mkdir()
+    (tmp_path / ".ocrpipe" / "local.env").write_text("".join(f"{k}={v}\n" for k, v in dead.items()))
+    monkeypatch.chdir(tmp_path)
+    for args in (["status"], ["status", "a.pdf"], ["dlq", "list"], ["report", "a.pdf"]):
+        result = CliRunner().invoke(cli.app, [*args, "--local"])
+        assert result.exit_code == cli.Exit.FAILED, (args, result.output)
+        assert result.output.startswith("The local stack is down: nothing answers at 127.0.0.1:9")
+        assert "Traceback" not in result.output and result.output.count("\n") <= 2
+    # Mid-wait: the stack stops answering while a document runs.
+    store = MemoryStore()
+    document(store, "late.pdf", "running")
+    memory = cli.Clients(store=lambda _: store, publisher=_no_client, dead_letters=_no_client)
+    result = CliRunner().invoke(
+        cli.app, ["wait", "late.pdf", "--timeout", "600"], obj=memory, env=SETTINGS_ENV | dead
+    )
+    assert result.exit_code == cli.Exit.FAILED
+    assert "The local stack is down" in result.output and "Traceback" not in result.output
 
 
 runner = CliRunner()

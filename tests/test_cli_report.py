@@ -109,7 +109,8 @@ def test_json_sums_the_prefix_and_gives_both_estimates(capsys: pytest.CaptureFix
         "usage_known": 3,
         "usage_unknown": 1,
     }
-    assert data["usage"] == {
+    assert data["usage"]["by_source"]["failed_deliveries"]["count"] == 0
+    assert {k: v for k, v in data["usage"].items() if k != "by_source"} == {
         "prompt_tokens": 4500,
         "prompt_tokens_estimated": 0,
         "completion_tokens": 1800,

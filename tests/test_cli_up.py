@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,21 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def child_running(parent: int, command: str) -> int:
+    """The pid of ``parent``'s child whose command line contains ``command``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue  # it exited meanwhile
+        if ppid == parent and command in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no child of {parent} runs {command}")
+
+
 def ctrl_c_as_in_a_terminal() -> None:
     """A shell's background job (nohup, &) ignores SIGINT and its children inherit that:
     give ocrpipe up the Ctrl-C a terminal would, however this test run was started."""
@@ -41,6 +57,7 @@ class RunningUp:
     folder: Path
     env: dict[str, str]
     ports: Ports
+    pid: int
     output: str = ""
     returncode: int | None = None
 
@@ -60,7 +77,7 @@ def ocrpipe_up(folder: Path, *options: str) -> Iterator[RunningUp]:
     up = subprocess.Popen([OCRPIPE, "up", *options, *args], cwd=folder, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
-    running = RunningUp(folder, env, ports)
+    running = RunningUp(folder, env, ports, up.pid)
 
     def up_exited() -> str | None:
         if up.poll() is None:
@@ -107,15 +124,43 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
             followed, _ = follow.communicate(timeout=300)
             assert follow.returncode == 0, followed
             assert followed.startswith("done sample.pdf  ") and "/document.md" in followed
+            # A worker that dies is started again, and the stack goes on.
+            os.kill(child_running(up.pid, "ocr_worker.app:create_app"), signal.SIGKILL)
+            shutil.copy(EXAMPLE, tmp_path / "again.pdf")
+            again = up.run("submit", "--local", "again.pdf", "--wait", "--timeout", "240")
+            assert again.returncode == 0, again.stdout + again.stderr
         finally:
             if follow is not None and follow.poll() is None:
                 follow.kill()
                 follow.communicate()
     assert up.returncode == 0, up.output
+    assert "Buckets are in memory" in up.output and "--data-dir" in up.output
+    assert "worker exited with -9: started it again (restart 1" in up.output
+    assert "parts started again while the stack ran: worker 1" in up.output
     assert "stopping" in up.output
     assert not (tmp_path / ".ocrpipe" / "local.env").exists()
     assert not (tmp_path / ".ocrpipe" / "owner.env").exists()
     assert all(port_is_free(port) for port in vars(up.ports).values())
+
+
+@pytest.mark.e2e
+def test_the_demo_runs_where_the_default_ports_are_taken(tmp_path: Path) -> None:
+    """The README's first command on a machine already running something on 8085 (another
+    `ocrpipe up`, an emulator): the demo's stack takes free ports of its own."""
+    default = Ports()
+    with contextlib.ExitStack() as held:
+        for port in (default.pubsub, default.gcs):
+            sock = held.enter_context(socket.socket())
+            with contextlib.suppress(OSError):  # already taken by someone else: as good
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OCRPIPE_")}
+        demo = subprocess.run(
+            [OCRPIPE, "demo", str(EXAMPLE), "--timeout", "300"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420,
+        )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "sample.pdf: done" in demo.stdout and "<!-- page 1 -->" in demo.stdout
 
 
 def test_a_taken_port_gets_a_clear_message() -> None:

@@ -92,11 +92,11 @@ def test_a_folder_in_a_folder_out(
 
     code, stdout, stderr = run(env, "wait", "--prefix", prefix, "--timeout", "600")
     assert code == 1, stdout + stderr  # the text file was rejected: a failure
-    assert "20 done, 1 failed" in stdout and "failures" in stdout
+    assert "20 done, 1 rejected" in stdout and "failures" in stdout
 
     code, stdout, _ = run(env, "status", "--prefix", prefix, "--json")
     status = json.loads(stdout)
-    assert code == 0 and status["finished"] and status["states"] == {"done": 20, "failed": 1}
+    assert code == 0 and status["finished"] and status["states"] == {"done": 20, "rejected": 1}
     assert [(f["name"], f["page"]) for f in status["failures"]] == [(prefix + REJECTED, None)]
     assert status["pages"]["done"] == sum(1 + n % 2 for n in range(len(GOOD)))
 

@@ -45,7 +45,7 @@ def upload(gcs: GcsStore, stack: LocalStack, name: str, data: bytes) -> Document
 def assert_rejected_once(stack: LocalStack, gcs: GcsStore, doc: DocumentRef, reason: str) -> None:
     settings = stack.settings
     status = document_status(gcs, settings, doc.name)
-    assert status.state == "failed" and status.error is not None, status
+    assert status.state == "rejected" and status.error is not None, status
     assert status.error.reason == reason  # what `ocrpipe status` shows
     record = json.loads(gcs.read(settings.output_bucket, naming.document_error_name(doc)))
     assert record["reason"] == reason and len(record["message"]) > 10

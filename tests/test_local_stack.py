@@ -1,15 +1,26 @@
-"""The local stack's own contract, without starting it: the settings it reports are the
-settings its services get, and it notices when one of its parts dies."""
+"""The local stack's own contract: the settings it reports are the settings its services
+get, it is sized to its OCR engine, and it starts a part that dies again (without starting
+a stack, except for the one end-to-end test of a restart)."""
 
 from __future__ import annotations
 
+import io
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from ocrpipe.local.stack import Child, LocalStack, StackError
+from ocrpipe.local.stack import Child, LocalStack, Restart, StackError, fault_stack, free_ports
+from ocrpipe.storage import GcsStore
+from ocrpipe.testing.pdfs import text_pdf
+from tests.conftest import unique_name, wait_until_finished
 
 
 def test_setting_overrides_are_what_the_stack_reports_and_what_services_get() -> None:
@@ -31,12 +42,89 @@ def test_the_fields_the_stack_owns_cannot_be_overridden() -> None:
         LocalStack(overrides={"output_bucket": "elsewhere"})
 
 
-def test_watch_names_the_part_that_exited_with_its_log(tmp_path: Path) -> None:
+def test_with_its_own_cpu_engine_the_stack_delivers_what_the_engine_can_serve() -> None:
+    engine = LocalStack(overrides={"local_engine_threads": 3})
+    assert engine.settings.engine_threads == 3
+    assert engine.settings.delivery_max_in_flight == 6  # one being OCR'd, one waiting, per page
+    assert engine.env(None)["OCRPIPE_LOCAL_DELIVERY_MAX_IN_FLIGHT"] == "6"  # the relay's
+    default = LocalStack().settings
+    assert default.engine_threads == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert default.delivery_max_in_flight == 2 * default.engine_threads
+
+
+def test_a_gpu_url_or_an_explicit_limit_keeps_its_own_delivery() -> None:
+    gpu = LocalStack(ocr_url="https://vllm.example.com")
+    assert gpu.settings.delivery_max_in_flight == gpu.settings.ocr_max_in_flight == 32
+    fault = LocalStack(ocr_command=["true"])  # a test's OCR server
+    assert fault.settings.delivery_max_in_flight == 32
+    chosen = LocalStack(overrides={"local_delivery_max_in_flight": 5})
+    assert chosen.settings.delivery_max_in_flight == 5
+
+
+def test_an_emulator_that_exits_stops_the_stack_naming_it_with_its_log(tmp_path: Path) -> None:
     stack = LocalStack(log_dir=tmp_path)
-    log = tmp_path / "worker.log"
+    log = tmp_path / "pubsub.log"
     with log.open("wb") as handle:
-        script = "import sys; print('worker: cannot bind'); sys.exit(3)"
+        script = "import sys; print('pubsub: out of memory'); sys.exit(3)"
         process = subprocess.Popen([sys.executable, "-c", script], stdout=handle)
-    stack.children.append(Child("worker", process, log))
-    with pytest.raises(StackError, match=r"worker exited with 3:\nworker: cannot bind"):
+    stack.children.append(Child("pubsub", process, log))
+    with pytest.raises(StackError, match=r"pubsub exited with 3:\npubsub: out of memory"):
         stack.watch(interval=0.05)
+
+
+def test_a_part_that_cannot_start_again_stops_the_stack(tmp_path: Path) -> None:
+    broken = [sys.executable, "-c", "print('engine: no model'); raise SystemExit(4)"]
+    stack = LocalStack(ports=free_ports(), log_dir=tmp_path, ocr_command=broken)
+    log = tmp_path / "ocr.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(9)"], stdout=handle)
+    stack.children.append(Child("ocr", process, log, started=time.monotonic() - 3600))
+    stack._ocr_command = broken
+    with pytest.raises(StackError, match=r"(?s)ocr exited and could not start again: .*no model"):
+        stack.watch(interval=0.05)
+
+
+@pytest.mark.e2e
+def test_a_part_that_dies_is_started_again_and_the_pipeline_goes_on(tmp_path: Path) -> None:
+    restarts: list[Restart] = []
+    stop = threading.Event()
+
+    def restarted(part: str) -> bool:
+        return part in {r.name for r in restarts}
+
+    with fault_stack(log_dir=tmp_path) as stack:
+        watcher = threading.Thread(
+            target=stack.watch,
+            kwargs={"interval": 0.1, "on_restart": restarts.append, "stop": stop},
+        )
+        watcher.start()
+        try:
+            for part in ("worker", "ocr", "splitter", "relay"):
+                pid = next(c.process.pid for c in list(stack.children) if c.name == part)
+                os.killpg(pid, signal.SIGKILL)
+                if part != "relay":
+                    wait_for(partial(restarted, part), part)
+            # The pages are published while the relay is dead: its last pull is still open
+            # at the emulator, which hands them to it (they would wait out the ack deadline).
+            store = GcsStore.connect(stack.project, stack.settings.storage_emulator_host)
+            name = unique_name("after-restarts")
+            data, _ = text_pdf(2, seed=3, lines=3)
+            store.upload(stack.settings.input_bucket, name, io.BytesIO(data), "application/pdf")
+            wait_for(partial(restarted, "relay"), "relay")
+            final = wait_until_finished(stack, store, name)
+        finally:
+            stop.set()
+            watcher.join()
+    assert final.state == "done"
+    assert [(r.name, r.count, r.returncode) for r in restarts] == [
+        ("worker", 1, -9), ("ocr", 1, -9), ("splitter", 1, -9), ("relay", 1, -9)
+    ]  # fmt: skip
+    assert stack.restarts == {"worker": 1, "ocr": 1, "splitter": 1, "relay": 1}
+
+
+def wait_for(condition: Callable[[], bool], what: str, patience: float = 120) -> None:
+    """Until ``condition`` holds; fail if it does not within ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} was not restarted within {patience} s"
+        time.sleep(0.1)

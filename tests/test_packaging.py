@@ -12,6 +12,7 @@ import ast
 import os
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "splitter_fn" / "package.sh"
+# The one version string is pyproject.toml's.
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+WHEEL = f"ocrpipe-{VERSION}-py3-none-any.whl"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_layout_is_main_requirements_and_one_wheel(packaged: Path) -> None:
     assert sorted(p.name for p in packaged.iterdir()) == ["main.py", "requirements.txt", "wheels"]
     wheels = list((packaged / "wheels").iterdir())
-    assert [w.name for w in wheels] == ["ocrpipe-0.1.0-py3-none-any.whl"]
+    assert [w.name for w in wheels] == [WHEEL]
 
 
 def test_main_is_the_splitter_entry_module(packaged: Path) -> None:
@@ -64,17 +68,17 @@ def test_requirements_install_the_local_wheel(packaged: Path) -> None:
         for line in (packaged / "requirements.txt").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert lines == ["./wheels/ocrpipe-0.1.0-py3-none-any.whl"]
+    assert lines == [f"./wheels/{WHEEL}"]
     assert (packaged / lines[0]).is_file()
 
 
 def test_wheel_carries_the_shared_core(packaged: Path) -> None:
-    wheel = packaged / "wheels" / "ocrpipe-0.1.0-py3-none-any.whl"
+    wheel = packaged / "wheels" / WHEEL
     names = set(zipfile.ZipFile(wheel).namelist())
     # topology.json and models.json are read at import time by ocrpipe.settings: a wheel
     # without them breaks.
     for required in ("ocrpipe/settings.py", "ocrpipe/splitter/split.py", "ocrpipe/topology.json",
                      "ocrpipe/models.json"):  # fmt: skip
         assert required in names
-    metadata = zipfile.ZipFile(wheel).read("ocrpipe-0.1.0.dist-info/METADATA").decode()
+    metadata = zipfile.ZipFile(wheel).read(f"ocrpipe-{VERSION}.dist-info/METADATA").decode()
     assert "Requires-Dist: functions-framework==" in metadata

@@ -71,6 +71,50 @@ def test_a_partial_document_requeues_its_failed_pages_after_deleting_what_blocks
     assert attributes == message.attributes()
 
 
+def test_each_retried_page_is_recorded_keeping_the_cost_of_the_error_record_it_deletes() -> None:
+    store = MemoryStore()
+    doc = make_document(store, done=(1,), failed=(2,))
+    usage: records.Usage = {"attempts": 4, "completion_tokens": 16384, "ocr_seconds": 9.5}
+    error = records.error_record(doc, "ocr_repetition_loop", "looped", page=2)
+    store.delete("out", naming.page_error_name(doc, 2))
+    store.write("out", naming.page_error_name(doc, 2), error, "application/json",
+                if_generation_match=0, metadata=records.usage_metadata(usage))  # fmt: skip
+    dead = records.Attempt(3, records.FAILED_DELIVERY, "ocr_unavailable:503", "", 10, 10)
+    store.write("out", naming.attempt_record_name(doc, 3, 1, records.FAILED_DELIVERY), b"{}",
+                "application/json", if_generation_match=0,
+                metadata=records.attempt_metadata(dead))  # fmt: skip
+    assert document_status(store, SETTINGS, NAME).dead_lettered == 1
+
+    plan = plan_unfinished_pages(store, SETTINGS, NAME)
+    requeue(plan, store, MemoryPublisher(), SETTINGS)
+
+    kept = [
+        records.parse_attempt(i.metadata) for i in store.list("out", naming.attempts_prefix(doc))
+    ]
+    retried = {a.page: a for a in kept if a is not None and a.kind == records.RETRIED}
+    assert sorted(retried) == [2, 3, 4]
+    assert retried[2].usage == usage and retried[2].message_id.startswith(
+        naming.page_error_name(doc, 2) + "#"
+    )
+    assert retried[3].usage is None and retried[4].usage is None
+    current = document_status(store, SETTINGS, NAME)
+    assert (current.pending, current.retrying, current.dead_lettered) == (3, 0, 0)  # queued
+
+
+def test_reprocessing_a_rejected_input_is_refused_unless_forced() -> None:
+    store = MemoryStore()
+    doc = make_document(store)
+    error = records.error_record(doc, "pdf_encrypted", "needs a password")
+    store.put("out", naming.document_error_name(doc), error)
+    with pytest.raises(RetryRefused, match=r"rejected as a whole \(pdf_encrypted: needs a"):
+        reprocess(store, SETTINGS, NAME, dry_run=True)
+    with pytest.raises(RetryRefused, match="Fix the file and upload it again"):
+        reprocess(store, SETTINGS, NAME)
+    assert reprocess(store, SETTINGS, NAME, force=True, dry_run=True) is None
+    generation = reprocess(store, SETTINGS, NAME, force=True)
+    assert generation is not None and generation > doc.generation
+
+
 def test_pending_pages_are_requeued_too_so_an_interrupted_retry_can_be_finished() -> None:
     store = MemoryStore()
     make_document(store, done=(1,), failed=(2,))  # 3 and 4 pending: nothing marks them
@@ -124,7 +168,7 @@ def test_reprocessing_makes_a_new_generation_with_the_same_bytes() -> None:
     store = MemoryStore()
     old = make_document(store, done=(1,), failed=(2, 3, 4), assembled=True)
     generation = reprocess(store, SETTINGS, NAME)
-    assert generation > old.generation
+    assert generation is not None and generation > old.generation
     info = store.stat("in", NAME)
     assert info is not None and info.generation == generation
     assert store.read("in", NAME) == b"%PDF-1.7 ..."

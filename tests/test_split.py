@@ -147,7 +147,7 @@ def test_bad_input_gets_an_error_record_and_publishes_nothing(
     assert latest["error"] == body["outputs"]["error"] and latest["pages_digest"] is None
     assert list(store.names("work")) == []
     assert store.stat("out", naming.manifest_name(doc)) is None
-    assert document_status(store, settings, name).state == "failed"
+    assert document_status(store, settings, name).state == "rejected"
 
 
 def test_a_page_that_fails_to_render_is_remembered_and_published_without_an_image() -> None:
@@ -318,7 +318,7 @@ def test_a_split_still_unfinished_near_eventarcs_retry_window_ends_as_split_time
     [(topic, note)] = late.published  # the document is announced as failed
     assert topic == settings.documents_topic and note.attributes["state"] == "failed"
     status = document_status(store, SETTINGS, "slow.pdf")
-    assert status.state == "failed" and status.error is not None
+    assert status.state == "rejected" and status.error is not None
     assert status.error.reason == "split_timeout"
 
 

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
-from ocrpipe import naming
+from ocrpipe import naming, records
 from ocrpipe.messages import PageMessage
 from ocrpipe.naming import DocumentRef
 from ocrpipe.operations.status import invalid_messages
@@ -19,6 +19,13 @@ from ocrpipe.storage import ObjectInfo
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
 from tests.fakes import RecordingStore, ScriptedOcrServer, completion
+
+
+def with_usage(response: httpx.Response, completion_tokens: int) -> httpx.Response:
+    """``response`` with the usage vLLM reports."""
+    body = json.loads(response.content)
+    body["usage"] = {"prompt_tokens": 2145, "completion_tokens": completion_tokens}
+    return httpx.Response(response.status_code, json=body)
 
 
 def test_pages_then_document(client: TestClient, store: MemoryStore) -> None:
@@ -52,15 +59,55 @@ def test_a_duplicate_delivery_writes_nothing_twice(
     assert [topic for topic, _ in publisher.published] == [WORKER_SETTINGS.documents_topic]
 
 
-def test_ocr_unavailable_nacks_with_503(store: MemoryStore) -> None:
+def test_ocr_unavailable_nacks_with_503_and_writes_only_why(store: MemoryStore) -> None:
     down = ScriptedOcrServer([httpx.Response(503)])
     settings = WORKER_SETTINGS.model_copy(update={"ocr_budget_s": 1.5})
     with TestClient(
         create_app(settings, store=store, ocr=down.client(), publisher=MemoryPublisher())
     ) as test_client:
-        _, messages = ready_document(store, pages=1)
+        doc, messages = ready_document(store, pages=1)
         assert test_client.post("/", json=push_envelope(messages[0])).status_code == 503
-    assert not [n for b, n in store.writes if b == "out" and not n.endswith("manifest.json")]
+    written = [n for b, n in store.writes if b == "out" and not n.endswith("manifest.json")]
+    assert [n.startswith(naming.page_attempts_prefix(doc, 1)) for n in written] == [True]
+
+
+def test_a_nacked_delivery_records_why_which_delivery_and_what_its_requests_cost(
+    store: MemoryStore,
+) -> None:
+    """A loop (tokens spent), then the server is down until the budget ends: nacked. The
+    record says so, counts this message's deliveries when push does not, and knows the last
+    delivery before the dead-letter topic."""
+    flaky = ScriptedOcrServer(
+        [with_usage(completion("la " * 50, "length"), 50), httpx.Response(503)]
+    )
+    settings = WORKER_SETTINGS.model_copy(update={"ocr_budget_s": 1.5})
+    with TestClient(
+        create_app(settings, store=store, ocr=flaky.client(), publisher=MemoryPublisher())
+    ) as test_client:
+        doc, messages = ready_document(store, pages=1)
+        for body in (
+            push_envelope(messages[0]),
+            push_envelope(messages[0]),
+            push_envelope(messages[0]) | {"deliveryAttempt": 10},
+        ):
+            assert test_client.post("/", json=body).status_code == 503
+    prefix = naming.page_attempts_prefix(doc, 1)
+    kept = [
+        records.parse_attempt(i.metadata)
+        for i in sorted(store.list("out", prefix), key=lambda i: i.name)
+    ]
+    assert [(a.kind, a.reason.split(":")[0], a.delivery, a.dead_lettered) for a in kept if a] == [
+        ("failed_delivery", "ocr_unavailable", 1, False),
+        ("failed_delivery", "ocr_unavailable", 2, False),
+        ("failed_delivery", "ocr_unavailable", 10, True),
+    ]
+    first = kept[0]
+    assert first is not None and first.usage is not None
+    assert first.usage["completion_tokens"] == 50 and int(first.usage["attempts"]) >= 2
+    body = json.loads(
+        store.read("out", sorted(n for n in store.names("out") if n.startswith(prefix))[0])
+    )
+    assert body["page"] == 1 and body["max_deliveries"] == 10 and "503" in body["message"]
 
 
 def test_a_page_that_loops_forever_gets_an_error_record_and_an_ack(store: MemoryStore) -> None:

@@ -8,17 +8,21 @@ running local stack.
 Exit codes of every command:
 
 * 0: success.
-* 1: a document failed (for `wait`: or ended partial, unless `--allow-partial`) or is
-  unknown, nothing is under `--prefix`, `submit` could not submit a file, `get` found a
-  document without Markdown (or could not write one), `report` found no finished document
-  (or an unknown name), a retry was refused, a replay could not publish, `reconcile` could
-  not put a document back now, or Google Cloud answered with an error.
+* 1: a document failed or was rejected (for `wait`: or ended partial, unless
+  `--allow-partial`, or waits on pages in the dead-letter topic) or is unknown, nothing is
+  under `--prefix`, `submit` could not submit a file, `get` found a document without
+  Markdown (or could not write one), `report` found no finished document (or an unknown
+  name), a retry was refused, a replay could not publish, `reconcile` could not put a
+  document back now, Google Cloud answered with an error, or the local stack is down (one
+  line says which part).
 * 2: usage or configuration error (bad arguments or settings, no credentials).
-* 3: `wait` or `submit --wait` timed out before every document finished; `follow --count`
-  timed out before that many documents.
+* 3: `wait` or `submit --wait` timed out before every document finished, whatever else
+  happened (it says "timed out"); `follow --count` timed out before that many documents.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
@@ -30,6 +34,26 @@ __all__ = ["Clients", "Exit", "app"]
 app = typer.Typer(
     help=__doc__, no_args_is_help=True, add_completion=False, rich_markup_mode="markdown"
 )
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        import ocrpipe
+
+        typer.echo(f"ocrpipe {ocrpipe.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """The options before any command."""
+
+
 app.command()(local_stack.up)
 app.command("iam-report")(local_stack.iam_report)
 app.command()(documents.submit)

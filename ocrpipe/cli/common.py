@@ -13,14 +13,14 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from ocrpipe.errors import OcrpipeError
+from ocrpipe.emulators import emulator_down
+from ocrpipe.errors import OcrpipeError, StackDown
 from ocrpipe.operations.pull import PubSubPullSubscription, PullSubscription
 from ocrpipe.operations.views import printable
 from ocrpipe.pubsub import Publisher, PubSubPublisher
-from ocrpipe.settings import Settings
+from ocrpipe.settings import LOCAL_ENV_FILE, Settings
 from ocrpipe.storage import GcsStore, ObjectStore
 
-LOCAL_ENV_FILE = Path(".ocrpipe/local.env")  # the operator's settings (this CLI)
 LOCAL_OWNER_ENV_FILE = Path(".ocrpipe/owner.env")  # the project owner's (``follow --local``)
 # The reconciler's (`ocrpipe reconcile --local`), as an operator impersonates the reconciler's
 # service account in production.
@@ -60,11 +60,20 @@ def load_settings(local: bool, env_file: Path = LOCAL_ENV_FILE) -> Settings:
         )
         raise typer.Exit(Exit.USAGE)
     try:
-        return Settings(_env_file=env_file) if local else Settings()
+        settings = Settings(_env_file=env_file) if local else Settings()
     except ValidationError as exc:
         err.print("The settings (OCRPIPE_* variables) are not valid:", style="red")
         err.print(printable(exc), markup=False, highlight=False)
         raise typer.Exit(Exit.USAGE) from None
+    if local and (down := emulator_down(settings)) is not None:
+        err.print(f"{down} {_START_AGAIN}", style="red", markup=False, highlight=False)
+        raise typer.Exit(Exit.FAILED)
+    return settings
+
+
+_START_AGAIN = (
+    "Start it with `ocrpipe up` in this folder (its .ocrpipe/ is from a stack that stopped)."
+)
 
 
 @contextmanager
@@ -83,6 +92,13 @@ def cloud_errors() -> Iterator[None]:
     except OcrpipeError as exc:
         err.print(printable(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(Exit.FAILED) from None
+
+
+def stack_alive(settings: Settings) -> None:
+    """Between polls of a wait: a local stack that went away ends it with one line, at
+    once (see :func:`emulator_down`)."""
+    if settings.uses_emulators and (down := emulator_down(settings)) is not None:
+        raise StackDown(f"{down} {_START_AGAIN}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from ocrpipe import records
+from ocrpipe.attempts import record_requeued
 from ocrpipe.cli.common import (
     DocOpt,
     Exit,
@@ -18,8 +20,11 @@ from ocrpipe.cli.common import (
     load_settings,
     out,
 )
+from ocrpipe.errors import OcrpipeError
 from ocrpipe.operations import views
-from ocrpipe.operations.dead_letters import list_dead_letters, replay
+from ocrpipe.operations.dead_letters import ReplayReport, list_dead_letters, replay
+from ocrpipe.settings import Settings
+from ocrpipe.storage import ObjectStore
 
 
 def dlq_list(
@@ -79,6 +84,8 @@ def dlq_replay(
             limit=limit,
             dry_run=dry_run,
         )
+        if not dry_run and report.replayed:
+            _record_replayed(clients(ctx).store(settings), settings, report)
     if as_json:
         views.print_json(out, report.as_dict())
     else:
@@ -89,3 +96,22 @@ def dlq_replay(
             err.print(Text(views.printable(failed), style="red"))
         out.print(views.replay_summary(report), markup=False)
     raise typer.Exit(Exit.FAILED if report.failed else Exit.OK)
+
+
+def _record_replayed(store: ObjectStore, settings: Settings, report: ReplayReport) -> None:
+    """Each replayed page's attempt record, so status shows it queued again, not in the
+    dead-letter topic. The replay is done: trouble here is a note, not a failure."""
+    for letter in report.replayed:
+        page = letter.page_message
+        if page is None:
+            continue
+        try:
+            record_requeued(
+                store, settings, page.document, page.page, records.REPLAYED,
+                source=letter.message_id,
+            )  # fmt: skip
+        except OcrpipeError as exc:
+            err.print(
+                Text(f"{letter.name} page {page.page}: replayed, not recorded: {exc}"),
+                style="yellow",
+            )

@@ -23,7 +23,7 @@ from ocrpipe.cli.common import (
     load_settings,
     out,
 )
-from ocrpipe.cli.waiting import wait_batch, wait_for
+from ocrpipe.cli.waiting import replay_command, wait_batch, wait_for
 from ocrpipe.errors import RetryRefused
 from ocrpipe.listing import DocumentObjects
 from ocrpipe.operations import batch_views, views
@@ -117,8 +117,11 @@ def submit(
             if len(names) == 1:
                 code = wait_for(store, settings, names, timeout, allow_partial)
             else:
-                prefix_ = listing_prefix(names)
-                code = wait_batch(store, settings, prefix_, names, timeout, allow_partial)
+                shared = listing_prefix(names)
+                label = batch_views.batch_label(shared)
+                code = wait_batch(
+                    store, settings, shared, names, timeout, allow_partial, label=label
+                )
     if not_submitted:
         err.print(Text(f"{not_submitted} file(s) not submitted (listed above)", style="red"))
     raise typer.Exit(code or (Exit.FAILED if not_submitted else Exit.OK))
@@ -171,6 +174,14 @@ def status(
         views.print_json(out, dicts[0] if name else dicts)
     elif name:
         views.print_status_detail(out, statuses[0], now)
+        if statuses[0].dead_lettered:
+            err.print(
+                Text(
+                    f"{statuses[0].dead_lettered} page(s) in the dead-letter topic; once the"
+                    f" cause is fixed: `{replay_command(settings, name)}`",
+                    style="yellow",
+                )
+            )
     else:
         out.print(views.status_table(statuses, now))
         if refused is not None and refused.count:
@@ -229,6 +240,12 @@ def retry(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would happen; change nothing.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Reprocess an input that was rejected as a whole (not a PDF, ...)."
+        ),
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
     """Put documents through the pipeline again. Safe to run twice and to interrupt.
@@ -236,7 +253,9 @@ def retry(
     Without --failed-only: the input object is rewritten onto itself, which makes a new
     generation and a new finalize event, so the document is split and OCR'd from scratch
     into a new @GENERATION/ folder. The old generation's output stays; its queued or
-    dead-lettered pages are dropped as stale.
+    dead-lettered pages are dropped as stale. An input rejected as a whole (not a PDF,
+    encrypted, ...) is refused: the same bytes would be rejected again; fix the file and
+    submit it again, or give --force.
 
     With --failed-only: for the current generation, the pages' error records are deleted,
     and every page without Markdown (failed, or still pending) is published again from the
@@ -264,9 +283,10 @@ def retry(
                 if failed_only:
                     _retry_pages(store, publisher, settings, name, dry_run)
                 elif dry_run:
+                    reprocess(store, settings, name, force=force, dry_run=True)
                     out.print(Text(f"{shown}: would be reprocessed as a new generation"))
                 else:
-                    generation = reprocess(store, settings, name)
+                    generation = reprocess(store, settings, name, force=force)
                     out.print(Text(f"{shown}: reprocessing as generation {generation}"))
             except RetryRefused as exc:
                 err.print(Text(views.printable(f"{name}: {exc}"), style="red"))
@@ -357,8 +377,12 @@ def get(
         else:
             report = _download(store, settings, documents, Path(output), pages, record, figures)
             missing, failed = list(report.missing), report.failed
-    for item in missing:
-        err.print(Text(views.printable(f"{item.name}: no Markdown: {item.why}"), style="yellow"))
+        for item in missing:
+            why = item.why
+            if why.startswith("rejected"):  # the reason is one read away: give it
+                rejected = document_status(store, settings, item.name).error
+                why = f"rejected: {rejected.reason}: {rejected.message}" if rejected else why
+            err.print(Text(views.printable(f"{item.name}: no Markdown: {why}"), style="yellow"))
     for item in failed:
         err.print(Text(views.printable(f"{item.name}: not written: {item.why}"), style="red"))
     if missing or failed:
@@ -452,5 +476,6 @@ def _status_batch(
     if as_json:
         views.print_json(out, current.as_dict())
     else:
-        batch_views.print_batch(out, current)
+        replay = replay_command(settings, prefix + "*")
+        batch_views.print_batch(out, current, replay_command=replay)
     return Exit.OK if current.documents else Exit.FAILED

@@ -13,7 +13,6 @@ from rich.text import Text
 from ocrpipe import naming
 from ocrpipe.cli.common import (
     CLOUD,
-    LOCAL_ENV_FILE,
     LOCAL_OWNER_ENV_FILE,
     LOCAL_USAGE_FILE,
     RECONCILER_ENV_FILE,
@@ -28,6 +27,7 @@ from ocrpipe.cli.waiting import wait_for
 from ocrpipe.operations import submit as uploads
 from ocrpipe.operations import views
 from ocrpipe.operations.status import document_status
+from ocrpipe.settings import LOCAL_ENV_FILE
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
@@ -80,11 +80,14 @@ def up(
     permissions each identity used, and those granted but never used, are printed
     (`ocrpipe iam-report --local` shows them while the stack runs).
 
-    Pages reach the worker with the concurrency production push reaches (up to
-    `OCRPIPE_LOCAL_DELIVERY_MAX_IN_FLIGHT`, default `OCRPIPE_OCR_MAX_IN_FLIGHT`), so
-    `--ocr-url` can point at a real GPU. With `--data-dir` the buckets are kept on disk;
-    Pub/Sub messages are not, so on start whatever is unfinished is queued again."""
-    from ocrpipe.local.stack import LocalStack, Ports, StackError, settings_env
+    Pages reach the worker as many at a time as the OCR server can serve: two per thread
+    of the local CPU engine (`OCRPIPE_LOCAL_ENGINE_THREADS`, default one per two CPUs), or,
+    with `--ocr-url` (a real GPU), `OCRPIPE_OCR_MAX_IN_FLIGHT`; set
+    `OCRPIPE_LOCAL_DELIVERY_MAX_IN_FLIGHT` to choose. A part that exits (the worker, the
+    splitter, the engine, ...) is started again and said so; only an emulator exiting, or
+    a part that cannot start again, stops the stack. With `--data-dir` the buckets are kept
+    on disk; Pub/Sub messages are not, so on start whatever is unfinished is queued again."""
+    from ocrpipe.local.stack import LocalStack, Ports, Restart, StackError, settings_env
 
     stack = LocalStack(
         ports=Ports(
@@ -122,12 +125,28 @@ def up(
                 f" {len(recovery.announced)} rejected inputs.",
                 markup=False,
             )
+        else:
+            out.print(
+                "Buckets are in memory: results vanish when the stack stops. To keep them,"
+                " and have unfinished documents queued again on the next start, run"
+                " `ocrpipe up --data-dir ./ocrpipe-data`.",
+                markup=False,
+            )
         out.print(
             f"In another shell, in this folder: [bold]ocrpipe submit --local FILE --wait[/]"
             f"  (settings in {LOCAL_ENV_FILE}); [bold]ocrpipe follow --local[/] prints each"
             " document as it is done. Ctrl-C stops everything."
         )
-        stack.watch()  # until a part exits (StackError) or Ctrl-C
+
+        def restarted(restart: Restart) -> None:
+            err.print(
+                f"{restart.name} exited with {restart.returncode}: started it again"
+                f" (restart {restart.count}; its log: {restart.log})",
+                style="yellow",
+                markup=False,
+            )
+
+        stack.watch(on_restart=restarted)  # until an emulator exits (StackError) or Ctrl-C
     except StackError as exc:
         err.print(str(exc), style="red", markup=False)
         raise typer.Exit(Exit.FAILED) from None
@@ -135,6 +154,9 @@ def up(
         out.print("stopping")
     finally:
         stack.stop()
+        if stack.restarts:
+            counts = ", ".join(f"{name} {n}" for name, n in sorted(stack.restarts.items()))
+            out.print(f"parts started again while the stack ran: {counts}", markup=False)
         LOCAL_ENV_FILE.unlink(missing_ok=True)
         LOCAL_OWNER_ENV_FILE.unlink(missing_ok=True)
         RECONCILER_ENV_FILE.unlink(missing_ok=True)
@@ -188,10 +210,11 @@ def demo(
     ),
     timeout: float = 600.0,
 ) -> None:
-    """Start the local stack, push FILE through it, print its Markdown, stop."""
-    from ocrpipe.local.stack import LocalStack, StackError
+    """Start the local stack on free ports, push FILE through it, print its Markdown, stop.
+    (It runs its own stack, beside any `ocrpipe up`, whatever ports are taken.)"""
+    from ocrpipe.local.stack import LocalStack, StackError, free_ports
 
-    stack = LocalStack()
+    stack = LocalStack(ports=free_ports())
     try:
         with out.status("starting the local stack") as spinner:
             stack.start(progress=lambda part: spinner.update(f"starting {part}"))

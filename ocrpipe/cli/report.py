@@ -37,11 +37,13 @@ def report(
     local: LocalOpt = False,
 ) -> None:
     """What a batch cost: over the newest finished generation of each document, its pages
-    (done, failed), the tokens, OCR seconds, attempts and retries the worker recorded in
-    document.json, and two estimates of GPU time and cost (total and per 1,000 pages) at
-    OCRPIPE_GPU_PRICE_PER_HOUR, with the assumption each makes. Pages without recorded
-    usage are counted as unknown. Exit 1 if no finished document is found, or a NAME is
-    unknown."""
+    (done, failed), the tokens, OCR seconds, attempts and retries of every request: those
+    behind the pages kept (document.json), the deliveries the worker nacked and the earlier
+    results of pages retried (the attempt records); and two estimates of GPU time and cost
+    (total and per 1,000 pages) at OCRPIPE_GPU_PRICE_PER_HOUR, with the assumption each
+    makes. Pages without recorded usage are counted as unknown; inputs rejected as a whole
+    are named apart from unfinished ones. Exit 1 if no finished document is found, or a
+    NAME is unknown."""
     settings = load_settings(local)
     if not names and prefix is None:
         err.print("Name at least one document, or give --prefix.", style="red")
@@ -59,9 +61,10 @@ def report_batch(
         views.print_json(out, {"prefix": prefix, "names": names, **total.as_dict()})
     else:
         _print_bill(total, prefix)
-    for skipped in total.skipped:
-        line = views.printable(f"{skipped.name}: not counted: {skipped.why}")
-        err.print(Text(line, style="yellow"))
+    for why in (bill.REJECTED, bill.NOT_FINISHED, bill.NO_SUCH_DOCUMENT):
+        for skipped in (s for s in total.skipped if s.why == why):
+            line = views.printable(f"{skipped.name}: not counted: {skipped.why}")
+            err.print(Text(line, style="yellow"))
     if not total.documents:
         where = f"under {prefix!r}" if prefix is not None else "among the names given"
         err.print(Text(views.printable(f"no finished document {where}"), style="red"))
@@ -137,6 +140,17 @@ def _print_bill(total: bill.Bill, prefix: str | None) -> None:
         " temperature (repetition loop)",
         markup=False,
     )
+    for spend, count, what in (
+        (total.failed_deliveries, total.failed_delivery_count, "failed deliveries"),
+        (total.retried, total.retried_pages, "earlier results of retried pages"),
+    ):
+        if count:
+            out.print(
+                f"  of which {count} {what}: {spend.attempts} attempts,"
+                f" {spend.prompt_tokens:,} prompt and {spend.completion_tokens:,} completion"
+                f" tokens, {spend.ocr_seconds:,.1f} s",
+                markup=False,
+            )
     table = Table("estimate", "GPU time", "cost", "per 1,000 pages")
     for estimate in total.estimates:
         per_1000 = estimate.cost_per_1000_pages

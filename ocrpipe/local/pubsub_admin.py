@@ -123,3 +123,25 @@ def ensure_topic(project: str, topic: str, emulator_host: str | None = None) -> 
     with contextlib.suppress(gexc.AlreadyExists):
         publisher.create_topic(name=publisher.topic_path(project, topic))
     publisher.transport.close()
+
+
+def release_leases(project: str, topology: Topology, emulator_host: str) -> None:
+    """Make every message of the pages subscription deliverable again at once, leased ones
+    included: what the relay held when it was killed, and what its last pull, still open at
+    the emulator, took after it died (measured: the emulator hands messages published then
+    to the dead pull, and they wait out the 600 s ack deadline). A seek to a time before
+    every retained message marks them all unacknowledged; acknowledged ones are not kept
+    (no ``retain_acked_messages``, no topic retention), so nothing done comes back. A page
+    still in the worker gets a second delivery, which writes nothing twice."""
+    import time
+
+    from google.protobuf import timestamp_pb2
+
+    before = timestamp_pb2.Timestamp()
+    before.FromSeconds(int(time.time()) - topology.message_retention_seconds - 60)
+    subscriber = subscriber_client(emulator_host)
+    try:
+        path = subscriber.subscription_path(project, topology.pages_push_subscription)
+        subscriber.seek(request={"subscription": path, "time": before})
+    finally:
+        subscriber.close()

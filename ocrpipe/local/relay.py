@@ -9,7 +9,8 @@ dead-letter policy and retention (``ocrpipe/topology.json``; terraform keeps pus
 this relay plays Pub/Sub's push side:
 
 * it pulls messages whenever fewer than ``N`` deliveries are open
-  (N = :attr:`Settings.delivery_max_in_flight`, by default ``ocr_max_in_flight``) and
+  (N = :attr:`Settings.delivery_max_in_flight`: by default ``ocr_max_in_flight``, a GPU's
+  batch, or two per thread of the stack's own CPU engine) and
   POSTs each to the worker in the wrapped push envelope (:func:`push_envelope`),
   ``deliveryAttempt`` included (the emulator counts attempts when a dead-letter policy is
   set). Unary pull, not streaming pull: through the client library's streaming pull with
@@ -53,6 +54,9 @@ from ocrpipe.topology import load_topology
 
 logger = logging.getLogger(__name__)
 
+# How long one pull waits at the emulator for messages. A relay killed meanwhile leaves its
+# pull open there that long, and it still takes messages (the stack releases them).
+PULL_TIMEOUT_S = 5.0
 # The status codes Pub/Sub push takes as an ack; anything else is a nack.
 ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
 
@@ -127,7 +131,7 @@ class PushRelay:
     max_in_flight: int
     ack_deadline_s: float
     flush_s: float = 0.05
-    pull_timeout_s: float = 5.0
+    pull_timeout_s: float = PULL_TIMEOUT_S
     counts: RelayCounts = field(default_factory=RelayCounts)
     _acks: list[str] = field(default_factory=list)
     _nacks: list[str] = field(default_factory=list)

@@ -8,6 +8,16 @@ delivers pages to the worker with production push's concurrency (:mod:`ocrpipe.l
 locally the pages subscription is a pull subscription). It stops what it started, by PID
 (each child leads its own process group), in reverse order.
 
+While it runs, :meth:`LocalStack.watch` supervises the parts: a service that exits (the OCR
+engine, the worker, the splitter, the Eventarc stand-in, the relay, an authorizing proxy) is
+started again, after a pause that grows while it keeps dying young, and counted in
+:attr:`LocalStack.restarts`. None of them holds what a restart would lose: pages in flight
+are nacked or time out and are delivered again; what a killed relay had leased (and what its
+last pull, still open at the emulator, took after it died) is released by a seek of the
+pages subscription before the relay starts again. Only the two emulators hold state (the
+topics and subscriptions, and the buckets unless ``data_dir``), so one of them exiting, or a
+part that cannot start again, stops the stack.
+
 IAM (``iam=True``, the default): the emulators enforce none, so each emulator gets an
 authorizing proxy (``pubsub_proxy``, ``gcs_proxy``) with one port per identity
 (:data:`IDENTITIES`), checking every call against the grants in ``ocrpipe/iam.json``. Each
@@ -32,6 +42,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -40,7 +51,12 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ocrpipe.local.iam.policy import Authorizer, Decision, grant_identities, usage_report
-from ocrpipe.local.pubsub_admin import ensure_push_subscription, ensure_topic, ensure_topology
+from ocrpipe.local.pubsub_admin import (
+    ensure_push_subscription,
+    ensure_topic,
+    ensure_topology,
+    release_leases,
+)
 from ocrpipe.local.readiness import NotReady, http_answers, log_says, tcp_accepts, wait_until_ready
 from ocrpipe.settings import Settings
 from ocrpipe.storage import GcsStore
@@ -60,6 +76,10 @@ NOTIFICATIONS_SUBSCRIPTION = load_topology().local_notifications_subscription
 # operator (the CLI, tests) and the reconciler (the restart's recovery, `ocrpipe reconcile
 # --local`).
 IDENTITIES = grant_identities()
+# Parts that hold state a restart would lose: one of them exiting stops the stack.
+STATEFUL = frozenset({"pubsub", "gcs"})
+RESTART_PAUSES_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # after deaths in a row of a young part
+YOUNG_S = 60.0  # a part that dies younger than this has not recovered: the pause grows
 
 
 class StackError(RuntimeError):
@@ -128,6 +148,17 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     log: Path
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A part that exited and was started again (:meth:`LocalStack.watch`)."""
+
+    name: str
+    returncode: int
+    count: int  # restarts of this part so far, this one included
+    log: Path
 
 
 @dataclass
@@ -153,7 +184,11 @@ class LocalStack:
     iam_overrides: Mapping[str, Any] | None = None
     children: list[Child] = field(default_factory=list)
     recovery: ReconcileReport | None = None  # what the last start re-queued (data_dir only)
+    restarts: dict[str, int] = field(default_factory=dict)  # part -> times it was restarted
     _worker_socket: socket.socket | None = None
+    _ocr_command: list[str] | None = None  # the OCR server's command, to start it again
+    _relay_max_in_flight: int | None = None
+    _deaths_in_a_row: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         owned = set(self._stack_fields(None)) & set(self.overrides)
@@ -181,8 +216,15 @@ class LocalStack:
 
     def settings_for(self, identity: str | None, **more: Any) -> Settings:
         """The settings one identity's process gets (``None``: the raw emulators): the
-        stack's own fields, then :attr:`overrides`, then ``more`` (one child's)."""
-        return Settings(**{**self._stack_fields(identity), **self.overrides, **more})
+        stack's own fields, then :attr:`overrides`, then ``more`` (one child's); sized for
+        the local CPU engine when the stack runs it (:meth:`Settings.for_local_engine`)."""
+        settings = Settings(**{**self._stack_fields(identity), **self.overrides, **more})
+        return settings.for_local_engine() if self.runs_engine else settings
+
+    @property
+    def runs_engine(self) -> bool:
+        """Whether the OCR server is the stack's own CPU engine (not a URL, not a test's)."""
+        return self.ocr_url is None and self.ocr_command is None
 
     def _stack_fields(self, identity: str | None) -> dict[str, Any]:
         pubsub, gcs = self.ports.pubsub, self.ports.gcs
@@ -267,8 +309,7 @@ class LocalStack:
         ensure_topic(self.project, NOTIFICATIONS_TOPIC, pubsub_host)
         if self.iam:
             progress("Pub/Sub authorizing proxy")
-            self._start_proxy("pubsub-proxy", "ocrpipe.local.iam.pubsub_proxy", pubsub_host,
-                              self.ports.pubsub_proxy, self.usage_files[0])  # fmt: skip
+            self.start_pubsub_proxy()
 
         progress("fake-gcs-server")
         self._spawn(
@@ -305,8 +346,7 @@ class LocalStack:
                 store.client.create_bucket(bucket)
         if self.iam:
             progress("GCS authorizing proxy")
-            self._start_proxy("gcs-proxy", "ocrpipe.local.iam.gcs_proxy", gcs_url,
-                              self.ports.gcs_proxy, self.usage_files[1])  # fmt: skip
+            self.start_gcs_proxy()
 
         if self.ocr_url is None:
             progress("OCR engine")
@@ -316,36 +356,10 @@ class LocalStack:
         self.start_worker()
 
         progress("splitter")
-        self._spawn(
-            "splitter",
-            [
-                sys.executable,
-                "-m",
-                "functions_framework",
-                "--target",
-                "on_finalize",
-                "--source",
-                str(Path(__file__).resolve().parents[2] / "splitter_fn" / "main.py"),
-                "--signature-type",
-                "cloudevent",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.ports.splitter),
-            ],
-            {},
-            identity="splitter",
-        )
-        _wait_tcp(self.ports.splitter, 60, self._died("splitter"))
+        self.start_splitter()
 
         progress("Eventarc stand-in")
-        self._spawn(
-            "eventarc",
-            _uvicorn("ocrpipe.local.eventarc:create_app", self.ports.eventarc),
-            {},
-            identity="eventarc",
-        )
-        _wait_tcp(self.ports.eventarc, 30, self._died("eventarc"))
+        self.start_eventarc()
 
         progress("topics and subscriptions")
         ensure_topology(self.project, load_topology(), emulator_host=pubsub_host)
@@ -388,6 +402,33 @@ class LocalStack:
         )
         return recover_unfinished(store, publisher, own, resend)
 
+    def start_pubsub_proxy(self) -> None:
+        host = self.admin_settings.pubsub_emulator_host
+        assert host is not None
+        self._start_proxy("pubsub-proxy", "ocrpipe.local.iam.pubsub_proxy", host,
+                          self.ports.pubsub_proxy, self.usage_files[0])  # fmt: skip
+
+    def start_gcs_proxy(self) -> None:
+        url = self.admin_settings.storage_emulator_host
+        assert url is not None
+        self._start_proxy("gcs-proxy", "ocrpipe.local.iam.gcs_proxy", url,
+                          self.ports.gcs_proxy, self.usage_files[1])  # fmt: skip
+
+    def start_splitter(self) -> None:
+        source = Path(__file__).resolve().parents[2] / "splitter_fn" / "main.py"
+        command = [
+            sys.executable, "-m", "functions_framework", "--target", "on_finalize",
+            "--source", str(source), "--signature-type", "cloudevent",
+            "--host", "127.0.0.1", "--port", str(self.ports.splitter),
+        ]  # fmt: skip
+        self._spawn("splitter", command, {}, identity="splitter")
+        _wait_tcp(self.ports.splitter, 60, self._died("splitter"))
+
+    def start_eventarc(self) -> None:
+        command = _uvicorn("ocrpipe.local.eventarc:create_app", self.ports.eventarc)
+        self._spawn("eventarc", command, {}, identity="eventarc")
+        _wait_tcp(self.ports.eventarc, 30, self._died("eventarc"))
+
     def _start_proxy(
         self,
         name: str,
@@ -420,7 +461,9 @@ class LocalStack:
             "--port", str(self.ports.ocr), "--model-name", settings.ocr_model,
             "--max-model-len", str(settings.ocr_max_model_len),
             "--figure-boxes" if settings.ocr_figure_boxes else "--no-figure-boxes",
+            "--threads", str(settings.engine_threads),
         ]  # fmt: skip
+        self._ocr_command = command
         self._spawn("ocr", command, {}, identity=None)
         if wait_healthy:
             _wait_http(f"http://127.0.0.1:{self.ports.ocr}/health", 120, self._died("ocr"))
@@ -454,12 +497,30 @@ class LocalStack:
         deliveries open (benchmarks). It is Pub/Sub, so it gets the raw emulator."""
         endpoint = f"http://127.0.0.1:{self.ports.worker}/"
         command = [sys.executable, "-m", "ocrpipe.local.relay", "--endpoint", endpoint]
+        self._relay_max_in_flight = max_in_flight
         more = {} if max_in_flight is None else {"local_delivery_max_in_flight": max_in_flight}
         assert self.log_dir is not None
         log = self.log_dir / "relay.log"
         since = log.stat().st_size if log.exists() else 0
         self._spawn("relay", command, {}, identity=None, settings=more)
         _wait_log(log, since, "relaying ", 30, self._died("relay"))
+
+    def _restart_relay(self) -> None:
+        """A relay that died holds leases nobody will answer, and its last pull, still open
+        at the emulator, takes more until it times out: once it has, release them all, then
+        start the relay again."""
+        from google.api_core import exceptions as gexc
+
+        from ocrpipe.local.relay import PULL_TIMEOUT_S
+
+        host = self.admin_settings.pubsub_emulator_host
+        assert host is not None
+        time.sleep(PULL_TIMEOUT_S + 1)
+        try:
+            release_leases(self.project, load_topology(), host)
+        except gexc.GoogleAPICallError as exc:
+            raise StackError(f"the relay's leases could not be released: {exc}") from exc
+        self.start_relay(self._relay_max_in_flight)
 
     def pause_delivery(self) -> None:
         """Stop the push relay: pages wait in the subscription until :meth:`start_relay`."""
@@ -486,14 +547,55 @@ class LocalStack:
             self._worker_socket.close()
             self._worker_socket = None
 
-    def watch(self, interval: float = 1.0) -> None:
-        """Block while every child runs; raise :class:`StackError` naming the first that
-        exits, with its log's tail. (Children stopped by :meth:`kill` are not watched.)"""
-        while True:
+    def watch(
+        self,
+        interval: float = 1.0,
+        *,
+        on_restart: Callable[[Restart], None] = lambda _: None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Supervise the parts until ``stop`` is set (or forever): a part that exits is
+        started again and reported to ``on_restart``. Raise :class:`StackError`, naming the
+        part with its log's tail, when an emulator exits or a part cannot start again.
+        (Children stopped by :meth:`kill` are not watched.)"""
+        stop = stop or threading.Event()
+        while not stop.is_set():
             for child in list(self.children):
-                if (died := self._died(child.name)()) is not None:
-                    raise StackError(died)
-            time.sleep(interval)
+                if child.process.poll() is None:
+                    continue
+                if child.name in STATEFUL or child.name not in self._starters():
+                    died = self._died(child.name)() or f"{child.name} exited"
+                    raise StackError(f"{died}\nThe stack cannot go on without it: stopping.")
+                on_restart(self.restart(child))
+            stop.wait(interval)
+
+    def restart(self, child: Child) -> Restart:
+        """Start ``child``'s part again (it exited), after a pause that grows while the part
+        keeps dying young; :class:`StackError` if it cannot start."""
+        name = child.name
+        young = time.monotonic() - child.started < YOUNG_S
+        in_a_row = self._deaths_in_a_row.get(name, 0) + 1 if young else 1
+        self._deaths_in_a_row[name] = in_a_row
+        time.sleep(RESTART_PAUSES_S[min(in_a_row, len(RESTART_PAUSES_S)) - 1])
+        self.children.remove(child)
+        try:
+            self._starters()[name]()
+        except StackError as exc:
+            raise StackError(f"{name} exited and could not start again: {exc}") from None
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        return Restart(name, int(child.process.returncode or 0), self.restarts[name], child.log)
+
+    def _starters(self) -> dict[str, Callable[[], None]]:
+        """How each part that holds no state is started again."""
+        return {
+            "ocr": lambda: self.start_ocr(self._ocr_command),
+            "worker": self.start_worker,
+            "splitter": self.start_splitter,
+            "eventarc": self.start_eventarc,
+            "relay": self._restart_relay,
+            "pubsub-proxy": self.start_pubsub_proxy,
+            "gcs-proxy": self.start_gcs_proxy,
+        }
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         assert self.log_dir is not None
@@ -698,6 +800,7 @@ __all__ = [
     "IDENTITIES",
     "LocalStack",
     "Ports",
+    "Restart",
     "StackError",
     "fault_server_command",
     "fault_stack",

@@ -14,7 +14,10 @@ the listing cannot answer, in parallel threads:
 States are :func:`ocrpipe.operations.status.derive_state`'s, computed for the current generation the
 way :func:`ocrpipe.operations.status.document_status` picks it (the input's, else the newest with
 output). The rate counts page objects (Markdown or error record) whose ``updated`` time is
-in the last ``window_s`` seconds; the ETA divides the pages still to do by it.
+in the last ``window_s`` seconds; the ETA divides the pages still to do (but those in the
+dead-letter topic) by it. Retrying and dead-lettered pages come from the attempt records in
+the same listing (their metadata), so they cost no read either; so does the time anything
+was last written for the batch, which tells a batch that stalled.
 """
 
 from __future__ import annotations
@@ -25,18 +28,28 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ocrpipe import naming, records
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.listing import DocumentObjects, scan_prefix
-from ocrpipe.operations.status import PageError, derive_state, parse_error, poll_until
+from ocrpipe.operations.status import (
+    FINISHED_STATES,
+    STALL_AFTER_S,
+    PageError,
+    PageTrouble,
+    Verdict,
+    derive_state,
+    is_bad,
+    page_troubles,
+    parse_error,
+    poll_until,
+)
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
 
 RATE_WINDOW_S = 300.0
 READ_THREADS = 16
-FINISHED_STATES = frozenset({"done", "partial", "failed"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,17 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class PageInTrouble:
+    """A page of the batch that is retrying or dead-lettered."""
+
+    name: str
+    trouble: PageTrouble
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.trouble.as_dict()}
+
+
+@dataclass(frozen=True)
 class DocumentSummary:
     name: str
     generation: int | None
@@ -55,10 +79,17 @@ class DocumentSummary:
     page_count: int | None
     done: int
     failed: int
+    retrying: int = 0
+    dead_lettered: int = 0
 
     @property
     def pending(self) -> int:
         return max(0, (self.page_count or 0) - self.done - self.failed)
+
+    @property
+    def stuck(self) -> bool:
+        """Running, and every pending page is in the dead-letter topic."""
+        return self.state == "running" and self.pending > 0 and self.dead_lettered == self.pending
 
 
 @dataclass(frozen=True)
@@ -71,10 +102,44 @@ class BatchStatus:
     window_s: float
     started: float | None  # the earliest upload of the batch
     states: Mapping[str, int] = field(default_factory=dict)
+    troubles: tuple[PageInTrouble, ...] = ()
+    last_change: float | None = None  # the newest object of the batch, or upload
 
     @property
     def finished(self) -> bool:
         return all(d.state in FINISHED_STATES for d in self.documents)
+
+    @property
+    def stuck(self) -> bool:
+        """Not finished, and every unfinished document waits on the dead-letter topic."""
+        unfinished = [d for d in self.documents if d.state not in FINISHED_STATES]
+        return bool(unfinished) and all(d.stuck for d in unfinished)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more will happen without the operator: finished, or stuck."""
+        return self.finished or self.stuck
+
+    @property
+    def pages_retrying(self) -> int:
+        return sum(d.retrying for d in self.documents)
+
+    @property
+    def pages_dead_lettered(self) -> int:
+        return sum(d.dead_lettered for d in self.documents)
+
+    @property
+    def quiet_s(self) -> float | None:
+        """Seconds since anything was written for the batch (None: settled)."""
+        if self.settled or self.last_change is None:
+            return None
+        return max(0.0, self.now - self.last_change)
+
+    @property
+    def stalled(self) -> bool:
+        """Unsettled, and nothing written for longer than a page can take."""
+        quiet = self.quiet_s
+        return quiet is not None and quiet >= STALL_AFTER_S
 
     @property
     def pages_done(self) -> int:
@@ -98,7 +163,7 @@ class BatchStatus:
         """Pages still to do; a document not split yet counts as the average document."""
         split = [d.page_count for d in self.documents if d.page_count]
         average = sum(split) / len(split) if split else 0.0
-        pending = sum(d.pending for d in self.documents if d.state == "running")
+        pending = sum(d.pending - d.dead_lettered for d in self.documents if d.state == "running")
         return pending + self.not_split * average
 
     @property
@@ -142,7 +207,13 @@ class BatchStatus:
             "rate_pages_per_min": None if rate is None else round(rate * 60, 1),
             "rate_window_s": self.window_s,
             "eta_s": None if eta is None else round(eta, 1),
+            "pages_retrying": self.pages_retrying,
+            "pages_dead_lettered": self.pages_dead_lettered,
+            "stuck": self.stuck,
+            "quiet_s": None if self.quiet_s is None else round(self.quiet_s, 1),
+            "stalled": self.stalled,
             "failures": [vars(f) for f in self.failures],
+            "troubles": [t.as_dict() for t in self.troubles],
             "by_document": [{**vars(d), "pending": d.pending} for d in self.documents],
         }
 
@@ -166,13 +237,16 @@ def batch_status(
 
     summaries = []
     failures = []
+    troubles = []
     recent = 0
     for plan in plans:
         summary, found = _summarise(plan, contents)
         summaries.append(summary)
         failures.extend(found)
+        troubles += [PageInTrouble(plan.name, t) for t in plan.troubles.values()]
         recent += sum(1 for t in plan.page_times if t >= now - window_s)
     uploads = [d.source.updated for d in scanned if d.source is not None and d.source.updated]
+    changes = uploads + [p.last_change for p in plans if p.last_change is not None]
     return BatchStatus(
         prefix=prefix,
         now=now,
@@ -182,6 +256,8 @@ def batch_status(
         window_s=window_s,
         started=min(uploads) if uploads else None,
         states=Counter(s.state for s in summaries),
+        troubles=tuple(troubles),
+        last_change=max(changes) if changes else None,
     )
 
 
@@ -199,6 +275,8 @@ class _Plan:
     error_to_read: str = ""
     page_errors: Mapping[str, int] = field(default_factory=dict)  # object name -> page
     page_times: tuple[float, ...] = ()
+    troubles: Mapping[int, PageTrouble] = field(default_factory=dict)
+    last_change: float | None = None
 
 
 def _plan(settings: Settings, scanned: DocumentObjects) -> _Plan:
@@ -228,6 +306,10 @@ def _plan(settings: Settings, scanned: DocumentObjects) -> _Plan:
         page_times=tuple(
             info.updated for name, info in found.items() if name.startswith(pages_prefix)
         ),
+        troubles=page_troubles(
+            found.values(), naming.attempts_prefix(doc), listing.done | listing.failed
+        ),
+        last_change=max((info.updated for info in found.values()), default=None),
     )
 
 
@@ -254,7 +336,14 @@ def _summarise(plan: _Plan, contents: Mapping[str, bytes]) -> tuple[DocumentSumm
         failed=len(plan.failed),
     )
     summary = DocumentSummary(
-        plan.name, plan.generation, state, page_count, len(plan.done), len(plan.failed)
+        plan.name,
+        plan.generation,
+        state,
+        page_count,
+        len(plan.done),
+        len(plan.failed),
+        retrying=sum(1 for t in plan.troubles.values() if t.state == "retrying"),
+        dead_lettered=sum(1 for t in plan.troubles.values() if t.state == "dead_lettered"),
     )
     return summary, failures
 
@@ -287,17 +376,19 @@ def _read_all(
 
 # --- waiting ------------------------------------------------------------------------------
 
-Verdict = Literal["ok", "failed", "timeout"]
 
-
-def verdict(status: BatchStatus, *, finished: bool, allow_partial: bool = False) -> Verdict:
-    """``failed`` if any document failed (or ended partial, unless ``allow_partial``) or
-    nothing is under the prefix; else ``timeout`` if not every document finished; else ok.
-    A failure outranks a timeout, as for single documents."""
-    bad = {"failed"} if allow_partial else {"failed", "partial"}
-    if not status.documents or any(d.state in bad for d in status.documents):
+def verdict(status: BatchStatus, *, settled: bool, allow_partial: bool = False) -> Verdict:
+    """``failed`` if nothing is under the prefix; else ``timeout`` if the batch did not
+    settle in time, whatever else happened; else ``dead_lettered`` if it is stuck with pages
+    in the dead-letter topic; else ``failed`` if a document was rejected or failed (or ended
+    partial, unless ``allow_partial``); else ``ok``. As for single documents."""
+    if not status.documents:
         return "failed"
-    return "ok" if finished else "timeout"
+    if not settled:
+        return "timeout"
+    if status.stuck:
+        return "dead_lettered"
+    return "failed" if any(is_bad(d.state, allow_partial) for d in status.documents) else "ok"
 
 
 def wait_for_batch(
@@ -309,9 +400,10 @@ def wait_for_batch(
     sleep: Callable[[float], None] = time.sleep,
     on_update: Callable[[BatchStatus], None] = lambda _: None,
 ) -> tuple[BatchStatus, bool]:
-    """Poll until every document is finished or ``timeout`` seconds passed.
+    """Poll until the batch settles (every document finished, or the unfinished ones stuck
+    in the dead-letter topic) or ``timeout`` seconds passed.
 
-    Returns the last status and whether the batch finished. An empty batch ends at once
+    Returns the last status and whether the batch settled. An empty batch ends at once
     (nothing will appear by waiting: the inputs are listed first).
     """
 
@@ -321,7 +413,7 @@ def wait_for_batch(
         return current
 
     def settled(current: BatchStatus) -> bool:
-        return current.finished or not current.documents
+        return current.settled or not current.documents
 
     final, done = poll_until(
         poll_and_show, settled, timeout=timeout, interval=interval, clock=clock, sleep=sleep

@@ -8,6 +8,13 @@ and the temperature kept. A page without provenance (an older record, a page tha
 render, no ``document.json`` at all) counts as *usage unknown*; it is in the page counts,
 not in the sums nor the estimates.
 
+The work that left no page result is counted too, from the generation's attempt records
+(:mod:`ocrpipe.records`, read from the listing's metadata): every delivery the worker nacked
+(the OCR server down, timeouts, a budget spent on loops) with what its requests cost, and
+every page ``retry --failed-only`` queued again, with the cost of the error record it
+deleted (counted once, and only once ``document.json`` no longer describes that record).
+A document rejected as a whole is named apart from one that is not finished: it cost no OCR.
+
 GPU time cannot be read off the pages: each page's ``ocr_seconds`` is the time its requests
 were open, and a GPU serves many at once (vLLM batches up to ``--max-num-seqs``, 32 here), so
 the seconds overlap. Two estimators, both over the pages with usage:
@@ -38,7 +45,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ocrpipe import naming
+from ocrpipe import naming, records
 from ocrpipe.listing import DocumentObjects
 from ocrpipe.settings import Settings
 
@@ -86,6 +93,43 @@ class PageUsage:
 
 NO_SUCH_DOCUMENT = "no such document"
 NOT_FINISHED = "not finished"
+REJECTED = "rejected as a whole (no OCR; see `ocrpipe status NAME`)"
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What some OCR requests cost."""
+
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ocr_seconds: float = 0.0
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(
+            self.attempts + other.attempts,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.ocr_seconds + other.ocr_seconds,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ocr_seconds": round(self.ocr_seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class ExtraSpend:
+    """Work that left no page result: a nacked delivery, or a retried page's earlier one."""
+
+    kind: str  # records.FAILED_DELIVERY or records.RETRIED
+    page: int
+    spend: Spend
+    end: float | None  # when it was recorded (seconds since the epoch)
 
 
 @dataclass(frozen=True)
@@ -126,6 +170,46 @@ def _page(entry: Any) -> PageUsage:
     return PageUsage(page, state, usage)
 
 
+def attempt_spend(
+    document: DocumentObjects, doc: naming.DocumentRef, index_updated: float | None
+) -> list[ExtraSpend]:
+    """The cost of ``doc``'s failed deliveries, and of its retried pages' deleted error
+    records that ``document.json`` (written at ``index_updated``) no longer describes."""
+    objects = document.generations.get(doc.generation, {})
+    prefix = naming.attempts_prefix(doc)
+    found: list[ExtraSpend] = []
+    counted: set[str] = set()
+    for name, info in sorted(objects.items()):
+        if naming.parse_attempt_name(name, prefix) is None:
+            continue
+        attempt = records.parse_attempt(info.metadata)
+        if attempt is None or attempt.usage is None:
+            continue
+        end = attempt.created or info.updated or None
+        if attempt.kind == records.RETRIED:
+            described = index_updated is None or end is None or index_updated <= end
+            if described or attempt.message_id in counted:
+                continue  # document.json still has it, or a second run's copy
+            counted.add(attempt.message_id)
+        elif attempt.kind != records.FAILED_DELIVERY:
+            continue
+        found.append(ExtraSpend(attempt.kind, attempt.page, _spend(attempt.usage), end))
+    return found
+
+
+def _spend(usage: records.Usage) -> Spend:
+    def number(key: str) -> float:
+        value = usage.get(key, 0)
+        return float(value) if isinstance(value, int | float) and value >= 0 else 0.0
+
+    return Spend(
+        int(number("attempts")),
+        int(number("prompt_tokens")),
+        int(number("completion_tokens")),
+        number("ocr_seconds"),
+    )
+
+
 def records_to_read(documents: Iterable[DocumentObjects], settings: Settings) -> dict[str, str]:
     """Input name -> the ``document.json`` to read: that of each document's latest finished
     generation, where the listing has one."""
@@ -147,8 +231,7 @@ def document_pages(
     listing (usage unknown)."""
     doc = document.latest_finished(settings)
     if doc is None:
-        why = NO_SUCH_DOCUMENT if document.generation is None else NOT_FINISHED
-        return Skipped(document.name, why)
+        return Skipped(document.name, _why_skipped(document, settings))
     objects = document.generations[doc.generation]
     prefix = naming.pages_prefix(doc)
     pages: list[PageUsage] = []
@@ -170,6 +253,15 @@ def document_pages(
         end = objects[result.name].updated if result is not None else None
         timed.append(PageUsage(page.page, page.state, page.usage, end or None))
     return timed
+
+
+def _why_skipped(document: DocumentObjects, settings: Settings) -> str:
+    if document.generation is None:
+        return NO_SUCH_DOCUMENT
+    doc = document.doc(settings, document.generation)
+    if naming.document_error_name(doc) in document.generations.get(doc.generation, {}):
+        return REJECTED
+    return NOT_FINISHED
 
 
 @dataclass(frozen=True)
@@ -200,11 +292,12 @@ class Bill:
     pages_done: int
     pages_failed: int
     pages_with_usage: int
-    prompt_tokens: int  # estimates included
+    kept: Spend  # the requests behind the page results kept (document.json's provenance)
+    failed_deliveries: Spend  # deliveries the worker nacked (no page result)
+    failed_delivery_count: int
+    retried: Spend  # earlier results of pages that retry --failed-only queued again
+    retried_pages: int
     prompt_tokens_estimated: int  # for requests whose server reported no usage
-    completion_tokens: int
-    ocr_seconds: float
-    attempts: int
     loop_retries: int  # pages kept at a temperature above the first of the ladder
     first_start: float | None  # the first page's request opened (epoch seconds)
     last_end: float | None  # the last page's result written
@@ -219,12 +312,35 @@ class Bill:
         return self.pages_done + self.pages_failed
 
     @property
+    def spent(self) -> Spend:
+        """Every request the pipeline made for these pages, kept or not."""
+        return self.kept + self.failed_deliveries + self.retried
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Reported by the server, and estimated where it reported none."""
+        return self.spent.prompt_tokens + self.prompt_tokens_estimated
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.spent.completion_tokens
+
+    @property
+    def ocr_seconds(self) -> float:
+        return self.spent.ocr_seconds
+
+    @property
+    def attempts(self) -> int:
+        return self.spent.attempts
+
+    @property
     def pages_unknown(self) -> int:
         return self.pages - self.pages_with_usage
 
     @property
     def retries(self) -> int:
-        """Requests beyond the first, over the pages with usage."""
+        """Requests beyond one per page with usage: loops, transient failures, failed
+        deliveries and retried pages."""
         return self.attempts - self.pages_with_usage
 
     @property
@@ -240,6 +356,8 @@ class Bill:
         return {
             "documents": self.documents,
             "not_counted": [{"name": s.name, "why": s.why} for s in self.skipped],
+            "rejected": [s.name for s in self.skipped if s.why == REJECTED],
+            "not_finished": [s.name for s in self.skipped if s.why == NOT_FINISHED],
             "pages": {
                 "total": self.pages,
                 "done": self.pages_done,
@@ -255,6 +373,14 @@ class Bill:
                 "attempts": self.attempts,
                 "retries": self.retries,
                 "loop_retries": self.loop_retries,
+                "by_source": {
+                    "page_results": self.kept.as_dict(),
+                    "failed_deliveries": {
+                        "count": self.failed_delivery_count,
+                        **self.failed_deliveries.as_dict(),
+                    },
+                    "retried_pages": {"count": self.retried_pages, **self.retried.as_dict()},
+                },
             },
             "time": {
                 "first_start": self.first_start,
@@ -277,16 +403,21 @@ def bill(
     """Sum the pages of every document (``records``: input name -> its ``document.json``)
     and estimate GPU time and cost with the settings' price, instances and concurrency."""
     pages: list[PageUsage] = []
+    extra: list[ExtraSpend] = []
     skipped: list[Skipped] = []
     counted = 0
     for document in documents:
         found = document_pages(document, settings, records.get(document.name))
         if isinstance(found, Skipped):
             skipped.append(found)
-        else:
-            counted += 1
-            pages += found
-    return summarise(pages, settings, documents=counted, skipped=skipped)
+            continue
+        counted += 1
+        pages += found
+        doc = document.latest_finished(settings)
+        assert doc is not None  # document_pages found it
+        index = document.generations[doc.generation].get(naming.document_index_name(doc))
+        extra += attempt_spend(document, doc, index.updated if index is not None else None)
+    return summarise(pages, settings, documents=counted, skipped=skipped, extra=extra)
 
 
 def summarise(
@@ -295,14 +426,26 @@ def summarise(
     *,
     documents: int,
     skipped: Sequence[Skipped] = (),
+    extra: Sequence[ExtraSpend] = (),
 ) -> Bill:
     known = [(p, p.usage) for p in pages if p.usage is not None]
     first_temperature = settings.ocr_temperatures[0]
     intervals = [(p.end - u.ocr_seconds, p.end) for p, u in known if p.end is not None]
+    intervals += [(e.end - e.spend.ocr_seconds, e.end) for e in extra if e.end is not None]
     starts = [start for start, _ in intervals] + [p.end for p in pages if p.end is not None]
     ends = [p.end for p in pages if p.end is not None]
-    ocr_seconds = sum(u.ocr_seconds for _, u in known)
-    estimated = sum(u.attempts * PROMPT_TOKENS_PER_REQUEST for _, u in known if not u.prompt_tokens)
+    kept = sum(
+        (Spend(u.attempts, u.prompt_tokens, u.completion_tokens, u.ocr_seconds) for _, u in known),
+        Spend(),
+    )
+    failed = [e for e in extra if e.kind == records.FAILED_DELIVERY]
+    retried = [e for e in extra if e.kind == records.RETRIED]
+    failed_spend = sum((e.spend for e in failed), Spend())
+    retried_spend = sum((e.spend for e in retried), Spend())
+    ocr_seconds = (kept + failed_spend + retried_spend).ocr_seconds
+    no_usage = [u.attempts for _, u in known if not u.prompt_tokens]
+    no_usage += [e.spend.attempts for e in extra if not e.spend.prompt_tokens]
+    estimated = sum(no_usage) * PROMPT_TOKENS_PER_REQUEST
     busy = union_length(intervals)
     instances = settings.gpu_instances
     concurrency = (settings.gpu_concurrent_requests or settings.ocr_max_in_flight) * instances
@@ -331,11 +474,12 @@ def summarise(
         pages_done=sum(1 for p in pages if p.state == "done"),
         pages_failed=sum(1 for p in pages if p.state != "done"),
         pages_with_usage=len(known),
-        prompt_tokens=sum(u.prompt_tokens for _, u in known) + estimated,
+        kept=kept,
+        failed_deliveries=failed_spend,
+        failed_delivery_count=len(failed),
+        retried=retried_spend,
+        retried_pages=len(retried),
         prompt_tokens_estimated=estimated,
-        completion_tokens=sum(u.completion_tokens for _, u in known),
-        ocr_seconds=ocr_seconds,
-        attempts=sum(u.attempts for _, u in known),
         loop_retries=sum(1 for _, u in known if u.temperature > first_temperature),
         first_start=min(starts) if starts else None,
         last_end=max(ends) if ends else None,

@@ -12,8 +12,8 @@ adds these (names and values as seen on the emulator; production uses the same):
     CloudPubSubDeadLetterSourceTopicPublishTime     "2026-11-26T23:05:04.598Z": when the
                                                     splitter published it
 
-Nothing records why the last delivery failed: that is in the worker's log (labels
-``doc_id`` and ``page``), so a dead letter has no "last error" field.
+The message does not say why its last delivery failed: the worker's attempt record of that
+delivery does (``ocrpipe status NAME``), and its log (labels ``doc_id`` and ``page``).
 
 How a run treats the subscription: every message it pulls is leased for
 :data:`LEASE_SECONDS` (renewed while the run goes on), so a pull never returns it again and

@@ -22,17 +22,25 @@ Two ways, both safe to run twice and to interrupt (run them again):
   dead-lettered and replayed later, gets a duplicate delivery, which writes nothing twice.
   A document whose every page is done but whose ``document.md`` is out of date (status
   ``stale_assembly``) gets one page published again: the worker finds it done, and the
-  completion check rebuilds the document.
+  completion check rebuilds the document. Each page queued again first gets a ``retried``
+  attempt record (:mod:`ocrpipe.attempts`), which keeps the usage of the
+  error record deleted, for ``report``.
+
+A document rejected as a whole (``error.json``: not a PDF, encrypted, ...) is refused both
+ways: it has no pages, and reprocessing the same bytes rejects them again. ``force``
+reprocesses it anyway (after a fix in the pipeline, say).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ocrpipe import naming, records
 from ocrpipe.assemble import assembly_stale
+from ocrpipe.attempts import record_requeued
 from ocrpipe.errors import ObjectMissing, RetryRefused
 from ocrpipe.messages import PageMessage
+from ocrpipe.operations.status import PageError, parse_error
 from ocrpipe.pubsub import OutgoingMessage, Publisher, publish_batched
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
@@ -47,6 +55,8 @@ class RetryPlan:
     remove: tuple[str, ...]  # output objects to delete first, in this order
     messages: tuple[PageMessage, ...]
     rebuild: bool = False  # only to make the worker rebuild a stale document.md
+    # The error records to delete, by page: (name#generation, its usage or None).
+    failed_results: dict[int, tuple[str, records.Usage | None]] = field(default_factory=dict)
 
     @property
     def pages(self) -> tuple[int, ...]:
@@ -100,25 +110,50 @@ def plan_unfinished_pages(store: ObjectStore, settings: Settings, name: str) -> 
         for n in todo
     )
     pending = () if rebuild else tuple(n for n in todo if n not in listing.failed)
-    return RetryPlan(name, doc, failed, pending, tuple(remove), messages, rebuild)
+    by_name = {info.name: info for info in listed}
+    failed_results = {}
+    for number in failed:
+        info = by_name[naming.page_error_name(doc, number)]
+        failed_results[number] = (
+            f"{info.name}#{info.generation}",
+            records.parse_usage(info.metadata),
+        )
+    return RetryPlan(name, doc, failed, pending, tuple(remove), messages, rebuild, failed_results)
 
 
 def requeue(plan: RetryPlan, store: ObjectStore, publisher: Publisher, settings: Settings) -> int:
-    """Delete what would stop the worker (the error records), then publish the pages.
-    Returns how many page messages were published."""
+    """Record each page as retried, delete what would stop the worker (the error records),
+    then publish the pages. Returns how many page messages were published."""
+    if not plan.rebuild:
+        for number in plan.pages:
+            source, usage = plan.failed_results.get(number, ("", None))
+            record_requeued(
+                store, settings, plan.doc, number, records.RETRIED, source=source, usage=usage
+            )
     for name in plan.remove:
         store.delete(settings.output_bucket, name)
     pages = [OutgoingMessage(m.encode(), m.attributes()) for m in plan.messages]
     return publish_batched(publisher, settings.pages_topic, pages)
 
 
-def reprocess(store: ObjectStore, settings: Settings, name: str) -> int:
+def reprocess(
+    store: ObjectStore, settings: Settings, name: str, *, force: bool = False, dry_run: bool = False
+) -> int | None:
     """Rewrite the input onto itself: a new generation, split and OCR'd from scratch.
-    Returns the new generation."""
+    Returns the new generation (None for a ``dry_run``, which only makes the checks). A
+    rejected input is refused unless ``force``."""
     source = store.stat(settings.input_bucket, name)
     if source is None:
         where = naming.object_uri(settings.input_bucket, name)
         raise RetryRefused(f"{where} does not exist: upload it again.")
+    doc = naming.DocumentRef(settings.input_bucket, name, source.generation)
+    if not force and (error := _rejection(store, settings, doc)) is not None:
+        raise RetryRefused(
+            f"{name} was rejected as a whole ({error.reason}: {error.message}); the same bytes"
+            " would be rejected again. Fix the file and upload it again (or --force)."
+        )
+    if dry_run:
+        return None
     generation = store.rewrite_in_place(settings.input_bucket, name, source.generation)
     if generation is None:
         raise RetryRefused(
@@ -126,6 +161,14 @@ def reprocess(store: ObjectStore, settings: Settings, name: str) -> int:
             " rewritten: a new generation is already on its way (see `ocrpipe status`)."
         )
     return generation
+
+
+def _rejection(store: ObjectStore, settings: Settings, doc: naming.DocumentRef) -> PageError | None:
+    """Why ``doc`` was rejected as a whole, or None if it was not."""
+    try:
+        return parse_error(store.read(settings.output_bucket, naming.document_error_name(doc)))
+    except ObjectMissing:
+        return None
 
 
 def _page_images(store: ObjectStore, settings: Settings, doc_id: str) -> dict[int, str]:

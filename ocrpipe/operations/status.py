@@ -10,10 +10,20 @@ generation with output.
     running         pages planned, not all accounted for
     done            document.md written, no page failed
     partial         document.md written, some pages failed
-    failed          the input was rejected, or every page failed
+    failed          every page failed
+    rejected        the input was rejected as a whole (error.json: not a PDF, encrypted,
+                    ...); retrying cannot help, replacing the file can
     stale_assembly  every page is accounted for, but document.md was built from other
                     page results (the worker stopped before rebuilding it):
                     ``ocrpipe retry --failed-only`` makes the worker rebuild it
+
+A page without a result is *queued* (pending), or, when its last delivery failed (its
+newest attempt record, :mod:`ocrpipe.records`), *retrying* (Pub/Sub delivers it again after
+a backoff) or *dead-lettered* (that was its last delivery: it waits in the dead-letter
+topic for ``ocrpipe dlq replay``). A running document whose every pending page is
+dead-lettered is *stuck*: waiting cannot finish it, a replay can. Nothing written for the
+document for longer than the ack deadline (a page is answered, failed or redelivered within
+it) means nothing is moving: :meth:`DocumentStatus.quiet_for` tells how long.
 
 ``assembly_stale`` is true whenever document.md exists and was not built from the current
 page results (also while retried pages are still running).
@@ -29,7 +39,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -38,14 +48,66 @@ from ocrpipe.assemble import assembly_stale
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectInfo, ObjectStore
+from ocrpipe.topology import load_topology
 
 T = TypeVar("T")
+
+FINISHED_STATES = frozenset({"done", "partial", "failed", "rejected"})
+# Nothing written for this long while unfinished: nothing is moving. A page under OCR is
+# answered, failed (an attempt record) or redelivered within the ack deadline.
+STALL_AFTER_S = float(load_topology().ack_deadline_seconds)
 
 
 @dataclass(frozen=True)
 class PageError:
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class PageTrouble:
+    """A page without a result whose last delivery failed."""
+
+    page: int
+    state: Literal["retrying", "dead_lettered"]
+    delivery: int | None  # the delivery that failed last
+    max_deliveries: int | None  # deliveries before the dead-letter topic
+    reason: str
+    message: str
+    since: float  # when that delivery failed (seconds since the epoch)
+
+    def as_dict(self) -> dict[str, Any]:
+        return vars(self).copy()
+
+
+def page_troubles(
+    objects: Iterable[ObjectInfo], attempts_prefix: str, finished: Collection[int]
+) -> dict[int, PageTrouble]:
+    """Page -> its trouble, for the pages not in ``finished`` whose newest attempt record
+    under ``attempts_prefix`` is a failed delivery (a newer retry or replay queues it again).
+    """
+    newest: dict[int, tuple[int, ObjectInfo]] = {}
+    for info in objects:
+        found = naming.parse_attempt_name(info.name, attempts_prefix)
+        if found is None or found.page in finished:
+            continue
+        if found.page not in newest or found.time_ns > newest[found.page][0]:
+            newest[found.page] = (found.time_ns, info)
+    troubles: dict[int, PageTrouble] = {}
+    for page, (_, info) in sorted(newest.items()):
+        attempt = records.parse_attempt(info.metadata)
+        if attempt is None or attempt.kind != records.FAILED_DELIVERY:
+            continue
+        troubles[page] = PageTrouble(
+            page=page,
+            state="dead_lettered" if attempt.dead_lettered else "retrying",
+            delivery=attempt.delivery,
+            max_deliveries=attempt.max_deliveries,
+            reason=attempt.reason,
+            message=attempt.message,
+            since=attempt.created or info.updated,
+        )
+    return troubles
 
 
 @dataclass(frozen=True)
@@ -63,6 +125,8 @@ class DocumentStatus:
     started: float | None = None
     finished: float | None = None
     assembly_stale: bool = False
+    troubles: dict[int, PageTrouble] = field(default_factory=dict)  # pending pages only
+    last_change: float | None = None  # the newest object of this generation, or the upload
 
     @property
     def pending(self) -> int:
@@ -70,7 +134,31 @@ class DocumentStatus:
 
     @property
     def finished_state(self) -> bool:
-        return self.state in ("done", "partial", "failed")
+        return self.state in FINISHED_STATES
+
+    @property
+    def retrying(self) -> int:
+        return sum(1 for t in self.troubles.values() if t.state == "retrying")
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(1 for t in self.troubles.values() if t.state == "dead_lettered")
+
+    @property
+    def stuck(self) -> bool:
+        """Running, and every pending page is in the dead-letter topic."""
+        return self.state == "running" and self.pending > 0 and self.dead_lettered == self.pending
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more will happen without the operator: finished, or stuck."""
+        return self.finished_state or self.stuck
+
+    def quiet_for(self, now: float | None = None) -> float | None:
+        """Seconds since anything was written for this document (None: finished)."""
+        if self.finished_state or self.last_change is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.last_change)
 
     def elapsed(self, now: float | None = None) -> float | None:
         """Seconds from upload to the last output (or to ``now`` while unfinished)."""
@@ -90,8 +178,12 @@ class DocumentStatus:
             "done": self.done,
             "failed": self.failed,
             "pending": self.pending,
+            "retrying": self.retrying,
+            "dead_lettered": self.dead_lettered,
             "error": vars(self.error) if self.error else None,
             "page_errors": {str(n): vars(e) for n, e in sorted(self.page_errors.items())},
+            "page_troubles": {str(n): t.as_dict() for n, t in sorted(self.troubles.items())},
+            "quiet_s": _round(self.quiet_for(now)),
             "markdown": self.markdown_uri,
             "assembly_stale": self.assembly_stale,
             "started": self.started,
@@ -116,7 +208,7 @@ def derive_state(
     assembly_stale: bool = False,
 ) -> str:
     if has_error:
-        return "failed"
+        return "rejected"
     if has_document and assembly_stale:
         complete = page_count is not None and done + failed >= page_count
         return "stale_assembly" if complete else "running"
@@ -175,6 +267,10 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
         assembly_stale=stale,
     )
     times = [info.updated for info in found.values()]
+    troubles = page_troubles(
+        found.values(), naming.attempts_prefix(doc), listing.done | listing.failed
+    )
+    uploaded = [source.updated] if source is not None else []
     return DocumentStatus(
         name=name,
         generation=generation,
@@ -191,8 +287,10 @@ def document_status(store: ObjectStore, settings: Settings, name: str) -> Docume
             else None
         ),
         started=source.updated if source is not None else (min(times) if times else None),
-        finished=(max(times) if state in ("done", "partial", "failed") and times else None),
+        finished=(max(times) if state in FINISHED_STATES and times else None),
         assembly_stale=stale,
+        troubles=troubles,
+        last_change=max(times + uploaded) if times or uploaded else None,
     )
 
 
@@ -279,8 +377,9 @@ def wait_for_documents(
     sleep: Callable[[float], None] = time.sleep,
     on_update: Callable[[DocumentStatus], None] = lambda _: None,
 ) -> dict[str, DocumentStatus]:
-    """Poll each of ``names`` until it is finished or ``timeout`` seconds passed. Returns
-    the final status of those that finished; the others timed out."""
+    """Poll each of ``names`` until it is settled (finished, or stuck in the dead-letter
+    topic) or ``timeout`` seconds passed. Returns the final status of those that settled;
+    the others timed out."""
     finals: dict[str, DocumentStatus] = {}
 
     def poll_unfinished() -> dict[str, DocumentStatus]:
@@ -288,7 +387,7 @@ def wait_for_documents(
             if name not in finals:
                 current = poll(name)
                 on_update(current)
-                if current.finished_state:
+                if current.settled:
                     finals[name] = current
         return finals
 
@@ -324,12 +423,23 @@ def poll_until(
         sleep(min(interval, left))
 
 
+Verdict = Literal["ok", "failed", "dead_lettered", "timeout"]
+
+
 def documents_verdict(
     names: Sequence[str], finals: Mapping[str, DocumentStatus], *, allow_partial: bool = False
-) -> Literal["ok", "failed", "timeout"]:
-    """``failed`` if a document failed (or ended partial, unless ``allow_partial``), else
-    ``timeout`` if one did not finish, else ``ok``: a failure outranks a timeout."""
-    bad = {"failed"} if allow_partial else {"failed", "partial"}
-    if any(final.state in bad for final in finals.values()):
-        return "failed"
-    return "ok" if all(name in finals for name in names) else "timeout"
+) -> Verdict:
+    """``timeout`` if a document did not settle in time, whatever else happened (the user
+    must know the wait was cut short); else ``dead_lettered`` if one is stuck with pages in
+    the dead-letter topic; else ``failed`` if one was rejected or failed (or ended partial,
+    unless ``allow_partial``); else ``ok``."""
+    if not all(name in finals for name in names):
+        return "timeout"
+    if any(final.stuck for final in finals.values()):
+        return "dead_lettered"
+    return "failed" if any(is_bad(f.state, allow_partial) for f in finals.values()) else "ok"
+
+
+def is_bad(state: str, allow_partial: bool) -> bool:
+    """A finished state that is a failure for ``wait`` (partial only unless allowed)."""
+    return state in ("failed", "rejected") or (state == "partial" and not allow_partial)

@@ -1,5 +1,10 @@
 """How the CLI shows things: rich tables and panels for people, plain JSON for scripts.
-No I/O beyond the console it is given."""
+No I/O beyond the console it is given.
+
+Names and ``gs://`` URIs are never cut at the end, where their extension is: table cells
+fold them onto more lines, and a label that must fit one line (a progress bar's) loses its
+middle instead (:func:`elide`). So everything reads at 80 columns.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.highlighter import JSONHighlighter
 from rich.table import Table
@@ -16,12 +22,20 @@ from rich.text import Text
 
 from ocrpipe import naming
 from ocrpipe.operations.dead_letters import DeadLetter, ReplayReport
-from ocrpipe.operations.status import DocumentStatus, InvalidMessages
+from ocrpipe.operations.status import (
+    STALL_AFTER_S,
+    DocumentStatus,
+    InvalidMessages,
+    PageTrouble,
+)
+
+ELLIPSIS = "…"
 
 STATE_STYLE = {
     "done": "green",
     "partial": "yellow",
     "failed": "red",
+    "rejected": "red",
     "running": "cyan",
     "splitting": "cyan",
     "stale_assembly": "yellow",
@@ -92,21 +106,87 @@ def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
+def elide(text: str, width: int) -> str:
+    """``text`` in at most ``width`` terminal cells: its middle replaced by an ellipsis, so
+    both the folder it starts with and the file name's end (its extension) stay."""
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:width]
+    keep = width - 1
+    extension = text[text.rfind(".") :] if "." in text.rsplit("/", 1)[-1] else ""
+    tail_cells = min(keep, max(keep // 2, cell_len(extension) + 4))
+    tail = _cells_from_end(text, tail_cells)
+    head = _cells_from_start(text, keep - cell_len(tail))
+    return f"{head}{ELLIPSIS}{tail}"
+
+
+def _cells_from_start(text: str, cells: int) -> str:
+    used = 0
+    for index, char in enumerate(text):
+        used += cell_len(char)
+        if used > cells:
+            return text[:index]
+    return text
+
+
+def _cells_from_end(text: str, cells: int) -> str:
+    return _cells_from_start(text[::-1], cells)[::-1]
+
+
+def wrapped(text: str, style: str = "") -> Text:
+    """A table cell that folds onto more lines instead of being cut (names, URIs), shown
+    through :func:`printable`."""
+    return Text(printable(text), style=style, overflow="fold")
+
+
+def troubles_note(retrying: int, dead_lettered: int) -> str:
+    """'2 retrying, 7 dead-lettered', or '' when no page is in trouble."""
+    parts = [f"{retrying} retrying"] if retrying else []
+    return ", ".join(parts + ([f"{dead_lettered} dead-lettered"] if dead_lettered else []))
+
+
+def stall_note(quiet_s: float | None) -> Text | None:
+    """A warning when nothing was written for longer than a page can take, else None."""
+    if quiet_s is None or quiet_s < STALL_AFTER_S:
+        return None
+    return Text(
+        f"nothing has moved for {duration(quiet_s)}: no page finished, failed or was retried."
+        " Is the pipeline running (the worker, the OCR server; for the local stack"
+        " `ocrpipe up`)? See the worker's log.",
+        style="yellow",
+    )
+
+
 def status_table(statuses: Sequence[DocumentStatus], now: float | None = None) -> Table:
     table = Table("name", "state", "pages", "done", "failed", "pending", "elapsed", "result")
     for s in statuses:
         detail = s.markdown_uri or (f"{s.error.reason}: {s.error.message}" if s.error else "")
+        state = state_text(s.state)
+        if note := troubles_note(s.retrying, s.dead_lettered):
+            state.append(f" ({note})", style="yellow")
         table.add_row(
-            Text(printable(s.name)),
-            state_text(s.state),
+            wrapped(s.name),
+            state,
             str(s.page_count or "-"),
             str(s.done),
             str(s.failed),
             str(s.pending),
             duration(s.elapsed(now)),
-            Text(printable(detail)),
+            wrapped(detail),
         )
     return table
+
+
+def pages_summary(s: DocumentStatus) -> str:
+    if s.error is not None:
+        return "none: the input was rejected as a whole"
+    if s.page_count is None:
+        return "not split yet"
+    pending = f"{s.pending} pending"
+    if note := troubles_note(s.retrying, s.dead_lettered):
+        pending += f" ({note})"
+    return f"{s.done} done, {s.failed} failed, {pending}, of {s.page_count}"
 
 
 def print_status_detail(console: Console, s: DocumentStatus, now: float | None = None) -> None:
@@ -118,12 +198,7 @@ def print_status_detail(console: Console, s: DocumentStatus, now: float | None =
     rows = [
         ("generation", str(s.generation)),
         ("doc_id", s.doc_id),
-        (
-            "pages",
-            f"{s.done} done, {s.failed} failed, {s.pending} pending, of {s.page_count}"
-            if s.page_count is not None
-            else "not split yet",
-        ),
+        ("pages", pages_summary(s)),
         ("started", timestamp(s.started)),
         ("finished", timestamp(s.finished) if s.finished_state else "-"),
         ("elapsed", duration(s.elapsed(now)) + ("" if s.finished_state else " so far")),
@@ -141,14 +216,45 @@ def print_status_detail(console: Console, s: DocumentStatus, now: float | None =
         rows.append(("rejected", f"{s.error.reason}: {s.error.message}"))
     grid = Table.grid(padding=(0, 2))
     for label, value in rows:
-        grid.add_row(Text(f"  {label}", style="dim"), Text(printable(value)))
+        grid.add_row(Text(f"  {label}", style="dim", no_wrap=True), wrapped(value))
     console.print(grid)
     if s.page_errors:
         table = Table("page", "reason", "message", title="failed pages", title_justify="left")
         for number, error in sorted(s.page_errors.items()):
-            reason, message = printable(error.reason), printable(error.message)
-            table.add_row(str(number), Text(reason), Text(message))
+            table.add_row(str(number), wrapped(error.reason), wrapped(error.message))
         console.print(table)
+    if s.troubles:
+        console.print(troubles_table([(None, t) for t in s.troubles.values()], now))
+    if note := stall_note(s.quiet_for(now)):
+        console.print(note)
+
+
+def troubles_table(
+    troubles: Sequence[tuple[str | None, PageTrouble]], now: float, title: str = ""
+) -> Table:
+    """Pages whose last delivery failed: retrying, or in the dead-letter topic."""
+    named = any(name is not None for name, _ in troubles)
+    table = Table(
+        *(["name"] if named else []),
+        "page",
+        "state",
+        "delivery",
+        "last failure",
+        title=title or "pages whose last delivery failed",
+        title_justify="left",
+    )
+    for name, t in troubles:
+        of = f" of {t.max_deliveries}" if t.max_deliveries else ""
+        state = Text("dead-lettered" if t.state == "dead_lettered" else "retrying")
+        state.stylize("red" if t.state == "dead_lettered" else "yellow")
+        table.add_row(
+            *([wrapped(name or "")] if named else []),
+            str(t.page),
+            state,
+            f"{t.delivery or '?'}{of}",
+            wrapped(f"{duration(now - t.since)} ago: {t.reason}: {t.message}"),
+        )
+    return table
 
 
 def invalid_message_note(count: int, bucket: str) -> Text:
@@ -174,11 +280,11 @@ def invalid_message_table(found: InvalidMessages) -> Table:
     for m in found.newest:
         table.add_row(
             timestamp(m.created),
-            Text(printable(m.reason)),
-            Text(printable(m.doc_id or "-"), no_wrap=True),
+            wrapped(m.reason),
+            wrapped(m.doc_id or "-"),
             str(m.page or "-"),
-            Text(printable(m.message)),
-            Text(printable(m.uri), no_wrap=True),
+            wrapped(m.message),
+            wrapped(m.uri),
         )
     return table
 
@@ -190,9 +296,9 @@ def dead_letter_table(letters: Sequence[DeadLetter]) -> Table:
     )
     for letter in letters:
         table.add_row(
-            Text(printable(letter.name) or "(not a page message)"),
+            wrapped(letter.name or "(not a page message)"),
             str(letter.page or "-"),
-            Text(printable(letter.doc_id or "-"), no_wrap=True),
+            wrapped(letter.doc_id or "-"),
             str(letter.delivery_count or "-"),
             _short_time(_parse_time(letter.first_published)),
             _short_time(letter.dead_lettered),

@@ -287,6 +287,9 @@ class OcrClient:
             except OcrRejected as exc:  # refused for good: what it cost so far is billed
                 exc.usage = exc.usage or usage()
                 raise
+            except OcrUnavailable as exc:  # the delivery fails: its cost is billed as well
+                exc.usage = usage()
+                raise
             page.add(reply)
             finish_reason = reply.finish_reason
             if finish_reason == FINISHED:

@@ -39,7 +39,9 @@ Idempotent under at-least-once delivery:
 
 One function writes permanent page error records (:func:`fail_page`): for a page the OCR
 server rejected, a page the splitter could not render, and a page whose image expired
-before a late replay.
+before a late replay. A delivery that is nacked leaves an attempt record
+(:func:`record_failed_delivery`): why, which delivery it was of how many before the
+dead-letter topic, and what its OCR requests cost.
 """
 
 from __future__ import annotations
@@ -63,11 +65,20 @@ from ocrpipe.assemble import (
     assemble,
     results_digest,
 )
-from ocrpipe.errors import ObjectMissing, OcrRejected, RefusedMessage, RetryableError
+from ocrpipe.attempts import write_attempt
+from ocrpipe.errors import (
+    ObjectMissing,
+    OcrpipeError,
+    OcrRejected,
+    OcrUnavailable,
+    RefusedMessage,
+    RetryableError,
+)
 from ocrpipe.messages import PageMessage
 from ocrpipe.pubsub import Publisher
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
+from ocrpipe.topology import load_topology
 from ocrpipe.usage import OcrUsage
 from ocrpipe.worker.ocr_client import OcrClient, OcrResult
 from ocrpipe.worker.page_figures import save_figures
@@ -329,6 +340,42 @@ def fail_page(
     logger.warning("page failed for good: %s", message, extra={"reason": reason})
     written = complete_document(doc, page_count, store, settings, publisher, page=page)
     return PageOutcome("failed", written)
+
+
+def record_failed_delivery(
+    message: PageMessage,
+    error: BaseException,
+    store: ObjectStore,
+    settings: Settings,
+    *,
+    delivery: int | None,
+    message_id: str,
+    now_ns: int | None = None,
+) -> records.Attempt:
+    """Keep why this delivery of ``message`` is nacked, which delivery it is (``delivery``:
+    Pub/Sub's ``deliveryAttempt``; without it, counted from the earlier records of the same
+    message) and what its OCR requests cost, as an attempt record of the page."""
+    doc, page, out = message.document, message.page, settings.output_bucket
+    if delivery is None:
+        earlier = store.list(out, naming.page_attempts_prefix(doc, page))
+        found = [records.parse_attempt(info.metadata) for info in earlier]
+        delivery = 1 + sum(
+            1
+            for a in found
+            if a is not None and a.kind == records.FAILED_DELIVERY and a.message_id == message_id
+        )
+    usage = error.usage if isinstance(error, OcrUnavailable) else None
+    attempt = records.Attempt(
+        page=page,
+        kind=records.FAILED_DELIVERY,
+        reason=error.reason if isinstance(error, OcrpipeError) else "internal",
+        message=str(error) or type(error).__name__,
+        delivery=delivery,
+        max_deliveries=load_topology().max_delivery_attempts,
+        message_id=message_id,
+        usage=usage.as_dict() if usage is not None else None,
+    )
+    return write_attempt(store, settings, doc, attempt, now_ns=now_ns)
 
 
 def _render_failed(
