@@ -57,7 +57,7 @@ def test_error_to_push_response(outcome: BaseException | None, status: int) -> N
         ({"has_manifest": True, "has_document": True, "done": 3}, "done"),
         ({"has_manifest": True, "has_document": True, "done": 2, "failed": 1}, "partial"),
         ({"has_manifest": True, "has_document": True, "failed": 3}, "failed"),
-        ({"has_error": True, "input_exists": True}, "failed"),
+        ({"has_error": True, "input_exists": True}, "rejected"),
     ],
 )
 def test_state_from_what_is_in_the_buckets(facts: dict[str, object], state: str) -> None:
