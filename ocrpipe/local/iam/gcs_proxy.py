@@ -317,24 +317,25 @@ class Route:
 
 
 JSON_API, UPLOAD, DOWNLOAD = "storage/v1", "upload/storage/v1", "download/storage/v1"
+BUCKETS = "b"
 BUCKET = "b/{bucket}"
 OBJECTS = "b/{bucket}/o"
 OBJECT = "b/{bucket}/o/{object}"
 DESTINATION = "b/{dest_bucket}/o/{dest_object}"
 
 ROUTES = (
-    Route("GET", JSON_API, "b", "storage.buckets.list"),
-    Route("POST", JSON_API, "b", "storage.buckets.create"),
+    Route("GET", JSON_API, BUCKETS, "storage.buckets.list"),
+    Route("POST", JSON_API, BUCKETS, "storage.buckets.create"),
     Route("GET", JSON_API, BUCKET, "storage.buckets.get"),
     Route("PATCH", JSON_API, BUCKET, "storage.buckets.update"),
     Route("PUT", JSON_API, BUCKET, "storage.buckets.update"),
     Route("DELETE", JSON_API, BUCKET, "storage.buckets.delete"),
     Route("GET", JSON_API, OBJECTS, _list),
-    Route("GET", JSON_API, OBJECT, GET),
-    Route("GET", DOWNLOAD, OBJECT, GET),
+    Route("GET", JSON_API, OBJECT, "storage.objects.get"),
+    Route("GET", DOWNLOAD, OBJECT, "storage.objects.get"),
     Route("PATCH", JSON_API, OBJECT, "storage.objects.update"),
     Route("PUT", JSON_API, OBJECT, "storage.objects.update"),
-    Route("DELETE", JSON_API, OBJECT, DELETE),
+    Route("DELETE", JSON_API, OBJECT, "storage.objects.delete"),
     Route("POST", UPLOAD, OBJECTS, _upload),
     Route("PUT", UPLOAD, OBJECTS, _upload_chunk),
     Route("POST", JSON_API, f"{OBJECT}/rewriteTo/{DESTINATION}", _copy),
