@@ -61,6 +61,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, unquote, unquote_plus
@@ -302,13 +303,16 @@ class Route:
     pattern: str
     needs: str | Callable[[Call], Plan | None]
 
+    @cached_property
+    def _parts(self) -> list[str]:
+        return self.pattern.split("/")
+
     def names(self, rest: Sequence[str]) -> dict[str, str] | None:
         """The names the path binds, or None if it does not have this route's shape."""
-        pattern = self.pattern.split("/")
-        if len(pattern) != len(rest):
+        if len(self._parts) != len(rest):
             return None
         names = {}
-        for want, part in zip(pattern, rest, strict=True):
+        for want, part in zip(self._parts, rest, strict=True):
             if want.startswith("{"):
                 names[want.strip("{}")] = part
             elif want != part:
@@ -342,7 +346,11 @@ ROUTES = (
     Route("POST", JSON_API, f"{OBJECT}/copyTo/{DESTINATION}", _copy),
     Route("POST", JSON_API, f"{OBJECT}/compose", _compose),
 )
-_ROOTS = (JSON_API, UPLOAD, DOWNLOAD)
+_ROOTS = {root: root.split("/") for root in (JSON_API, UPLOAD, DOWNLOAD)}
+_BY_METHOD_AND_ROOT = {
+    key: [r for r in ROUTES if (r.method, r.root) == key]
+    for key in {(r.method, r.root) for r in ROUTES}
+}  # the rows a call can match, looked up once per call
 
 
 def required(
@@ -352,11 +360,11 @@ def required(
     in the body, must already be in ``body``): the :data:`ROUTES` row it matches, or
     :class:`Unmapped`."""
     parts = _segments(raw_path)
-    root = next((r for r in _ROOTS if parts[: r.count("/") + 1] == r.split("/")), None)
+    root = next((r for r, prefix in _ROOTS.items() if parts[: len(prefix)] == prefix), None)
     if root is not None:
-        rest = parts[root.count("/") + 1 :]
-        for route in ROUTES:
-            names = route.names(rest) if (route.method, route.root) == (method, root) else None
+        rest = parts[len(_ROOTS[root]) :]
+        for route in _BY_METHOD_AND_ROOT.get((method, root), []):
+            names = route.names(rest)
             if names is None:
                 continue
             call = Call(names, query, body, project)
