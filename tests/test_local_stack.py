@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,41 @@ def test_a_gpu_url_or_an_explicit_limit_keeps_its_own_delivery() -> None:
     assert fault.settings.delivery_max_in_flight == 32
     chosen = LocalStack(overrides={"local_delivery_max_in_flight": 5})
     assert chosen.settings.delivery_max_in_flight == 5
+
+
+PARTS = [
+    "Pub/Sub emulator",
+    "Pub/Sub authorizing proxy",
+    "fake-gcs-server",
+    "GCS authorizing proxy",
+    "OCR engine",
+    "worker",
+    "splitter",
+    "Eventarc stand-in",
+    "topics and subscriptions",
+    "push relay",
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "parts"),
+    [
+        ({}, PARTS),
+        ({"iam": False}, [p for p in PARTS if "authorizing" not in p]),
+        ({"ocr_url": "https://vllm.example.com"}, [p for p in PARTS if p != "OCR engine"]),
+        ({"data_dir": Path("data")}, [*PARTS, "re-queuing unfinished documents"]),
+    ],
+)
+def test_start_tells_what_it_starts_in_the_order_it_starts_it(
+    options: dict[str, Any], parts: list[str]
+) -> None:
+    """What `ocrpipe up` prints while the stack starts: each part after those it talks to,
+    and only the parts this stack runs."""
+    stack = LocalStack(**options)
+    steps = [step for step in stack._steps() if step.applies]
+    assert [step.label for step in steps if step.label is not None] == parts
+    gcs = [step.label for step in steps].index("fake-gcs-server")
+    assert steps[gcs + 1].run == stack._create_buckets  # once it answers, under its label
 
 
 def test_an_emulator_that_exits_stops_the_stack_naming_it_with_its_log(tmp_path: Path) -> None:

@@ -1,12 +1,12 @@
 """The local stack: every part of the pipeline on loopback, against real emulators.
 
-``LocalStack`` starts, in order: Google's Pub/Sub emulator, fake-gcs-server publishing
-finalize notifications, the OCR engine (unless an OCR URL is given), the worker, the
-splitter under functions-framework and the Eventarc stand-in; then it creates the buckets,
-topics and subscriptions with the production topology and starts the push relay, which
-delivers pages to the worker with production push's concurrency (:mod:`ocrpipe.local.relay`:
-locally the pages subscription is a pull subscription). It stops what it started, by PID
-(each child leads its own process group), in reverse order.
+``LocalStack.start`` walks its steps (:meth:`LocalStack._steps`), in order: Google's Pub/Sub
+emulator, fake-gcs-server publishing finalize notifications and the buckets, the OCR engine
+(unless an OCR URL is given), the worker, the splitter under functions-framework and the
+Eventarc stand-in; then the topics and subscriptions with the production topology and the
+push relay, which delivers pages to the worker with production push's concurrency
+(:mod:`ocrpipe.local.relay`: locally the pages subscription is a pull subscription). It
+stops what it started, by PID (each child leads its own process group), in reverse order.
 
 While it runs, :meth:`LocalStack.watch` supervises the parts: a service that exits (the OCR
 engine, the worker, the splitter, the Eventarc stand-in, the relay, an authorizing proxy) is
@@ -161,6 +161,15 @@ class Restart:
     log: Path
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of :meth:`LocalStack.start`."""
+
+    label: str | None  # what ``ocrpipe up`` prints; None: part of the step before
+    run: Callable[[], None]
+    applies: bool = True
+
+
 @dataclass
 class LocalStack:
     ports: Ports = field(default_factory=Ports)
@@ -288,80 +297,83 @@ class LocalStack:
         self.stop()
 
     def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        """Start every part, in the order of :meth:`_steps`, telling ``progress`` the label
+        of each (what ``ocrpipe up`` prints)."""
+        self._prepare()
+        for step in self._steps():
+            if not step.applies:
+                continue
+            if step.label is not None:
+                progress(step.label)
+            step.run()
+
+    def _steps(self) -> list[Step]:
+        """What :meth:`start` does, in order: each part after those it talks to."""
+        return [
+            Step("Pub/Sub emulator", self._start_pubsub),
+            Step("Pub/Sub authorizing proxy", self.start_pubsub_proxy, applies=self.iam),
+            Step("fake-gcs-server", self._start_gcs),
+            Step(None, self._create_buckets),
+            Step("GCS authorizing proxy", self.start_gcs_proxy, applies=self.iam),
+            Step("OCR engine", self._start_engine, applies=self.ocr_url is None),
+            Step("worker", self.start_worker),
+            Step("splitter", self.start_splitter),
+            Step("Eventarc stand-in", self.start_eventarc),
+            Step("topics and subscriptions", self._create_topology),
+            Step("push relay", self.start_relay),
+            Step(
+                "re-queuing unfinished documents", self._recover, applies=self.data_dir is not None
+            ),
+        ]
+
+    def _prepare(self) -> None:
+        """The log directory, the IAM overrides file, and the checks that fail before
+        anything starts (ports in use, no Pub/Sub emulator installed)."""
         self.log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="ocrpipe-stack-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._check_ports()
         if overrides := self._overrides_file():
             overrides.write_text(json.dumps(self.iam_overrides))
-        emulator = find_pubsub_emulator()
-        admin = self.admin_settings
-        pubsub_host = admin.pubsub_emulator_host
-        gcs_url = admin.storage_emulator_host
-        assert pubsub_host and gcs_url
+        find_pubsub_emulator()
 
-        progress("Pub/Sub emulator")
-        self._spawn(
-            "pubsub",
-            [emulator, "--host=127.0.0.1", f"--port={self.ports.pubsub}"],
-            {"JAVA_OPTS": "-Xmx256m"},
-        )
+    def _start_pubsub(self) -> None:
+        """The Pub/Sub emulator, with the topic fake-gcs-server publishes to."""
+        command = [find_pubsub_emulator(), "--host=127.0.0.1", f"--port={self.ports.pubsub}"]
+        self._spawn("pubsub", command, {"JAVA_OPTS": "-Xmx256m"})
         _wait_tcp(self.ports.pubsub, 30, self._died("pubsub"))
-        ensure_topic(self.project, NOTIFICATIONS_TOPIC, pubsub_host)
-        if self.iam:
-            progress("Pub/Sub authorizing proxy")
-            self.start_pubsub_proxy()
+        ensure_topic(self.project, NOTIFICATIONS_TOPIC, self._admin_pubsub_host())
 
-        progress("fake-gcs-server")
-        self._spawn(
-            "gcs",
-            [
-                str(fake_gcs_server_binary()),
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                str(self.ports.gcs),
-                *self._gcs_backend(),
-                "-external-url",
-                gcs_url,
-                "-event.pubsub-project-id",
-                self.project,
-                "-event.pubsub-topic",
-                NOTIFICATIONS_TOPIC,
-                "-event.list",
-                "finalize",
-                "-event.bucket",
-                admin.input_bucket,
-                "-log-level",
-                self.gcs_log_level,
-            ],
-            {},
-            identity="gcs-agent",
-        )
-        _wait_http(f"{gcs_url}/storage/v1/b", 30, self._died("gcs"))
-        store = GcsStore.connect(self.project, gcs_url)
+    def _start_gcs(self) -> None:
+        """fake-gcs-server, publishing the input bucket's finalize notifications."""
+        self._spawn("gcs", self._gcs_command(), {}, identity="gcs-agent")
+        _wait_http(f"{self._admin_gcs_url()}/storage/v1/b", 30, self._died("gcs"))
+
+    def _gcs_command(self) -> list[str]:
+        return [
+            str(fake_gcs_server_binary()),
+            "-scheme", "http",
+            "-host", "127.0.0.1",
+            "-port", str(self.ports.gcs),
+            *self._gcs_backend(),
+            "-external-url", self._admin_gcs_url(),
+            "-event.pubsub-project-id", self.project,
+            "-event.pubsub-topic", NOTIFICATIONS_TOPIC,
+            "-event.list", "finalize",
+            "-event.bucket", self.admin_settings.input_bucket,
+            "-log-level", self.gcs_log_level,
+        ]  # fmt: skip
+
+    def _create_buckets(self) -> None:
+        admin = self.admin_settings
+        store = GcsStore.connect(self.project, self._admin_gcs_url())
         for bucket in (admin.input_bucket, admin.work_bucket, admin.output_bucket):
             if store.client.lookup_bucket(bucket) is None:
                 store.client.create_bucket(bucket)
-        if self.iam:
-            progress("GCS authorizing proxy")
-            self.start_gcs_proxy()
 
-        if self.ocr_url is None:
-            progress("OCR engine")
-            self.start_ocr(self.ocr_command)
-
-        progress("worker")
-        self.start_worker()
-
-        progress("splitter")
-        self.start_splitter()
-
-        progress("Eventarc stand-in")
-        self.start_eventarc()
-
-        progress("topics and subscriptions")
+    def _create_topology(self) -> None:
+        """The production topics and subscriptions, and the push subscription that brings
+        finalize notifications to the Eventarc stand-in."""
+        pubsub_host = self._admin_pubsub_host()
         ensure_topology(self.project, load_topology(), emulator_host=pubsub_host)
         ensure_push_subscription(
             self.project,
@@ -371,12 +383,21 @@ class LocalStack:
             pubsub_host,
         )
 
-        progress("push relay")
-        self.start_relay()
+    def _start_engine(self) -> None:
+        self.start_ocr(self.ocr_command)
 
-        if self.data_dir is not None:
-            progress("re-queuing unfinished documents")
-            self.recovery = self.recover()
+    def _recover(self) -> None:
+        self.recovery = self.recover()
+
+    def _admin_pubsub_host(self) -> str:
+        host = self.admin_settings.pubsub_emulator_host
+        assert host is not None
+        return host
+
+    def _admin_gcs_url(self) -> str:
+        url = self.admin_settings.storage_emulator_host
+        assert url is not None
+        return url
 
     def _gcs_backend(self) -> list[str]:
         if self.data_dir is None:
@@ -403,15 +424,12 @@ class LocalStack:
         return recover_unfinished(store, publisher, own, resend)
 
     def start_pubsub_proxy(self) -> None:
-        host = self.admin_settings.pubsub_emulator_host
-        assert host is not None
-        self._start_proxy("pubsub-proxy", "ocrpipe.local.iam.pubsub_proxy", host,
-                          self.ports.pubsub_proxy, self.usage_files[0])  # fmt: skip
+        self._start_proxy("pubsub-proxy", "ocrpipe.local.iam.pubsub_proxy",
+                          self._admin_pubsub_host(), self.ports.pubsub_proxy,
+                          self.usage_files[0])  # fmt: skip
 
     def start_gcs_proxy(self) -> None:
-        url = self.admin_settings.storage_emulator_host
-        assert url is not None
-        self._start_proxy("gcs-proxy", "ocrpipe.local.iam.gcs_proxy", url,
+        self._start_proxy("gcs-proxy", "ocrpipe.local.iam.gcs_proxy", self._admin_gcs_url(),
                           self.ports.gcs_proxy, self.usage_files[1])  # fmt: skip
 
     def start_splitter(self) -> None:
@@ -513,11 +531,9 @@ class LocalStack:
 
         from ocrpipe.local.relay import PULL_TIMEOUT_S
 
-        host = self.admin_settings.pubsub_emulator_host
-        assert host is not None
         time.sleep(PULL_TIMEOUT_S + 1)
         try:
-            release_leases(self.project, load_topology(), host)
+            release_leases(self.project, load_topology(), self._admin_pubsub_host())
         except gexc.GoogleAPICallError as exc:
             raise StackError(f"the relay's leases could not be released: {exc}") from exc
         self.start_relay(self._relay_max_in_flight)

@@ -5,8 +5,10 @@ service of the stack talks to "its" port as if it were GCS. Every JSON API call 
 google-cloud-storage makes is mapped to the permission and resource GCS checks
 (:func:`required`), asked of :class:`~ocrpipe.local.iam.policy.Authorizer`, and either
 forwarded (bodies streamed both ways, keep-alive pool to the upstream) or answered with
-GCS's own 403. Anything the proxy cannot map is refused: it fails closed. Every decision
-is appended to the usage file (JSON lines of :class:`~ocrpipe.local.iam.policy.Decision`).
+GCS's own 403. The map is a route table (:data:`ROUTES`: method, API root, path pattern,
+and the permission or a small function where the query or the metadata decides); anything
+the proxy cannot map is refused: it fails closed. Every decision is appended to the usage
+file (JSON lines of :class:`~ocrpipe.local.iam.policy.Decision`).
 
 Overwrites. GCS needs ``storage.objects.delete`` besides ``create`` to replace an existing
 object. This proxy checks delete whenever the object exists, whatever the precondition:
@@ -59,6 +61,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, unquote, unquote_plus
@@ -232,76 +235,144 @@ def _object_name(name: object) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Call:
+    """One JSON API call, as a route reads it: the names its path binds (``bucket``,
+    ``object``, ``dest_bucket``, ``dest_object``), its query and its JSON metadata."""
+
+    names: Mapping[str, str]
+    query: Mapping[str, str]
+    body: Any
+    project: str
+
+    def resource(self) -> str:
+        """The innermost resource the path names: an object, a bucket, or the project."""
+        if "object" in self.names:
+            return bucket_resource(self.names["bucket"], self.names["object"])
+        if "bucket" in self.names:
+            return bucket_resource(self.names["bucket"])
+        return f"projects/{self.project}"
+
+
+def _list(call: Call) -> Plan:
+    prefix = call.query.get("prefix", "")
+    return Plan((Check("storage.objects.list", call.resource(), prefix),))
+
+
+def _upload(call: Call) -> Plan:
+    """A media, multipart or resumable upload: the object is named in the query or in the
+    metadata, never two ways."""
+    names = {n for n in (call.query.get("name"), (call.body or {}).get("name")) if n}
+    if len(names) != 1:
+        raise Unmapped("an upload must name exactly one object (query or metadata)")
+    write = Write(call.names["bucket"], _object_name(names.pop()), _generation(call.query))
+    return Plan((Check(CREATE, bucket_resource(write.bucket, write.name)),), write)
+
+
+def _upload_chunk(call: Call) -> Plan | None:
+    """The next chunk of a resumable upload: authorized when its session started."""
+    upload_id = call.query.get("upload_id")
+    return Plan((), resumable_session=upload_id) if upload_id else None
+
+
+def _copy(call: Call) -> Plan:
+    """A rewrite or copy: read the source, create the destination."""
+    write = Write(call.names["dest_bucket"], call.names["dest_object"], _generation(call.query))
+    dest = bucket_resource(write.bucket, write.name)
+    return Plan((Check(GET, call.resource()), Check(CREATE, dest)), write)
+
+
+def _compose(call: Call) -> Plan:
+    """A compose: read every source the metadata names, create the object of the path."""
+    sources = [_object_name(s.get("name", "")) for s in (call.body or {}).get("sourceobjects", [])]
+    bucket = call.names["bucket"]
+    checks = [Check(GET, bucket_resource(bucket, s)) for s in sources]
+    write = Write(bucket, call.names["object"], _generation(call.query))
+    return Plan((*checks, Check(CREATE, call.resource())), write)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One JSON API call GCS knows: its method, its API root, its path below the root
+    (``{name}`` binds one segment) and what it needs: a permission on the innermost
+    resource the path names, or a function that reads the query or metadata (and answers
+    None when the call is not one it maps)."""
+
+    method: str
+    root: str
+    pattern: str
+    needs: str | Callable[[Call], Plan | None]
+
+    @cached_property
+    def _parts(self) -> list[str]:
+        return self.pattern.split("/")
+
+    def names(self, rest: Sequence[str]) -> dict[str, str] | None:
+        """The names the path binds, or None if it does not have this route's shape."""
+        if len(self._parts) != len(rest):
+            return None
+        names = {}
+        for want, part in zip(self._parts, rest, strict=True):
+            if want.startswith("{"):
+                names[want.strip("{}")] = part
+            elif want != part:
+                return None
+        return names
+
+
+JSON_API, UPLOAD, DOWNLOAD = "storage/v1", "upload/storage/v1", "download/storage/v1"
+BUCKETS = "b"
+BUCKET = "b/{bucket}"
+OBJECTS = "b/{bucket}/o"
+OBJECT = "b/{bucket}/o/{object}"
+DESTINATION = "b/{dest_bucket}/o/{dest_object}"
+
+ROUTES = (
+    Route("GET", JSON_API, BUCKETS, "storage.buckets.list"),
+    Route("POST", JSON_API, BUCKETS, "storage.buckets.create"),
+    Route("GET", JSON_API, BUCKET, "storage.buckets.get"),
+    Route("PATCH", JSON_API, BUCKET, "storage.buckets.update"),
+    Route("PUT", JSON_API, BUCKET, "storage.buckets.update"),
+    Route("DELETE", JSON_API, BUCKET, "storage.buckets.delete"),
+    Route("GET", JSON_API, OBJECTS, _list),
+    Route("GET", JSON_API, OBJECT, "storage.objects.get"),
+    Route("GET", DOWNLOAD, OBJECT, "storage.objects.get"),
+    Route("PATCH", JSON_API, OBJECT, "storage.objects.update"),
+    Route("PUT", JSON_API, OBJECT, "storage.objects.update"),
+    Route("DELETE", JSON_API, OBJECT, "storage.objects.delete"),
+    Route("POST", UPLOAD, OBJECTS, _upload),
+    Route("PUT", UPLOAD, OBJECTS, _upload_chunk),
+    Route("POST", JSON_API, f"{OBJECT}/rewriteTo/{DESTINATION}", _copy),
+    Route("POST", JSON_API, f"{OBJECT}/copyTo/{DESTINATION}", _copy),
+    Route("POST", JSON_API, f"{OBJECT}/compose", _compose),
+)
+_ROOTS = {root: root.split("/") for root in (JSON_API, UPLOAD, DOWNLOAD)}
+_BY_METHOD_AND_ROOT = {
+    key: [r for r in ROUTES if (r.method, r.root) == key]
+    for key in {(r.method, r.root) for r in ROUTES}
+}  # the rows a call can match, looked up once per call
+
+
 def required(
     method: str, raw_path: bytes, query: Mapping[str, str], project: str, body: Any = None
 ) -> Plan:
     """The permissions a JSON API call needs, as GCS checks them (the upload name, if it is
-    in the body, must already be in ``body``)."""
+    in the body, must already be in ``body``): the :data:`ROUTES` row it matches, or
+    :class:`Unmapped`."""
     parts = _segments(raw_path)
-    upload = parts[:3] == ["upload", "storage", "v1"]
-    download = parts[:3] == ["download", "storage", "v1"]
-    if not (upload or download or parts[:2] == ["storage", "v1"]):
-        raise Unmapped(f"{method} {raw_path.decode('latin-1')}")
-    rest = parts[3:] if upload or download else parts[2:]
-    if rest == ["b"]:
-        permission = {"GET": "storage.buckets.list", "POST": "storage.buckets.create"}.get(method)
-        if permission and not upload and not download:
-            return Plan((Check(permission, f"projects/{project}"),))
-    if len(rest) < 2 or rest[0] != "b":
-        raise Unmapped(f"{method} {raw_path.decode('latin-1')}")
-    bucket = rest[1]
-    tail = rest[2:]
-    if not tail and not upload and not download:
-        permission = {
-            "GET": "storage.buckets.get",
-            "PATCH": "storage.buckets.update",
-            "PUT": "storage.buckets.update",
-            "DELETE": "storage.buckets.delete",
-        }.get(method)
-        if permission:
-            return Plan((Check(permission, bucket_resource(bucket)),))
-    if tail == ["o"] and upload:
-        if method == "PUT" and query.get("upload_id"):
-            return Plan((), resumable_session=query["upload_id"])
-        if method == "POST":
-            names = {n for n in (query.get("name"), (body or {}).get("name")) if n}
-            if len(names) != 1:
-                raise Unmapped("an upload must name exactly one object (query or metadata)")
-            name = _object_name(names.pop())
-            write = Write(bucket, name, _generation(query))
-            return Plan((Check(CREATE, bucket_resource(bucket, write.name)),), write)
-    if tail == ["o"] and method == "GET" and not upload and not download:
-        prefix = query.get("prefix", "")
-        return Plan((Check("storage.objects.list", bucket_resource(bucket), prefix),))
-    if len(tail) >= 2 and tail[0] == "o":
-        name = tail[1]
-        source = bucket_resource(bucket, name)
-        if len(tail) == 2 and not upload:
-            if method == "GET":
-                return Plan((Check(GET, source),))
-            if not download and method in ("PATCH", "PUT"):
-                return Plan((Check("storage.objects.update", source),))
-            if not download and method == "DELETE":
-                return Plan((Check(DELETE, source),))
-        if (
-            not upload
-            and not download
-            and method == "POST"
-            and len(tail) == 7
-            and tail[2] in ("rewriteTo", "copyTo")
-            and tail[3] == "b"
-            and tail[5] == "o"
-        ):
-            write = Write(tail[4], tail[6], _generation(query))
-            dest = bucket_resource(write.bucket, write.name)
-            return Plan((Check(GET, source), Check(CREATE, dest)), write)
-        if not upload and not download and method == "POST" and tail[2:] == ["compose"]:
-            sources = [
-                _object_name(s.get("name", "")) for s in (body or {}).get("sourceobjects", [])
-            ]
-            checks = [Check(GET, bucket_resource(bucket, s)) for s in sources]
-            write = Write(bucket, name, _generation(query))
-            return Plan((*checks, Check(CREATE, source)), write)
+    root = next((r for r, prefix in _ROOTS.items() if parts[: len(prefix)] == prefix), None)
+    if root is not None:
+        rest = parts[len(_ROOTS[root]) :]
+        for route in _BY_METHOD_AND_ROOT.get((method, root), []):
+            names = route.names(rest)
+            if names is None:
+                continue
+            call = Call(names, query, body, project)
+            if isinstance(route.needs, str):
+                return Plan((Check(route.needs, call.resource()),))
+            plan = route.needs(call)
+            if plan is not None:
+                return plan
     raise Unmapped(f"{method} {raw_path.decode('latin-1')}")
 
 
