@@ -145,6 +145,26 @@ def expected() -> dict[str, str]:
     return dict(line.split(" -> ", 1) for line in lines if line)
 
 
+@pytest.mark.parametrize(
+    ("raw_path", "query", "body"),
+    [
+        (b"/storage/v1/b/in/o/doc/compose", {}, ["doc/q"]),
+        (b"/storage/v1/b/in/o/doc/compose", {}, {"sourceobjects": ["doc/q"]}),
+        (b"/storage/v1/b/in/o/doc/compose", {}, {"sourceobjects": "doc/q"}),
+        (b"/upload/storage/v1/b/in/o", {"uploadType": "multipart"}, ["doc/q"]),
+        (b"/upload/storage/v1/b/in/o", {"uploadType": "multipart"}, "doc/q"),
+    ],
+)
+def test_metadata_of_the_wrong_shape_is_refused_not_a_crash(
+    raw_path: bytes, query: dict[str, str], body: Any
+) -> None:
+    """Metadata that is JSON but not the object GCS reads (or a compose whose sources are
+    not objects) is refused like any call the proxy cannot map: the proxy answers 403 and
+    logs it, instead of failing with a 500 from inside the map."""
+    with pytest.raises(Unmapped, match="metadata"):
+        required("POST", raw_path, query, PROJECT, body)
+
+
 def test_every_request_of_the_grid_gets_its_pinned_answer() -> None:
     assert answers() == EXPECTED.read_text(encoding="utf-8").splitlines()
 
