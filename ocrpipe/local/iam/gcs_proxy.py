@@ -262,7 +262,7 @@ def _list(call: Call) -> Plan:
 def _upload(call: Call) -> Plan:
     """A media, multipart or resumable upload: the object is named in the query or in the
     metadata, never two ways."""
-    names = {n for n in (call.query.get("name"), (call.body or {}).get("name")) if n}
+    names = {n for n in (call.query.get("name"), _metadata_object(call).get("name")) if n}
     if len(names) != 1:
         raise Unmapped("an upload must name exactly one object (query or metadata)")
     write = Write(call.names["bucket"], _object_name(names.pop()), _generation(call.query))
@@ -282,9 +282,21 @@ def _copy(call: Call) -> Plan:
     return Plan((Check(GET, call.resource()), Check(CREATE, dest)), write)
 
 
+def _metadata_object(call: Call) -> dict[str, Any]:
+    """The call's JSON metadata, which GCS reads as an object (none is an empty one)."""
+    if call.body is None:
+        return {}
+    if not isinstance(call.body, dict):
+        raise Unmapped("metadata that is not a JSON object")
+    return call.body
+
+
 def _compose(call: Call) -> Plan:
     """A compose: read every source the metadata names, create the object of the path."""
-    sources = [_object_name(s.get("name", "")) for s in (call.body or {}).get("sourceobjects", [])]
+    listed = _metadata_object(call).get("sourceobjects", [])
+    if not isinstance(listed, list) or not all(isinstance(s, dict) for s in listed):
+        raise Unmapped("compose metadata whose sourceObjects is not a list of objects")
+    sources = [_object_name(s.get("name", "")) for s in listed]
     bucket = call.names["bucket"]
     checks = [Check(GET, bucket_resource(bucket, s)) for s in sources]
     write = Write(bucket, call.names["object"], _generation(call.query))
