@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.faults import LOOP_PHRASE, FaultPlan, create_app, main, serve_in_background
+from ocrpipe.local.readiness import START_S, wait_until_ready
 from ocrpipe.settings import Settings
 from ocrpipe.testing.waiting import wait_for
 from ocrpipe.worker.ocr_client import OcrParams, image_data_url
@@ -163,15 +164,17 @@ def test_a_cold_start_refuses_connections_then_serves() -> None:
     ):
         with pytest.raises(httpx.ConnectError):
             client.get("/health")
-        refused = 0
-        while True:
+        answers: list[httpx.Response] = []
+
+        def answered() -> bool:
             try:
-                health = client.get("/health")
-                break
+                answers.append(client.get("/health"))
             except httpx.ConnectError:
-                refused += 1
-                time.sleep(0.05)
-        assert health.status_code == 200
+                return False
+            return True
+
+        wait_until_ready(answered, what="the fault server after its cold start", timeout=START_S)
+        assert answers[0].status_code == 200  # its first answer, not a 503 while it loads
         assert client.post(CHAT, json=chat(page("early"))).status_code == 200
         stats = client.get("/stats").json()
     assert (stats["ok"], stats["total"]) == (1, 1)
