@@ -36,15 +36,15 @@ def copy_from_buckets(
         err.print(Text(f"Nothing to submit under {', '.join(uris)}", style="red"))
         raise typer.Exit(Exit.USAGE)
     bucket = settings.input_bucket
-    with batch_views.transfer_progress(err, "copying") as progress:
-        task = progress.add_task("", total=sum(f.size for f in files), files="")
-        done = [0]
-
-        def advance(item: backfill.Copied) -> None:
-            done[0] += 1
-            progress.update(task, advance=item.file.size, files=f"{done[0]}/{len(files)}")
-
-        report = backfill.copy(store, bucket, files, force=force, dry_run=dry_run, on_file=advance)
+    with batch_views.transfer_progress(err, "copying", [f.size for f in files]) as advance:
+        report = backfill.copy(
+            store,
+            bucket,
+            files,
+            force=force,
+            dry_run=dry_run,
+            on_file=lambda item: advance(item.file.size),
+        )
     for item in report.copied:
         uri = naming.object_uri(bucket, item.file.name)
         if dry_run:

@@ -406,16 +406,11 @@ def _download(
     figures: bool,
 ) -> results.GetReport:
     planned = results.plan(documents, settings, dest, pages=pages, record=record, figures=figures)
-    count = len(planned.wanted)
-    with batch_views.transfer_progress(err, "downloading") as progress:
-        task = progress.add_task("", total=sum(w.info.size for w in planned.wanted), files="")
-        done = [0]
-
-        def advance(item: results.Wanted, action: results.Action) -> None:
-            done[0] += 1
-            progress.update(task, advance=item.info.size, files=f"{done[0]}/{count}")
-
-        report = results.get_results(store, settings, planned, on_file=advance)
+    sizes = [w.info.size for w in planned.wanted]
+    with batch_views.transfer_progress(err, "downloading", sizes) as advance:
+        report = results.get_results(
+            store, settings, planned, on_file=lambda item, _: advance(item.info.size)
+        )
     for moved in report.renamed:
         out.print(Text(views.printable(f"{moved.name} -> {moved.path}: {moved.why}")))
     replaced = report.count("replaced")
@@ -437,15 +432,15 @@ def _upload(
     dry_run: bool,
 ) -> uploads.SubmitReport:
     bucket = settings.input_bucket
-    with batch_views.transfer_progress(err, "uploading") as progress:
-        task = progress.add_task("", total=sum(f.size for f in files), files="")
-        done = [0]
-
-        def advance(item: uploads.Submitted) -> None:
-            done[0] += 1
-            progress.update(task, advance=item.file.size, files=f"{done[0]}/{len(files)}")
-
-        report = uploads.submit(store, bucket, files, force=force, dry_run=dry_run, on_file=advance)
+    with batch_views.transfer_progress(err, "uploading", [f.size for f in files]) as advance:
+        report = uploads.submit(
+            store,
+            bucket,
+            files,
+            force=force,
+            dry_run=dry_run,
+            on_file=lambda item: advance(item.file.size),
+        )
     for item in report.files:
         uri = views.printable(naming.object_uri(bucket, item.file.name))
         if item.unchanged:
