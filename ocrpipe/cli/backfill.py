@@ -4,11 +4,10 @@ submit."""
 
 from __future__ import annotations
 
-import typer
 from rich.text import Text
 
 from ocrpipe import naming
-from ocrpipe.cli.common import Exit, err, out
+from ocrpipe.cli.common import err, out, usage_error
 from ocrpipe.operations import backfill, batch_views
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
@@ -27,14 +26,11 @@ def copy_from_buckets(
     try:
         files = backfill.find(store, uris, prefix)
     except backfill.NotABucketPath as exc:
-        err.print(Text(str(exc), style="red"))
-        raise typer.Exit(Exit.USAGE) from None
+        usage_error(str(exc))
     except ValueError as exc:
-        err.print(Text(f"Two objects would get the same name: {exc}", style="red"))
-        raise typer.Exit(Exit.USAGE) from None
+        usage_error(f"Two objects would get the same name: {exc}")
     if not files:
-        err.print(Text(f"Nothing to submit under {', '.join(uris)}", style="red"))
-        raise typer.Exit(Exit.USAGE)
+        usage_error(f"Nothing to submit under {', '.join(uris)}")
     bucket = settings.input_bucket
     with batch_views.transfer_progress(err, "copying", [f.size for f in files]) as advance:
         report = backfill.copy(
