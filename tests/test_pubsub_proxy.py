@@ -276,7 +276,7 @@ def test_a_request_naming_its_resource_twice_is_refused_for_every_identity(
     ]  # fmt: skip
     for call, request in requests:
         with pytest.raises(grpc.RpcError) as refused:
-            call(request, timeout=10)
+            call(request, timeout=QUIET_S)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, refused.value
     channel.close()
     assert direct.pull(subscription=watch, max_messages=10, timeout=5).received_messages == []
