@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ocrpipe.settings import cpu_count
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 
@@ -56,7 +58,7 @@ def target(
 def machine() -> dict[str, Any]:
     load1, load5, _ = os.getloadavg()
     return {
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": cpu_count(),
         "load_avg_1m": round(load1, 2),
         "load_avg_5m": round(load5, 2),
         "python": platform.python_version(),

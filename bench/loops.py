@@ -35,7 +35,9 @@ before each arm: for a stream, the tokens it sent before the client left).
   repetition, 8,000 of blank) would have cut.
 
 Also counted: the detector's false positives (replies it would cut) on the generated page
-corpus and the bad-input corpus (:func:`corpora`); the target is none.
+corpus and the bad-input corpus (:func:`corpora`); the target is none. And the detector's
+cost: microseconds per check on a 40-page reply (:func:`detector_cost`; the target: under a
+millisecond).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ CHAOS_PLENGTH = 0.05
 CHAOS_PAGES = [7 + (i * 5) % 11 for i in range(20)]  # tests/test_chaos.py's PAGES
 MAX_TOKENS = 4096
 TARGET_RATIO = 0.25
+MAX_CHECK_US = 1000.0  # a check well under a millisecond, on a busy 2-core machine too
 CHAT = "/v1/chat/completions"
 
 
@@ -245,6 +248,21 @@ def corpora() -> dict[str, list[str]]:
 def cut_by_detector(text: str) -> bool:
     detector = RepetitionDetector()
     return any(detector.feed(text[i : i + 4]) for i in range(0, len(text), 4))
+
+
+def detector_cost(rounds: int = 20) -> dict[str, float]:
+    """Microseconds per check of the detector, a 40-page reply fed 4 characters at a time
+    (what ``tests/test_repetition.py`` counts instead of timing)."""
+    text = "\n\n".join(truth(40))
+    checks = 0
+    started = time.perf_counter()
+    for _ in range(rounds):
+        detector = RepetitionDetector()
+        for start in range(0, len(text), 4):
+            detector.feed(text[start : start + 4])
+        checks += detector.checks
+    seconds = time.perf_counter() - started
+    return {"checks": checks, "microseconds_per_check": round(seconds / checks * 1e6, 2)}
 
 
 def false_positives() -> dict[str, dict[str, int]]:
@@ -485,6 +503,7 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         },
         "faithful": faithful,
         "false_positives": false_positives(),
+        "detector_cost": detector_cost(),
     }
     say(
         f"  R = {rate:g} tokens/s per request; {len(loopy)} looping chaos pages:"
@@ -513,6 +532,8 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         f" ({faithful['kept_at_first_temperature_in_one_request']} at the first temperature in"
         f" one request); the previous rule would have cut {faithful['previous_rule_would_cut']}"
     )
+    cost = figures["detector_cost"]
+    say(f"  detector: {cost['microseconds_per_check']:.1f} µs per check ({cost['checks']} checks)")
     for name, fp in figures["false_positives"].items():
         longest = fp["longest_chars"]
         say(f"  false positives, {name}: {fp['cut']} of {fp['replies']} (longest {longest} chars)")
@@ -524,6 +545,12 @@ def run(quick: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
         ),
         "loop_kinds_gpu_time_ratio_after_before": target(
             kinds_after / kinds_before, TARGET_RATIO, higher_is_better=False, unit="ratio"
+        ),
+        "detector_microseconds_per_check": target(
+            figures["detector_cost"]["microseconds_per_check"],
+            MAX_CHECK_US,
+            higher_is_better=False,
+            unit="µs",
         ),
         "faithful_pages_kept_whole_share": target(
             faithful["kept_whole"] / faithful["pages"], 1.0, unit="share"

@@ -20,7 +20,6 @@ relay limited to 2 deliveries open, what the Pub/Sub emulator's own push allows.
 
 from __future__ import annotations
 
-import os
 import statistics
 from typing import Any
 
@@ -38,6 +37,7 @@ from bench.stack import (
     wait_all,
 )
 from ocrpipe.local.stack import LocalStack
+from ocrpipe.settings import cpu_count
 from ocrpipe.testing.pdfs import text_pdf
 
 TARGET_PAGES_PER_S = 25.0
@@ -92,7 +92,7 @@ def _batch(stack: LocalStack, pdfs: list[tuple[bytes, int]]) -> dict[str, Any]:
         "split_ms_median": round(statistics.median(split_ms), 1),
         "cpu_ms_per_page": cpu,
         # What this machine could do if the pipeline had both cores to itself.
-        "cpu_bound_pages_per_s": round(1000 * len(os.sched_getaffinity(0)) / cpu["total"], 1),
+        "cpu_bound_pages_per_s": round(1000 * cpu_count() / cpu["total"], 1),
         "other_jobs_cores": other_load_cores(cpu_before, cpu_after),
     }
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,7 +55,7 @@ from bench.stack import (
     wait_split,
 )
 from ocrpipe.local.stack import LocalStack
-from ocrpipe.settings import Settings
+from ocrpipe.settings import Settings, cpu_count
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.worker.ocr_client import OcrParams, image_data_url
 
@@ -159,7 +158,7 @@ def _phase(
         "mean_batch_occupancy": round(sampler.mean_in_flight(low, high) / batch, 3),
         "requests": sampler.last.get("total", 0),
         "cpu_ms_per_page": (per_page := cpu_per_page_ms(*cpu, len(finishes))),
-        "cpu_bound_pages_per_s": round(1000 * len(os.sched_getaffinity(0)) / per_page["total"], 1),
+        "cpu_bound_pages_per_s": round(1000 * cpu_count() / per_page["total"], 1),
         "other_jobs_cores": other_load_cores(*cpu),
     }
 

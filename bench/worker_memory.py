@@ -76,9 +76,8 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
     import uvicorn
 
     from ocr_worker.app import create_app
-    from ocrpipe.settings import Settings
     from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
-    from ocrpipe.testing.pushes import push_envelope, ready_document
+    from ocrpipe.testing.pushes import push_envelope, ready_document, worker_settings
 
     class CopyingStore(MemoryStore):
         """A GCS download returns fresh bytes for every read: so does this store."""
@@ -88,16 +87,8 @@ def serve(port: int, ocr_url: str, in_flight: int, flavour: str) -> None:
 
     store = CopyingStore()
     png = page_png(flavour)
-    settings = Settings(
-        verify_push_auth=False,
-        storage_emulator_host="http://127.0.0.1:9",  # unverified only on emulators (in memory)
-        input_bucket="in",
-        work_bucket="work",
-        output_bucket="out",
-        ocr_url=ocr_url,
-        ocr_max_in_flight=in_flight,
-        ocr_budget_s=120,
-        log_level="WARNING",
+    settings = worker_settings(
+        ocr_url=ocr_url, ocr_max_in_flight=in_flight, ocr_budget_s=120, log_level="WARNING"
     )
     pages = in_flight + 1  # one more for the warm-up
     _, messages = ready_document(

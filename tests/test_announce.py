@@ -24,6 +24,7 @@ from ocrpipe.pubsub import OutgoingMessage
 from ocrpipe.storage import ObjectInfo
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
 from ocrpipe.testing.pushes import WORKER_SETTINGS, push_envelope, ready_document
+from ocrpipe.testing.waiting import QUIET_S
 from ocrpipe.worker.ocr_client import OcrClient, OcrParams, OcrResult
 from ocrpipe.worker.page_work import KeyedLocks, complete_document, process_page
 from tests.fakes import ScriptedOcrServer, completion, echo_image
@@ -251,7 +252,7 @@ class RacingStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.barrier = threading.Barrier(2, timeout=5)
+        self.barrier = threading.Barrier(2, timeout=QUIET_S)
         self.held: set[int] = set()
         self.lost = 0
 
@@ -311,7 +312,7 @@ class Paused:
         if threading.get_ident() == self.owner and not self.used:
             self.used = True
             self.reached.set()
-            assert self.go_on.wait(10), "the test never let instance A go on"
+            assert self.go_on.wait(QUIET_S), "the test never let instance A go on"
 
 
 @dataclass
@@ -362,7 +363,7 @@ def test_an_announcement_of_older_page_results_never_replaces_a_newer_one(where:
     with ThreadPoolExecutor(1) as pool:
         a = pool.submit(instance_a)
         try:
-            assert pause.reached.wait(10), "instance A never reached the announcement"
+            assert pause.reached.wait(QUIET_S), "instance A never reached the announcement"
             plan = plan_unfinished_pages(store, WORKER_SETTINGS, doc.name)
             requeue(plan, store, MemoryPublisher(), WORKER_SETTINGS)
             store.put("out", naming.page_markdown_name(doc, 2), b"page two")  # B's OCR landed
@@ -371,7 +372,7 @@ def test_an_announcement_of_older_page_results_never_replaces_a_newer_one(where:
             )  # B
         finally:
             pause.go_on.set()
-        a.result(timeout=10)
+        a.result(timeout=QUIET_S)
 
     current = store.stat("out", naming.document_markdown_name(doc))
     assert current is not None and b"page two" in store.read("out", current.name)

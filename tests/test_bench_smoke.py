@@ -45,6 +45,7 @@ POSITIVE = [
     ("loops", "looping_pages"),
     ("loops", "gpu_seconds_per_looping_page.before"),
     ("loops", "gpu_seconds_per_looping_page.after"),
+    ("loops", "detector_cost.microseconds_per_check"),
 ]
 
 

@@ -23,6 +23,7 @@ from ocrpipe.local.boxes_to_markdown import TextBox, rect
 from ocrpipe.local.engine import DEFAULT_MODEL, RapidOcrEngine, create_app, image_tokens
 from ocrpipe.local.faults import serve_in_background
 from ocrpipe.local.stack import free_port
+from ocrpipe.testing.waiting import QUIET_S
 
 PARAGRAPHS = (
     "Quarterly Report 2024",
@@ -105,7 +106,7 @@ class FakeEngine:
     def recognize(self, image: Image.Image) -> list[TextBox]:
         self.calls += 1
         self.started.set()
-        self.release.wait(timeout=30)
+        self.release.wait(timeout=QUIET_S)  # a bound for a test that never releases it
         return self.boxes
 
 
@@ -280,7 +281,7 @@ async def test_health_answers_while_a_page_is_being_ocrd() -> None:
     engine = FakeEngine(SENTENCE, block=True)
     async for client in client_for(create_app(engine)):
         ocr = asyncio.create_task(client.post("/v1/chat/completions", json=chat(BLANK)))
-        assert await asyncio.to_thread(engine.started.wait, 30)
+        assert await asyncio.to_thread(engine.started.wait, QUIET_S)
         health = await client.get("/health")
         assert health.status_code == 200
         assert not ocr.done()

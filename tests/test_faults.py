@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from ocrpipe.local.engine import DEFAULT_MODEL
 from ocrpipe.local.faults import LOOP_PHRASE, FaultPlan, create_app, main, serve_in_background
+from ocrpipe.local.readiness import START_S, wait_until_ready
 from ocrpipe.settings import Settings
 from ocrpipe.testing.waiting import wait_for
 from ocrpipe.worker.ocr_client import OcrParams, image_data_url
@@ -163,15 +164,17 @@ def test_a_cold_start_refuses_connections_then_serves() -> None:
     ):
         with pytest.raises(httpx.ConnectError):
             client.get("/health")
-        refused = 0
-        while True:
+        answers: list[httpx.Response] = []
+
+        def answered() -> bool:
             try:
-                health = client.get("/health")
-                break
+                answers.append(client.get("/health"))
             except httpx.ConnectError:
-                refused += 1
-                time.sleep(0.05)
-        assert health.status_code == 200
+                return False
+            return True
+
+        wait_until_ready(answered, what="the fault server after its cold start", timeout=START_S)
+        assert answers[0].status_code == 200  # its first answer, not a 503 while it loads
         assert client.post(CHAT, json=chat(page("early"))).status_code == 200
         stats = client.get("/stats").json()
     assert (stats["ok"], stats["total"]) == (1, 1)
@@ -314,9 +317,9 @@ async def test_streamed_loop_runs_to_max_tokens_with_running_usage(connect: Conn
 
 def test_streamed_tokens_come_at_the_set_rate() -> None:
     """1000 tokens at 2000 tokens/s take at least half a second: a server that ignored the
-    rate would answer at once. The upper bound is ten times the set time, for a server that
-    paced far too slowly (a pacing tick per token would take 10 s), not a race with a busy
-    machine."""
+    rate would answer at once. Only the lower bound is a test (a busy machine only adds
+    time); that the server keeps to the rate, not slower, is a figure of ``python -m bench
+    loops`` (its uncut streamed arm's wall-clock time against tokens / R)."""
     body = chat(page("paced"), 0.2, max_tokens=1000, stream=True)
     with serve_in_background(create_app(FaultPlan(plength=1.0, tokens_per_s=2000))) as url:
         started = time.monotonic()
@@ -324,7 +327,7 @@ def test_streamed_tokens_come_at_the_set_rate() -> None:
         seconds = time.monotonic() - started
         stats = httpx.get(f"{url}/stats").json()
     assert response.status_code == 200
-    assert 0.45 <= seconds < 5.0
+    assert seconds >= 0.45
     assert stats["completion_tokens"] == 1000
 
 

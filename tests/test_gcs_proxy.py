@@ -19,7 +19,7 @@ import pytest
 from google.api_core.exceptions import Forbidden
 
 from ocrpipe.errors import AccessDenied, RetryableError
-from ocrpipe.local.readiness import exited, http_answers, wait_until_ready
+from ocrpipe.local.readiness import START_S, exited, http_answers, wait_until_ready
 from ocrpipe.local.stack import fake_gcs_server_binary, free_port
 from ocrpipe.storage import GcsStore
 
@@ -34,7 +34,9 @@ def own_doc() -> str:
 
 def wait_http(url: str, process: subprocess.Popen[bytes], log: Path | None = None) -> None:
     answers = http_answers(url, lambda _: True)
-    wait_until_ready(answers, what=f"{url} did not answer", timeout=30, died=exited(process, log))
+    wait_until_ready(
+        answers, what=f"{url} did not answer", timeout=START_S, died=exited(process, log)
+    )
 
 
 @dataclass

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from ocrpipe.local.readiness import START_S, wait_until_ready
+
 REPO = Path(__file__).resolve().parents[1]
 
 A_TEST_WITH_A_STACK = """
@@ -65,11 +67,12 @@ def test_sigterm_to_the_test_run_stops_the_stacks_it_started(tmp_path: Path) -> 
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not pid_file.exists():
-            assert run.poll() is None, run.communicate()[0]
-            assert time.monotonic() < deadline, "the test never started its stack"
-            time.sleep(0.1)
+        wait_until_ready(
+            pid_file.exists,
+            what="the test to start its stack",
+            timeout=START_S,
+            died=lambda: None if run.poll() is None else run.communicate()[0],
+        )
         child = int(pid_file.read_text())
         assert alive(child)
         run.send_signal(signal.SIGTERM)

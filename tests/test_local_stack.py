@@ -11,8 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 
 from ocrpipe.local.stack import Child, LocalStack, Restart, StackError, fault_stack, free_ports
 from ocrpipe.storage import GcsStore
+from ocrpipe.testing import waiting
 from ocrpipe.testing.pdfs import text_pdf
 from tests.conftest import unique_name, wait_until_finished
 
@@ -125,9 +124,6 @@ def test_a_part_that_dies_is_started_again_and_the_pipeline_goes_on(tmp_path: Pa
     restarts: list[Restart] = []
     stop = threading.Event()
 
-    def restarted(part: str) -> bool:
-        return part in {r.name for r in restarts}
-
     with fault_stack(log_dir=tmp_path) as stack:
         watcher = threading.Thread(
             target=stack.watch,
@@ -139,14 +135,14 @@ def test_a_part_that_dies_is_started_again_and_the_pipeline_goes_on(tmp_path: Pa
                 pid = next(c.process.pid for c in list(stack.children) if c.name == part)
                 os.killpg(pid, signal.SIGKILL)
                 if part != "relay":
-                    wait_for(partial(restarted, part), part)
+                    wait_restarted(stack, restarts, part, watcher)
             # The pages are published while the relay is dead: its last pull is still open
             # at the emulator, which hands them to it (they would wait out the ack deadline).
             store = GcsStore.connect(stack.project, stack.settings.storage_emulator_host)
             name = unique_name("after-restarts")
             data, _ = text_pdf(2, seed=3, lines=3)
             store.upload(stack.settings.input_bucket, name, io.BytesIO(data), "application/pdf")
-            wait_for(partial(restarted, "relay"), "relay")
+            wait_restarted(stack, restarts, "relay", watcher)
             final = wait_until_finished(stack, store, name)
         finally:
             stop.set()
@@ -158,9 +154,20 @@ def test_a_part_that_dies_is_started_again_and_the_pipeline_goes_on(tmp_path: Pa
     assert stack.restarts == {"worker": 1, "ocr": 1, "splitter": 1, "relay": 1}
 
 
-def wait_for(condition: Callable[[], bool], what: str, patience: float = 120) -> None:
-    """Until ``condition`` holds; fail if it does not within ``patience`` seconds."""
-    deadline = time.monotonic() + patience
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} was not restarted within {patience} s"
-        time.sleep(0.1)
+def wait_restarted(
+    stack: LocalStack, restarts: list[Restart], part: str, watcher: threading.Thread
+) -> None:
+    """Until the stack's watch has started ``part`` again: fails only when nothing moves (the
+    part's log does not grow) for a generous while, or the watch itself ended."""
+    assert stack.log_dir is not None
+    log = stack.log_dir / f"{part}.log"
+
+    def reading() -> tuple[bool, int]:
+        return part in {r.name for r in restarts}, log.stat().st_size if log.exists() else 0
+
+    waiting.wait_for(
+        reading,
+        lambda restarted: restarted[0],
+        what=f"the {part} started again",
+        alive=lambda: None if watcher.is_alive() else "the stack's watch ended",
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +19,12 @@ from google.cloud.pubsub_v1.subscriber.message import Message
 from ocrpipe.errors import AccessDenied
 from ocrpipe.local.iam.policy import Authorizer
 from ocrpipe.local.iam.pubsub_proxy import DENIED_MESSAGE, PubSubProxy
+from ocrpipe.local.readiness import START_S, exited, tcp_accepts, wait_until_ready
 from ocrpipe.local.stack import find_pubsub_emulator, free_port
 from ocrpipe.operations.pull import PubSubPullSubscription, Received
 from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, publisher_client, subscriber_client
 from ocrpipe.settings import Settings
+from ocrpipe.testing.waiting import QUIET_S, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +56,8 @@ class Proxied:
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    log = (tmp_path_factory.mktemp("pubsub") / "emulator.log").open("wb")
+    log_path = tmp_path_factory.mktemp("pubsub") / "emulator.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(
         [find_pubsub_emulator(), "--host=127.0.0.1", f"--port={port}"],
         stdout=log,
@@ -64,7 +66,12 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         start_new_session=True,
     )
     try:
-        grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=30)
+        wait_until_ready(
+            tcp_accepts(port),
+            what="the Pub/Sub emulator",
+            timeout=START_S,
+            died=exited(process, log_path),
+        )
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -116,9 +123,12 @@ def test_granted_calls_go_through_to_the_emulator(proxied: Proxied) -> None:
         settings.project, settings.dead_letter_subscription, proxied.host("operator")
     )
     received: list[Received] = []
-    deadline = time.monotonic() + 20
-    while not received and time.monotonic() < deadline:
-        received = dead.pull(10)
+
+    def pulled() -> int:
+        received.extend(dead.pull(10))
+        return len(received)
+
+    wait_for(pulled, lambda count: count > 0, what="the dead letter through the proxy")
     assert [r.data for r in received] == [b"letter"]
     assert received[0].attributes["doc_id"] == "d1"
     dead.set_lease([r.ack_id for r in received], 30)
@@ -204,7 +214,7 @@ def test_streaming_pull_is_checked_on_its_first_request_then_relayed(proxied: Pr
 
     refused = subscriber_client(proxied.host("worker")).subscribe(path, lambda m: m.ack())
     with pytest.raises(gexc.PermissionDenied):
-        refused.result(timeout=20)
+        refused.result(timeout=QUIET_S)
 
     got: list[bytes] = []
 
@@ -214,9 +224,7 @@ def test_streaming_pull_is_checked_on_its_first_request_then_relayed(proxied: Pr
 
     operator = subscriber_client(proxied.host("operator"))
     future = operator.subscribe(path, take)
-    deadline = time.monotonic() + 20
-    while len(got) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: len(got), lambda count: count >= 3, what="3 letters streamed through")
     future.cancel()
     operator.close()
     assert sorted(got) == [b"letter 0", b"letter 1", b"letter 2"]
@@ -268,7 +276,7 @@ def test_a_request_naming_its_resource_twice_is_refused_for_every_identity(
     ]  # fmt: skip
     for call, request in requests:
         with pytest.raises(grpc.RpcError) as refused:
-            call(request, timeout=10)
+            call(request, timeout=QUIET_S)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, refused.value
     channel.close()
     assert direct.pull(subscription=watch, max_messages=10, timeout=5).received_messages == []

@@ -33,7 +33,7 @@ from tests.conftest import wait_until_finished
 pytestmark = pytest.mark.e2e
 
 DOCUMENTS, PAGES = 4, 6
-STILL = 4.0  # seconds without a change that make "nothing is moving"
+STILL = 10.0  # seconds without a change that make "nothing is moving"
 
 
 @pytest.fixture
@@ -88,17 +88,19 @@ def ocr_in_flight(stack: LocalStack) -> int:
 
 def settled(stack: LocalStack, store: GcsStore, settings: Settings) -> int:
     """Wait until the deliveries that were open when the relay stopped have ended: no page at
-    the OCR server and no new page result for STILL seconds (only a stack part that died
-    fails it; nothing bounds how long the open deliveries take). Returns the page results."""
-    count, since = -1, time.monotonic()
+    the OCR server, no new page result and no line in the worker's or splitter's log for
+    STILL seconds (only a stack part that died fails it; nothing bounds how long the open
+    deliveries take). Returns the page results."""
+    reading: tuple[int, tuple[int, ...]] | None = None
+    since = time.monotonic()
     alive = stack_alive(stack)
     while True:
         assert (reason := alive()) is None, reason
-        now_count = len(page_objects(store, settings))
-        if now_count != count or ocr_in_flight(stack):
-            count, since = now_count, time.monotonic()
+        latest = (len(page_objects(store, settings)), stack_activity(stack))
+        if latest != reading or ocr_in_flight(stack):
+            reading, since = latest, time.monotonic()
         elif time.monotonic() - since >= STILL:
-            return count
+            return latest[0]
         time.sleep(0.3)
 
 

@@ -6,7 +6,6 @@ tables of zeros, coupons, ruled pages), nor the generated corpora."""
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -236,13 +235,22 @@ def test_the_generated_corpora_are_never_cut(name: str) -> None:
     assert [t[:80] for t in texts if streamed(t)] == []
 
 
-def test_checking_costs_microseconds_per_check() -> None:
+def fed_whole(text: str, piece: int) -> RepetitionDetector:
+    detector = RepetitionDetector()
+    for start in range(0, len(text), piece):
+        assert detector.feed(text[start : start + piece]) is None
+    return detector
+
+
+def test_a_reply_is_checked_once_per_check_every_characters() -> None:
+    """What keeps checking cheap, counted instead of timed (the cost of a check, in
+    microseconds, is a figure of ``python -m bench loops``): a check per ``check_every``
+    new characters, whatever the pieces' size, and a piece longer than that once."""
     text = "\n\n".join(truth(40))
-    started = time.perf_counter()
-    for _ in range(5):
-        assert streamed(text, piece=4) is None
-    per_check = (time.perf_counter() - started) / (5 * len(text) / DEFAULT_RULE.check_every)
-    assert per_check < 0.001  # well under a millisecond, even on a busy 2-core machine
+    every = DEFAULT_RULE.check_every
+    for piece in (1, 4, every):
+        assert fed_whole(text, piece).checks == len(text) // every, piece
+    assert fed_whole(text, 10 * every).checks == -(-len(text) // (10 * every))
 
 
 def test_impossible_rules_are_refused() -> None:

@@ -31,6 +31,7 @@ from ocrpipe.settings import Settings
 from ocrpipe.splitter.split import split_document
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
+from ocrpipe.testing.waiting import stack_alive, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -138,22 +139,20 @@ def scale(stack: LocalStack, gcs: GcsStore) -> Iterator[tuple[Settings, PubSubPu
 
 
 def pull_all(stack: LocalStack, subscription: str, expected: int) -> list[PageMessage]:
-    """Every message on the subscription: pulls until ``expected`` arrived, then once more
-    to catch any extra (a page published twice)."""
+    """Every message on the subscription: pulls until ``expected`` arrived (failing only when
+    none comes for a generous while, or a part of the stack dies), then once more to catch
+    any extra (a page published twice)."""
     subscriber = subscriber_client(stack.admin_settings.pubsub_emulator_host)
     found: list[PageMessage] = []
-    deadline = time.monotonic() + 60
-    extra_pull = False
-    while not extra_pull:
-        extra_pull = len(found) >= expected or time.monotonic() > deadline
+
+    def pull(timeout: float) -> int:
         try:
             reply = subscriber.pull(
-                request={"subscription": subscription, "max_messages": 1000},
-                timeout=2 if extra_pull else 10,
+                request={"subscription": subscription, "max_messages": 1000}, timeout=timeout
             )
         except DeadlineExceeded:
-            continue
-        found += [PageMessage.decode(r.message.data) for r in reply.received_messages]
+            return len(found)
+        found.extend(PageMessage.decode(r.message.data) for r in reply.received_messages)
         if reply.received_messages:
             subscriber.acknowledge(
                 request={
@@ -161,6 +160,15 @@ def pull_all(stack: LocalStack, subscription: str, expected: int) -> list[PageMe
                     "ack_ids": [r.ack_id for r in reply.received_messages],
                 }
             )
+        return len(found)
+
+    wait_for(
+        lambda: pull(10),
+        lambda count: count >= expected,
+        what=f"{expected} page messages",
+        alive=stack_alive(stack),
+    )
+    pull(2)
     subscriber.close()
     return found
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ocrpipe.local.readiness import exited, http_answers, wait_until_ready
+from ocrpipe.local.readiness import START_S, exited, http_answers, wait_until_ready
 from ocrpipe.local.stack import fake_gcs_server_binary, free_port
 from ocrpipe.storage import GcsStore
 
@@ -31,7 +31,7 @@ def gcs_url() -> Iterator[str]:
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         answers = http_answers(f"{url}/storage/v1/b?project=p", lambda _: True)
-        wait_until_ready(answers, what="fake-gcs-server", timeout=30, died=exited(server))
+        wait_until_ready(answers, what="fake-gcs-server", timeout=START_S, died=exited(server))
         yield url
     finally:
         server.terminate()

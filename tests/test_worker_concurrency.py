@@ -16,9 +16,8 @@ from ocr_worker.app import build_ocr_client, create_app
 from ocrpipe import naming
 from ocrpipe.local.faults import FaultPlan, serve_in_background
 from ocrpipe.local.faults import create_app as create_fault_app
-from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryPublisher, MemoryStore
-from ocrpipe.testing.pushes import push_envelope, ready_document
+from ocrpipe.testing.pushes import push_envelope, ready_document, worker_settings
 
 PAGES = 96
 MAX_IN_FLIGHT = 16
@@ -38,16 +37,7 @@ async def test_the_worker_keeps_its_in_flight_limit_full_and_never_exceeds_it() 
     bodies = [push_envelope(message, str(message.page)) for message in messages]
 
     with serve_in_background(create_fault_app(plan)) as url:
-        settings = Settings(
-            verify_push_auth=False,
-            input_bucket="in",
-            work_bucket="work",
-            output_bucket="out",
-            ocr_url=url,
-            ocr_max_in_flight=MAX_IN_FLIGHT,
-            ocr_budget_s=60,
-            storage_emulator_host="http://127.0.0.1:4443",  # unverified only against emulators
-        )
+        settings = worker_settings(ocr_url=url, ocr_max_in_flight=MAX_IN_FLIGHT, ocr_budget_s=60)
         app = create_app(
             settings, store=store, ocr=build_ocr_client(settings), publisher=MemoryPublisher()
         )

@@ -4,11 +4,10 @@ submit."""
 
 from __future__ import annotations
 
-import typer
 from rich.text import Text
 
 from ocrpipe import naming
-from ocrpipe.cli.common import Exit, err, out
+from ocrpipe.cli.common import err, out, usage_error
 from ocrpipe.operations import backfill, batch_views
 from ocrpipe.settings import Settings
 from ocrpipe.storage import ObjectStore
@@ -27,24 +26,21 @@ def copy_from_buckets(
     try:
         files = backfill.find(store, uris, prefix)
     except backfill.NotABucketPath as exc:
-        err.print(Text(str(exc), style="red"))
-        raise typer.Exit(Exit.USAGE) from None
+        usage_error(str(exc))
     except ValueError as exc:
-        err.print(Text(f"Two objects would get the same name: {exc}", style="red"))
-        raise typer.Exit(Exit.USAGE) from None
+        usage_error(f"Two objects would get the same name: {exc}")
     if not files:
-        err.print(Text(f"Nothing to submit under {', '.join(uris)}", style="red"))
-        raise typer.Exit(Exit.USAGE)
+        usage_error(f"Nothing to submit under {', '.join(uris)}")
     bucket = settings.input_bucket
-    with batch_views.transfer_progress(err, "copying") as progress:
-        task = progress.add_task("", total=sum(f.size for f in files), files="")
-        done = [0]
-
-        def advance(item: backfill.Copied) -> None:
-            done[0] += 1
-            progress.update(task, advance=item.file.size, files=f"{done[0]}/{len(files)}")
-
-        report = backfill.copy(store, bucket, files, force=force, dry_run=dry_run, on_file=advance)
+    with batch_views.transfer_progress(err, "copying", [f.size for f in files]) as advance:
+        report = backfill.copy(
+            store,
+            bucket,
+            files,
+            force=force,
+            dry_run=dry_run,
+            on_file=lambda item: advance(item.file.size),
+        )
     for item in report.copied:
         uri = naming.object_uri(bucket, item.file.name)
         if dry_run:

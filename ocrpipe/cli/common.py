@@ -7,11 +7,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from ocrpipe.emulators import emulator_down
 from ocrpipe.errors import OcrpipeError, StackDown
@@ -37,6 +38,26 @@ class Exit(IntEnum):
 
 out = Console(soft_wrap=True)  # never break a URI across lines in scripts
 err = Console(stderr=True, soft_wrap=True)
+
+NO_DOCUMENTS = "Name at least one document, or give --prefix."
+
+
+def usage_error(message: str) -> NoReturn:
+    """The command was called wrongly: ``message`` in red (control characters in names
+    shown, not obeyed), exit 2."""
+    err.print(Text(printable(message), style="red"))
+    raise typer.Exit(Exit.USAGE)
+
+
+def split_sources(sources: list[str]) -> tuple[list[str], list[Path]]:
+    """A command's sources: its ``gs://`` URIs and its local paths, each of which must exist
+    (else a usage error naming those that do not)."""
+    uris = [s for s in sources if s.startswith("gs://")]
+    paths = [Path(s) for s in sources if not s.startswith("gs://")]
+    if missing := [str(p) for p in paths if not p.exists()]:
+        usage_error(f"No such file or folder: {', '.join(missing)}")
+    return uris, paths
+
 
 LocalOpt = Annotated[
     bool, typer.Option("--local", help=f"Use the running local stack ({LOCAL_ENV_FILE}).")

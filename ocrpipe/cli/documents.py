@@ -13,6 +13,7 @@ from rich.text import Text
 from ocrpipe import naming
 from ocrpipe.cli.backfill import copy_from_buckets
 from ocrpipe.cli.common import (
+    NO_DOCUMENTS,
     Clients,
     Exit,
     JsonOpt,
@@ -22,6 +23,8 @@ from ocrpipe.cli.common import (
     err,
     load_settings,
     out,
+    split_sources,
+    usage_error,
 )
 from ocrpipe.cli.waiting import replay_command, wait_batch, wait_for
 from ocrpipe.errors import RetryRefused
@@ -82,24 +85,17 @@ def submit(
     submitted (a symbolic link not followed, or a FIFO, is not a failure), or an object
     could not be copied (it changed since it was listed)."""
     settings = load_settings(local)
-    buckets = [f for f in files if f.startswith("gs://")]
-    paths = [Path(f) for f in files if not f.startswith("gs://")]
-    if missing := [str(p) for p in paths if not p.exists()]:
-        line = f"No such file or folder: {', '.join(missing)}"
-        err.print(Text(views.printable(line), style="red"))
-        raise typer.Exit(Exit.USAGE)
+    buckets, paths = split_sources(files)
     try:
         collected = uploads.collect(paths, prefix, follow_symlinks=follow_symlinks)
     except uploads.DuplicateName as exc:
-        err.print(Text(views.printable(f"Two files would get the same name: {exc}"), style="red"))
-        raise typer.Exit(Exit.USAGE) from None
+        usage_error(f"Two files would get the same name: {exc}")
     for skipped in collected.skipped:
         line = f"skipped {skipped.path}: {skipped.why}"
         err.print(Text(views.printable(line), style="red" if skipped.problem else "yellow"))
     problems = [s for s in collected.skipped if s.problem]
     if not collected.files and not buckets:
-        err.print("No files to submit (hidden files are skipped).", style="red")
-        raise typer.Exit(Exit.USAGE)
+        usage_error("No files to submit (hidden files are skipped).")
     with cloud_errors():
         store = clients(ctx).store(settings)
         names: list[str] = []
@@ -213,8 +209,7 @@ def wait(
     timeout passed first."""
     settings = load_settings(local)
     if not names and prefix is None:
-        err.print("Name at least one document, or give --prefix.", style="red")
-        raise typer.Exit(Exit.USAGE)
+        usage_error(NO_DOCUMENTS)
     with cloud_errors():
         store = clients(ctx).store(settings)
         if prefix is not None:
@@ -273,8 +268,7 @@ def retry(
         if prefix is not None:
             targets += [i.name for i in store.list(settings.input_bucket, prefix)]
         if not targets:
-            err.print("Name at least one document, or give --prefix.", style="red")
-            raise typer.Exit(Exit.USAGE)
+            usage_error(NO_DOCUMENTS)
         publisher = clients(ctx).publisher(settings) if failed_only and not dry_run else None
         code = Exit.OK
         for name in dict.fromkeys(targets):
@@ -363,11 +357,9 @@ def get(
     Exit 1 if a document has no Markdown yet (or was rejected) or could not be written."""
     settings = load_settings(local)
     if not names and prefix is None:
-        err.print("Name at least one document, or give --prefix.", style="red")
-        raise typer.Exit(Exit.USAGE)
+        usage_error(NO_DOCUMENTS)
     if output == "-" and (pages or record):
-        err.print("--pages and --json write files: give a folder with -o.", style="red")
-        raise typer.Exit(Exit.USAGE)
+        usage_error("--pages and --json write files: give a folder with -o.")
     with cloud_errors():
         store = clients(ctx).store(settings)
         documents = results.find_documents(store, settings, names=names or (), prefix=prefix)
@@ -406,16 +398,11 @@ def _download(
     figures: bool,
 ) -> results.GetReport:
     planned = results.plan(documents, settings, dest, pages=pages, record=record, figures=figures)
-    count = len(planned.wanted)
-    with batch_views.transfer_progress(err, "downloading") as progress:
-        task = progress.add_task("", total=sum(w.info.size for w in planned.wanted), files="")
-        done = [0]
-
-        def advance(item: results.Wanted, action: results.Action) -> None:
-            done[0] += 1
-            progress.update(task, advance=item.info.size, files=f"{done[0]}/{count}")
-
-        report = results.get_results(store, settings, planned, on_file=advance)
+    sizes = [w.info.size for w in planned.wanted]
+    with batch_views.transfer_progress(err, "downloading", sizes) as advance:
+        report = results.get_results(
+            store, settings, planned, on_file=lambda item, _: advance(item.info.size)
+        )
     for moved in report.renamed:
         out.print(Text(views.printable(f"{moved.name} -> {moved.path}: {moved.why}")))
     replaced = report.count("replaced")
@@ -437,15 +424,15 @@ def _upload(
     dry_run: bool,
 ) -> uploads.SubmitReport:
     bucket = settings.input_bucket
-    with batch_views.transfer_progress(err, "uploading") as progress:
-        task = progress.add_task("", total=sum(f.size for f in files), files="")
-        done = [0]
-
-        def advance(item: uploads.Submitted) -> None:
-            done[0] += 1
-            progress.update(task, advance=item.file.size, files=f"{done[0]}/{len(files)}")
-
-        report = uploads.submit(store, bucket, files, force=force, dry_run=dry_run, on_file=advance)
+    with batch_views.transfer_progress(err, "uploading", [f.size for f in files]) as advance:
+        report = uploads.submit(
+            store,
+            bucket,
+            files,
+            force=force,
+            dry_run=dry_run,
+            on_file=lambda item: advance(item.file.size),
+        )
     for item in report.files:
         uri = views.printable(naming.object_uri(bucket, item.file.name))
         if item.unchanged:

@@ -22,6 +22,7 @@ from ocrpipe.cli.common import (
     err,
     load_settings,
     out,
+    usage_error,
 )
 from ocrpipe.cli.waiting import wait_for
 from ocrpipe.operations import submit as uploads
@@ -174,8 +175,7 @@ def iam_report(as_json: JsonOpt = False, local: LocalOpt = False) -> None:
     from ocrpipe.local.stack import read_decisions
 
     if not local:
-        err.print("Only the local stack records what is used: give --local.", style="red")
-        raise typer.Exit(Exit.USAGE)
+        usage_error("Only the local stack records what is used: give --local.")
     settings = load_settings(local)
     if not LOCAL_USAGE_FILE.exists():
         err.print("The running local stack does not enforce IAM (`ocrpipe up --no-iam`).")

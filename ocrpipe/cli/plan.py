@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +17,8 @@ from ocrpipe.cli.common import (
     err,
     load_settings,
     out,
+    split_sources,
+    usage_error,
 )
 from ocrpipe.cli.report import batch_bill
 from ocrpipe.operations import views
@@ -74,12 +75,7 @@ def plan(
     per 1,000 pages, with every assumption. Warns when the batch would wait longer than the
     pages subscription keeps a message. Exit 1 if no file can be processed."""
     settings = load_settings(local)
-    buckets = [s for s in sources if s.startswith("gs://")]
-    paths = [Path(s) for s in sources if not s.startswith("gs://")]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        err.print(Text(f"No such file or folder: {', '.join(missing)}", style="red"))
-        raise typer.Exit(Exit.USAGE)
+    buckets, paths = split_sources(sources)
     with cloud_errors():
         store = clients(ctx).store(settings) if buckets or calibrate is not None else None
         if calibrate is not None:
@@ -101,8 +97,7 @@ def plan(
                     files.append(found)
                     status.update(f"counting pages: {len(files)} files")
             except DuplicateName as exc:
-                err.print(Text(f"Two files would get the same name: {exc}", style="red"))
-                raise typer.Exit(Exit.USAGE) from None
+                usage_error(f"Two files would get the same name: {exc}")
             for uri in buckets:
                 assert store is not None
                 try:
@@ -110,8 +105,7 @@ def plan(
                         files.append(found)
                         status.update(f"counting pages: {len(files)} files")
                 except NotABucketPath as exc:
-                    err.print(Text(str(exc), style="red"))
-                    raise typer.Exit(Exit.USAGE) from None
+                    usage_error(str(exc))
     result = make_plan(files, model)
     if as_json:
         views.print_json(out, result.as_dict())

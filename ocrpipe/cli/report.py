@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ocrpipe.cli.common import (
+    NO_DOCUMENTS,
     Exit,
     JsonOpt,
     LocalOpt,
@@ -19,6 +20,7 @@ from ocrpipe.cli.common import (
     err,
     load_settings,
     out,
+    usage_error,
 )
 from ocrpipe.errors import ObjectMissing
 from ocrpipe.operations import bill, views
@@ -46,8 +48,7 @@ def report(
     NAME is unknown."""
     settings = load_settings(local)
     if not names and prefix is None:
-        err.print("Name at least one document, or give --prefix.", style="red")
-        raise typer.Exit(Exit.USAGE)
+        usage_error(NO_DOCUMENTS)
     with cloud_errors():
         code = report_batch(clients(ctx).store(settings), settings, names or [], prefix, as_json)
     raise typer.Exit(code)

@@ -44,7 +44,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import time
 import uuid
@@ -66,6 +65,7 @@ from ocrpipe.local.boxes_to_markdown import TextBox, boxes_to_markdown
 from ocrpipe.local.figure_regions import figure_regions, figures_markdown
 from ocrpipe.logs import configure_logging
 from ocrpipe.models import load_models
+from ocrpipe.settings import cpu_count
 
 logger = logging.getLogger(__name__)
 
@@ -576,11 +576,6 @@ def create_app(
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _cpu_count() -> int:
-    sched_getaffinity = getattr(os, "sched_getaffinity", None)
-    return len(sched_getaffinity(0)) if sched_getaffinity else (os.cpu_count() or 1)
-
-
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -613,7 +608,7 @@ def main(argv: list[str] | None = None) -> None:
 
     configure_logging(args.log_level, service="ocr-engine")
     # Several pages at once share the cores instead of each asking onnxruntime for all of them.
-    intra = max(1, _cpu_count() // args.threads) if args.threads > 1 else None
+    intra = max(1, cpu_count() // args.threads) if args.threads > 1 else None
     started = time.perf_counter()
     engine = RapidOcrEngine(intra_op_threads=intra)
     logger.info("rapidocr loaded in %.1f s", time.perf_counter() - started)

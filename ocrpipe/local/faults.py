@@ -114,7 +114,7 @@ from ocrpipe.local.engine import (
     parse_chat_request,
     token_pieces,
 )
-from ocrpipe.local.readiness import wait_until_ready
+from ocrpipe.local.readiness import START_S, wait_until_ready
 from ocrpipe.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -562,7 +562,7 @@ def serve_in_background(
             wait_until_ready(
                 lambda: bool(server.started),
                 what="uvicorn did not start",
-                timeout=30,
+                timeout=START_S,
                 died=lambda: None if thread.is_alive() else "uvicorn's thread ended",
                 interval=0.01,
             )

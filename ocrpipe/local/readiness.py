@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+START_S = 120.0  # how long a server a test or benchmark starts may take on a loaded machine
+
 
 class NotReady(RuntimeError):
     """The process did not answer in time, or exited instead."""

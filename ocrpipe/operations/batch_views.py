@@ -4,7 +4,8 @@ columns (see :mod:`ocrpipe.operations.views`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -199,9 +200,13 @@ class BatchBar:
         self._warned_stall = stall is not None
 
 
-def transfer_progress(console: Console, verb: str) -> Progress:
-    """One bar for many files: files and bytes."""
-    return Progress(
+@contextmanager
+def transfer_progress(
+    console: Console, verb: str, sizes: Sequence[int]
+) -> Iterator[Callable[[int], None]]:
+    """One bar for many files, files and bytes: yields ``advance(size)``, to call as each
+    file of ``sizes`` is done."""
+    progress = Progress(
         TextColumn(verb),
         BarColumn(bar_width=12),
         TextColumn("{task.fields[files]} files"),
@@ -211,3 +216,13 @@ def transfer_progress(console: Console, verb: str) -> Progress:
         console=console,
         transient=False,
     )
+    with progress:
+        task = progress.add_task("", total=sum(sizes), files="")
+        done = 0
+
+        def advance(size: int) -> None:
+            nonlocal done
+            done += 1
+            progress.update(task, advance=size, files=f"{done}/{len(sizes)}")
+
+        yield advance

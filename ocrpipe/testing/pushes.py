@@ -16,16 +16,23 @@ from ocrpipe.naming import DocumentRef
 from ocrpipe.settings import Settings
 from ocrpipe.testing.memory import MemoryStore
 
-# A worker on the in-memory store: unverified pushes are allowed only against emulators, so
-# an emulator host is named (nothing connects to it).
-WORKER_SETTINGS = Settings(
-    verify_push_auth=False,
-    storage_emulator_host="http://127.0.0.1:4443",
-    input_bucket="in",
-    work_bucket="work",
-    output_bucket="out",
-    ocr_budget_s=5,
-)
+
+def worker_settings(**fields: Any) -> Settings:
+    """The worker's settings on the in-memory store (buckets ``in``, ``work``, ``out``), with
+    ``fields`` changed."""
+    base: dict[str, Any] = {
+        "verify_push_auth": False,
+        # unverified pushes are allowed only against emulators: one is named, never contacted
+        "storage_emulator_host": "http://127.0.0.1:4443",
+        "input_bucket": "in",
+        "work_bucket": "work",
+        "output_bucket": "out",
+        "ocr_budget_s": 5,
+    }
+    return Settings(**(base | fields))
+
+
+WORKER_SETTINGS = worker_settings()
 PAGES_SUBSCRIPTION = "projects/local-project/subscriptions/ocrpipe-pages-push"
 PUBLISHED = datetime(2026, 11, 26, tzinfo=UTC)
 

@@ -227,6 +227,7 @@ class RepetitionDetector:
         self._masked = ""  # the tail, digits masked
         self._pending: list[str] = []  # pieces since the last check
         self._since_check = 0
+        self.checks = 0  # how many times the tail was searched for a loop
         self.loop: Loop | None = None
 
     def feed(self, piece: str) -> Loop | None:
@@ -242,5 +243,6 @@ class RepetitionDetector:
             self._masked = (self._masked + mask_digits(fresh))[-self._rule.keep :]
             self._pending.clear()
             self._since_check = 0
+            self.checks += 1
             self.loop = find_masked_loop(self._masked, self._rule, raw=self._tail)
         return self.loop
