@@ -35,6 +35,7 @@ def table() -> dict[str, dict[str, str]]:
     """The rows of "Who may do what", by identity of iam.json."""
     text = DEPLOY.read_text(encoding="utf-8")
     section = text[text.index("## Who may do what") :]
+    section = section[: section.index("\n## ")]  # the table of this section, not the next
     lines = [line for line in section.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header == ["identity", "input bucket", "work bucket", "output bucket", "Pub/Sub"]
