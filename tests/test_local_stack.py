@@ -16,11 +16,35 @@ from typing import Any
 
 import pytest
 
-from ocrpipe.local.stack import Child, LocalStack, Restart, StackError, fault_stack, free_ports
+from ocrpipe.local.stack import (
+    Child,
+    LocalStack,
+    Restart,
+    StackError,
+    fault_stack,
+    free_port,
+    free_ports,
+)
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing import waiting
 from ocrpipe.testing.pdfs import text_pdf
 from tests.conftest import unique_name, wait_until_finished
+
+
+EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+@pytest.mark.skipif(not EPHEMERAL.exists(), reason="Linux's ephemeral port range is unknown")
+def test_free_ports_are_below_the_ephemeral_range_and_distinct() -> None:
+    """A port the kernel may hand to any outgoing connection as its local port can be taken
+    between the pick and the bind: with two test suites on one machine, a stack's worker
+    failed with 'Address already in use'. Free ports come from below that range."""
+    low = int(EPHEMERAL.read_text().split()[0])
+    for _ in range(20):
+        ports = list(free_ports().all().values())
+        assert len(set(ports)) == len(ports), ports
+        singles = [free_port() for _ in range(5)]
+        assert all(1024 <= port < low for port in [*ports, *singles]), (low, ports, singles)
 
 
 def test_setting_overrides_are_what_the_stack_reports_and_what_services_get() -> None:
