@@ -30,7 +30,6 @@ from ocrpipe.testing import waiting
 from ocrpipe.testing.pdfs import text_pdf
 from tests.conftest import unique_name, wait_until_finished
 
-
 EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 

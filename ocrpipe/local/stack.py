@@ -115,15 +115,15 @@ class Ports:
 
 
 def free_port() -> int:
-    """A TCP port free on loopback now (the kernel's choice, from the ephemeral range)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on loopback now, below Linux's ephemeral range: a port from that range
+    (the kernel's own pick) can be taken as the local port of any outgoing connection on
+    the machine between this pick and the server's bind."""
+    return free_port_block(1)
 
 
 def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive free ports, below Linux's ephemeral range (so a
-    later :func:`free_port` does not land inside the block)."""
+    """The first of ``count`` consecutive free ports, below Linux's ephemeral range
+    (32768 and up by default; see :func:`free_port`)."""
     for _ in range(200):
         base = random.randint(20000, 32000 - count)
         with contextlib.ExitStack() as held:
@@ -138,9 +138,11 @@ def free_port_block(count: int) -> int:
 
 
 def free_ports() -> Ports:
-    """Free ports for a whole stack, its IAM proxies' block included (tests, benchmarks)."""
-    pubsub, gcs, ocr, worker, splitter, eventarc = (free_port() for _ in range(6))
-    return Ports(pubsub, gcs, ocr, worker, splitter, eventarc, free_port_block(2 * len(IDENTITIES)))
+    """Free ports for a whole stack, its IAM proxies' block included (tests, benchmarks):
+    one block, so they are distinct and all below the ephemeral range."""
+    services = 6  # pubsub, gcs, ocr, worker, splitter, eventarc, in the order of Ports
+    base = free_port_block(services + 2 * len(IDENTITIES))
+    return Ports(*range(base, base + services + 1))  # the last one starts the proxies'
 
 
 @dataclass
