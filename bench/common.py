@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ocrpipe.settings import cpu_count
+from ocrpipe.testing.processes import children
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
@@ -140,17 +141,6 @@ def steady_rate(finish_times: Sequence[float], low: float = 0.1, high: float = 0
 # --- memory of a process tree -------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            text = (task / "children").read_text()
-            found.extend(int(c) for c in text.split())
-    except OSError:
-        pass
-    return found
-
-
 def _own_cpu_seconds(pid: int) -> float:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -220,7 +210,7 @@ class TreeMemory:
             total += rss
             self.hwm_kb[pid] = (name, max(hwm, self.hwm_kb.get(pid, ("", 0))[1]))
             self.cpu_s[pid] = max(_own_cpu_seconds(pid), self.cpu_s.get(pid, 0.0))
-            pending.extend(_children(pid))
+            pending.extend(children(pid))
         self.peak_total_kb = max(self.peak_total_kb, total)
 
     @property
@@ -271,7 +261,7 @@ def cpu_seconds(root: int) -> float:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         total += sum(int(v) for v in fields[11:15]) / _TICK  # utime stime cutime cstime
-        pending.extend(_children(pid))
+        pending.extend(children(pid))
     return total
 
 

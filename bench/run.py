@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import OPTIONS, RESULTS_DIR, machine, say, write_result  # noqa: E402
+from ocrpipe.testing import interrupt  # noqa: E402
 
 BENCHMARKS = {
     "render": "Render: Renderer vs pdftoppm, pages/s and peak memory",
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         help="sample the worker with py-spy during the saturation runs (py-spy must be installed)",
     )
     args = parser.parse_args(argv)
+    interrupt.install()  # SIGTERM unwinds, stopping the servers a benchmark started
     OPTIONS.results_dir = args.results_dir
     OPTIONS.profile = args.profile
     names = [n.strip() for n in args.only.split(",") if n.strip()] or [

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from bench.common import cpu_seconds
+from ocrpipe.testing.processes import stop_tree
 from ocrpipe.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -112,9 +113,7 @@ def test_quick_benchmarks_run_and_write_sane_results(tmp_path: Path) -> None:
                 interval=1.0,
             )
         finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+            stop_tree(process, grace_s=60)  # with the vLLM server it started, if any
     stdout_text, stderr_text = out.read_text(), err.read_text()
     assert process.returncode == 0, (
         f"stdout:\n{stdout_text[-5000:]}\nstderr:\n{stderr_text[-5000:]}"

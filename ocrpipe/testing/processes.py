@@ -1,0 +1,65 @@
+"""A process and everything it started, even what left its session.
+
+The local stack's parts and the vLLM server run in sessions of their own, so a signal to a
+process group does not reach them; the parent links in ``/proc`` still do. Used where a
+test or benchmark must stop a process it started whatever that process left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started that are still running (none if it is gone)."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found.extend(int(child) for child in (task / "children").read_text().split())
+    except OSError:
+        pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, parents before their children."""
+    found: list[int] = []
+    pending = children(pid)
+    while pending:
+        child = pending.pop(0)
+        found.append(child)
+        pending.extend(children(child))
+    return found
+
+
+def _started(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot), so a pid reused meanwhile is told
+    apart; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def stop_tree(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace_s: float) -> None:
+    """Stop ``process`` and everything below it: SIGTERM, up to ``grace_s`` s for it to
+    unwind (and stop what it started itself), then SIGKILL to whatever of the tree is left.
+    The tree is read before each signal: once a parent dies its children are re-parented."""
+    if process.poll() is None:
+        tree = {pid: _started(pid) for pid in descendants(process.pid)}
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            tree |= {pid: _started(pid) for pid in descendants(process.pid)}
+            process.kill()
+        for pid, started in tree.items():
+            if started is not None and _started(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    process.wait()
