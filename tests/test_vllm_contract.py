@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from ocrpipe.errors import OcrRejected, OcrUnavailable
 from ocrpipe.settings import Settings
+from ocrpipe.testing.clock import FakeClock
 from ocrpipe.testing.tiny_lightonocr import IMAGE_SIZE, TEMPLATE_TOKENS
 from ocrpipe.testing.vllm_server import GPU_IMAGE, VllmServer
 from ocrpipe.worker.completion_stream import CompletionRefused, stream_completion
@@ -183,13 +184,21 @@ async def test_two_images_in_one_prompt_are_refused_with_400(vllm: VllmServer) -
 async def test_an_unknown_model_is_404_and_retried_as_configuration_trouble(
     vllm: VllmServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = ocr_client(vllm, model="lightonai/no-such-model")
+    # The retries' clock is a fake one that moves only as the client backs off, so the
+    # budget runs out after a few 404s however long each real request takes here.
+    clock = FakeClock()
+    settings = Settings(ocr_url=vllm.url, ocr_model=vllm.model_id)
+    params = OcrParams.from_settings(settings, model="lightonai/no-such-model")
+    client = OcrClient(
+        httpx.AsyncClient(base_url=vllm.url, timeout=None), params, clock=clock, sleep=clock.sleep
+    )
     try:
         with pytest.raises(OcrUnavailable) as info:
-            await client.ocr_page(page_png(300, 200), "image/png", deadline=time.monotonic() + 3)
+            await client.ocr_page(page_png(300, 200), "image/png", deadline=clock() + 60)
     finally:
         await client.aclose()
     assert info.value.reason == "ocr_unavailable:404"
+    assert clock.sleeps, "the 404 was not retried"
     assert "configuration trouble" in caplog.text
     response = httpx.post(
         f"{vllm.url}/v1/chat/completions",
