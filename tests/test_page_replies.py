@@ -174,7 +174,7 @@ def test_an_engine_that_dies_mid_reply_is_server_trouble_not_a_malformed_reply()
 
 
 def test_a_server_that_keeps_aborting_gets_the_delivery_nacked_with_nothing_written() -> None:
-    with worker(FaultPlan(pabort=1.0), ocr_budget_s=3) as w:
+    with worker(FaultPlan(pabort=1.0), ocr_budget_s=10) as w:  # room for two aborts, loaded
         doc, [message] = w.document([TEXT])
         assert w.deliver(message) == 503  # Pub/Sub retries it later, then dead-letters it
         assert w.store.list("out", naming.pages_prefix(doc)) == []
@@ -249,7 +249,9 @@ def test_a_loop_is_cut_before_max_tokens_and_the_page_answered_one_step_up(
 
 def test_a_server_that_streams_past_max_tokens_is_cut_at_a_bound_and_treated_as_a_loop() -> None:
     plan = FaultPlan(endless=True, tokens_per_s=0)  # distinct words for ever, at full speed
-    with worker(plan, ocr_request_timeout_s=5, ocr_budget_s=30) as w:
+    # Time enough to read to the bound on a loaded machine: the cut must come from the
+    # bound (a request cut by its timeout would be an ocr_unavailable, not a loop).
+    with worker(plan, ocr_request_timeout_s=120, ocr_budget_s=500) as w:
         doc, [message] = w.document(["Heading"])
         assert w.deliver(message) == 204
         error = page_error(w, doc, 1)
