@@ -15,6 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from ocr_worker.app import create_app
+from ocrpipe.announce import read_latest
 from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.operations.status import DocumentStatus, document_status
 from ocrpipe.storage import GcsStore, ObjectInfo
@@ -103,6 +104,26 @@ def wait_until_finished(
         quiet_s=quiet_s,
         alive=stack_alive(stack),
         interval=0.3,
+    )
+    return status
+
+
+def wait_until_announced(stack: LocalStack, store: GcsStore, name: str) -> DocumentStatus:
+    """Until ``name``'s newest generation is finished *and* ``@latest.json`` records it: the
+    last write a document gets (document.md shows it done first; document.json and the
+    announcement follow, see :mod:`ocrpipe.announce`). Tests that count writes wait for
+    this, or they race the last two."""
+    status = wait_until_finished(stack, store, name)
+    bucket = stack.settings.output_bucket
+    state = "failed" if status.state == "rejected" else status.state  # as announced
+    wait_for(
+        lambda: (read_latest(store, bucket, name)[1], stack_activity(stack)),
+        lambda reading: (
+            reading[0] is not None
+            and (reading[0].generation, reading[0].state) == (status.generation, state)
+        ),
+        what=f"{name}'s announcement in its @latest.json",
+        alive=stack_alive(stack),
     )
     return status
 

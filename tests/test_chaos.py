@@ -3,10 +3,11 @@ on purpose (a 30 s cold start, then 20% 503, 5% hangs, 5% connection resets, 5% 
 loops), the worker is killed and restarted twice, and finalize events and page messages
 are re-sent by hand. The result must be exactly what a clean run gives.
 
-How "no output object written twice" is checked: fake-gcs-server logs every request; every
-write ocrpipe makes to the output bucket is create-only, so the number of successful uploads
-to the output bucket must equal the number of objects in it (a second write of one object
-would be a 412, or an extra 200 if a precondition were missing).
+How "no output object written twice" is checked: the output bucket keeps every version
+during the chaos run, so each write leaves a (name, generation) behind; no name may have
+two, none may be outside the chaos run's documents, and their number must equal the
+successful uploads fake-gcs-server logged (a second write of one object is a 412, or an
+extra version if a precondition were missing).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, subscriber_client
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
-from tests.conftest import wait_for_object, wait_until_finished
+from tests.conftest import wait_for_object, wait_until_announced
 
 pytestmark = pytest.mark.e2e
 
@@ -140,6 +141,21 @@ def wait_for_pages(stack: LocalStack, store: GcsStore, count: int) -> int:
     return written
 
 
+def versions(gcs_url: str, bucket: str) -> set[tuple[str, int]]:
+    """Every (name, generation) in ``bucket``, past versions included. (Over HTTP: the
+    client library sends ``versions=True``, which fake-gcs-server does not read as true.)"""
+    found: set[tuple[str, int]] = set()
+    query: dict[str, str] = {"versions": "true"}
+    while True:
+        response = httpx.get(f"{gcs_url}/storage/v1/b/{bucket}/o", params=query, timeout=60)
+        response.raise_for_status()
+        listing = response.json()
+        found |= {(item["name"], int(item["generation"])) for item in listing.get("items", [])}
+        if "nextPageToken" not in listing:
+            return found
+        query["pageToken"] = listing["nextPageToken"]
+
+
 def output_uploads(stack: LocalStack, since: int) -> Counter[str]:
     """Status codes of uploads to the output bucket logged after byte offset ``since``."""
     assert stack.log_dir is not None
@@ -159,12 +175,21 @@ def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path:
     started = time.monotonic()
     clean = upload_all(stack, store, "clean/")
     for name in clean:
-        assert wait_until_finished(stack, store, name).state == "done"
+        assert wait_until_announced(stack, store, name).state == "done"
     clean_seconds = time.monotonic() - started
     clean_requests = httpx.get(ocr_stats).json()["total"]
 
     # 2. The chaos run: restart the OCR server with faults and a cold start.
     stack.use_fault_server(*FAULTS, seed=SEED, wait_healthy=False)
+    # The output bucket keeps every version from here on, so each successful upload of the
+    # chaos run leaves a (name, generation) behind, and one object written twice (or a
+    # write outside the chaos documents) is named, not only counted.
+    gcs_url = stack.admin_settings.storage_emulator_host
+    assert gcs_url is not None
+    output = GcsStore.connect(stack.project, gcs_url).client.bucket(settings.output_bucket)
+    output.versioning_enabled = True
+    output.patch()
+    before = versions(gcs_url, settings.output_bucket)
     log_offset = (stack.log_dir / "gcs.log").stat().st_size
     started = time.monotonic()
     chaos = upload_all(stack, store, "chaos/")
@@ -186,7 +211,7 @@ def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path:
                 name = f"chaos/doc-{index:02d}.pdf"
                 resend_page(stack, store, name, chaos[name], page, PAGES[index])
     assert killed_at[-1] < sum(PAGES), "the run was over before the worker was killed"
-    finals = {name: wait_until_finished(stack, store, name) for name in chaos}
+    finals = {name: wait_until_announced(stack, store, name) for name in chaos}
     chaos_seconds = time.monotonic() - started
     stats = httpx.get(ocr_stats).json()
 
@@ -207,10 +232,12 @@ def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path:
 
     # No output object was written twice: successful uploads == objects written.
     meddler_done_uploads = output_uploads(stack, log_offset)
-    chaos_objects = sum(
-        len(store.list(settings.output_bucket, naming.document_prefix(name))) for name in chaos
-    )
-    assert meddler_done_uploads["200"] == chaos_objects
+    written = versions(gcs_url, settings.output_bucket) - before
+    chaos_prefixes = tuple(naming.document_prefix(name) for name in chaos)
+    assert [name for name, _ in written if not name.startswith(chaos_prefixes)] == []
+    twice = Counter(name for name, _ in written)
+    assert {name: n for name, n in twice.items() if n > 1} == {}, "written more than once"
+    assert meddler_done_uploads["200"] == len(written)
 
     figures = {
         "pages": sum(PAGES), "documents": DOCUMENTS,

@@ -18,7 +18,7 @@ from ocrpipe.local.stack import LocalStack, free_ports
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
-from tests.conftest import wait_until_finished
+from tests.conftest import wait_until_announced
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +77,7 @@ def test_a_restarted_stack_finishes_the_batch_once(tmp_path: Path) -> None:
         settings = second.settings
         store = GcsStore.connect(second.project, settings.storage_emulator_host)
         for name in names:
-            assert wait_until_finished(second, store, name).state == "done"
+            assert wait_until_announced(second, store, name).state == "done"
         pages = [o for o in store.list(settings.output_bucket, "") if o.name.endswith(".md")
                  and "/pages/" in o.name]  # fmt: skip
         assert len(pages) == DOCUMENTS * PAGES

@@ -41,7 +41,7 @@ from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
 from ocrpipe.topology import load_topology
-from tests.conftest import unique_name, wait_for_object, wait_until_finished
+from tests.conftest import unique_name, wait_for_object, wait_until_announced, wait_until_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -370,7 +370,7 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
         interval=3,
     )
     for doc in docs:
-        final = wait_until_finished(stack, store, doc.name)
+        final = wait_until_announced(stack, store, doc.name)
         assert final.state == "done", final
 
     # Every page exactly once: each Markdown object exists, and since the OCR server was
