@@ -21,6 +21,7 @@ from ocrpipe.operations.status import DocumentStatus, document_status
 from ocrpipe.storage import GcsStore, ObjectInfo
 from ocrpipe.testing import interrupt
 from ocrpipe.testing.memory import MemoryPublisher
+from ocrpipe.testing.processes import descendants, describe, started
 from ocrpipe.testing.pushes import WORKER_SETTINGS
 from ocrpipe.testing.vllm_server import VllmServer, VllmUnavailable, build_model, find_venv
 from ocrpipe.testing.waiting import QUIET_S, stack_activity, stack_alive, wait_for
@@ -29,6 +30,33 @@ from tests.fakes import RecordingStore, ScriptedOcrServer, echo_image
 
 def pytest_configure(config: pytest.Config) -> None:
     interrupt.install()  # SIGTERM tears the run down like Ctrl-C: no stack outlives it
+
+
+# --- processes a test left running: each process below pytest is noted with the first test
+# after which it was seen, and those still running at the end are reported with it ------
+
+_SEEN: dict[int, tuple[str | None, str]] = {}  # pid -> (when it started, the test)
+_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")  # by design
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    for pid in descendants(os.getpid()):
+        _SEEN.setdefault(pid, (started(pid), item.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    left = [
+        (pid, test)
+        for pid, (when, test) in _SEEN.items()
+        if when is not None and started(pid) == when
+        and not any(helper in describe(pid) for helper in _HELPERS)
+    ]  # fmt: skip
+    if left:
+        terminalreporter.section("processes the tests left running")
+        for pid, test in left:
+            terminalreporter.line(f"{describe(pid)}  (first seen after {test})")
 
 
 # --- the worker app on an in-memory store (test_worker_contract, test_announce; a module

@@ -36,7 +36,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _started(pid: int) -> str | None:
+def started(pid: int) -> str | None:
     """When ``pid`` started (clock ticks since boot), so a pid reused meanwhile is told
     apart; None once it is gone."""
     try:
@@ -51,15 +51,26 @@ def stop_tree(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace_s:
     unwind (and stop what it started itself), then SIGKILL to whatever of the tree is left.
     The tree is read before each signal: once a parent dies its children are re-parented."""
     if process.poll() is None:
-        tree = {pid: _started(pid) for pid in descendants(process.pid)}
+        tree = {pid: started(pid) for pid in descendants(process.pid)}
         process.terminate()
         try:
             process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            tree |= {pid: _started(pid) for pid in descendants(process.pid)}
+            tree |= {pid: started(pid) for pid in descendants(process.pid)}
             process.kill()
-        for pid, started in tree.items():
-            if started is not None and _started(pid) == started:
+        for pid, when in tree.items():
+            if when is not None and started(pid) == when:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     process.wait()
+
+
+def describe(pid: int) -> str:
+    """``pid``'s resident memory and command line, for a report."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return f"{pid}: gone"
+    rss = next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")), "0")
+    return f"{pid}: {int(rss) // 1024} MiB, {command.strip()[:160]}"
