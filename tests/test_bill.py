@@ -271,6 +271,22 @@ def test_concurrency_estimate_divides_request_seconds_by_the_requests_at_the_gpu
     assert "16 per GPU x 2 GPU instance(s)" in two.estimate("concurrency").assumption
 
 
+def test_both_estimates_agree_for_a_full_batch_on_every_gpu_instance() -> None:
+    """Two GPUs serving 16 requests each for 60 s are 120 GPU-seconds billed, whichever way
+    they are counted: the concurrency estimate is instance-seconds, like the wall clock."""
+    clock = wall_clock()
+    store = MemoryStore(clock)
+    t0 = clock.now
+    pages = [page(n, provenance(seconds=60.0)) for n in range(1, 33)]
+    finished(store, clock, "a.pdf", pages, ends=[t0 + 60] * 32)
+    settings = Settings(
+        input_bucket="in", output_bucket="out", gpu_instances=2, gpu_concurrent_requests=16
+    )
+    total = run(store, settings=settings)
+    assert total.estimate("wall_clock").gpu_seconds == pytest.approx(120)
+    assert total.estimate("concurrency").gpu_seconds == pytest.approx(120)
+
+
 def test_wall_clock_estimate_is_the_time_some_page_was_at_the_gpu_times_instances() -> None:
     clock = wall_clock()
     store = MemoryStore(clock)
