@@ -19,9 +19,10 @@ GPU time cannot be read off the pages: each page's ``ocr_seconds`` is the time i
 were open, and a GPU serves many at once (vLLM batches up to ``--max-num-seqs``, 32 here), so
 the seconds overlap. Two estimators, both over the pages with usage:
 
-* **concurrency**: ``sum(ocr_seconds) / (requests per GPU x GPU instances)``. Right when
-  the GPU batch was full the whole time; too low when it was not (a small batch, a slow
-  feeder).
+* **concurrency**: ``sum(ocr_seconds) / requests per GPU``: GPU instance-seconds, since
+  each instance serving its full batch for ``T`` s holds ``requests per GPU x T`` request
+  seconds, whatever the number of instances. Right when every GPU's batch was full the whole
+  time; too low when it was not (a small batch, a slow feeder).
 * **wall clock**: the time at least one page was at the GPU (the union of the pages'
   intervals ``[end - ocr_seconds, end]``, ``end`` being when its result object was written)
   x GPU instances. Right when every instance was busy with this batch, and only with it;
@@ -448,16 +449,17 @@ def summarise(
     estimated = sum(no_usage) * PROMPT_TOKENS_PER_REQUEST
     busy = union_length(intervals)
     instances = settings.gpu_instances
-    concurrency = (settings.gpu_concurrent_requests or settings.ocr_max_in_flight) * instances
+    per_gpu = settings.gpu_concurrent_requests or settings.ocr_max_in_flight
+    concurrency = per_gpu * instances
     price = settings.gpu_price_per_hour
     estimates = (
         _estimate(
             "concurrency",
-            ocr_seconds / concurrency,
+            ocr_seconds / per_gpu,  # instance-seconds: each instance holds per_gpu at once
             price,
             len(known),
             f"the GPUs served {concurrency} requests at once the whole time"
-            f" ({concurrency // instances} per GPU x {instances} GPU instance(s))",
+            f" ({per_gpu} per GPU x {instances} GPU instance(s))",
         ),
         _estimate(
             "wall_clock",
