@@ -7,8 +7,10 @@ of the vLLM tier."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,17 @@ def wait_until_finished(
         interval=0.3,
     )
     return status
+
+
+UPLOAD = re.compile(r'"POST /upload/storage/v1/b/([^/]+)/o\?[^"]*" (\d{3})')
+
+
+def output_uploads(logs: Iterable[tuple[Path, int]], bucket: str) -> Counter[str]:
+    """Status codes of the uploads to ``bucket`` in fake-gcs-server's request logs (each
+    ``(gcs.log, from byte offset)``; a stack started with ``gcs_log_level="info"``).
+    Multipart uploads carry the object's name in their body, so only the bucket is known."""
+    text = "".join(path.read_bytes()[since:].decode(errors="replace") for path, since in logs)
+    return Counter(status for b, status in UPLOAD.findall(text) if b == bucket)
 
 
 def wait_until_announced(stack: LocalStack, store: GcsStore, name: str) -> DocumentStatus:

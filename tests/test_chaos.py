@@ -13,7 +13,6 @@ extra version if a precondition were missing).
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from ocrpipe.pubsub import OutgoingMessage, PubSubPublisher, subscriber_client
 from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
-from tests.conftest import wait_for_object, wait_until_announced
+from tests.conftest import output_uploads, wait_for_object, wait_until_announced
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +37,6 @@ DOCUMENTS = 20
 PAGES = [7 + (i * 5) % 11 for i in range(DOCUMENTS)]  # 7..17 pages, 240 in all
 FAULTS = ["--p503", "0.2", "--phang", "0.05", "--preset", "0.05", "--plength", "0.05",
           "--cold-seconds", "30", "--hang-seconds", "3600"]  # fmt: skip
-UPLOAD = re.compile(r'"POST /upload/storage/v1/b/([^/]+)/o\?[^"]*" (\d{3})')
 
 
 SEED = 11
@@ -156,14 +154,6 @@ def versions(gcs_url: str, bucket: str) -> set[tuple[str, int]]:
         query["pageToken"] = listing["nextPageToken"]
 
 
-def output_uploads(stack: LocalStack, since: int) -> Counter[str]:
-    """Status codes of uploads to the output bucket logged after byte offset ``since``."""
-    assert stack.log_dir is not None
-    text = (stack.log_dir / "gcs.log").read_bytes()[since:].decode(errors="replace")
-    bucket = stack.settings.output_bucket
-    return Counter(status for b, status in UPLOAD.findall(text) if b == bucket)
-
-
 def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path: Path) -> None:
     stack = chaos_stack
     settings = stack.settings
@@ -231,7 +221,8 @@ def test_chaos_gives_exactly_the_clean_result(chaos_stack: LocalStack, tmp_path:
     assert dead_letters(stack) == 0
 
     # No output object was written twice: successful uploads == objects written.
-    meddler_done_uploads = output_uploads(stack, log_offset)
+    gcs_log = stack.log_dir / "gcs.log"
+    meddler_done_uploads = output_uploads([(gcs_log, log_offset)], settings.output_bucket)
     written = versions(gcs_url, settings.output_bucket) - before
     chaos_prefixes = tuple(naming.document_prefix(name) for name in chaos)
     assert [name for name, _ in written if not name.startswith(chaos_prefixes)] == []

@@ -17,14 +17,13 @@ between a faulty and a healthy fault server.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,7 +40,13 @@ from ocrpipe.storage import GcsStore
 from ocrpipe.testing.pdfs import text_pdf
 from ocrpipe.testing.waiting import stack_activity, stack_alive, wait_for
 from ocrpipe.topology import load_topology
-from tests.conftest import unique_name, wait_for_object, wait_until_announced, wait_until_finished
+from tests.conftest import (
+    output_uploads,
+    unique_name,
+    wait_for_object,
+    wait_until_announced,
+    wait_until_finished,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +56,6 @@ DEAD_LETTER_ATTRIBUTES = {
     "CloudPubSubDeadLetterSourceSubscriptionProject",
     "CloudPubSubDeadLetterSourceTopicPublishTime",
 }
-UPLOAD = re.compile(r'"POST /upload/storage/v1/b/([^/]+)/o\?[^"]*" (\d{3})')
 runner = CliRunner()
 
 
@@ -191,18 +195,10 @@ def wait_for_dead_letters(stack: LocalStack, names: set[str], count: int) -> lis
     return letters
 
 
-def gcs_log_size(stack: LocalStack) -> int:
+def gcs_log(stack: LocalStack) -> Path:
+    """fake-gcs-server's request log (every request: the stack logs at info)."""
     assert stack.log_dir is not None
-    return (stack.log_dir / "gcs.log").stat().st_size
-
-
-def output_uploads(stack: LocalStack, since: int) -> Counter[str]:
-    """Status codes of the uploads to the output bucket logged after byte offset ``since``
-    (multipart uploads carry the object name in the body, so only the bucket is known)."""
-    assert stack.log_dir is not None
-    text = (stack.log_dir / "gcs.log").read_bytes()[since:].decode(errors="replace")
-    bucket = stack.settings.output_bucket
-    return Counter(status for b, status in UPLOAD.findall(text) if b == bucket)
+    return stack.log_dir / "gcs.log"
 
 
 def outputs(stack: LocalStack, store: GcsStore, doc: DocumentRef) -> dict[str, int]:
@@ -318,7 +314,7 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
 
     # 3. The OCR server is fixed.
     use_ocr(stack)
-    log_offset = gcs_log_size(stack)
+    log_offset = gcs_log(stack).stat().st_size
 
     # 4. One message.
     one = json_of(ocrpipe(stack, "dlq", "replay", "--limit", "1", "--json"))
@@ -399,7 +395,8 @@ def test_dead_letters_are_listed_replayed_and_every_page_is_written_once(
     # (a replay killed between its ack and its records leaves none: the count says so)
     assert replayed and {a.page for a in replayed} <= {1, 2}
     assert len(written) == 4 + 3 * 3
-    assert output_uploads(stack, log_offset)["200"] == len(written) + len(replayed)
+    uploads = output_uploads([(gcs_log(stack), log_offset)], settings.output_bucket)
+    assert uploads["200"] == len(written) + len(replayed)
     assert dead_letters(stack, names) == []
 
     # 6. A second replay changes nothing.
