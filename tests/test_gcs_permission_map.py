@@ -1,6 +1,6 @@
 """The GCS proxy's permission map, pinned over a grid of requests.
 
-:func:`~ocrpipe.local.iam.gcs_proxy.required` decides which permissions a JSON API call
+:func:`~ocrpipe.local.iam.gcs_permissions.required` decides which permissions a JSON API call
 needs; a wrong answer grants a service more than production would, or refuses what it
 needs. The grid crosses every method with every API root (plain, upload, download, and
 roots the proxy must refuse) and every path shape GCS has (the bucket list, a bucket, its
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from ocrpipe.local.iam.gcs_proxy import Plan, Unmapped, required
+from ocrpipe.local.iam.gcs_permissions import Plan, Unmapped, required
 
 EXPECTED = Path(__file__).with_name("gcs_permission_map.txt")
 PROJECT = "proj"
