@@ -66,11 +66,17 @@ def stop_tree(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace_s:
 
 
 def describe(pid: int) -> str:
-    """``pid``'s resident memory and command line, for a report."""
+    """``pid``'s resident memory and command line, for a report; a zombie (exited, never
+    waited for) is named with the parent that has not reaped it."""
     try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return f"{pid}: gone"
+    state, parent = stat[stat.rindex(")") + 2 :].split()[:2]
+    if state == "Z":
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        return f"{pid}: {name}, exited and never waited for by its parent {describe(int(parent))}"
     rss = next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")), "0")
     return f"{pid}: {int(rss) // 1024} MiB, {command.strip()[:160]}"
