@@ -120,16 +120,18 @@ def steady_rate(finish_times: Sequence[float], low: float = 0.1, high: float = 0
     pages in clumps (a batch of K every S seconds): counting from the end of one clump to
     the start of another would miss almost a whole batch; the slope through the clumps
     gives K / S. The same estimator is applied to the direct load generator and to the
-    pipeline, so their ratio compares like with like.
+    pipeline, so their ratio compares like with like. When too few pages finished in the
+    middle (a short run that finished in clumps), the slope is over the whole run.
     """
     ordered = sorted(finish_times)
     if len(ordered) < 3 or ordered[-1] <= ordered[0]:
         return math.nan
     span = ordered[-1] - ordered[0]
     start, end = ordered[0] + low * span, ordered[0] + high * span
-    points = [(t, float(i + 1)) for i, t in enumerate(ordered) if start <= t <= end]
-    if len(points) < 3:
-        return math.nan
+    every = [(t, float(i + 1)) for i, t in enumerate(ordered)]
+    points = [(t, n) for t, n in every if start <= t <= end]
+    if len(points) < 3 or points[-1][0] <= points[0][0]:
+        points = every  # a run that finished in clumps (a short one): its whole slope
     mean_t = sum(t for t, _ in points) / len(points)
     mean_n = sum(n for _, n in points) / len(points)
     variance = sum((t - mean_t) ** 2 for t, _ in points)
