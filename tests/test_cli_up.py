@@ -19,6 +19,7 @@ import pytest
 
 from ocrpipe.local.readiness import wait_until_ready
 from ocrpipe.local.stack import LocalStack, Ports, StackError, find_pubsub_emulator, free_ports
+from ocrpipe.testing.processes import descendants, describe, stop_tree
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.pdf"
 OCRPIPE = str(Path(sys.executable).with_name("ocrpipe"))
@@ -155,12 +156,16 @@ def test_the_demo_runs_where_the_default_ports_are_taken(tmp_path: Path) -> None
                 sock.bind(("127.0.0.1", port))
                 sock.listen()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OCRPIPE_")}
-        demo = subprocess.run(
-            [OCRPIPE, "demo", str(EXAMPLE), "--timeout", "300"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420,
+        demo = subprocess.Popen(
+            [OCRPIPE, "demo", str(EXAMPLE), "--timeout", "300"], cwd=tmp_path, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-    assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert "sample.pdf: done" in demo.stdout and "<!-- page 1 -->" in demo.stdout
+        try:
+            stdout, stderr = demo.communicate(timeout=420)
+        finally:  # interrupted: the demo stops its stack on SIGTERM, and what is left dies
+            stop_tree(demo, grace_s=60)
+    assert demo.returncode == 0, stdout + stderr
+    assert "sample.pdf: done" in stdout and "<!-- page 1 -->" in stdout
 
 
 def test_a_taken_port_gets_a_clear_message() -> None:
@@ -175,3 +180,39 @@ def test_a_taken_port_gets_a_clear_message() -> None:
 def test_a_missing_pubsub_emulator_says_how_to_install_it() -> None:
     with pytest.raises(StackError, match="gcloud components install pubsub-emulator"):
         find_pubsub_emulator(())
+
+
+def test_sigterm_to_the_demo_stops_its_stack(tmp_path: Path) -> None:
+    """A demo killed politely (a CI job cancelled, a `kill`) stops the stack it started,
+    as `ocrpipe up` does: its parts run in sessions of their own and would outlive it."""
+    demo = subprocess.Popen(
+        [OCRPIPE, "demo", str(EXAMPLE), "--timeout", "300"], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    parts: list[int] = []
+    try:
+        assert demo.stdout is not None
+        submitted = ""
+        while "submitted" not in submitted and demo.poll() is None:
+            submitted = demo.stdout.readline()  # the stack is up once the file is submitted
+        assert "submitted" in submitted, "the demo ended before it submitted its file"
+        parts = descendants(demo.pid)
+        assert parts, "the demo runs no stack"
+        demo.send_signal(signal.SIGTERM)
+        demo.communicate(timeout=120)
+        left = [pid for pid in parts if alive(pid)]
+        assert left == [], [describe(pid) for pid in left]
+    finally:
+        stop_tree(demo, grace_s=0)
+        for pid in parts:  # what outlived a demo that died: leave nothing behind
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Running: a zombie waiting for its parent to reap it has stopped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
