@@ -32,7 +32,8 @@ from ocrpipe.settings import LOCAL_ENV_FILE
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM stops ``ocrpipe up`` the way Ctrl-C does: the stack shuts down in order."""
+    """SIGTERM stops ``ocrpipe up`` and ``ocrpipe demo`` the way Ctrl-C does: the stack
+    shuts down in order."""
     raise KeyboardInterrupt
 
 
@@ -215,6 +216,7 @@ def demo(
     from ocrpipe.local.stack import LocalStack, StackError, free_ports
 
     stack = LocalStack(ports=free_ports())
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         with out.status("starting the local stack") as spinner:
             stack.start(progress=lambda part: spinner.update(f"starting {part}"))
