@@ -19,7 +19,7 @@ import pytest
 
 from ocrpipe.local.readiness import wait_until_ready
 from ocrpipe.local.stack import LocalStack, Ports, StackError, find_pubsub_emulator, free_ports
-from ocrpipe.testing.processes import descendants, describe, stop_tree
+from ocrpipe.testing.processes import descendants, describe, running, stop_tree
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample.pdf"
 OCRPIPE = str(Path(sys.executable).with_name("ocrpipe"))
@@ -200,19 +200,10 @@ def test_sigterm_to_the_demo_stops_its_stack(tmp_path: Path) -> None:
         assert parts, "the demo runs no stack"
         demo.send_signal(signal.SIGTERM)
         demo.communicate(timeout=120)
-        left = [pid for pid in parts if alive(pid)]
+        left = [pid for pid in parts if running(pid)]
         assert left == [], [describe(pid) for pid in left]
     finally:
         stop_tree(demo, grace_s=0)
         for pid in parts:  # what outlived a demo that died: leave nothing behind
-            if alive(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)
-
-
-def alive(pid: int) -> bool:
-    """Running: a zombie waiting for its parent to reap it has stopped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"

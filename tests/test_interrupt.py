@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ocrpipe.local.readiness import START_S, wait_until_ready
+from ocrpipe.testing.processes import running
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,21 +39,6 @@ def test_runs_long(stack):
 """
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "Z"
-
-
 def test_sigterm_to_the_test_run_stops_the_stacks_it_started(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     test_file = tmp_path / "test_long.py"
@@ -73,7 +59,7 @@ def test_sigterm_to_the_test_run_stops_the_stacks_it_started(tmp_path: Path) -> 
             died=lambda: None if run.poll() is None else run.communicate()[0],
         )
         child = int(pid_file.read_text())
-        assert alive(child)
+        assert running(child)
         run.send_signal(signal.SIGTERM)
         output, _ = run.communicate(timeout=60)
     finally:
@@ -81,6 +67,6 @@ def test_sigterm_to_the_test_run_stops_the_stacks_it_started(tmp_path: Path) -> 
             run.kill()
     # The stack's stop() waits for its parts (SIGKILL after 10 s), so by the time the run
     # has exited its part is gone and reaped: no grace period to race.
-    if alive(child):
+    if running(child):
         os.kill(child, signal.SIGKILL)  # leave nothing behind, then fail
         raise AssertionError(f"the stack's part outlived the test run:\n{output}")

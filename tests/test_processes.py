@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from ocrpipe.testing.processes import descendants, stop_tree
+from ocrpipe.testing.processes import descendants, running, stop_tree
 from ocrpipe.testing.waiting import wait_for
 
 # A parent that starts a grandchild in a session of its own, says its pid, and waits.
@@ -36,15 +35,6 @@ time.sleep(600)
 """
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie, dead but not yet reaped by its new parent, is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 def start(code: str) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
@@ -59,14 +49,14 @@ def test_descendants_follow_children_out_of_their_session() -> None:
         assert os.getsid(grandchild) != os.getsid(process.pid)
     finally:
         stop_tree(process, grace_s=0)
-    wait_for(lambda: alive(grandchild), lambda up: not up, what="the grandchild to go")
+    wait_for(lambda: running(grandchild), lambda up: not up, what="the grandchild to go")
 
 
 def test_a_process_killed_takes_its_whole_tree_with_it() -> None:
     process, grandchild = start(PARENT)
     stop_tree(process, grace_s=0)
     assert process.returncode is not None
-    wait_for(lambda: alive(grandchild), lambda up: not up, what="the grandchild to go")
+    wait_for(lambda: running(grandchild), lambda up: not up, what="the grandchild to go")
 
 
 def test_a_process_that_unwinds_on_sigterm_is_let_to() -> None:
@@ -74,4 +64,4 @@ def test_a_process_that_unwinds_on_sigterm_is_let_to() -> None:
     stop_tree(process, grace_s=60)
     assert process.returncode == 0
     assert process.stdout is not None and process.stdout.read() == "stopped\n"
-    assert not alive(grandchild)
+    assert not running(grandchild)

@@ -36,6 +36,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def started(pid: int) -> str | None:
     """When ``pid`` started (clock ticks since boot), so a pid reused meanwhile is told
     apart; None once it is gone."""
