@@ -11,7 +11,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -36,6 +36,44 @@ def starting_vllm(
         yield server
     finally:
         server.stop()
+
+
+class TokenTap(httpx.AsyncBaseTransport):
+    """httpx's own transport, with ``generating`` set once a streamed reply's body carries
+    generated text: the event that a reply is under way, in place of polling a gauge."""
+
+    TEXT = re.compile(rb'"content":"[^"]')
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.generating = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_Tapped(response.stream, self),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _Tapped(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream, tap: TokenTap) -> None:
+        self._stream, self._tap = stream, tap
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            if TokenTap.TEXT.search(chunk):
+                self._tap.generating.set()
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 async def watch(server: VllmServer) -> None:
@@ -82,12 +120,14 @@ async def test_when_the_engine_dies_mid_reply_the_stream_ends_with_an_error_even
     reads as server trouble (retryable, never a page), then shuts itself down."""
     starting_vllm.wait_ready()
     request = body(starting_vllm, page_png(300, 200), max_tokens=4000, ignore_eos=True)
-    async with httpx.AsyncClient(base_url=starting_vllm.url, timeout=300) as http:
+    tap = TokenTap()
+    async with httpx.AsyncClient(base_url=starting_vllm.url, timeout=300, transport=tap) as http:
         reply = asyncio.ensure_future(stream_completion(http, "/v1/chat/completions", request))
-        while starting_vllm.metric("vllm:num_requests_running") == 0:
-            assert not reply.done(), "the reply ended before the engine could be killed"
-            await asyncio.sleep(0.05)
-        assert not reply.done()
+        generating = asyncio.ensure_future(tap.generating.wait())
+        await asyncio.wait({reply, generating}, return_when=asyncio.FIRST_COMPLETED)
+        generating.cancel()
+        # Killed at the first text read, with thousands of tokens still to come.
+        assert not reply.done(), f"the reply ended before any text was read: {reply}"
         os.kill(starting_vllm.engine_core_pid(), signal.SIGKILL)
         with pytest.raises(StreamErrorEvent, match="error mid-reply") as info:
             await reply
