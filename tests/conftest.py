@@ -23,7 +23,7 @@ from ocrpipe.operations.status import DocumentStatus, document_status
 from ocrpipe.storage import GcsStore, ObjectInfo
 from ocrpipe.testing import interrupt
 from ocrpipe.testing.memory import MemoryPublisher
-from ocrpipe.testing.processes import descendants, describe, started
+from ocrpipe.testing.processes import descendants, describe, parent, running, started
 from ocrpipe.testing.pushes import WORKER_SETTINGS
 from ocrpipe.testing.vllm_server import VllmServer, VllmUnavailable, build_model, find_venv
 from ocrpipe.testing.waiting import QUIET_S, stack_activity, stack_alive, wait_for
@@ -49,10 +49,13 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    ours = {os.getpid(), *descendants(os.getpid())}
     left = [
         (pid, test)
         for pid, (when, test) in _SEEN.items()
         if when is not None and started(pid) == when
+        # an exited process that init adopted is not left running: only init can reap it
+        and (running(pid) or parent(pid) in ours)
         and not any(helper in describe(pid) for helper in _HELPERS)
     ]  # fmt: skip
     if left:

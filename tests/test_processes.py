@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from ocrpipe.testing.processes import descendants, running, stop_tree
+from ocrpipe.testing.processes import descendants, parent, running, stop_tree
 from ocrpipe.testing.waiting import wait_for
 
 # A parent that starts a grandchild in a session of its own, says its pid, and waits.
@@ -46,6 +46,7 @@ def test_descendants_follow_children_out_of_their_session() -> None:
     process, grandchild = start(PARENT)
     try:
         assert grandchild in descendants(process.pid)
+        assert parent(grandchild) == process.pid and parent(process.pid) == os.getpid()
         assert os.getsid(grandchild) != os.getsid(process.pid)
     finally:
         stop_tree(process, grace_s=0)
@@ -57,6 +58,7 @@ def test_a_process_killed_takes_its_whole_tree_with_it() -> None:
     stop_tree(process, grace_s=0)
     assert process.returncode is not None
     wait_for(lambda: running(grandchild), lambda up: not up, what="the grandchild to go")
+    assert parent(process.pid) is None  # reaped by stop_tree
 
 
 def test_a_process_that_unwinds_on_sigterm_is_let_to() -> None:

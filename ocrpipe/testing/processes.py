@@ -45,6 +45,16 @@ def running(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def parent(pid: int) -> int | None:
+    """The process that started ``pid`` (or adopted it when that one died); None once
+    ``pid`` is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
 def started(pid: int) -> str | None:
     """When ``pid`` started (clock ticks since boot), so a pid reused meanwhile is told
     apart; None once it is gone."""
