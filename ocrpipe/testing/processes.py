@@ -36,33 +36,34 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` runs: a zombie (exited, not yet reaped by its parent) does not."""
+def _stat(pid: int) -> tuple[str, list[str]] | None:
+    """``pid``'s name and the fields of ``/proc/PID/stat`` after it (state, parent, ...;
+    the name is cut out first, as it may hold spaces and parentheses); None once gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+        return None
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (exited, not yet reaped by its parent) does not."""
+    stat = _stat(pid)
+    return stat is not None and stat[1][0] != "Z"
 
 
 def parent(pid: int) -> int | None:
     """The process that started ``pid`` (or adopted it when that one died); None once
     ``pid`` is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
+    stat = _stat(pid)
+    return None if stat is None else int(stat[1][1])
 
 
 def started(pid: int) -> str | None:
     """When ``pid`` started (clock ticks since boot), so a pid reused meanwhile is told
     apart; None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()[19]
+    stat = _stat(pid)
+    return None if stat is None else stat[1][19]
 
 
 def stop_tree(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace_s: float) -> None:
@@ -87,15 +88,16 @@ def stop_tree(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace_s:
 def describe(pid: int) -> str:
     """``pid``'s resident memory and command line, for a report; a zombie (exited, never
     waited for) is named with the parent that has not reaped it."""
+    stat = _stat(pid)
+    if stat is None:
+        return f"{pid}: gone"
+    name, (state, reaper, *_) = stat
+    if state == "Z":
+        return f"{pid}: {name}, exited and never waited for by its parent {describe(int(reaper))}"
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return f"{pid}: gone"
-    state, parent = stat[stat.rindex(")") + 2 :].split()[:2]
-    if state == "Z":
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        return f"{pid}: {name}, exited and never waited for by its parent {describe(int(parent))}"
     rss = next((line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")), "0")
     return f"{pid}: {int(rss) // 1024} MiB, {command.strip()[:160]}"
